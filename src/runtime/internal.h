@@ -1,0 +1,43 @@
+/* Internal runtime entry points for the rest of bulwark (layers, clients).
+ * Owned by the runtime; other components use only what is here. */
+#ifndef BW_RUNTIME_INTERNAL_H
+#define BW_RUNTIME_INTERNAL_H
+
+#include <stdbool.h>
+#include <stdint.h>
+#include <uv.h>
+
+#include "bulwark/runtime.h"
+
+/* True when the calling thread is a worker (or the block_on thread of a
+ * current-thread runtime) of rt. */
+bool bw__runtime_on_worker(const bw_runtime_t *rt);
+/* True if the calling thread is a worker of any runtime. */
+bool bw__on_any_worker(void);
+
+/* Run fn(arg) soon on a worker of rt, no lock held. Cheap (a pooled task).
+ * Returns 0, or -1 if rt is shut down (fn will not run). */
+int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg);
+
+/* ---- Reactor ---------------------------------------------------------- */
+/* An operation to run on the reactor's libuv loop thread. Intrusive: the
+ * caller owns the memory and must keep it alive until fn has run. */
+typedef struct bw__reactor_op bw__reactor_op_t;
+struct bw__reactor_op {
+  bw__reactor_op_t *next; /* private to the reactor */
+  void (*fn)(bw__reactor_op_t *op, uv_loop_t *loop);
+};
+/* Queue op to run on the loop thread (coalesced uv_async_send; the loop
+ * drains the whole queue per wake-up). Returns 0, or -1 after shutdown (op
+ * will not run). From the loop thread itself, op runs on the next turn. */
+int bw__reactor_submit(bw_runtime_t *rt, bw__reactor_op_t *op);
+/* True on rt's reactor loop thread. */
+bool bw__reactor_on_loop(const bw_runtime_t *rt);
+/* The loop; use only on the loop thread. */
+uv_loop_t *bw__reactor_loop(bw_runtime_t *rt);
+/* Register a function the reactor calls on the loop thread when it shuts
+ * down (before closing the loop), so clients can close their handles.
+ * Returns 0 or -1. */
+int bw__reactor_on_close(bw_runtime_t *rt, void (*fn)(void *arg, uv_loop_t *loop), void *arg);
+
+#endif
