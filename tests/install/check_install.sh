@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Usage: check_install.sh BINARY_DIR CONSUMER_SOURCE_DIR
+set -euo pipefail
+bin=$1 src=$2
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cmake --install "$bin" --prefix "$work/prefix" >/dev/null
+libdir=$(ls -d "$work"/prefix/lib*/ | head -1)
+
+# 1. pkg-config, shared and static.
+export PKG_CONFIG_PATH="$libdir/pkgconfig"
+cc -std=c11 -Wall -Werror -o "$work/pc_shared" "$src/main.c" $(pkg-config --cflags --libs bulwark)
+LD_LIBRARY_PATH="$libdir" "$work/pc_shared" | grep -qx "bulwark consumer ok"
+cc -std=c11 -Wall -Werror -o "$work/pc_static" "$src/main.c" $(pkg-config --cflags bulwark) \
+   "$libdir/libbulwark.a" $(pkg-config --static --libs bulwark | sed 's/-lbulwark//')
+"$work/pc_static" | grep -qx "bulwark consumer ok"
+
+# 2. CMake package.
+cmake -S "$src" -B "$work/cm" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/null
+cmake --build "$work/cm" >/dev/null
+LD_LIBRARY_PATH="$libdir" "$work/cm/consumer" | grep -qx "bulwark consumer ok"
+"$work/cm/consumer_static" | grep -qx "bulwark consumer ok"
+echo "install: pkg-config (shared, static) and find_package (shared, static) ok"
