@@ -1,0 +1,143 @@
+/* hiredis <-> libuv glue (see redis_uv.h).
+ *
+ * Design notes
+ * - One uv_poll_t per redisAsyncContext. hiredis calls addRead/delRead/
+ *   addWrite/delWrite (idempotent) and we (re)start the poll with the union
+ *   of wanted events, or stop it when none is wanted.
+ * - Connect: hiredis 0.14 starts a non-blocking connect and asks for a
+ *   write event. The first writable OR error event while `connecting` is the
+ *   end of the connect: getsockopt(SO_ERROR) says how it went. On error we
+ *   report it and free the context ourselves; libuv has already stopped the
+ *   poll on POLLERR, so without this nobody would ever learn of it (the
+ *   bug in hiredis/adapters/libuv.h). On success we report, then let hiredis
+ *   run its own connect check (SO_ERROR is 0 now) and flush its buffer.
+ * - An error event on a connected socket (POLLERR: reset) is handed to
+ *   hiredis as a read: the read fails with the socket error and hiredis
+ *   tears the connection down (NULL replies, then the disconnect callback).
+ *   If the read does not fail (no error pending), the context is freed so
+ *   no command can hang on a poll handle libuv has stopped.
+ * - Lifetime: `ac` is cleared in the cleanup hook (hiredis is freeing the
+ *   context; its fd is closed right after), where the poll is stopped (so
+ *   the fd leaves epoll before close) and closed; the struct is freed in the
+ *   close callback. So `g` stays valid for the rest of any poll callback
+ *   even if hiredis freed the context inside it. */
+#include "clients/redis_uv.h"
+
+#include <errno.h>
+#include <stdbool.h>
+#include <sys/socket.h>
+
+#include "core/alloc.h"
+
+typedef struct glue {
+  uv_poll_t poll;
+  redisAsyncContext *ac; /* NULL once hiredis cleaned up */
+  int events;            /* UV_READABLE | UV_WRITABLE wanted by hiredis */
+  bool connecting;       /* connect result not reported yet */
+  bw__redis_uv_connect_fn on_connect;
+  void *arg;
+} glue_t;
+
+static void on_poll(uv_poll_t *h, int status, int events);
+
+static void update(glue_t *g, int events) {
+  if (!g->ac) return;
+  g->events = events;
+  if (events)
+    uv_poll_start(&g->poll, events, on_poll);
+  else
+    uv_poll_stop(&g->poll);
+}
+
+static void add_read(void *p) {
+  glue_t *g = p;
+  update(g, g->events | UV_READABLE);
+}
+static void del_read(void *p) {
+  glue_t *g = p;
+  update(g, g->events & ~UV_READABLE);
+}
+static void add_write(void *p) {
+  glue_t *g = p;
+  update(g, g->events | UV_WRITABLE);
+}
+static void del_write(void *p) {
+  glue_t *g = p;
+  update(g, g->events & ~UV_WRITABLE);
+}
+
+static void on_closed(uv_handle_t *h) { bw__free(h->data); }
+
+static void cleanup(void *p) {
+  glue_t *g = p;
+  g->ac = NULL;
+  g->events = 0;
+  uv_poll_stop(&g->poll);
+  uv_close((uv_handle_t *)&g->poll, on_closed);
+}
+
+static void finish_connect(glue_t *g, int status) {
+  redisAsyncContext *ac = g->ac;
+  int err = 0;
+  socklen_t len = sizeof err;
+  if (getsockopt(ac->c.fd, SOL_SOCKET, SO_ERROR, &err, &len) != 0) err = errno;
+  if (err == 0 && status < 0) err = ECONNABORTED; /* error event, no errno */
+  g->connecting = false;
+  if (err) {
+    /* libuv may have stopped the poll (POLLERR); keep our view in sync. */
+    g->events = 0;
+    uv_poll_stop(&g->poll);
+    g->on_connect(ac, err, g->arg);
+    if (g->ac) redisAsyncFree(g->ac); /* pending callbacks get NULL */
+    return;
+  }
+  g->on_connect(ac, 0, g->arg);
+  if (g->ac) redisAsyncHandleWrite(g->ac); /* hiredis marks it connected, flushes */
+}
+
+static void on_poll(uv_poll_t *h, int status, int events) {
+  glue_t *g = h->data;
+  if (!g->ac) return;
+  if (g->connecting) {
+    if (status < 0 || (events & UV_WRITABLE)) finish_connect(g, status);
+    return;
+  }
+  if (status < 0) {
+    /* POLLERR on a connected socket; libuv stopped the handle. */
+    g->events = 0;
+    redisAsyncHandleRead(g->ac);
+    if (g->ac) {
+      if (g->events == 0) redisAsyncFree(g->ac);
+    }
+    return;
+  }
+  if (events & UV_READABLE) redisAsyncHandleRead(g->ac);
+  if (g->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(g->ac);
+}
+
+int bw__redis_uv_attach(uv_loop_t *loop, redisAsyncContext *ac, bw__redis_uv_connect_fn cb,
+                        void *arg) {
+  if (ac->ev.data) return UV_EEXIST;
+  glue_t *g = bw__calloc(1, sizeof *g);
+  if (!g) return UV_ENOMEM;
+  int rc = uv_poll_init(loop, &g->poll, ac->c.fd);
+  if (rc) {
+    bw__free(g);
+    return rc;
+  }
+  g->poll.data = g;
+  g->ac = ac;
+  g->connecting = true;
+  g->on_connect = cb;
+  g->arg = arg;
+  ac->ev.addRead = add_read;
+  ac->ev.delRead = del_read;
+  ac->ev.addWrite = add_write;
+  ac->ev.delWrite = del_write;
+  ac->ev.cleanup = cleanup;
+  ac->ev.data = g;
+  /* The connect completes with a write event; hiredis asked for it only if
+   * a command was already queued, so ask ourselves. */
+  add_write(g);
+  return 0;
+}

@@ -1,0 +1,232 @@
+/* Test fixture: a real redis-server child (see redis_server.h).
+ *
+ * Readiness is "answers PING": the server is polled with a short blocking
+ * hiredis connection every few milliseconds, for at most 10 s. Children are
+ * recorded in a small table that an atexit handler kills, and each child asks
+ * the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG), so a
+ * crashed test leaves no server running. */
+#include "redis_server.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <hiredis/hiredis.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_CHILDREN 16
+static pid_t children[MAX_CHILDREN];
+static bool atexit_done;
+
+static void kill_children(void) {
+  for (int i = 0; i < MAX_CHILDREN; i++) {
+    if (children[i] > 0) {
+      kill(children[i], SIGCONT);
+      kill(children[i], SIGKILL);
+      waitpid(children[i], NULL, 0);
+      children[i] = 0;
+    }
+  }
+}
+
+static void track(pid_t pid) {
+  if (!atexit_done) {
+    atexit(kill_children);
+    atexit_done = true;
+  }
+  for (int i = 0; i < MAX_CHILDREN; i++) {
+    if (children[i] == 0) {
+      children[i] = pid;
+      return;
+    }
+  }
+}
+
+static void untrack(pid_t pid) {
+  for (int i = 0; i < MAX_CHILDREN; i++)
+    if (children[i] == pid) children[i] = 0;
+}
+
+int bw_test_free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return -1;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = 0;
+  socklen_t len = sizeof sa;
+  int port = -1;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    port = ntohs(sa.sin_port);
+  close(fd);
+  return port;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
+  }
+}
+
+static bool answers_ping(const bw_test_redis_t *rs) {
+  struct timeval tv = {0, 200000};
+  redisContext *c = redisConnectWithTimeout("127.0.0.1", rs->port, tv);
+  bool ok = false;
+  if (c && !c->err) {
+    redisSetTimeout(c, tv);
+    redisReply *r;
+    if (rs->password[0]) {
+      r = redisCommand(c, "AUTH %s", rs->password);
+      if (r) freeReplyObject(r);
+    }
+    r = redisCommand(c, "PING");
+    ok = r && r->type == REDIS_REPLY_STATUS && strcmp(r->str, "PONG") == 0;
+    if (r) freeReplyObject(r);
+  }
+  if (c) redisFree(c);
+  return ok;
+}
+
+static int spawn(bw_test_redis_t *rs) {
+  char port[16], logfile[160];
+  snprintf(port, sizeof port, "%d", rs->port);
+  snprintf(logfile, sizeof logfile, "%s/redis.log", rs->dir);
+  const char *argv[32];
+  int n = 0;
+  argv[n++] = "redis-server";
+  argv[n++] = "--port";
+  argv[n++] = port;
+  argv[n++] = "--bind";
+  argv[n++] = "127.0.0.1";
+  argv[n++] = "--save";
+  argv[n++] = "";
+  argv[n++] = "--appendonly";
+  argv[n++] = "no";
+  argv[n++] = "--daemonize";
+  argv[n++] = "no";
+  argv[n++] = "--dir";
+  argv[n++] = rs->dir;
+  argv[n++] = "--logfile";
+  argv[n++] = logfile;
+  argv[n++] = "--unixsocket";
+  argv[n++] = rs->unix_path;
+  argv[n++] = "--unixsocketperm";
+  argv[n++] = "700";
+  argv[n++] = "--maxclients";
+  argv[n++] = "1000";
+  if (rs->password[0]) {
+    argv[n++] = "--requirepass";
+    argv[n++] = rs->password;
+  }
+  argv[n] = NULL;
+
+  pid_t parent = getpid();
+  pid_t pid = fork();
+  if (pid < 0) return -1;
+  if (pid == 0) {
+    prctl(PR_SET_PDEATHSIG, SIGKILL);
+    if (getppid() != parent) _exit(127);
+    int devnull = open("/dev/null", O_RDWR);
+    if (devnull >= 0) {
+      dup2(devnull, 0);
+      dup2(devnull, 1);
+      dup2(devnull, 2);
+    }
+    execvp("redis-server", (char *const *)argv);
+    _exit(127);
+  }
+  rs->pid = pid;
+  rs->paused = false;
+  track(pid);
+  long waited = 0, step = 1;
+  while (waited < 10000) {
+    int st;
+    if (waitpid(pid, &st, WNOHANG) == pid) {
+      untrack(pid);
+      rs->pid = 0;
+      fprintf(stderr, "redis fixture: redis-server exited early (see %s)\n", logfile);
+      return -1;
+    }
+    if (answers_ping(rs)) return 0;
+    sleep_ms(step);
+    waited += step;
+    if (step < 20) step *= 2;
+  }
+  fprintf(stderr, "redis fixture: redis-server did not answer PING on port %d\n", rs->port);
+  bw_test_redis_kill(rs);
+  return -1;
+}
+
+int bw_test_redis_start(bw_test_redis_t *rs, const char *password) {
+  memset(rs, 0, sizeof *rs);
+  snprintf(rs->dir, sizeof rs->dir, "/tmp/bw-redis-XXXXXX");
+  if (!mkdtemp(rs->dir)) {
+    perror("redis fixture: mkdtemp");
+    return -1;
+  }
+  snprintf(rs->unix_path, sizeof rs->unix_path, "%s/redis.sock", rs->dir);
+  if (password) snprintf(rs->password, sizeof rs->password, "%s", password);
+  for (int attempt = 0; attempt < 5; attempt++) {
+    rs->port = bw_test_free_port();
+    if (rs->port > 0 && spawn(rs) == 0) return 0;
+  }
+  return -1;
+}
+
+int bw_test_redis_restart(bw_test_redis_t *rs) {
+  if (rs->pid) return 0;
+  for (int attempt = 0; attempt < 50; attempt++) {
+    if (spawn(rs) == 0) return 0;
+    sleep_ms(20); /* port may be briefly unavailable */
+  }
+  return -1;
+}
+
+static void signal_and_wait(bw_test_redis_t *rs, int sig) {
+  if (!rs->pid) return;
+  if (rs->paused && sig != SIGKILL) kill(rs->pid, SIGCONT);
+  kill(rs->pid, sig);
+  waitpid(rs->pid, NULL, 0);
+  untrack(rs->pid);
+  rs->pid = 0;
+  rs->paused = false;
+}
+
+void bw_test_redis_stop(bw_test_redis_t *rs) { signal_and_wait(rs, SIGTERM); }
+void bw_test_redis_kill(bw_test_redis_t *rs) { signal_and_wait(rs, SIGKILL); }
+
+void bw_test_redis_pause(bw_test_redis_t *rs) {
+  if (rs->pid && !rs->paused) {
+    kill(rs->pid, SIGSTOP);
+    rs->paused = true;
+  }
+}
+
+void bw_test_redis_resume(bw_test_redis_t *rs) {
+  if (rs->pid && rs->paused) {
+    kill(rs->pid, SIGCONT);
+    rs->paused = false;
+  }
+}
+
+void bw_test_redis_destroy(bw_test_redis_t *rs) {
+  bw_test_redis_kill(rs);
+  if (rs->dir[0]) {
+    char path[200];
+    snprintf(path, sizeof path, "%s/redis.log", rs->dir);
+    unlink(path);
+    unlink(rs->unix_path);
+    rmdir(rs->dir);
+    rs->dir[0] = 0;
+  }
+}
