@@ -1,0 +1,198 @@
+/* The curl-multi-on-libuv engine (src/clients/http_multi.c) on a raw uv
+ * loop run by the test thread, against the fixture server. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "clients/http_multi.h"
+#include "support/http_server.h"
+
+typedef struct req {
+  bw__curl_xfer_t x;
+  bw__curlm_t *m;
+  CURLcode rc;
+  long status;
+  size_t got;
+  int done_calls;
+  int *ndone;
+  char url[256];
+} req_t;
+
+static httpd_t *srv;
+
+static double scale(void) {
+  const char *s = getenv("BW_TEST_SCALE");
+  double v = s ? atof(s) : 1.0;
+  return v > 0 ? v : 1.0;
+}
+
+static size_t sink(char *p, size_t sz, size_t n, void *ud) {
+  req_t *r = ud;
+  (void)p;
+  r->got += sz * n;
+  return sz * n;
+}
+
+static void on_done(bw__curl_xfer_t *x, CURLcode rc) {
+  req_t *r = (req_t *)x;
+  r->rc = rc;
+  r->done_calls++;
+  curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &r->status);
+  bw__curlm_easy_put(r->m, x->easy);
+  x->easy = NULL;
+  (*r->ndone)++;
+}
+
+static void prep(req_t *r, bw__curlm_t *m, int *ndone, const char *query, long timeout_ms) {
+  memset(r, 0, sizeof *r);
+  r->m = m;
+  r->ndone = ndone;
+  snprintf(r->url, sizeof r->url, "http://127.0.0.1:%d%s", httpd_port(srv), query);
+  r->x.easy = bw__curlm_easy_get(m);
+  r->x.done = on_done;
+  curl_easy_setopt(r->x.easy, CURLOPT_URL, r->url);
+  curl_easy_setopt(r->x.easy, CURLOPT_NOSIGNAL, 1L);
+  curl_easy_setopt(r->x.easy, CURLOPT_WRITEFUNCTION, sink);
+  curl_easy_setopt(r->x.easy, CURLOPT_WRITEDATA, r);
+  if (timeout_ms) curl_easy_setopt(r->x.easy, CURLOPT_TIMEOUT_MS, timeout_ms);
+}
+
+static int setup(void **state) {
+  (void)state;
+  return httpd_start(&srv, 0);
+}
+
+static int teardown(void **state) {
+  (void)state;
+  httpd_stop(srv);
+  return 0;
+}
+
+static void close_and_drain(uv_loop_t *loop, bw__curlm_t *m) {
+  bw__curlm_close(m);
+  uv_run(loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(loop), 0);
+}
+
+static void test_many_concurrent_reuse(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  bw__curlm_t *m;
+  bw__curlm_limits_t lim = {.max_host_connections = 16};
+  assert_int_equal(bw__curlm_new(&m, &loop, &lim), 0);
+  int n = (int)(2000 * scale());
+  if (n < 100) n = 100;
+  req_t *rs = calloc((size_t)n, sizeof *rs);
+  int ndone = 0;
+  uint64_t conns0 = httpd_connections(srv);
+  /* two waves: the second must reuse the first wave's connections */
+  for (int wave = 0; wave < 2; wave++) {
+    int lo = wave * n / 2, hi = (wave + 1) * n / 2;
+    for (int i = lo; i < hi; i++) {
+      prep(&rs[i], m, &ndone, "/?size=100", 0);
+      assert_int_equal(bw__curlm_add(m, &rs[i].x), 0);
+    }
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(ndone, hi);
+  }
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(rs[i].rc, CURLE_OK);
+    assert_int_equal(rs[i].status, 200);
+    assert_int_equal(rs[i].got, 100);
+    assert_int_equal(rs[i].done_calls, 1);
+  }
+  uint64_t conns = httpd_connections(srv) - conns0;
+  assert_true(conns >= 1);
+  assert_true(conns <= 16); /* per-host limit held, connections reused */
+  assert_int_equal(bw__curlm_active(m), 0);
+  close_and_drain(&loop, m);
+  free(rs);
+  assert_int_equal(httpd_wait_open_connections(srv, 0, 5000), 0);
+}
+
+static void test_timeout_and_refused(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  bw__curlm_t *m;
+  assert_int_equal(bw__curlm_new(&m, &loop, NULL), 0);
+  int ndone = 0;
+  req_t a, b;
+  prep(&a, m, &ndone, "/?hang=1", 50);
+  prep(&b, m, &ndone, "/", 0);
+  /* port 1 on loopback: nothing listens there */
+  curl_easy_setopt(b.x.easy, CURLOPT_URL, "http://127.0.0.1:1/");
+  assert_int_equal(bw__curlm_add(m, &a.x), 0);
+  assert_int_equal(bw__curlm_add(m, &b.x), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(ndone, 2);
+  assert_int_equal(a.rc, CURLE_OPERATION_TIMEDOUT);
+  assert_int_equal(b.rc, CURLE_COULDNT_CONNECT);
+  close_and_drain(&loop, m);
+}
+
+static void on_remove_timer(uv_timer_t *t) {
+  req_t *r = t->data;
+  bw__curlm_remove(r->m, &r->x);
+  bw__curlm_easy_put(r->m, r->x.easy);
+  r->x.easy = NULL;
+  uv_close((uv_handle_t *)t, NULL);
+}
+
+static void test_remove_in_flight(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  bw__curlm_t *m;
+  assert_int_equal(bw__curlm_new(&m, &loop, NULL), 0);
+  int ndone = 0;
+  req_t a;
+  prep(&a, m, &ndone, "/?hang=1", 0);
+  assert_int_equal(bw__curlm_add(m, &a.x), 0);
+  uv_timer_t t;
+  uv_timer_init(&loop, &t);
+  t.data = &a;
+  uv_timer_start(&t, on_remove_timer, 30, 0);
+  uv_run(&loop, UV_RUN_DEFAULT); /* ends: nothing left to watch */
+  assert_int_equal(ndone, 0);
+  assert_int_equal(bw__curlm_active(m), 0);
+  close_and_drain(&loop, m);
+  /* the removed transfer's connection was closed, not left hanging */
+  assert_int_equal(httpd_wait_open_connections(srv, 0, 5000), 0);
+}
+
+static void test_close_aborts_active(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  bw__curlm_t *m;
+  assert_int_equal(bw__curlm_new(&m, &loop, NULL), 0);
+  int ndone = 0;
+  req_t rs[8];
+  for (int i = 0; i < 8; i++) {
+    prep(&rs[i], m, &ndone, "/?hang=1", 0);
+    assert_int_equal(bw__curlm_add(m, &rs[i].x), 0);
+  }
+  uv_run(&loop, UV_RUN_NOWAIT);
+  bw__curlm_close(m);
+  assert_int_equal(ndone, 8);
+  for (int i = 0; i < 8; i++) assert_int_equal(rs[i].rc, CURLE_ABORTED_BY_CALLBACK);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_many_concurrent_reuse),
+      cmocka_unit_test(test_timeout_and_refused),
+      cmocka_unit_test(test_remove_in_flight),
+      cmocka_unit_test(test_close_aborts_active),
+  };
+  return cmocka_run_group_tests(tests, setup, teardown);
+}
