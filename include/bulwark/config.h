@@ -1,0 +1,143 @@
+/* bulwark config: YAML (or JSON) files that name stacks of layers.
+ *
+ * Shape (see examples/stacks.yaml):
+ *
+ *   shared:                      # stateful instances several stacks use
+ *     backend_breaker:
+ *       circuit_breaker: { failure_rate_threshold: 50%, open_duration: 30s }
+ *     retries:
+ *       retry_budget: { ratio: 20%, min_per_second: 10 }
+ *   stacks:                      # name -> layers, outermost first
+ *     payments:
+ *       - fallback: { value: "{}" }
+ *       - retry: { max_attempts: 3, budget: retries }
+ *       - shared: backend_breaker
+ *       - timeout: 200ms         # shorthand for { duration: 200ms }
+ *   clients:
+ *     payments_api:
+ *       http: { base_url: "http://127.0.0.1:8080", stack: payments }
+ *     cache:
+ *       redis: { host: 127.0.0.1, port: 6379, password: "${REDIS_PASSWORD}", stack: cache }
+ *
+ * Units: durations 250us 200ms 2s 1m 1h (also ns); ratios 50% or 0.5; rates
+ * 100/s 6000/m 10/ms 3600/h; sizes 512B 64KiB 10MiB 1GiB (KB/MB/GB are
+ * powers of 1000). ${VAR} in a client setting takes the environment
+ * variable's value; such values are never printed (errors, explain).
+ *
+ * Every mistake is a bw_error of kind BW_ERR_CONFIG whose detail is a
+ * bw_config_problem_t and whose message reads
+ *   "FILE:LINE:COL: key.path: what is wrong; what was expected"
+ * (lines and columns from 1, list indexes from 0). A load that fails changes
+ * nothing. For every diagnostic at once (and warnings) use a report.
+ *
+ * Threads: every function here may be called from any thread; a report is
+ * not shared between threads while being filled. */
+#ifndef BULWARK_CONFIG_H
+#define BULWARK_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "bulwark/error.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* What a diagnostic is about; the detail of a BW_ERR_CONFIG error. Never renumber. */
+typedef enum bw_config_problem {
+  BW_CFG_OK = 0,
+  BW_CFG_IO = 1,             /* file cannot be read */
+  BW_CFG_SYNTAX = 2,         /* YAML syntax error */
+  BW_CFG_TAB = 3,            /* tab used for indentation */
+  BW_CFG_DUPLICATE_KEY = 4,  /* a mapping has the same key twice */
+  BW_CFG_UNKNOWN_SECTION = 5,/* top-level key other than stacks/shared/clients/version */
+  BW_CFG_UNKNOWN_LAYER = 6,  /* layer name not known (with a suggestion) */
+  BW_CFG_UNKNOWN_KEY = 7,    /* setting not known for this layer (with a suggestion) */
+  BW_CFG_TYPE = 8,           /* wrong type: a list where a mapping belongs, ... */
+  BW_CFG_RANGE = 9,          /* number out of range */
+  BW_CFG_UNIT = 10,          /* bad or missing unit ("200" for a duration, "5 parsecs") */
+  BW_CFG_BAD_VALUE = 11,     /* not one of the allowed words, bad number, bad error kind */
+  BW_CFG_UNKNOWN_REF = 12,   /* reference to a shared instance or stack that does not exist */
+  BW_CFG_EMPTY_STACK = 13,   /* a stack with no layers */
+  BW_CFG_MISSING_KEY = 14,   /* a required setting is absent */
+  BW_CFG_ENV = 15,           /* ${VAR} not set or malformed */
+  BW_CFG_LAYER_ORDER = 16,   /* warning: an order that is almost always a mistake */
+  BW_CFG_EMPTY = 17,         /* empty file or document, no stacks */
+  BW_CFG__MAX
+} bw_config_problem_t;
+
+/* "syntax", "unknown_key", ... (static strings). */
+const char *bw_config_problem_name(bw_config_problem_t p);
+
+/* A rate: `count` events per `per_ns` nanoseconds ("6000/m" = 6000 per 60e9). */
+typedef struct bw_config_rate {
+  uint64_t count;
+  uint64_t per_ns;
+} bw_config_rate_t;
+/* The rate as events per second. */
+double bw_config_rate_per_sec(const bw_config_rate_t *r);
+
+/* ---- Units: parse one value as the loader does. -------------------------
+ * Errors: BW_ERR_CONFIG with detail BW_CFG_UNIT, BW_CFG_RANGE or BW_CFG_BAD_VALUE. */
+bw_error_t *bw_config_parse_duration(const char *s, uint64_t *out_ns);
+bw_error_t *bw_config_parse_ratio(const char *s, double *out);
+bw_error_t *bw_config_parse_rate(const char *s, bw_config_rate_t *out);
+bw_error_t *bw_config_parse_size(const char *s, uint64_t *out_bytes);
+
+/* ---- Reports: every diagnostic of one validation. ---------------------- */
+
+typedef struct bw_config_report bw_config_report_t;
+
+typedef struct bw_config_diag {
+  bw_config_problem_t problem;
+  bool warning;        /* warnings never fail a load */
+  const char *file;    /* as given ("<string>" for strings) */
+  int line, column;    /* from 1; 0 when not known (I/O errors) */
+  const char *path;    /* "stacks.payments[2].retry.max_attempts", "" for the file */
+  const char *message; /* what is wrong and what was expected, no location */
+} bw_config_diag_t;
+
+/* Validate a file (or text) without building anything.
+ * Owns: *report (if report is not NULL) is yours; free with bw_config_report_free.
+ * Returns: NULL if valid (warnings allowed), else the first error as above,
+ *          the others as its related errors. */
+bw_error_t *bw_config_check_file(const char *path, bw_config_report_t **report);
+bw_error_t *bw_config_check_string(const char *text, size_t len, const char *name,
+                                   bw_config_report_t **report);
+
+size_t bw_config_report_count(const bw_config_report_t *r);
+size_t bw_config_report_errors(const bw_config_report_t *r); /* excluding warnings */
+/* Borrowed; lives as long as the report. NULL when i is out of range. */
+const bw_config_diag_t *bw_config_report_get(const bw_config_report_t *r, size_t i);
+/* Write each diagnostic as "file:line:col: path: [warning: ]message\n". */
+void bw_config_report_print(const bw_config_report_t *r, FILE *out);
+void bw_config_report_free(bw_config_report_t *r); /* NULL-safe */
+
+/* Print how `stack` of the file will be built: each layer with every setting,
+ * its effective value and "(default)" where the default applied, shared
+ * instances, then the order warnings. Secrets print as "<from ${VAR}>".
+ * Errors: the load error, or BW_ERR_CONFIG/BW_CFG_UNKNOWN_REF for an
+ * unknown stack (with a suggestion). stack NULL: explain every stack. */
+bw_error_t *bw_config_explain_file(const char *path, const char *stack, FILE *out);
+bw_error_t *bw_config_explain_string(const char *text, size_t len, const char *name,
+                                     const char *stack, FILE *out);
+
+/* Layer kinds the config knows. */
+typedef enum bw_config_layer_kind {
+  BW_CFG_LAYER_TIMEOUT = 1,
+  BW_CFG_LAYER_RETRY = 2,
+  BW_CFG_LAYER_RATE_LIMIT = 3,
+  BW_CFG_LAYER_BULKHEAD = 4,
+  BW_CFG_LAYER_CIRCUIT_BREAKER = 5,
+  BW_CFG_LAYER_FALLBACK = 6,
+  BW_CFG_LAYER_CHAOS = 7,
+  BW_CFG_LAYER_RETRY_BUDGET = 8, /* shared only, referenced by retry.budget */
+} bw_config_layer_kind_t;
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,208 @@
+/* `explain`: print a stack as it will be built, and the layer-order check.
+ *
+ * Design notes
+ * - Values print in config syntax (the largest exact unit), so a line of
+ *   explain output can be pasted back into the file.
+ * - Secrets (values that used ${VAR}) print as "<from ${VAR}>", never the text.
+ * - Recommended order, outermost first (DESIGN.md):
+ *     fallback, retry, circuit_breaker, rate_limit, bulkhead, timeout, [chaos]
+ *   Reasons, one per warning below:
+ *   - fallback outermost: it must see the error of every layer (an open
+ *     breaker, an exhausted retry), else those errors escape it.
+ *   - retry outside circuit_breaker: the breaker then counts each attempt and
+ *     retry stops at once when it opens (an open-circuit error is not
+ *     retried); with the breaker outside, a whole retry loop counts as one
+ *     call and keeps hammering a failing backend.
+ *   - a timeout inside retry bounds each attempt; if the only timeout is
+ *     outside retry it bounds all attempts together, which is rarely meant
+ *     as the per-attempt limit.
+ *   - bulkhead/rate_limit outside retry hold a permit (or spend one token)
+ *     through backoff waits.
+ *   - the same layer twice in a row multiplies (retry in retry: 3x3 attempts). */
+#include <string.h>
+
+#include "config/internal.h"
+#include "core/alloc.h"
+
+void bw__format_value(const bw__key_t *k, const bw__cval_t *v, char *buf, size_t len) {
+  if (!v->has) {
+    snprintf(buf, len, "(unset)");
+    return;
+  }
+  if (v->secret) {
+    snprintf(buf, len, "<from ${%s}>", v->env ? v->env : "?");
+    return;
+  }
+  switch (k->type) {
+    case BW__VT_INT: snprintf(buf, len, "%lld", (long long)v->i); return;
+    case BW__VT_DOUBLE: snprintf(buf, len, "%g", v->d); return;
+    case BW__VT_BOOL: snprintf(buf, len, "%s", v->b ? "true" : "false"); return;
+    case BW__VT_DURATION: bw__format_duration(v->u, buf, len); return;
+    case BW__VT_SIZE: bw__format_size(v->u, buf, len); return;
+    case BW__VT_RATIO: bw__format_ratio(v->d, buf, len); return;
+    case BW__VT_RATE: bw__format_rate(&v->rate, buf, len); return;
+    case BW__VT_ENUM: case BW__VT_REF: case BW__VT_KIND:
+      snprintf(buf, len, "%s", v->s ? v->s : "");
+      return;
+    case BW__VT_STRING:
+      snprintf(buf, len, "\"%s\"", v->s ? v->s : "");
+      return;
+    case BW__VT_KINDS: case BW__VT_INTS: case BW__VT_STRINGS: {
+      size_t o = 0;
+      int w = snprintf(buf, len, "[");
+      o = w > 0 ? (size_t)w : 0;
+      for (size_t i = 0; i < v->n && o < len; i++) {
+        w = snprintf(buf + o, len - o, "%s%s", i ? ", " : "", v->strs[i]);
+        if (w > 0) o += (size_t)w;
+      }
+      if (o < len) snprintf(buf + o, len - o, "]");
+      return;
+    }
+  }
+}
+
+static int find_kind(const bw__config_t *c, const bw__cstack_t *s, bw_config_layer_kind_t kind,
+                     size_t from) {
+  for (size_t i = from; i < s->n; i++) {
+    const bw__clayer_t *l = bw__config_resolve(c, &s->layers[i]);
+    if (l->schema && l->schema->kind == kind) return (int)i;
+  }
+  return -1;
+}
+
+static void warn(bw_config_report_t *r, const bw__clayer_t *at, const char *fmt, const char *a,
+                 const char *b) {
+  bw__report_add(r, BW_CFG_LAYER_ORDER, true, at->line, at->col, at->path ? at->path : "", fmt, a, b);
+}
+
+void bw__order_check(const bw__config_t *c, const bw__cstack_t *s, bw_config_report_t *r) {
+  int fb = find_kind(c, s, BW_CFG_LAYER_FALLBACK, 0);
+  int re = find_kind(c, s, BW_CFG_LAYER_RETRY, 0);
+  int cb = find_kind(c, s, BW_CFG_LAYER_CIRCUIT_BREAKER, 0);
+  int to = find_kind(c, s, BW_CFG_LAYER_TIMEOUT, 0);
+  int bh = find_kind(c, s, BW_CFG_LAYER_BULKHEAD, 0);
+  int rl = find_kind(c, s, BW_CFG_LAYER_RATE_LIMIT, 0);
+  if (fb > 0) {
+    const bw__clayer_t *outer = bw__config_resolve(c, &s->layers[0]);
+    warn(r, &s->layers[fb],
+         "fallback is not outermost: errors of '%s'%s outside it are not covered; put fallback first",
+         outer->schema ? outer->schema->name : "?", fb > 1 ? " and others" : "");
+  }
+  if (cb >= 0 && re > cb) {
+    warn(r, &s->layers[cb],
+         "circuit_breaker outside retry counts a whole retry loop as one call and lets retries "
+         "hammer a failing backend; put %s inside %s",
+         "circuit_breaker", "retry");
+  }
+  if (re >= 0 && to >= 0 && to < re && find_kind(c, s, BW_CFG_LAYER_TIMEOUT, (size_t)re + 1) < 0) {
+    warn(r, &s->layers[to],
+         "the only timeout is outside retry, so it bounds all attempts together; put a %s inside "
+         "%s to bound each attempt",
+         "timeout", "retry");
+  }
+  if (re >= 0 && bh >= 0 && bh < re) {
+    warn(r, &s->layers[bh], "%s outside %s holds its permit through backoff waits; put it inside retry",
+         "bulkhead", "retry");
+  }
+  if (re >= 0 && rl >= 0 && rl < re) {
+    warn(r, &s->layers[rl], "%s outside %s does not limit retry attempts; put it inside retry",
+         "rate_limit", "retry");
+  }
+  for (size_t i = 1; i < s->n; i++) {
+    const bw__clayer_t *a = bw__config_resolve(c, &s->layers[i - 1]);
+    const bw__clayer_t *b = bw__config_resolve(c, &s->layers[i]);
+    if (a->schema && a->schema == b->schema && a->schema->kind == BW_CFG_LAYER_RETRY)
+      warn(r, &s->layers[i], "%s directly inside %s multiplies the attempts", "retry", "retry");
+  }
+}
+
+static void explain_layer(const bw__config_t *c, const bw__clayer_t *item, size_t idx, FILE *out) {
+  const bw__clayer_t *l = bw__config_resolve(c, item);
+  if (l->schema == NULL) return;
+  if (item->shared)
+    fprintf(out, "  %zu. %s  (shared instance '%s', line %d)\n", idx + 1, l->schema->name,
+            item->shared, l->line);
+  else
+    fprintf(out, "  %zu. %s  (line %d)\n", idx + 1, l->schema->name, l->line);
+  for (size_t k = 0; k < l->schema->nkeys; k++) {
+    char buf[512];
+    bw__format_value(&l->schema->keys[k], &l->vals[k], buf, sizeof buf);
+    const char *note = l->vals[k].set ? "" : (l->vals[k].has ? "  (default)" : "  (default: none)");
+    fprintf(out, "       %-26s %s%s\n", l->schema->keys[k].name, buf, note);
+  }
+}
+
+static void explain_stack(const bw__config_t *c, const bw__cstack_t *s, FILE *out) {
+  fprintf(out, "stack %s  (%s:%d:%d), outermost first:\n", s->name, c->file, s->line, s->col);
+  for (size_t i = 0; i < s->n; i++) explain_layer(c, &s->layers[i], i, out);
+  fprintf(out, "  -> the service (client or your function)\n");
+  for (size_t i = 0; i < c->nclients; i++) {
+    const bw__cclient_t *cl = &c->clients[i];
+    int si = bw__schema_key(cl->conf.schema, "stack");
+    if (si >= 0 && cl->conf.vals[si].s && strcmp(cl->conf.vals[si].s, s->name) == 0) {
+      fprintf(out, "  used by %s client '%s':\n", cl->redis ? "redis" : "http", cl->name);
+      for (size_t k = 0; k < cl->conf.schema->nkeys; k++) {
+        char buf[512];
+        bw__format_value(&cl->conf.schema->keys[k], &cl->conf.vals[k], buf, sizeof buf);
+        const char *note = cl->conf.vals[k].set ? "" : (cl->conf.vals[k].has ? "  (default)" : "  (default: none)");
+        fprintf(out, "       %-26s %s%s\n", cl->conf.schema->keys[k].name, buf, note);
+      }
+    }
+  }
+}
+
+static bw_error_t *explain_text(const char *text, size_t len, const char *name, const char *stack,
+                                FILE *out) {
+  bw_config_report_t *r = bw__report_new(name);
+  if (r == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  bw__config_t *c = bw__config_load(text, len, name, r);
+  bw_error_t *e = bw__report_error(r);
+  if (e == NULL && c != NULL) {
+    const bw__cstack_t *s = stack ? bw__config_stack(c, stack) : NULL;
+    if (stack != NULL && s == NULL) {
+      const char *cands[64];
+      size_t nc = 0;
+      for (size_t i = 0; i < c->nstacks && nc < 64; i++) cands[nc++] = c->stacks[i].name;
+      const char *dym = bw__did_you_mean(stack, cands, nc);
+      e = bw_error_new(BW_ERR_CONFIG, BW_CFG_UNKNOWN_REF, "%s: no stack '%s'%s%s%s", name, stack,
+                       dym ? "; did you mean '" : "", dym ? dym : "", dym ? "'?" : "");
+    } else {
+      for (size_t i = 0; i < c->nstacks; i++) {
+        if (s != NULL && &c->stacks[i] != s) continue;
+        explain_stack(c, &c->stacks[i], out);
+        /* warnings of this stack */
+        size_t plen = strlen("stacks.") + strlen(c->stacks[i].name);
+        for (size_t j = 0; j < bw_config_report_count(r); j++) {
+          const bw_config_diag_t *d = bw_config_report_get(r, j);
+          if (!d->warning || strncmp(d->path, "stacks.", 7) != 0) continue;
+          if (strncmp(d->path + 7, c->stacks[i].name, plen - 7) != 0 || d->path[plen] != '[')
+            continue;
+          fprintf(out, "  warning: %s:%d:%d: %s: %s\n", d->file, d->line, d->column, d->path,
+                  d->message);
+        }
+        fprintf(out, "\n");
+      }
+    }
+  }
+  bw__config_free(c);
+  bw_config_report_free(r);
+  return e;
+}
+
+bw_error_t *bw_config_explain_string(const char *text, size_t len, const char *name,
+                                     const char *stack, FILE *out) {
+  if (text == NULL || out == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, NULL);
+  return explain_text(text, len, name ? name : "<string>", stack, out);
+}
+
+bw_error_t *bw_config_explain_file(const char *path, const char *stack, FILE *out) {
+  if (path == NULL || out == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, NULL);
+  char *text;
+  size_t len;
+  int rc = bw__read_file(path, &text, &len);
+  if (rc != 0)
+    return bw_error_new(BW_ERR_CONFIG, BW_CFG_IO, "%s: cannot read: %s", path, strerror(-rc));
+  bw_error_t *e = explain_text(text, len, path, stack, out);
+  bw__free(text);
+  return e;
+}

@@ -1,0 +1,1099 @@
+/* Config loader: node tree -> validated model, with a report of every
+ * diagnostic.
+ *
+ * Design notes
+ * - Two passes over the top level: `shared:` first (stacks reference it),
+ *   then `stacks:`, then `clients:` (they reference stacks), whatever order
+ *   the file uses. Validation goes on after an error so `check` can show
+ *   many at once (capped at kMaxErrors); the model is freed if any error was
+ *   reported, so nothing is ever half loaded.
+ * - Every value, given or defaulted, is parsed by the same code: a default
+ *   is config text in the schema table, so explain prints what the file
+ *   would have to say.
+ * - ${VAR} is expanded only in clients: settings; a value that used it is
+ *   marked secret and its text never appears in a message (we name the
+ *   variable instead).
+ * - Paths: "stacks.payments[2].retry.max_attempts" (indexes from 0),
+ *   "shared.NAME.LAYER.KEY", "clients.NAME.http.KEY". */
+#include <errno.h>
+#include <stdarg.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "config/internal.h"
+#include "core/alloc.h"
+
+enum { kMaxErrors = 50 };
+
+/* ---- report ------------------------------------------------------------- */
+
+struct bw_config_report {
+  char *file;
+  bw_config_diag_t *d;
+  size_t n, cap, nerr;
+};
+
+static const char *const kProblemNames[BW_CFG__MAX] = {
+    "ok",           "io",           "syntax",        "tab",           "duplicate_key",
+    "unknown_section", "unknown_layer", "unknown_key", "type",         "range",
+    "unit",         "bad_value",    "unknown_ref",   "empty_stack",   "missing_key",
+    "env",          "layer_order",  "empty",
+};
+
+const char *bw_config_problem_name(bw_config_problem_t p) {
+  if ((int)p < 0 || p >= BW_CFG__MAX) return "unknown";
+  return kProblemNames[p];
+}
+
+bw_config_report_t *bw__report_new(const char *file) {
+  bw_config_report_t *r = bw__calloc(1, sizeof *r);
+  if (r == NULL) return NULL;
+  r->file = bw__strdup(file ? file : "<string>");
+  if (r->file == NULL) {
+    bw__free(r);
+    return NULL;
+  }
+  return r;
+}
+
+void bw__report_add(bw_config_report_t *r, bw_config_problem_t problem, bool warning, int line,
+                    int col, const char *path, const char *fmt, ...) {
+  if (r == NULL) return;
+  if (!warning && r->nerr >= kMaxErrors) return;
+  if (r->n == r->cap) {
+    size_t nc = r->cap ? r->cap * 2 : 8;
+    bw_config_diag_t *nd = bw__realloc(r->d, nc * sizeof *nd);
+    if (nd == NULL) return;
+    r->d = nd;
+    r->cap = nc;
+  }
+  char msg[1024];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  char *p = bw__strdup(path ? path : "");
+  char *m = bw__strdup(msg);
+  if (p == NULL || m == NULL) {
+    bw__free(p);
+    bw__free(m);
+    return;
+  }
+  r->d[r->n++] = (bw_config_diag_t){problem, warning, r->file, line, col, p, m};
+  if (!warning) r->nerr++;
+}
+
+size_t bw_config_report_count(const bw_config_report_t *r) { return r ? r->n : 0; }
+size_t bw_config_report_errors(const bw_config_report_t *r) { return r ? r->nerr : 0; }
+
+const bw_config_diag_t *bw_config_report_get(const bw_config_report_t *r, size_t i) {
+  return (r != NULL && i < r->n) ? &r->d[i] : NULL;
+}
+
+static size_t format_diag(const bw_config_diag_t *d, char *buf, size_t len) {
+  int n;
+  const char *w = d->warning ? "warning: " : "";
+  if (d->line > 0 && d->path[0] != '\0')
+    n = snprintf(buf, len, "%s:%d:%d: %s: %s%s", d->file, d->line, d->column, d->path, w, d->message);
+  else if (d->line > 0)
+    n = snprintf(buf, len, "%s:%d:%d: %s%s", d->file, d->line, d->column, w, d->message);
+  else if (d->path[0] != '\0')
+    n = snprintf(buf, len, "%s: %s: %s%s", d->file, d->path, w, d->message);
+  else
+    n = snprintf(buf, len, "%s: %s%s", d->file, w, d->message);
+  return n < 0 ? 0 : (size_t)n;
+}
+
+void bw_config_report_print(const bw_config_report_t *r, FILE *out) {
+  if (r == NULL || out == NULL) return;
+  char buf[2048];
+  for (size_t i = 0; i < r->n; i++) {
+    format_diag(&r->d[i], buf, sizeof buf);
+    fprintf(out, "%s\n", buf);
+  }
+}
+
+void bw_config_report_free(bw_config_report_t *r) {
+  if (r == NULL) return;
+  for (size_t i = 0; i < r->n; i++) {
+    bw__free((char *)r->d[i].path);
+    bw__free((char *)r->d[i].message);
+  }
+  bw__free(r->d);
+  bw__free(r->file);
+  bw__free(r);
+}
+
+static bw_error_t *diag_error(const bw_config_diag_t *d, bw_error_t **related, size_t nrel) {
+  char buf[2048];
+  format_diag(d, buf, sizeof buf);
+  return bw_error_make(BW_ERR_CONFIG, d->problem, NULL, NULL, related, nrel, __FILE__, __LINE__,
+                       "%s", buf);
+}
+
+bw_error_t *bw__report_error(const bw_config_report_t *r) {
+  if (r == NULL || r->nerr == 0) return NULL;
+  const bw_config_diag_t *first = NULL;
+  bw_error_t *rel[kMaxErrors];
+  size_t nrel = 0;
+  for (size_t i = 0; i < r->n; i++) {
+    if (r->d[i].warning) continue;
+    if (first == NULL) first = &r->d[i];
+    else if (nrel < kMaxErrors) rel[nrel++] = diag_error(&r->d[i], NULL, 0);
+  }
+  return diag_error(first, nrel ? rel : NULL, nrel);
+}
+
+/* ---- small helpers -------------------------------------------------------- */
+
+typedef struct ctx {
+  bw_config_report_t *r;
+  bw__config_t *c;
+  bool env_allowed;
+} ctx_t;
+
+static char *path_join(const char *base, const char *key) {
+  size_t lb = strlen(base), lk = strlen(key);
+  char *p = bw__malloc(lb + lk + 2);
+  if (p == NULL) return NULL;
+  memcpy(p, base, lb);
+  size_t o = lb;
+  if (lb) p[o++] = '.';
+  memcpy(p + o, key, lk + 1);
+  return p;
+}
+
+static char *path_index(const char *base, size_t i) {
+  size_t lb = strlen(base);
+  char *p = bw__malloc(lb + 24);
+  if (p == NULL) return NULL;
+  snprintf(p, lb + 24, "%s[%zu]", base, i);
+  return p;
+}
+
+#define ERR(ctx, prob, node, path, ...) \
+  bw__report_add((ctx)->r, (prob), false, (node)->line, (node)->col, (path), __VA_ARGS__)
+
+static const char *node_kind_name(const bw__cnode_t *n) {
+  if (n == NULL || (n->kind == BW__CN_SCALAR && n->null_value)) return "nothing";
+  switch (n->kind) {
+    case BW__CN_MAP: return "a mapping";
+    case BW__CN_SEQ: return "a list";
+    case BW__CN_SCALAR: return "a value";
+  }
+  return "?";
+}
+
+static void names_of(const bw__layer_schema_t *s, const char **out) {
+  for (size_t i = 0; i < s->nkeys; i++) out[i] = s->keys[i].name;
+}
+
+static const char *kind_names[BW_ERR__MAX];
+static size_t nkind_names;
+
+static void init_kind_names(void) {
+  if (nkind_names) return;
+  size_t n = 0;
+  for (int k = 1; k < BW_ERR__MAX; k++) kind_names[n++] = bw_error_kind_name((bw_error_kind_t)k);
+  nkind_names = n; /* benign race: every thread writes the same values */
+}
+
+static void expected_text(const bw__key_t *k, char *buf, size_t len) {
+  switch (k->type) {
+    case BW__VT_INT: snprintf(buf, len, "an integer"); break;
+    case BW__VT_DOUBLE: snprintf(buf, len, "a number"); break;
+    case BW__VT_BOOL: snprintf(buf, len, "true or false"); break;
+    case BW__VT_DURATION: snprintf(buf, len, "a duration like 250us, 200ms, 2s or 1m"); break;
+    case BW__VT_RATIO: snprintf(buf, len, "a ratio like 50%% or 0.5"); break;
+    case BW__VT_RATE: snprintf(buf, len, "a rate like 100/s or 6000/m"); break;
+    case BW__VT_SIZE: snprintf(buf, len, "a size like 64KiB or 10MiB"); break;
+    case BW__VT_ENUM: {
+      snprintf(buf, len, "one of ");
+      size_t o = strlen(buf);
+      for (const char *p = k->enum_values; *p && o + 3 < len; p++) {
+        if (*p == '|') {
+          if (o + 3 < len) { buf[o++] = ','; buf[o++] = ' '; }
+        } else {
+          buf[o++] = *p;
+        }
+      }
+      buf[o] = '\0';
+      break;
+    }
+    case BW__VT_STRING: snprintf(buf, len, "a string"); break;
+    case BW__VT_KINDS: snprintf(buf, len, "a list of error kinds like [timeout, transport]"); break;
+    case BW__VT_INTS: snprintf(buf, len, "a list of integers"); break;
+    case BW__VT_STRINGS: snprintf(buf, len, "a list of strings"); break;
+    case BW__VT_KIND: snprintf(buf, len, "an error kind like timeout, transport, unavailable"); break;
+    case BW__VT_REF:
+      if (strcmp(k->enum_values, "stack") == 0) snprintf(buf, len, "the name of a stack");
+      else snprintf(buf, len, "the name of a shared %s", k->enum_values);
+      break;
+  }
+}
+
+/* ${VAR} expansion. Returns a new string, or NULL after reporting. */
+static char *expand_env(ctx_t *x, const bw__cnode_t *n, const char *path, bw__cval_t *v) {
+  const char *s = n->str;
+  if (strstr(s, "${") == NULL) return bw__strdup(s);
+  if (!x->env_allowed) return bw__strdup(s); /* literal outside clients */
+  size_t cap = strlen(s) + 1, o = 0;
+  char *out = bw__malloc(cap);
+  if (out == NULL) return NULL;
+  while (*s) {
+    if (s[0] == '$' && s[1] == '{') {
+      const char *end = strchr(s + 2, '}');
+      size_t nl = end ? (size_t)(end - s - 2) : 0;
+      char name[128];
+      bool ok = end != NULL && nl > 0 && nl < sizeof name;
+      for (size_t i = 0; ok && i < nl; i++) {
+        char ch = s[2 + i];
+        ok = (ch == '_' || (ch >= 'A' && ch <= 'Z') || (ch >= 'a' && ch <= 'z') ||
+              (ch >= '0' && ch <= '9'));
+      }
+      if (!ok) {
+        ERR(x, BW_CFG_ENV, n, path, "malformed ${...}; expected ${NAME} with letters, digits and _");
+        bw__free(out);
+        return NULL;
+      }
+      memcpy(name, s + 2, nl);
+      name[nl] = '\0';
+      const char *val = getenv(name);
+      if (val == NULL) {
+        ERR(x, BW_CFG_ENV, n, path, "environment variable %s is not set", name);
+        bw__free(out);
+        return NULL;
+      }
+      if (v->env == NULL) v->env = bw__strdup(name);
+      v->secret = true;
+      size_t vl = strlen(val);
+      if (o + vl + strlen(end + 1) + 1 > cap) {
+        cap = o + vl + strlen(end + 1) + 1;
+        char *no = bw__realloc(out, cap);
+        if (no == NULL) {
+          bw__free(out);
+          return NULL;
+        }
+        out = no;
+      }
+      memcpy(out + o, val, vl);
+      o += vl;
+      s = end + 1;
+    } else {
+      if (o + 2 > cap) {
+        cap = cap * 2 + 2;
+        char *no = bw__realloc(out, cap);
+        if (no == NULL) {
+          bw__free(out);
+          return NULL;
+        }
+        out = no;
+      }
+      out[o++] = *s++;
+    }
+  }
+  out[o] = '\0';
+  return out;
+}
+
+static void fmt_bound(const bw__key_t *k, double b, char *buf, size_t len) {
+  switch (k->type) {
+    case BW__VT_DURATION: bw__format_duration((uint64_t)b, buf, len); break;
+    case BW__VT_SIZE: bw__format_size((uint64_t)b, buf, len); break;
+    case BW__VT_RATE: snprintf(buf, len, "%g/s", b); break;
+    case BW__VT_RATIO: bw__format_ratio(b, buf, len); break;
+    default: snprintf(buf, len, "%.15g", b); break;
+  }
+}
+
+static bool check_range(ctx_t *x, const bw__key_t *k, const bw__cnode_t *n, const char *path,
+                        const bw__cval_t *v, double val) {
+  if (k->min == 0 && k->max == 0) return true;
+  if (val >= k->min && val <= k->max) return true;
+  char lo[48], hi[48];
+  fmt_bound(k, k->min, lo, sizeof lo);
+  fmt_bound(k, k->max, hi, sizeof hi);
+  if (v->secret)
+    ERR(x, BW_CFG_RANGE, n, path, "the value of ${%s} is out of range; expected %s..%s", v->env, lo, hi);
+  else
+    ERR(x, BW_CFG_RANGE, n, path, "%s is out of range; expected %s..%s", n->str, lo, hi);
+  return false;
+}
+
+static void report_unit(ctx_t *x, int rc, const bw__key_t *k, const bw__cnode_t *n,
+                        const char *path, const bw__cval_t *v) {
+  char exp[160];
+  expected_text(k, exp, sizeof exp);
+  const char *what = v->secret ? "the value of ${...}" : n->str;
+  bw_config_problem_t p = rc == BW__UNIT_RANGE ? BW_CFG_RANGE
+                          : rc == BW__UNIT_UNIT ? BW_CFG_UNIT
+                                                : BW_CFG_BAD_VALUE;
+  if (p == BW_CFG_UNIT)
+    ERR(x, p, n, path, "'%s' has a missing or unknown unit; expected %s", what, exp);
+  else if (p == BW_CFG_RANGE)
+    ERR(x, p, n, path, "'%s' is out of range; expected %s", what, exp);
+  else
+    ERR(x, p, n, path, "'%s' is not valid; expected %s", what, exp);
+}
+
+static void free_val(bw__cval_t *v) {
+  bw__free(v->s);
+  bw__free(v->ints);
+  for (size_t i = 0; v->strs && i < v->n; i++) bw__free(v->strs[i]);
+  bw__free(v->strs);
+  bw__free(v->env);
+  memset(v, 0, sizeof *v);
+}
+
+/* One scalar item into v (lists call it per element). Returns success. */
+static bool parse_scalar(ctx_t *x, const bw__key_t *k, bw__vtype_t t, const bw__cnode_t *n,
+                         const char *path, bw__cval_t *v, const char *text) {
+  int rc;
+  switch (t) {
+    case BW__VT_INT: {
+      int64_t i;
+      rc = bw__parse_int(text, &i);
+      if (rc) break;
+      if (!check_range(x, k, n, path, v, (double)i)) return false;
+      v->i = i;
+      return true;
+    }
+    case BW__VT_DOUBLE: {
+      double d;
+      rc = bw__parse_double(text, &d);
+      if (rc) break;
+      if (!check_range(x, k, n, path, v, d)) return false;
+      v->d = d;
+      return true;
+    }
+    case BW__VT_BOOL:
+      rc = bw__parse_bool(text, &v->b);
+      if (rc) break;
+      return true;
+    case BW__VT_DURATION:
+      rc = bw__parse_duration_ns(text, &v->u);
+      if (rc) break;
+      return check_range(x, k, n, path, v, (double)v->u);
+    case BW__VT_SIZE:
+      rc = bw__parse_size(text, &v->u);
+      if (rc) break;
+      return check_range(x, k, n, path, v, (double)v->u);
+    case BW__VT_RATIO:
+      rc = bw__parse_ratio(text, &v->d);
+      if (rc) break;
+      return check_range(x, k, n, path, v, v->d);
+    case BW__VT_RATE:
+      rc = bw__parse_rate(text, &v->rate);
+      if (rc) break;
+      return check_range(x, k, n, path, v, bw_config_rate_per_sec(&v->rate));
+    case BW__VT_ENUM: {
+      size_t tl = strlen(text);
+      const char *p = k->enum_values;
+      const char *cands[16];
+      char words[16][32];
+      size_t nc = 0;
+      while (*p && nc < 16) {
+        const char *e = strchr(p, '|');
+        size_t wl = e ? (size_t)(e - p) : strlen(p);
+        if (wl == tl && memcmp(p, text, tl) == 0) {
+          v->s = bw__strdup(text);
+          return v->s != NULL;
+        }
+        if (wl >= sizeof words[0]) wl = sizeof words[0] - 1;
+        memcpy(words[nc], p, wl);
+        words[nc][wl] = '\0';
+        cands[nc] = words[nc];
+        nc++;
+        p = e ? e + 1 : p + wl;
+      }
+      char exp[160];
+      expected_text(k, exp, sizeof exp);
+      const char *dym = bw__did_you_mean(text, cands, nc);
+      if (dym)
+        ERR(x, BW_CFG_BAD_VALUE, n, path, "'%s' is not allowed; did you mean '%s'? expected %s", text, dym, exp);
+      else
+        ERR(x, BW_CFG_BAD_VALUE, n, path, "'%s' is not allowed; expected %s", text, exp);
+      return false;
+    }
+    case BW__VT_KIND:
+    case BW__VT_KINDS: {
+      bw_error_kind_t kind;
+      if (bw_error_kind_from_name(text, &kind) && kind != BW_ERR_NONE) {
+        if (t == BW__VT_KIND) {
+          v->s = bw__strdup(text);
+          v->i = kind;
+          return v->s != NULL;
+        }
+        v->i = kind;
+        return true;
+      }
+      init_kind_names();
+      const char *dym = bw__did_you_mean(text, kind_names, nkind_names);
+      if (dym)
+        ERR(x, BW_CFG_BAD_VALUE, n, path, "unknown error kind '%s'; did you mean '%s'?", text, dym);
+      else
+        ERR(x, BW_CFG_BAD_VALUE, n, path,
+            "unknown error kind '%s'; expected an error kind like timeout, transport, http_status", text);
+      return false;
+    }
+    case BW__VT_STRING:
+    case BW__VT_REF:
+    case BW__VT_STRINGS:
+      return true;
+    case BW__VT_INTS: {
+      int64_t i;
+      rc = bw__parse_int(text, &i);
+      if (rc) break;
+      if (!check_range(x, k, n, path, v, (double)i)) return false;
+      v->i = i;
+      return true;
+    }
+  }
+  report_unit(x, rc, k, n, path, v);
+  return false;
+}
+
+/* Parse node n as the value of key k into v. */
+static bool parse_value(ctx_t *x, const bw__key_t *k, const bw__cnode_t *n, const char *path,
+                        bw__cval_t *v) {
+  char exp[160];
+  expected_text(k, exp, sizeof exp);
+  v->line = n->line;
+  v->col = n->col;
+  bool list = k->type == BW__VT_KINDS || k->type == BW__VT_INTS || k->type == BW__VT_STRINGS;
+  if (list) {
+    size_t cnt = n->kind == BW__CN_SEQ ? n->n : 1;
+    if (n->kind == BW__CN_MAP || (n->kind == BW__CN_SCALAR && n->null_value)) {
+      ERR(x, BW_CFG_TYPE, n, path, "expected %s, got %s", exp, node_kind_name(n));
+      return false;
+    }
+    v->n = 0;
+    v->ints = bw__calloc(cnt ? cnt : 1, sizeof *v->ints);
+    v->strs = bw__calloc(cnt ? cnt : 1, sizeof *v->strs);
+    if (v->ints == NULL || v->strs == NULL) return false;
+    bool ok = true;
+    for (size_t i = 0; i < cnt; i++) {
+      const bw__cnode_t *it = n->kind == BW__CN_SEQ ? n->items[i] : n;
+      char *ip = path_index(path, i);
+      if (ip == NULL) return false;
+      if (it->kind != BW__CN_SCALAR || it->null_value) {
+        ERR(x, BW_CFG_TYPE, it, ip, "expected %s, got %s as an item", exp, node_kind_name(it));
+        ok = false;
+      } else {
+        bw__cval_t tmp;
+        memset(&tmp, 0, sizeof tmp);
+        char *txt = expand_env(x, it, ip, &tmp);
+        if (txt == NULL) {
+          ok = false;
+        } else if (parse_scalar(x, k, k->type, it, ip, &tmp, txt)) {
+          v->ints[v->n] = tmp.i;
+          v->strs[v->n] = txt;
+          txt = NULL;
+          v->n++;
+        } else {
+          ok = false;
+        }
+        bw__free(txt);
+        if (tmp.secret) v->secret = true;
+        bw__free(tmp.env);
+      }
+      bw__free(ip);
+    }
+    v->has = ok;
+    return ok;
+  }
+  if (n->kind != BW__CN_SCALAR || n->null_value) {
+    ERR(x, BW_CFG_TYPE, n, path, "expected %s, got %s", exp, node_kind_name(n));
+    return false;
+  }
+  char *txt = expand_env(x, n, path, v);
+  if (txt == NULL) return false;
+  bool ok = parse_scalar(x, k, k->type, n, path, v, txt);
+  if (ok && (k->type == BW__VT_STRING || k->type == BW__VT_REF)) {
+    v->s = txt;
+    txt = NULL;
+  }
+  bw__free(txt);
+  v->has = ok;
+  return ok;
+}
+
+static void apply_default(const bw__key_t *k, bw__cval_t *v) {
+  if (k->def == NULL) return;
+  /* defaults are trusted config text: a scalar, or "[a, b, c]" */
+  bw_config_report_t *tmp = bw__report_new("<default>");
+  if (tmp == NULL) return;
+  ctx_t x = {tmp, NULL, false};
+  char buf[256];
+  snprintf(buf, sizeof buf, "%s", k->def);
+  bw__cnode_t items[16], *ptrs[16];
+  bw__cnode_t root;
+  memset(&root, 0, sizeof root);
+  root.kind = BW__CN_SCALAR;
+  root.str = buf;
+  if (buf[0] == '[') {
+    root.kind = BW__CN_SEQ;
+    root.items = ptrs;
+    char *save = NULL;
+    for (char *t = strtok_r(buf + 1, ",]", &save); t && root.n < 16; t = strtok_r(NULL, ",]", &save)) {
+      while (*t == ' ') t++;
+      memset(&items[root.n], 0, sizeof items[0]);
+      items[root.n].kind = BW__CN_SCALAR;
+      items[root.n].str = t;
+      ptrs[root.n] = &items[root.n];
+      root.n++;
+    }
+  }
+  if (parse_value(&x, k, &root, k->name, v)) {
+    v->set = false;
+    v->line = v->col = 0;
+  }
+  bw_config_report_free(tmp);
+}
+
+/* ---- layers -------------------------------------------------------------- */
+
+static void free_layer(bw__clayer_t *l) {
+  for (size_t i = 0; i < BW__MAX_KEYS; i++) free_val(&l->vals[i]);
+  bw__free(l->shared);
+  bw__free(l->path);
+  memset(l, 0, sizeof *l);
+}
+
+/* Settings of schema s from node n (mapping, scalar shorthand or null). */
+static bool parse_settings(ctx_t *x, const bw__layer_schema_t *s, const bw__cnode_t *owner,
+                           const bw__cnode_t *n, const char *path, bw__clayer_t *out) {
+  bool ok = true;
+  out->schema = s;
+  out->line = owner->line;
+  out->col = owner->col;
+  if (n == NULL || (n->kind == BW__CN_SCALAR && n->null_value)) {
+    /* all defaults */
+  } else if (n->kind == BW__CN_SCALAR) {
+    if (s->shorthand == NULL) {
+      ERR(x, BW_CFG_TYPE, n, path, "expected a mapping of %s settings like { %s: ... }, got a value",
+          s->name, s->keys[0].name);
+      return false;
+    }
+    int ki = bw__schema_key(s, s->shorthand);
+    char *kp = path_join(path, s->shorthand);
+    if (kp == NULL) return false;
+    ok = parse_value(x, &s->keys[ki], n, kp, &out->vals[ki]);
+    out->vals[ki].set = ok;
+    bw__free(kp);
+  } else if (n->kind == BW__CN_SEQ) {
+    ERR(x, BW_CFG_TYPE, n, path, "expected a mapping of %s settings, got a list", s->name);
+    return false;
+  } else {
+    for (size_t i = 0; i < n->n; i++) {
+      const bw__cnode_t *kn = n->keys[i];
+      char *kp = path_join(path, kn->str);
+      if (kp == NULL) return false;
+      int ki = bw__schema_key(s, kn->str);
+      if (ki < 0) {
+        const char *names[BW__MAX_KEYS];
+        names_of(s, names);
+        const char *dym = bw__did_you_mean(kn->str, names, s->nkeys);
+        if (dym)
+          ERR(x, BW_CFG_UNKNOWN_KEY, kn, kp, "unknown %s setting '%s'; did you mean '%s'?", s->name, kn->str, dym);
+        else
+          ERR(x, BW_CFG_UNKNOWN_KEY, kn, kp, "unknown %s setting '%s'; `bulwark explain` lists them", s->name, kn->str);
+        ok = false;
+      } else if (!parse_value(x, &s->keys[ki], n->items[i], kp, &out->vals[ki])) {
+        ok = false;
+      } else {
+        out->vals[ki].set = true;
+      }
+      bw__free(kp);
+    }
+  }
+  for (size_t i = 0; i < s->nkeys; i++) {
+    if (out->vals[i].has) continue;
+    if (s->keys[i].required) {
+      char *kp = path_join(path, s->keys[i].name);
+      char exp[160];
+      expected_text(&s->keys[i], exp, sizeof exp);
+      bw__report_add(x->r, BW_CFG_MISSING_KEY, false, owner->line, owner->col, kp ? kp : path,
+                     "%s needs '%s' (%s)", s->name, s->keys[i].name, exp);
+      bw__free(kp);
+      ok = false;
+    } else {
+      apply_default(&s->keys[i], &out->vals[i]);
+    }
+  }
+  return ok;
+}
+
+static const char *layer_names[16];
+static size_t nlayer_names;
+
+static void init_layer_names(void) {
+  size_t n;
+  const bw__layer_schema_t *const *all = bw__schema_all(&n);
+  for (size_t i = 0; i < n && i < 16; i++) layer_names[i] = all[i]->name;
+  nlayer_names = n;
+}
+
+static void report_unknown_layer(ctx_t *x, const bw__cnode_t *kn, const char *path) {
+  init_layer_names();
+  const char *dym = bw__did_you_mean(kn->str, layer_names, nlayer_names);
+  if (dym)
+    ERR(x, BW_CFG_UNKNOWN_LAYER, kn, path, "unknown layer '%s'; did you mean '%s'?", kn->str, dym);
+  else
+    ERR(x, BW_CFG_UNKNOWN_LAYER, kn, path,
+        "unknown layer '%s'; expected timeout, retry, rate_limit, bulkhead, circuit_breaker, "
+        "fallback or chaos", kn->str);
+}
+
+/* A one-key mapping { LAYER: settings }. */
+static bool parse_one_layer(ctx_t *x, const bw__cnode_t *item, const char *path, bool in_stack,
+                            bw__clayer_t *out) {
+  const bw__cnode_t *kn, *val = NULL;
+  if (item->kind == BW__CN_SCALAR && !item->null_value) {
+    kn = item; /* "- bulkhead": all defaults */
+  } else if (item->kind == BW__CN_MAP && item->n == 1) {
+    kn = item->keys[0];
+    val = item->items[0];
+  } else if (item->kind == BW__CN_MAP && item->n > 1) {
+    ERR(x, BW_CFG_TYPE, item->keys[1], path,
+        "one layer per item, found '%s' after '%s'; start each layer with '- ' or indent its settings",
+        item->keys[1]->str, item->keys[0]->str);
+    return false;
+  } else {
+    ERR(x, BW_CFG_TYPE, item, path, "expected a layer like { retry: {...} }, got %s",
+        node_kind_name(item));
+    return false;
+  }
+  out->line = kn->line;
+  out->col = kn->col;
+  if (in_stack && strcmp(kn->str, "shared") == 0) {
+    if (val == NULL || val->kind != BW__CN_SCALAR || val->null_value) {
+      ERR(x, BW_CFG_TYPE, val ? val : kn, path, "expected the name of an instance under shared:, got %s",
+          node_kind_name(val));
+      return false;
+    }
+    const bw__cshared_t *sh = bw__config_shared(x->c, val->str);
+    if (sh == NULL) {
+      const char *cands[64];
+      size_t nc = 0;
+      for (size_t i = 0; i < x->c->nshared && nc < 64; i++) cands[nc++] = x->c->shared[i].name;
+      const char *dym = bw__did_you_mean(val->str, cands, nc);
+      if (dym)
+        ERR(x, BW_CFG_UNKNOWN_REF, val, path, "no shared instance '%s'; did you mean '%s'?", val->str, dym);
+      else
+        ERR(x, BW_CFG_UNKNOWN_REF, val, path, "no shared instance '%s'; define it under shared:", val->str);
+      return false;
+    }
+    if (sh->layer.schema == NULL) return false; /* already reported as invalid */
+    if (!sh->layer.schema->is_layer) {
+      ERR(x, BW_CFG_TYPE, val, path, "'%s' is a %s, not a layer; reference it from retry.budget",
+          val->str, sh->layer.schema->name);
+      return false;
+    }
+    out->schema = sh->layer.schema;
+    out->shared = bw__strdup(val->str);
+    return out->shared != NULL;
+  }
+  const bw__layer_schema_t *s = bw__schema_find(kn->str);
+  char *lp = path_join(path, kn->str);
+  if (lp == NULL) return false;
+  bool ok;
+  if (s == NULL || (in_stack && !s->is_layer)) {
+    if (s != NULL)
+      ERR(x, BW_CFG_UNKNOWN_LAYER, kn, lp, "%s is not a layer; define it under shared: and name it in retry.budget",
+          kn->str);
+    else
+      report_unknown_layer(x, kn, lp);
+    ok = false;
+  } else if (!in_stack && !s->shareable) {
+    ERR(x, BW_CFG_TYPE, kn, lp, "%s keeps no state and cannot be shared; write it in each stack",
+        kn->str);
+    ok = false;
+  } else {
+    ok = parse_settings(x, s, kn, val, lp, out);
+  }
+  out->path = lp;
+  return ok;
+}
+
+/* References from retry.budget must name a shared retry_budget. */
+static bool check_refs(ctx_t *x, bw__clayer_t *l) {
+  if (l->schema == NULL || l->shared) return true;
+  bool ok = true;
+  for (size_t i = 0; i < l->schema->nkeys; i++) {
+    const bw__key_t *k = &l->schema->keys[i];
+    bw__cval_t *v = &l->vals[i];
+    if (k->type != BW__VT_REF || !v->set || strcmp(k->enum_values, "stack") == 0) continue;
+    const bw__cshared_t *sh = bw__config_shared(x->c, v->s);
+    char *kp = path_join(l->path ? l->path : "", k->name);
+    if (sh == NULL || sh->layer.schema == NULL || strcmp(sh->layer.schema->name, k->enum_values) != 0) {
+      const char *cands[64];
+      size_t nc = 0;
+      for (size_t j = 0; j < x->c->nshared && nc < 64; j++)
+        if (x->c->shared[j].layer.schema &&
+            strcmp(x->c->shared[j].layer.schema->name, k->enum_values) == 0)
+          cands[nc++] = x->c->shared[j].name;
+      const char *dym = bw__did_you_mean(v->s, cands, nc);
+      bw__report_add(x->r, BW_CFG_UNKNOWN_REF, false, v->line, v->col, kp ? kp : "",
+                     "no shared %s '%s'%s%s%s", k->enum_values, v->s, dym ? "; did you mean '" : "",
+                     dym ? dym : "", dym ? "'?" : "");
+      ok = false;
+    }
+    bw__free(kp);
+  }
+  return ok;
+}
+
+/* ---- sections -------------------------------------------------------------- */
+
+static void parse_shared(ctx_t *x, const bw__cnode_t *n) {
+  if (n->kind != BW__CN_MAP) {
+    if (!n->null_value)
+      ERR(x, BW_CFG_TYPE, n, "shared", "expected a mapping of NAME: { LAYER: settings }, got %s",
+          node_kind_name(n));
+    return;
+  }
+  x->c->shared = bw__calloc(n->n ? n->n : 1, sizeof *x->c->shared);
+  if (x->c->shared == NULL) return;
+  for (size_t i = 0; i < n->n; i++) {
+    bw__cshared_t *sh = &x->c->shared[x->c->nshared++];
+    sh->name = bw__strdup(n->keys[i]->str);
+    char *p = path_join("shared", n->keys[i]->str);
+    if (p == NULL || sh->name == NULL) {
+      bw__free(p);
+      continue;
+    }
+    const bw__cnode_t *v = n->items[i];
+    if (v->kind != BW__CN_MAP || v->n != 1) {
+      ERR(x, BW_CFG_TYPE, v->kind == BW__CN_MAP && v->n > 1 ? v->keys[1] : v, p,
+          "expected exactly one layer like { circuit_breaker: {...} }, got %s",
+          v->kind == BW__CN_MAP ? "several keys" : node_kind_name(v));
+    } else if (!parse_one_layer(x, v, p, false, &sh->layer)) {
+      free_layer(&sh->layer); /* schema NULL marks it invalid */
+    }
+    bw__free(p);
+  }
+  for (size_t i = 0; i < x->c->nshared; i++) check_refs(x, &x->c->shared[i].layer);
+}
+
+static void parse_stacks(ctx_t *x, const bw__cnode_t *n) {
+  if (n->kind != BW__CN_MAP) {
+    ERR(x, BW_CFG_TYPE, n, "stacks", "expected a mapping of stack names to lists of layers, got %s",
+        node_kind_name(n));
+    return;
+  }
+  if (n->n == 0) {
+    ERR(x, BW_CFG_EMPTY, n, "stacks", "no stacks; name at least one");
+    return;
+  }
+  x->c->stacks = bw__calloc(n->n, sizeof *x->c->stacks);
+  if (x->c->stacks == NULL) return;
+  for (size_t i = 0; i < n->n; i++) {
+    bw__cstack_t *st = &x->c->stacks[x->c->nstacks++];
+    const bw__cnode_t *kn = n->keys[i], *v = n->items[i];
+    st->name = bw__strdup(kn->str);
+    st->line = kn->line;
+    st->col = kn->col;
+    char *p = path_join("stacks", kn->str);
+    if (p == NULL || st->name == NULL) {
+      bw__free(p);
+      continue;
+    }
+    if ((v->kind == BW__CN_SCALAR && v->null_value) || (v->kind == BW__CN_SEQ && v->n == 0)) {
+      ERR(x, BW_CFG_EMPTY_STACK, v->kind == BW__CN_SEQ ? v : kn, p,
+          "stack '%s' has no layers; list at least one, outermost first", kn->str);
+    } else if (v->kind != BW__CN_SEQ) {
+      ERR(x, BW_CFG_TYPE, v, p, "expected a list of layers, outermost first (each item starts with '- '), got %s",
+          node_kind_name(v));
+    } else {
+      st->layers = bw__calloc(v->n, sizeof *st->layers);
+      if (st->layers != NULL) {
+        for (size_t j = 0; j < v->n; j++) {
+          char *ip = path_index(p, j);
+          if (ip == NULL) break;
+          bw__clayer_t *l = &st->layers[st->n++];
+          if (parse_one_layer(x, v->items[j], ip, true, l)) {
+            if (l->path == NULL) l->path = bw__strdup(ip);
+            check_refs(x, l);
+          }
+          if (l->path == NULL) l->path = bw__strdup(ip);
+          if (l->line == 0) {
+            l->line = v->items[j]->line;
+            l->col = v->items[j]->col;
+          }
+          bw__free(ip);
+        }
+      }
+    }
+    bw__free(p);
+  }
+}
+
+static void parse_clients(ctx_t *x, const bw__cnode_t *n) {
+  if (n->kind != BW__CN_MAP) {
+    if (!n->null_value)
+      ERR(x, BW_CFG_TYPE, n, "clients", "expected a mapping of NAME: { http|redis: settings }, got %s",
+          node_kind_name(n));
+    return;
+  }
+  x->c->clients = bw__calloc(n->n ? n->n : 1, sizeof *x->c->clients);
+  if (x->c->clients == NULL) return;
+  x->env_allowed = true;
+  for (size_t i = 0; i < n->n; i++) {
+    const bw__cnode_t *kn = n->keys[i], *v = n->items[i];
+    bw__cclient_t *cl = &x->c->clients[x->c->nclients++];
+    cl->name = bw__strdup(kn->str);
+    cl->line = kn->line;
+    cl->col = kn->col;
+    char *p = path_join("clients", kn->str);
+    if (p == NULL || cl->name == NULL) {
+      bw__free(p);
+      continue;
+    }
+    if (v->kind != BW__CN_MAP || v->n != 1) {
+      ERR(x, BW_CFG_TYPE, v->kind == BW__CN_MAP && v->n > 1 ? v->keys[1] : v, p,
+          "expected exactly one of { http: {...} } or { redis: {...} }, got %s",
+          v->kind == BW__CN_MAP ? "several keys" : node_kind_name(v));
+      bw__free(p);
+      continue;
+    }
+    const bw__cnode_t *tn = v->keys[0];
+    char *tp = path_join(p, tn->str);
+    bool redis = strcmp(tn->str, "redis") == 0;
+    if (tp != NULL && !redis && strcmp(tn->str, "http") != 0) {
+      static const char *const types[] = {"http", "redis"};
+      const char *dym = bw__did_you_mean(tn->str, types, 2);
+      ERR(x, BW_CFG_UNKNOWN_KEY, tn, tp, "unknown client type '%s'%s%s%s; expected http or redis",
+          tn->str, dym ? "; did you mean '" : "", dym ? dym : "", dym ? "'?" : "");
+    } else if (tp != NULL) {
+      cl->redis = redis;
+      const bw__layer_schema_t *s = bw__schema_client(redis);
+      if (parse_settings(x, s, tn, v->items[0], tp, &cl->conf)) {
+        int si = bw__schema_key(s, "stack");
+        bw__cval_t *sv = &cl->conf.vals[si];
+        if (sv->set && bw__config_stack(x->c, sv->s) == NULL) {
+          const char *cands[64];
+          size_t nc = 0;
+          for (size_t j = 0; j < x->c->nstacks && nc < 64; j++) cands[nc++] = x->c->stacks[j].name;
+          const char *dym = bw__did_you_mean(sv->s, cands, nc);
+          char *sp = path_join(tp, "stack");
+          bw__report_add(x->r, BW_CFG_UNKNOWN_REF, false, sv->line, sv->col, sp ? sp : tp,
+                         "no stack '%s'%s%s%s", sv->s, dym ? "; did you mean '" : "", dym ? dym : "",
+                         dym ? "'?" : "");
+          bw__free(sp);
+        }
+      }
+      cl->conf.path = tp;
+      tp = NULL;
+    }
+    bw__free(tp);
+    bw__free(p);
+  }
+  x->env_allowed = false;
+}
+
+/* ---- model --------------------------------------------------------------- */
+
+void bw__config_free(bw__config_t *c) {
+  if (c == NULL) return;
+  for (size_t i = 0; i < c->nstacks; i++) {
+    for (size_t j = 0; j < c->stacks[i].n; j++) free_layer(&c->stacks[i].layers[j]);
+    bw__free(c->stacks[i].layers);
+    bw__free(c->stacks[i].name);
+  }
+  for (size_t i = 0; i < c->nshared; i++) {
+    free_layer(&c->shared[i].layer);
+    bw__free(c->shared[i].name);
+  }
+  for (size_t i = 0; i < c->nclients; i++) {
+    free_layer(&c->clients[i].conf);
+    bw__free(c->clients[i].name);
+  }
+  bw__free(c->stacks);
+  bw__free(c->shared);
+  bw__free(c->clients);
+  bw__free(c->file);
+  bw__free(c);
+}
+
+const bw__cstack_t *bw__config_stack(const bw__config_t *c, const char *name) {
+  for (size_t i = 0; c && name && i < c->nstacks; i++)
+    if (c->stacks[i].name && strcmp(c->stacks[i].name, name) == 0) return &c->stacks[i];
+  return NULL;
+}
+const bw__cshared_t *bw__config_shared(const bw__config_t *c, const char *name) {
+  for (size_t i = 0; c && name && i < c->nshared; i++)
+    if (c->shared[i].name && strcmp(c->shared[i].name, name) == 0) return &c->shared[i];
+  return NULL;
+}
+const bw__cclient_t *bw__config_client(const bw__config_t *c, const char *name) {
+  for (size_t i = 0; c && name && i < c->nclients; i++)
+    if (c->clients[i].name && strcmp(c->clients[i].name, name) == 0) return &c->clients[i];
+  return NULL;
+}
+
+const bw__clayer_t *bw__config_resolve(const bw__config_t *c, const bw__clayer_t *item) {
+  if (item->shared == NULL) return item;
+  const bw__cshared_t *sh = bw__config_shared(c, item->shared);
+  return sh ? &sh->layer : item;
+}
+
+static bool val_equal(const bw__key_t *k, const bw__cval_t *a, const bw__cval_t *b) {
+  if (a->has != b->has) return false;
+  if (!a->has) return true;
+  switch (k->type) {
+    case BW__VT_INT: return a->i == b->i;
+    case BW__VT_DOUBLE: case BW__VT_RATIO: return a->d == b->d;
+    case BW__VT_BOOL: return a->b == b->b;
+    case BW__VT_DURATION: case BW__VT_SIZE: return a->u == b->u;
+    case BW__VT_RATE: return a->rate.count == b->rate.count && a->rate.per_ns == b->rate.per_ns;
+    case BW__VT_ENUM: case BW__VT_STRING: case BW__VT_REF: case BW__VT_KIND:
+      return strcmp(a->s ? a->s : "", b->s ? b->s : "") == 0;
+    case BW__VT_KINDS: case BW__VT_INTS: case BW__VT_STRINGS:
+      if (a->n != b->n) return false;
+      for (size_t i = 0; i < a->n; i++) {
+        if (a->ints[i] != b->ints[i]) return false;
+        if (strcmp(a->strs[i], b->strs[i]) != 0) return false;
+      }
+      return true;
+  }
+  return false;
+}
+
+bool bw__clayer_equal(const bw__clayer_t *a, const bw__clayer_t *b) {
+  if (a->schema != b->schema || a->schema == NULL) return false;
+  for (size_t i = 0; i < a->schema->nkeys; i++)
+    if (!val_equal(&a->schema->keys[i], &a->vals[i], &b->vals[i])) return false;
+  return true;
+}
+
+bw__config_t *bw__config_load(const char *text, size_t len, const char *fname,
+                              bw_config_report_t *report) {
+  bw__cdoc_t *doc = NULL;
+  bw__cnode_t *root = NULL;
+  if (bw__yaml_parse(text, len, fname, report, &doc, &root) != 0) return NULL;
+  size_t before = bw_config_report_errors(report);
+  bw__config_t *c = bw__calloc(1, sizeof *c);
+  if (c == NULL || (c->file = bw__strdup(fname ? fname : "<string>")) == NULL) {
+    bw__free(c);
+    bw__cdoc_free(doc);
+    bw__report_add(report, BW_CFG_IO, false, 0, 0, "", "out of memory");
+    return NULL;
+  }
+  ctx_t x = {report, c, false};
+  if (root == NULL || (root->kind == BW__CN_SCALAR && root->null_value)) {
+    bw__report_add(report, BW_CFG_EMPTY, false, root ? root->line : 1, root ? root->col : 1, "",
+                   "empty config; expected a mapping with a 'stacks:' section");
+  } else if (root->kind != BW__CN_MAP) {
+    ERR(&x, BW_CFG_TYPE, root, "", "expected a mapping with a 'stacks:' section at the top, got %s",
+        node_kind_name(root));
+  } else {
+    static const char *const sections[] = {"stacks", "shared", "clients", "version"};
+    const bw__cnode_t *st = NULL, *sh = NULL, *cl = NULL;
+    for (size_t i = 0; i < root->n; i++) {
+      const bw__cnode_t *kn = root->keys[i];
+      if (strcmp(kn->str, "stacks") == 0) st = root->items[i];
+      else if (strcmp(kn->str, "shared") == 0) sh = root->items[i];
+      else if (strcmp(kn->str, "clients") == 0) cl = root->items[i];
+      else if (strcmp(kn->str, "version") == 0) {
+        const bw__cnode_t *v = root->items[i];
+        if (v->kind != BW__CN_SCALAR || strcmp(v->str, "1") != 0)
+          ERR(&x, BW_CFG_BAD_VALUE, v, "version", "unsupported version; expected 1");
+      } else {
+        const char *dym = bw__did_you_mean(kn->str, sections, 4);
+        ERR(&x, BW_CFG_UNKNOWN_SECTION, kn, kn->str, "unknown section '%s'%s%s%s; expected stacks, shared or clients",
+            kn->str, dym ? "; did you mean '" : "", dym ? dym : "", dym ? "'?" : "");
+      }
+    }
+    if (sh) parse_shared(&x, sh);
+    if (st) parse_stacks(&x, st);
+    else
+      bw__report_add(report, BW_CFG_EMPTY, false, root->line, root->col, "",
+                     "no 'stacks:' section; expected stacks: { NAME: [layers...] }");
+    if (cl) parse_clients(&x, cl);
+  }
+  bw__cdoc_free(doc);
+  if (bw_config_report_errors(report) > before) {
+    bw__config_free(c);
+    return NULL;
+  }
+  for (size_t i = 0; i < c->nstacks; i++) bw__order_check(c, &c->stacks[i], report);
+  return c;
+}
+
+int bw__read_file(const char *path, char **out, size_t *len) {
+  FILE *f = fopen(path, "rb");
+  if (f == NULL) return -errno;
+  size_t cap = 4096, n = 0;
+  char *buf = bw__malloc(cap);
+  if (buf == NULL) {
+    fclose(f);
+    return -ENOMEM;
+  }
+  for (;;) {
+    if (n + 1 >= cap) {
+      if (cap > ((size_t)64 << 20)) { /* 64 MiB is not a config file */
+        bw__free(buf);
+        fclose(f);
+        return -EFBIG;
+      }
+      char *nb = bw__realloc(buf, cap * 2);
+      if (nb == NULL) {
+        bw__free(buf);
+        fclose(f);
+        return -ENOMEM;
+      }
+      buf = nb;
+      cap *= 2;
+    }
+    size_t got = fread(buf + n, 1, cap - n - 1, f);
+    n += got;
+    if (got == 0) break;
+  }
+  int err = ferror(f) ? -EIO : 0;
+  fclose(f);
+  if (err) {
+    bw__free(buf);
+    return err;
+  }
+  buf[n] = '\0';
+  *out = buf;
+  *len = n;
+  return 0;
+}
+
+/* ---- public check ------------------------------------------------------------- */
+
+bw_error_t *bw_config_check_string(const char *text, size_t len, const char *name,
+                                   bw_config_report_t **report) {
+  if (report) *report = NULL;
+  if (text == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "config text is NULL");
+  bw_config_report_t *r = bw__report_new(name ? name : "<string>");
+  if (r == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  bw__config_t *c = bw__config_load(text, len, name ? name : "<string>", r);
+  bw__config_free(c);
+  bw_error_t *e = bw__report_error(r);
+  if (report) *report = r;
+  else bw_config_report_free(r);
+  return e;
+}
+
+bw_error_t *bw_config_check_file(const char *path, bw_config_report_t **report) {
+  if (report) *report = NULL;
+  if (path == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "config path is NULL");
+  char *text;
+  size_t len;
+  int rc = bw__read_file(path, &text, &len);
+  if (rc != 0) {
+    bw_config_report_t *r = bw__report_new(path);
+    if (r == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+    bw__report_add(r, BW_CFG_IO, false, 0, 0, "", "cannot read: %s", strerror(-rc));
+    bw_error_t *e = bw__report_error(r);
+    if (report) *report = r;
+    else bw_config_report_free(r);
+    return e;
+  }
+  bw_error_t *e = bw_config_check_string(text, len, path, report);
+  bw__free(text);
+  return e;
+}

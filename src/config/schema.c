@@ -1,0 +1,178 @@
+/* The table of layers and their settings.
+ *
+ * Each key names its type, unit (through the type), allowed range in the
+ * base unit (ns for durations, bytes for sizes, events/s for rates), and
+ * default written in config syntax, so the loader, `explain` and the docs
+ * all read one table. Defaults follow the layer headers (which follow
+ * resilience4j / Polly v8 / tower, see each header); where a layer has no
+ * setting the key is absent rather than silently ignored.
+ *
+ * Ranges are sanity bounds chosen by us (no peer documents them): they
+ * catch "10000h" typed for "10000ms", not real use. */
+#include <string.h>
+
+#include "config/internal.h"
+
+#define D_NS(x) ((double)(x))
+#define SEC 1e9
+#define HOUR (3600.0 * SEC)
+#define DAY (24.0 * HOUR)
+
+static const bw__key_t kTimeout[] = {
+    {"duration", BW__VT_DURATION, NULL, 1e3, DAY, "1s", false,
+     "time allowed for the inner call, after which it is cancelled"},
+};
+
+static const bw__key_t kRetry[] = {
+    {"max_attempts", BW__VT_INT, NULL, 1, 100, "3", false, "attempts in total, the first included"},
+    {"backoff", BW__VT_ENUM, "constant|linear|exponential", 0, 0, "exponential", false,
+     "how the delay grows between attempts"},
+    {"base_delay", BW__VT_DURATION, NULL, 0, HOUR, "100ms", false, "delay before the first retry"},
+    {"multiplier", BW__VT_DOUBLE, NULL, 1, 100, "2", false, "exponential growth factor"},
+    {"max_delay", BW__VT_DURATION, NULL, 0, DAY, "10s", false, "cap on one delay"},
+    {"jitter", BW__VT_ENUM, "none|full|equal|decorrelated", 0, 0, "full", false,
+     "randomisation of each delay"},
+    {"retry_on", BW__VT_KINDS, NULL, 0, 0, NULL, false,
+     "error kinds to retry (default: transport, timeouts, retryable HTTP/Redis errors)"},
+    {"http_statuses", BW__VT_INTS, NULL, 100, 599, "[429, 502, 503, 504]", false,
+     "HTTP statuses that are retried"},
+    {"redis_errors", BW__VT_STRINGS, NULL, 0, 0, "[LOADING, BUSY, TRYAGAIN, MASTERDOWN]", false,
+     "Redis error prefixes that are retried"},
+    {"respect_retry_after", BW__VT_BOOL, NULL, 0, 0, "true", false,
+     "wait as long as a Retry-After hint asks"},
+    {"max_retry_after", BW__VT_DURATION, NULL, 0, DAY, "30s", false, "cap on a Retry-After wait"},
+    {"budget", BW__VT_REF, "retry_budget", 0, 0, NULL, false,
+     "name of a shared retry_budget limiting retries across calls"},
+    {"seed", BW__VT_INT, NULL, 0, 9.2e18, "0", false, "jitter seed (0: random)"},
+};
+
+static const bw__key_t kBudget[] = {
+    {"ratio", BW__VT_RATIO, NULL, 0, 1, "20%", false, "retries allowed per request"},
+    {"min_per_second", BW__VT_INT, NULL, 0, 1e9, "10", false, "retries always allowed per second"},
+    {"window", BW__VT_DURATION, NULL, 1e6, DAY, "10s", false, "time window the ratio is over"},
+};
+
+static const bw__key_t kRateLimit[] = {
+    {"rate", BW__VT_RATE, NULL, 1e-6, 1e9, NULL, true, "tokens added, e.g. 100/s"},
+    {"burst", BW__VT_INT, NULL, 1, 1e9, NULL, false, "bucket size (default: one second of rate, at least 1)"},
+    {"mode", BW__VT_ENUM, "wait|reject", 0, 0, "reject", false,
+     "wait for a token, or reject at once"},
+    {"max_wait", BW__VT_DURATION, NULL, 0, HOUR, "1s", false, "longest wait in mode wait"},
+};
+
+static const bw__key_t kBulkhead[] = {
+    {"max_concurrent", BW__VT_INT, NULL, 1, 1e6, "25", false, "calls in flight at once"},
+    {"max_queue", BW__VT_INT, NULL, 0, 1e6, "0", false, "calls waiting for a permit"},
+    {"max_wait", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "longest wait in the queue"},
+};
+
+static const bw__key_t kBreaker[] = {
+    {"window", BW__VT_ENUM, "count|time|consecutive", 0, 0, "count", false,
+     "sliding window type"},
+    {"window_size", BW__VT_INT, NULL, 1, 1e6, "100", false, "calls in a count window"},
+    {"window_duration", BW__VT_DURATION, NULL, 1e6, DAY, "60s", false, "length of a time window"},
+    {"consecutive_failures", BW__VT_INT, NULL, 1, 1e6, "5", false,
+     "failures in a row that open a consecutive breaker"},
+    {"failure_rate_threshold", BW__VT_RATIO, NULL, 0, 1, "50%", false,
+     "failure rate that opens the breaker"},
+    {"slow_call_rate_threshold", BW__VT_RATIO, NULL, 0, 1, "100%", false,
+     "slow call rate that opens the breaker"},
+    {"slow_call_duration", BW__VT_DURATION, NULL, 0, DAY, "60s", false, "a call slower is slow"},
+    {"minimum_calls", BW__VT_INT, NULL, 1, 1e6, "100", false,
+     "calls in the window before rates count"},
+    {"open_duration", BW__VT_DURATION, NULL, 1e6, DAY, "60s", false, "time open before half-open"},
+    {"open_duration_multiplier", BW__VT_DOUBLE, NULL, 1, 100, "1", false,
+     "growth of the open time after each failed probe round"},
+    {"max_open_duration", BW__VT_DURATION, NULL, 0, DAY, "0", false, "cap on the grown open time (0: none)"},
+    {"half_open_calls", BW__VT_INT, NULL, 1, 1e6, "10", false, "probe calls let through half-open"},
+    {"failure_on", BW__VT_KINDS, NULL, 0, 0, NULL, false,
+     "error kinds that count as failures (default: what retry retries, plus HTTP 5xx)"},
+    {"state", BW__VT_ENUM, "auto|forced_open|forced_closed|disabled", 0, 0, "auto", false,
+     "manual override"},
+};
+
+static const bw__key_t kFallback[] = {
+    {"value", BW__VT_STRING, NULL, 0, 0, NULL, true, "the answer given instead (HTTP body / Redis reply)"},
+    {"status", BW__VT_INT, NULL, 100, 599, "200", false, "HTTP status of the fallback answer"},
+    {"on", BW__VT_KINDS, NULL, 0, 0, NULL, false, "error kinds that trigger it (default: any error)"},
+};
+
+static const bw__key_t kChaos[] = {
+    {"error_rate", BW__VT_RATIO, NULL, 0, 1, "0", false, "share of calls failed with `error`"},
+    {"error", BW__VT_KIND, NULL, 0, 0, "injected", false, "kind of the injected error"},
+    {"latency", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "added latency (fixed, or the mean)"},
+    {"latency_rate", BW__VT_RATIO, NULL, 0, 1, "100%", false, "share of calls delayed"},
+    {"latency_distribution", BW__VT_ENUM, "fixed|uniform|normal", 0, 0, "fixed", false,
+     "how the delay is drawn"},
+    {"latency_max", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "upper bound (uniform)"},
+    {"latency_stddev", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "standard deviation (normal)"},
+    {"hang_rate", BW__VT_RATIO, NULL, 0, 1, "0", false, "share of calls that hang until the deadline"},
+    {"first_n", BW__VT_INT, NULL, 0, 1e12, "0", false, "fail exactly the first N calls"},
+    {"every_nth", BW__VT_INT, NULL, 0, 1e12, "0", false, "fail every Nth call"},
+    {"seed", BW__VT_INT, NULL, 0, 9.2e18, "1", false, "random seed (a run replays exactly)"},
+    {"enabled", BW__VT_BOOL, NULL, 0, 0, "true", false, "switch faults on or off"},
+};
+
+static const bw__key_t kHttpClient[] = {
+    {"base_url", BW__VT_STRING, NULL, 0, 0, NULL, true, "URL prefix of every request"},
+    {"stack", BW__VT_REF, "stack", 0, 0, NULL, false, "stack every call goes through"},
+    {"connect_timeout", BW__VT_DURATION, NULL, 0, HOUR, "10s", false, "TCP/TLS connect limit"},
+    {"max_connections", BW__VT_INT, NULL, 1, 1e5, "64", false, "connections per host"},
+    {"max_body", BW__VT_SIZE, NULL, 0, 1e12, "10MiB", false, "largest response body accepted"},
+    {"user_agent", BW__VT_STRING, NULL, 0, 0, "bulwark/" "0.1", false, "User-Agent header"},
+    {"headers", BW__VT_STRINGS, NULL, 0, 0, NULL, false, "extra 'Name: value' headers"},
+};
+
+static const bw__key_t kRedisClient[] = {
+    {"host", BW__VT_STRING, NULL, 0, 0, "127.0.0.1", false, "server host"},
+    {"port", BW__VT_INT, NULL, 1, 65535, "6379", false, "server port"},
+    {"db", BW__VT_INT, NULL, 0, 1e6, "0", false, "database number (SELECT)"},
+    {"password", BW__VT_STRING, NULL, 0, 0, NULL, false, "AUTH password (use ${ENV_VAR})"},
+    {"stack", BW__VT_REF, "stack", 0, 0, NULL, false, "stack every call goes through"},
+    {"connect_timeout", BW__VT_DURATION, NULL, 0, HOUR, "1s", false, "connect limit"},
+};
+
+#define N(a) (sizeof(a) / sizeof(a)[0])
+
+static const bw__layer_schema_t kLayers[] = {
+    {"timeout", BW_CFG_LAYER_TIMEOUT, "duration", false, true, kTimeout, N(kTimeout)},
+    {"retry", BW_CFG_LAYER_RETRY, "max_attempts", false, true, kRetry, N(kRetry)},
+    {"rate_limit", BW_CFG_LAYER_RATE_LIMIT, "rate", true, true, kRateLimit, N(kRateLimit)},
+    {"bulkhead", BW_CFG_LAYER_BULKHEAD, "max_concurrent", true, true, kBulkhead, N(kBulkhead)},
+    {"circuit_breaker", BW_CFG_LAYER_CIRCUIT_BREAKER, NULL, true, true, kBreaker, N(kBreaker)},
+    {"fallback", BW_CFG_LAYER_FALLBACK, "value", false, true, kFallback, N(kFallback)},
+    {"chaos", BW_CFG_LAYER_CHAOS, NULL, true, true, kChaos, N(kChaos)},
+    {"retry_budget", BW_CFG_LAYER_RETRY_BUDGET, NULL, true, false, kBudget, N(kBudget)},
+};
+
+static const bw__layer_schema_t kHttp = {"http", 0, "base_url", false, false, kHttpClient, N(kHttpClient)};
+static const bw__layer_schema_t kRedis = {"redis", 0, NULL, false, false, kRedisClient, N(kRedisClient)};
+
+static const bw__layer_schema_t *const kAll[] = {&kLayers[0], &kLayers[1], &kLayers[2],
+                                                 &kLayers[3], &kLayers[4], &kLayers[5],
+                                                 &kLayers[6], &kLayers[7]};
+
+const bw__layer_schema_t *bw__schema_find(const char *name) {
+  for (size_t i = 0; i < N(kLayers); i++)
+    if (strcmp(kLayers[i].name, name) == 0) return &kLayers[i];
+  return NULL;
+}
+
+const bw__layer_schema_t *bw__schema_by_kind(bw_config_layer_kind_t kind) {
+  for (size_t i = 0; i < N(kLayers); i++)
+    if (kLayers[i].kind == kind) return &kLayers[i];
+  return NULL;
+}
+
+const bw__layer_schema_t *const *bw__schema_all(size_t *n) {
+  *n = N(kAll);
+  return kAll;
+}
+
+const bw__layer_schema_t *bw__schema_client(bool redis) { return redis ? &kRedis : &kHttp; }
+
+int bw__schema_key(const bw__layer_schema_t *s, const char *name) {
+  for (size_t i = 0; i < s->nkeys; i++)
+    if (strcmp(s->keys[i].name, name) == 0) return (int)i;
+  return -1;
+}
