@@ -6,6 +6,7 @@
 
 #include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
 
 #include "bulwark/error.h"
 #include "bulwark/runtime.h"
@@ -44,6 +45,13 @@ void bw_notify_waiters(bw_notify_t *n);
  * `*ticket` is per-wait state the task keeps between polls: set it to 0
  * before the first poll of each wait. */
 bw_poll_t bw_notify_poll(bw_notify_t *n, bw_task_t *self, uint64_t *ticket);
+/* Abandon a wait begun by bw_notify_poll that has not returned READY (e.g.
+ * the task timed out or is being dropped): frees its slot and resets
+ * *ticket to 0. A bw_notify_one already handed to this waiter is passed on
+ * (to the next waiter, or stored as the permit), so it is never lost. A
+ * task that stops waiting must call this (from its drop hook if need be).
+ * NULL-safe; does nothing when *ticket is 0. */
+void bw_notify_poll_cancel(bw_notify_t *n, uint64_t *ticket);
 
 /* ---- Cancellation tokens -------------------------------------------- */
 typedef struct bw_cancel_token bw_cancel_token_t;
@@ -61,10 +69,17 @@ void bw_cancel_token_unref(bw_cancel_token_t *t); /* NULL-safe */
  * the calling thread, once each, no lock held. */
 void bw_cancel_token_cancel(bw_cancel_token_t *t);
 bool bw_cancel_token_is_cancelled(const bw_cancel_token_t *t);
-/* From a task: READY once the token is cancelled. Re-poll on each wake. */
+/* From a task: READY once the token is cancelled. Re-poll on each wake.
+ * Registers the task's waker once (one small allocation per waiting task,
+ * kept until the token is cancelled or its last handle dropped). For
+ * per-call registrations without malloc see src/runtime/cancel_internal.h. */
 bw_poll_t bw_cancel_token_poll(bw_cancel_token_t *t, bw_task_t *self);
 /* Register cb(arg) to run once when t is cancelled (at once, on this thread,
- * if it already is). *reg (may be NULL if not wanted) lets you unregister. */
+ * if it already is). *reg (may be NULL if not wanted) lets you unregister;
+ * when given, it must be released with bw_cancel_reg_remove (even after cb
+ * ran). If t's last handle is dropped before it is cancelled, cb never runs.
+ * Owns: one allocation per registration. Errors: BW_ERR_INVALID_ARGUMENT,
+ * BW_ERR_OUT_OF_MEMORY (cb not registered, not run). */
 bw_error_t *bw_cancel_token_on_cancel(bw_cancel_token_t *t, bw_cancel_fn cb, void *arg,
                                       bw_cancel_reg_t **reg);
 /* Unregister and free reg. Returns true if cb had not run and now never
