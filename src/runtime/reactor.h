@@ -14,7 +14,7 @@
  * calls uv_async_send; the loop takes the WHOLE queue per wake-up and runs
  * the ops in submission order (from one thread, FIFO). Sends coalesce.
  *
- * Shutdown (bw__reactor_shutdown): further submissions return -1; ops
+ * Shutdown (bw__reactor_stop): further submissions return -1; ops
  * accepted before still run (every op whose submit returned 0 runs exactly
  * once); then the close hooks run (most recently added first); then every
  * handle still open is closed (uv_walk + uv_close), the loop runs until the
@@ -51,7 +51,7 @@ typedef struct bw__reactor_metrics {
 
 /* Create the loop (and its thread if own_thread). opts may be NULL
  * (caller-driven, "bw").
- * Owns: *out is yours: bw__reactor_shutdown() then bw__reactor_free().
+ * Owns: *out is yours: bw__reactor_stop() then bw__reactor_free().
  * Threads: any. Returns 0, -EINVAL, -ENOMEM, or a libuv / pthread error. */
 int bw__reactor_new(bw__reactor_t **out, const bw__reactor_opts_t *opts);
 
@@ -98,7 +98,7 @@ void bw__reactor_wake(bw__reactor_t *r);
  * loop thread (-EDEADLK), waits for the thread. Caller-driven: from a
  * thread that is not inside turn(); runs the final drain, hooks and closing
  * on the calling thread. Idempotent: returns 0 again. */
-int bw__reactor_shutdown(bw__reactor_t *r);
+int bw__reactor_stop(bw__reactor_t *r);
 
 /* Shut down if needed, then free everything. NULL-safe. */
 void bw__reactor_free(bw__reactor_t *r);
