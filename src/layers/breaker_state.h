@@ -1,0 +1,134 @@
+/* Circuit breaker decision core (internal): the state machine and its
+ * windows, with explicit now_ns arguments and no runtime, so every rule is
+ * tested on its own. The circuit breaker layer (circuit_breaker.c) and the
+ * keyed variant (breaker_keyed.c) drive it through the store interface at
+ * the bottom, so a Redis-backed store can replace it later.
+ *
+ * Calls: bw__breaker_acquire() before the call gives a ticket (or a
+ * rejection); bw__breaker_record() with that ticket after it, exactly once
+ * per admitted call. A ticket from an earlier state period (the breaker
+ * changed state since) is ignored, so late results never skew a new window
+ * nor eat a half-open probe slot.
+ *
+ * State changes are made by one function, bw__breaker_set_state(), which
+ * appends each change to the caller's bw__breaker_change_t; the caller
+ * reports them (events, metrics) after the core's lock is dropped.
+ *
+ * Threads: all functions are safe from any thread. In CLOSED (and the
+ * forced-closed/disabled states) acquire is one atomic load; record takes a
+ * small mutex (none when disabled). */
+#ifndef BW_LAYERS_BREAKER_STATE_H
+#define BW_LAYERS_BREAKER_STATE_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bulwark/circuit_breaker.h"
+
+#define BW__BRK_OK 0
+#define BW__BRK_REJECTED (-1)
+#define BW__BRK_EINVAL (-2)
+
+typedef enum bw__outcome {
+  BW__OUTCOME_SUCCESS = 0,
+  BW__OUTCOME_FAILURE = 1,
+  BW__OUTCOME_IGNORED = 2 /* not counted (cancelled, or the predicate said so);
+                             a half-open probe's slot is given back */
+} bw__outcome_t;
+
+/* Up to 2 state changes made by one operation (e.g. open -> half-open on
+ * acquire). seq orders changes across threads. */
+typedef struct bw__breaker_change {
+  int n;
+  struct {
+    bw_breaker_state_t from, to;
+    uint64_t seq, at_ns;
+  } t[2];
+} bw__breaker_change_t;
+
+/* opts converted to ns and fractions. */
+typedef struct bw__breaker_cfg {
+  bw_breaker_window_t window;
+  uint32_t window_size, buckets, consecutive, min_calls, half_open_calls;
+  uint64_t window_ns, bucket_ns, slow_ns, open_ns, max_open_ns, half_open_max_wait_ns;
+  double failure_rate, slow_rate; /* fractions 0..1; slow_rate > 1 disables */
+  double multiplier;
+} bw__breaker_cfg_t;
+
+typedef struct bw__bucket {
+  uint64_t epoch;
+  uint32_t calls, fails, slow;
+} bw__bucket_t;
+
+typedef struct bw__breaker {
+  /* state (low 3 bits) | generation << 3. Written only by set_state under
+   * lock with release; read by the lock-free acquire with acquire. */
+  _Atomic uint64_t word;
+  pthread_mutex_t lock;
+  bw__breaker_cfg_t cfg;
+  /* closed window (lock) */
+  uint8_t *ring; /* COUNT: 1 = failure, 2 = slow, per slot */
+  uint32_t ring_idx, ring_filled;
+  bw__bucket_t *bkt; /* TIME */
+  uint64_t last_epoch;
+  uint32_t w_calls, w_fails, w_slow; /* COUNT and TIME totals */
+  uint32_t consec;                   /* CONSECUTIVE */
+  /* open (lock; open_until also read racily for hints) */
+  _Atomic uint64_t open_until_ns;
+  uint64_t cur_open_ns;
+  uint32_t reopens; /* re-opens since last closed: growth exponent */
+  /* half-open (lock) */
+  uint32_t probes_out, probes_done, probe_fails, probe_slow;
+  uint64_t half_open_since_ns;
+  /* statistics (relaxed) */
+  _Atomic uint64_t seq, n_permitted, n_rejected, n_success, n_failure, n_slow, n_ignored;
+} bw__breaker_t;
+
+/* opts may be NULL (defaults). Returns 0, BW__BRK_EINVAL, or -12 (no memory). */
+int bw__breaker_cfg_from_opts(bw__breaker_cfg_t *cfg, const bw_circuit_breaker_opts_t *opts);
+int bw__breaker_init(bw__breaker_t *b, const bw__breaker_cfg_t *cfg);
+void bw__breaker_destroy(bw__breaker_t *b);
+
+/* Before a call. BW__BRK_OK: *ticket must go to bw__breaker_record.
+ * BW__BRK_REJECTED: *retry_after_ns = time until probes are let in (0 if
+ * unknown: half-open full, forced open). chg may be NULL. */
+int bw__breaker_acquire(bw__breaker_t *b, uint64_t now_ns, uint64_t *ticket,
+                        uint64_t *retry_after_ns, bw__breaker_change_t *chg);
+/* After an admitted call: its outcome and how long it took. */
+void bw__breaker_record(bw__breaker_t *b, uint64_t ticket, bw__outcome_t outcome,
+                        uint64_t duration_ns, uint64_t now_ns, bw__breaker_change_t *chg);
+/* Current state (an OPEN breaker whose time is up turns HALF_OPEN here). */
+bw_breaker_state_t bw__breaker_state(bw__breaker_t *b, uint64_t now_ns, bw__breaker_change_t *chg);
+/* Manual: CLOSED (reset), OPEN (trip now), FORCED_OPEN, FORCED_CLOSED,
+ * DISABLED. HALF_OPEN is refused (BW__BRK_EINVAL). */
+int bw__breaker_force(bw__breaker_t *b, bw_breaker_state_t to, uint64_t now_ns,
+                      bw__breaker_change_t *chg);
+void bw__breaker_stats(bw__breaker_t *b, uint64_t now_ns, bw_breaker_stats_t *out);
+
+/* The one function that changes state. Lock held. */
+void bw__breaker_set_state(bw__breaker_t *b, bw_breaker_state_t to, uint64_t now_ns,
+                           bw__breaker_change_t *chg);
+
+/* ---- Store interface ---------------------------------------------------- */
+typedef struct bw__breaker_store bw__breaker_store_t;
+typedef struct bw__breaker_store_vt {
+  int (*acquire)(bw__breaker_store_t *s, uint64_t now_ns, uint64_t *ticket,
+                 uint64_t *retry_after_ns, bw__breaker_change_t *chg);
+  void (*record)(bw__breaker_store_t *s, uint64_t ticket, bw__outcome_t outcome,
+                 uint64_t duration_ns, uint64_t now_ns, bw__breaker_change_t *chg);
+  bw_breaker_state_t (*state)(bw__breaker_store_t *s, uint64_t now_ns, bw__breaker_change_t *chg);
+  int (*force)(bw__breaker_store_t *s, bw_breaker_state_t to, uint64_t now_ns,
+               bw__breaker_change_t *chg);
+  void (*stats)(bw__breaker_store_t *s, uint64_t now_ns, bw_breaker_stats_t *out);
+  void (*destroy)(bw__breaker_store_t *s);
+} bw__breaker_store_vt_t;
+struct bw__breaker_store {
+  const bw__breaker_store_vt_t *vt;
+};
+
+/* An in-memory store (a bw__breaker_t). Returns 0, BW__BRK_EINVAL or -12. */
+int bw__breaker_store_mem_new(const bw__breaker_cfg_t *cfg, bw__breaker_store_t **out);
+
+#endif
