@@ -1,0 +1,486 @@
+/* Blocking pool: lazy start, cap, queueing, keep-alive exit, eager start,
+ * cancel, shutdown with queued and running jobs, timeout, names. No fixed
+ * sleeps: every wait is on a condition with a generous upper bound. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "core/alloc.h"
+#include "runtime/blocking.h"
+
+#define WAIT_MS 30000 /* upper bound for anything we wait for */
+
+static double test_scale(void) {
+  const char *s = getenv("BW_TEST_SCALE");
+  double v = s ? atof(s) : 1.0;
+  return v > 0 ? v : 1.0;
+}
+
+/* ---- a counter you can wait on -------------------------------------- */
+typedef struct counter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  long value;
+} counter_t;
+
+static void counter_init(counter_t *c) {
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+  c->value = 0;
+}
+static void counter_destroy(counter_t *c) {
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->cv);
+}
+static void counter_add(counter_t *c, long d) {
+  pthread_mutex_lock(&c->mu);
+  c->value += d;
+  pthread_cond_broadcast(&c->cv);
+  pthread_mutex_unlock(&c->mu);
+}
+static long counter_get(counter_t *c) {
+  pthread_mutex_lock(&c->mu);
+  long v = c->value;
+  pthread_mutex_unlock(&c->mu);
+  return v;
+}
+/* Wait until value >= want; false on timeout. */
+static bool counter_wait(counter_t *c, long want) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += WAIT_MS / 1000;
+  pthread_mutex_lock(&c->mu);
+  int rc = 0;
+  while (c->value < want && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+  bool ok = c->value >= want;
+  pthread_mutex_unlock(&c->mu);
+  return ok;
+}
+
+/* ---- jobs -------------------------------------------------------------- */
+typedef struct tjob {
+  bw__blocking_job_t job;
+  int id;
+  atomic_int ran, cancelled;
+  counter_t *done;   /* +1 when run or cancelled */
+  counter_t *gate;   /* if set, run waits until gate >= 1 */
+  counter_t *entered;
+  int *order;        /* run order log (single thread pools only) */
+  atomic_int *order_n;
+} tjob_t;
+
+static atomic_int running_now, running_max;
+
+static void job_run(void *arg) {
+  tjob_t *j = arg;
+  int r = atomic_fetch_add(&running_now, 1) + 1;
+  int m = atomic_load(&running_max);
+  while (r > m && !atomic_compare_exchange_weak(&running_max, &m, r)) {
+  }
+  if (j->entered) counter_add(j->entered, 1);
+  if (j->gate) (void)counter_wait(j->gate, 1); /* no cmocka asserts off the main thread */
+  if (j->order) j->order[atomic_fetch_add(j->order_n, 1)] = j->id;
+  atomic_fetch_add(&j->ran, 1);
+  atomic_fetch_sub(&running_now, 1);
+  if (j->done) counter_add(j->done, 1);
+}
+
+static void job_cancelled(void *arg) {
+  tjob_t *j = arg;
+  atomic_fetch_add(&j->cancelled, 1);
+  if (j->done) counter_add(j->done, 1);
+}
+
+static void tjob_init(tjob_t *j, int id, counter_t *done) {
+  memset(j, 0, sizeof *j);
+  j->job.run = job_run;
+  j->job.cancelled = job_cancelled;
+  j->job.arg = j;
+  j->id = id;
+  j->done = done;
+}
+
+static bw__blocking_opts_t opts_lazy(unsigned max, uint64_t keep_alive_ms) {
+  bw__blocking_opts_t o;
+  memset(&o, 0, sizeof o);
+  o.max_threads = max;
+  o.keep_alive_ms = keep_alive_ms;
+  o.name_prefix = "tst";
+  return o;
+}
+
+static bw__blocking_metrics_t metrics(bw__blocking_pool_t *p) {
+  bw__blocking_metrics_t m;
+  bw__blocking_pool_metrics(p, &m);
+  return m;
+}
+
+/* ---- tests ------------------------------------------------------------ */
+
+static void test_lazy_start(void **state) {
+  (void)state;
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(4, 10000);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  assert_int_equal(metrics(p).live, 0);
+  assert_int_equal(metrics(p).threads_started, 0);
+  counter_t done;
+  counter_init(&done);
+  tjob_t j;
+  tjob_init(&j, 1, &done);
+  assert_int_equal(bw__blocking_pool_submit(p, &j.job), 0);
+  assert_true(counter_wait(&done, 1));
+  assert_int_equal(atomic_load(&j.ran), 1);
+  assert_int_equal(metrics(p).threads_started, 1);
+  assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
+  assert_int_equal(metrics(p).live, 0);
+  assert_int_equal(bw__blocking_pool_submit(p, &j.job), -ESHUTDOWN);
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+}
+
+static void test_cap_many_jobs(void **state) {
+  (void)state;
+  int n = (int)(10000 * test_scale());
+  if (n < 500) n = 500;
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(8, 10000);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  counter_t done;
+  counter_init(&done);
+  tjob_t *jobs = bw__malloc((size_t)n * sizeof *jobs);
+  assert_non_null(jobs);
+  atomic_store(&running_now, 0);
+  atomic_store(&running_max, 0);
+  for (int i = 0; i < n; i++) {
+    tjob_init(&jobs[i], i, &done);
+    assert_int_equal(bw__blocking_pool_submit(p, &jobs[i].job), 0);
+    bw__blocking_metrics_t m = metrics(p);
+    assert_true(m.live <= 8);
+  }
+  assert_true(counter_wait(&done, n));
+  for (int i = 0; i < n; i++) assert_int_equal(atomic_load(&jobs[i].ran), 1);
+  bw__blocking_metrics_t m = metrics(p);
+  assert_true(m.threads_started <= 8);
+  assert_true(m.threads_started >= 1);
+  assert_true(atomic_load(&running_max) <= 8);
+  assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
+  m = metrics(p);
+  assert_int_equal(m.jobs_run, (uint64_t)n);
+  assert_int_equal(m.jobs_cancelled, 0);
+  bw__blocking_pool_free(p);
+  bw__free(jobs);
+  counter_destroy(&done);
+}
+
+static void test_queueing_fifo(void **state) {
+  (void)state;
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(1, 10000);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  counter_t done, gate, entered;
+  counter_init(&done);
+  counter_init(&gate);
+  counter_init(&entered);
+  int order[6];
+  atomic_int order_n = 0;
+  tjob_t j[6];
+  for (int i = 0; i < 6; i++) {
+    tjob_init(&j[i], i, &done);
+    j[i].order = order;
+    j[i].order_n = &order_n;
+  }
+  j[0].gate = &gate;
+  j[0].entered = &entered;
+  assert_int_equal(bw__blocking_pool_submit(p, &j[0].job), 0);
+  assert_true(counter_wait(&entered, 1)); /* the only thread is busy */
+  for (int i = 1; i < 6; i++) assert_int_equal(bw__blocking_pool_submit(p, &j[i].job), 0);
+  bw__blocking_metrics_t m = metrics(p);
+  assert_int_equal(m.queued, 5);
+  assert_int_equal(m.live, 1);
+  assert_int_equal(m.running, 1);
+  counter_add(&gate, 1);
+  assert_true(counter_wait(&done, 6));
+  for (int i = 0; i < 6; i++) assert_int_equal(order[i], i);
+  assert_int_equal(metrics(p).threads_started, 1);
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+  counter_destroy(&gate);
+  counter_destroy(&entered);
+}
+
+static void test_keep_alive_exit(void **state) {
+  (void)state;
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(4, 20);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  counter_t done;
+  counter_init(&done);
+  tjob_t j[2];
+  tjob_init(&j[0], 0, &done);
+  tjob_init(&j[1], 1, &done);
+  assert_int_equal(bw__blocking_pool_submit(p, &j[0].job), 0);
+  assert_true(counter_wait(&done, 1));
+  /* The idle thread must exit by itself after ~20 ms; wait on the exit
+   * signal, bounded generously. */
+  assert_int_equal(bw__blocking_pool_wait_live(p, 0, WAIT_MS), 0);
+  bw__blocking_metrics_t m = metrics(p);
+  assert_int_equal(m.live, 0);
+  assert_int_equal(m.threads_exited, 1);
+  /* Work after the exit starts a fresh thread. */
+  assert_int_equal(bw__blocking_pool_submit(p, &j[1].job), 0);
+  assert_true(counter_wait(&done, 2));
+  assert_int_equal(metrics(p).threads_started, 2);
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+}
+
+static void test_eager_start(void **state) {
+  (void)state;
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(4, 1);
+  o.eager = true;
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  assert_int_equal(metrics(p).live, 4); /* all running when new returns */
+  counter_t done;
+  counter_init(&done);
+  tjob_t j[100];
+  for (int i = 0; i < 100; i++) {
+    tjob_init(&j[i], i, &done);
+    assert_int_equal(bw__blocking_pool_submit(p, &j[i].job), 0);
+  }
+  assert_true(counter_wait(&done, 100));
+  /* Keep-alive (1 ms) does not apply to eager threads: still 4, none exited. */
+  bw__blocking_metrics_t m = metrics(p);
+  assert_int_equal(m.threads_started, 4);
+  assert_int_equal(m.threads_exited, 0);
+  assert_int_equal(bw__blocking_pool_wait_live(p, 3, 50), -ETIMEDOUT);
+  assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
+  assert_int_equal(metrics(p).threads_exited, 4);
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+}
+
+static void test_cancel_before_start(void **state) {
+  (void)state;
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(1, 10000);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  counter_t done, gate, entered;
+  counter_init(&done);
+  counter_init(&gate);
+  counter_init(&entered);
+  tjob_t a, b, c;
+  tjob_init(&a, 0, &done);
+  tjob_init(&b, 1, &done);
+  tjob_init(&c, 2, &done);
+  a.gate = &gate;
+  a.entered = &entered;
+  assert_int_equal(bw__blocking_pool_submit(p, &a.job), 0);
+  assert_true(counter_wait(&entered, 1));
+  assert_int_equal(bw__blocking_pool_submit(p, &b.job), 0);
+  assert_int_equal(bw__blocking_pool_submit(p, &c.job), 0);
+  assert_true(bw__blocking_pool_cancel(p, &b.job));
+  assert_false(bw__blocking_pool_cancel(p, &b.job)); /* already cancelled */
+  assert_false(bw__blocking_pool_cancel(p, &a.job)); /* running */
+  assert_int_equal(metrics(p).queued, 1);
+  counter_add(&gate, 1);
+  assert_true(counter_wait(&done, 2));
+  assert_false(bw__blocking_pool_cancel(p, &c.job)); /* finished */
+  assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
+  assert_int_equal(atomic_load(&a.ran), 1);
+  assert_int_equal(atomic_load(&b.ran) + atomic_load(&b.cancelled), 0); /* no callback */
+  assert_int_equal(atomic_load(&c.ran), 1);
+  assert_int_equal(metrics(p).jobs_cancelled, 1);
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+  counter_destroy(&gate);
+  counter_destroy(&entered);
+}
+
+typedef struct shutdown_arg {
+  bw__blocking_pool_t *p;
+  uint64_t timeout_ms;
+  int rc;
+} shutdown_arg_t;
+
+static void *shutdown_thread(void *arg) {
+  shutdown_arg_t *s = arg;
+  s->rc = bw__blocking_pool_shutdown(s->p, s->timeout_ms);
+  return NULL;
+}
+
+static void test_shutdown_queued_and_running(void **state) {
+  (void)state;
+  enum { RUNNING = 2, QUEUED = 10 };
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(RUNNING, 10000);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  counter_t done, gate, entered, cancelled_cnt;
+  counter_init(&done);
+  counter_init(&gate);
+  counter_init(&entered);
+  counter_init(&cancelled_cnt);
+  tjob_t j[RUNNING + QUEUED];
+  for (int i = 0; i < RUNNING + QUEUED; i++) {
+    tjob_init(&j[i], i, i < RUNNING ? &done : &cancelled_cnt);
+    if (i < RUNNING) {
+      j[i].gate = &gate;
+      j[i].entered = &entered;
+    }
+    assert_int_equal(bw__blocking_pool_submit(p, &j[i].job), 0);
+    if (i == RUNNING - 1) assert_true(counter_wait(&entered, RUNNING));
+  }
+  assert_int_equal(metrics(p).queued, QUEUED);
+  shutdown_arg_t s = {p, BW__BLOCKING_FOREVER, 1};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, shutdown_thread, &s), 0);
+  /* Queued jobs get `cancelled` first; running ones hold shutdown up. */
+  assert_true(counter_wait(&cancelled_cnt, QUEUED));
+  assert_int_equal(counter_get(&done), 0);
+  tjob_t late;
+  tjob_init(&late, 99, &done);
+  assert_int_equal(bw__blocking_pool_submit(p, &late.job), -ESHUTDOWN);
+  counter_add(&gate, 1);
+  pthread_join(th, NULL);
+  assert_int_equal(s.rc, 0);
+  for (int i = 0; i < RUNNING + QUEUED; i++) {
+    /* nothing lost silently: each job either ran or was cancelled, once */
+    assert_int_equal(atomic_load(&j[i].ran) + atomic_load(&j[i].cancelled), 1);
+    assert_int_equal(atomic_load(&j[i].ran), i < RUNNING ? 1 : 0);
+  }
+  bw__blocking_metrics_t m = metrics(p);
+  assert_int_equal(m.live, 0);
+  assert_int_equal(m.jobs_run, RUNNING);
+  assert_int_equal(m.jobs_cancelled, QUEUED);
+  assert_int_equal(atomic_load(&late.ran) + atomic_load(&late.cancelled), 0);
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+  counter_destroy(&gate);
+  counter_destroy(&entered);
+  counter_destroy(&cancelled_cnt);
+}
+
+static void test_shutdown_timeout_abandons(void **state) {
+  (void)state;
+  uint64_t alive_before = bw__blocking_pools_alive();
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(1, 10000);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  assert_int_equal(bw__blocking_pools_alive(), alive_before + 1);
+  counter_t done, gate, entered;
+  counter_init(&done);
+  counter_init(&gate);
+  counter_init(&entered);
+  tjob_t a;
+  tjob_init(&a, 0, &done);
+  a.gate = &gate;
+  a.entered = &entered;
+  assert_int_equal(bw__blocking_pool_submit(p, &a.job), 0);
+  assert_true(counter_wait(&entered, 1));
+  assert_int_equal(bw__blocking_pool_shutdown(p, 20), -ETIMEDOUT);
+  bw__blocking_pool_free(p); /* thread is detached, frees the pool later */
+  counter_add(&gate, 1);
+  assert_true(counter_wait(&done, 1));
+  /* The detached thread drops the last reference right after its job. */
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  while (bw__blocking_pools_alive() != alive_before) {
+    sched_yield();
+    clock_gettime(CLOCK_MONOTONIC, &t1);
+    assert_true(t1.tv_sec - t0.tv_sec < WAIT_MS / 1000);
+  }
+  assert_int_equal(atomic_load(&a.ran), 1);
+  counter_destroy(&done);
+  counter_destroy(&gate);
+  counter_destroy(&entered);
+}
+
+/* Jobs that submit more jobs, check their thread's name and refuse to shut
+ * the pool down from inside. */
+typedef struct nest {
+  bw__blocking_job_t job, child;
+  bw__blocking_pool_t *p;
+  counter_t *done;
+  char name[16];
+  int shutdown_rc, child_ran, submit_rc;
+} nest_t;
+
+static void nest_child(void *arg) {
+  nest_t *n = arg;
+  n->child_ran = 1;
+  counter_add(n->done, 1);
+}
+
+static void nest_parent(void *arg) {
+  nest_t *n = arg;
+  pthread_getname_np(pthread_self(), n->name, sizeof n->name);
+  n->shutdown_rc = bw__blocking_pool_shutdown(n->p, 0);
+  n->child.run = nest_child;
+  n->child.arg = n;
+  n->submit_rc = bw__blocking_pool_submit(n->p, &n->child);
+  counter_add(n->done, 1);
+}
+
+static void test_nested_submit_and_names(void **state) {
+  (void)state;
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(1, 10000);
+  o.name_prefix = "averyveryverylongprefix";
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  counter_t done;
+  counter_init(&done);
+  nest_t n;
+  memset(&n, 0, sizeof n);
+  n.p = p;
+  n.done = &done;
+  n.job.run = nest_parent;
+  n.job.arg = &n;
+  assert_false(bw__blocking_on_pool_thread());
+  assert_int_equal(bw__blocking_pool_submit(p, &n.job), 0);
+  assert_true(counter_wait(&done, 2));
+  assert_int_equal(n.shutdown_rc, -EDEADLK);
+  assert_int_equal(n.submit_rc, 0);
+  assert_int_equal(n.child_ran, 1);
+  assert_true(strlen(n.name) <= 15);
+  assert_string_equal(n.name, "averyveryver-b0"); /* cut to 15 chars */
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+}
+
+static void test_bad_args(void **state) {
+  (void)state;
+  bw__blocking_pool_t *p = (void *)1;
+  bw__blocking_opts_t o = opts_lazy(0, 0);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), -EINVAL);
+  assert_null(p);
+  assert_int_equal(bw__blocking_pool_new(&p, NULL), -EINVAL);
+  assert_int_equal(bw__blocking_pool_new(NULL, &o), -EINVAL);
+  bw__blocking_pool_free(NULL);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_lazy_start),
+      cmocka_unit_test(test_cap_many_jobs),
+      cmocka_unit_test(test_queueing_fifo),
+      cmocka_unit_test(test_keep_alive_exit),
+      cmocka_unit_test(test_eager_start),
+      cmocka_unit_test(test_cancel_before_start),
+      cmocka_unit_test(test_shutdown_queued_and_running),
+      cmocka_unit_test(test_shutdown_timeout_abandons),
+      cmocka_unit_test(test_nested_submit_and_names),
+      cmocka_unit_test(test_bad_args),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
