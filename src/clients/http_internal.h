@@ -1,0 +1,84 @@
+/* HTTP client internals shared by http.c, http_message.c and
+ * http_classify.c. */
+#ifndef BW_CLIENTS_HTTP_INTERNAL_H
+#define BW_CLIENTS_HTTP_INTERNAL_H
+
+#include <curl/curl.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bulwark/http.h"
+
+#define BW_HTTP_REQUEST_MAGIC 0x68747071u  /* "htpq" */
+#define BW_HTTP_RESPONSE_MAGIC 0x68747072u /* "htpr" */
+#define BW_HTTP_DEFAULT_MAX_RESPONSE ((size_t)16 << 20)
+
+struct bw_http_request {
+  uint32_t magic; /* first: bw_http_call_is_idempotent checks it */
+  bool idempotent;
+  bool follow_redirects;
+  bool tls_verify;
+  long max_redirects;
+  char *method;
+  char *url;
+  char *url_redacted;
+  char *userinfo; /* "user:pass" from the URL, for scrubbing; NULL if none */
+  struct curl_slist *headers;
+  const char *body; /* NULL: no body */
+  size_t body_len;
+  char *body_owned; /* when copied */
+  uint64_t connect_timeout_ms, timeout_ms;
+  size_t max_response_bytes;
+};
+
+typedef struct bw__http_header {
+  char *name; /* name and value share one allocation */
+  char *value;
+} bw__http_header_t;
+
+struct bw_http_response {
+  uint32_t magic;
+  int status;
+  char *body;
+  size_t body_len, body_cap;
+  bw__http_header_t *headers;
+  size_t nheaders, headers_cap;
+};
+
+/* Response building (loop thread). Return 0 or -1 (out of memory). */
+bw_http_response_t *bw__http_response_new(void);
+void bw__http_response_clear_headers(bw_http_response_t *r);
+int bw__http_response_add_header_line(bw_http_response_t *r, const char *line, size_t len);
+/* Append body bytes; the caller checked the cap. */
+int bw__http_response_append(bw_http_response_t *r, const char *data, size_t len, size_t hint);
+
+/* Parse a Retry-After value (delta-seconds or HTTP-date) into ms from now
+ * (now = now_s wall-clock seconds). Returns 0 if absent/invalid/past. */
+int64_t bw__http_parse_retry_after(const char *value, int64_t now_s);
+
+/* Redact a URL: userinfo -> "***", query and fragment dropped. Sets
+ * *userinfo to a copy of "user:pass" (or NULL). Returns a new string or NULL. */
+char *bw__http_redact_url(const char *url, char **userinfo);
+
+/* Classification of a finished transfer into an error (NULL: success).
+ * `too_large`: the write callback refused a body beyond the cap.
+ * `deadline_capped`: curl's timeout was set from the call's deadline. */
+typedef struct bw__http_outcome {
+  CURLcode rc;
+  int status;
+  bool too_large;
+  bool deadline_capped;
+  bool connected; /* a connection was established */
+  uint64_t timeout_ms;
+  uint64_t connect_timeout_ms;
+  size_t max_response_bytes;
+  const char *curl_errbuf; /* may be NULL or "" */
+  const char *retry_after; /* header value or NULL */
+} bw__http_outcome_t;
+
+bw_error_t *bw__http_classify(const bw_http_request_t *req, const bw__http_outcome_t *o,
+                              bw_http_status_pred pred, void *pred_arg);
+bool bw__http_default_status_is_error(int status, void *arg);
+
+#endif
