@@ -1,0 +1,771 @@
+/* Redis client on the reactor (see include/bulwark/redis.h).
+ *
+ * Design notes
+ * - Threads. Everything hiredis is touched only on the reactor's loop thread:
+ *   the context, the connection state machine, the in-flight list, the
+ *   deadline scan. Other threads reach it with reactor ops: each request is
+ *   its own op (intrusive, no allocation beyond the request itself), and the
+ *   client has one op for its timer tick and one for close.
+ * - A request is one allocation: the struct plus the command already
+ *   formatted as RESP on the submitting thread (binary-safe, the loop only
+ *   appends it to hiredis's buffer). Its `done` flag is the single point of
+ *   completion: the reply callback (loop), the deadline scan (loop), a
+ *   cancel (any thread) and the close path race for it with a CAS; the
+ *   winner owns the result and delivers it once. A loser's reply is
+ *   dropped; hiredis frees its own reply object after our callback.
+ * - Request references: one for delivery (dropped after done() ran), one for
+ *   the loop (dropped when hiredis gave its callback, or when the loop
+ *   rejected it), optional ones for holders (the service's call state).
+ *   Each request holds a client reference, so the client outlives them.
+ * - Timers. One bw_timer_t per client ("tick"), armed from the loop at the
+ *   earliest of: connect deadline, reconnect time, earliest request
+ *   deadline. Its callback only queues the tick op (holding a client ref);
+ *   the op does the work on the loop and re-arms. A fire re-arms at most
+ *   once, so the scan is O(in flight) per deadline event, never per command.
+ *   Using the runtime's timers (not uv timers) makes timeouts follow a
+ *   paused clock.
+ * - Connection lifecycle: start_connect queues AUTH and SELECT before
+ *   attaching the glue (redis_uv.c), so they go first; user commands may
+ *   pipeline behind them while CONNECTING. conn_lost() runs once per
+ *   context (c->ac is the token) and moves to BACKOFF with a doubling delay.
+ *   hiredis gives pending callbacks a NULL reply before its disconnect
+ *   callback; the NULL is classified by whether that context ever became
+ *   READY (transport error) or not (connect error).
+ * - Shutdown order (bw_redis_free): queue the close op (loop: CLOSED, free
+ *   the context, in-flight commands complete CANCELLED, cancel the tick),
+ *   wait until only the caller's client reference is left, free the tick
+ *   timer (bw_timer_free waits for a running callback), wait again (a tick
+ *   op queued by that callback holds a reference), free. If the runtime's
+ *   reactor closes first, its on_close hook runs the same close on the loop.
+ * - Secrets: the password is only ever formatted into the AUTH command
+ *   buffer (wiped after hiredis copied it) and scrubbed from server text. */
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "clients/redis_internal.h"
+#include "clients/redis_uv.h"
+#include "core/alloc.h"
+#include "runtime/internal.h"
+
+#define CLIENT_MAGIC 0x52454453u /* "REDS" */
+
+struct bw__redis_req {
+  bw__reactor_op_t op;
+  bw__redis_req_t *prev, *next; /* in-flight list, loop only */
+  bw_redis_t *client;
+  atomic_int done;
+  atomic_int refs;
+  uint64_t deadline_ns;
+  bool direct;
+  bw__redis_done_fn fn;
+  void *fn_arg;
+  _Atomic(bw_cancel_reg_t *) reg;
+  bw_redis_reply_t *reply; /* result, written by the winner before delivery */
+  bw_error_t *err;
+  size_t cmd_len;
+  char cmd[];
+};
+
+typedef struct hook_box {
+  bw_redis_t *client; /* NULL once the client closed itself; loop only */
+} hook_box_t;
+
+struct bw_redis {
+  uint32_t magic;
+  bw_runtime_t *rt;
+  /* configuration, immutable */
+  char *host, *unix_path, *username, *password;
+  int port, db;
+  uint32_t connect_timeout_ms, command_timeout_ms, reconnect_min_ms, reconnect_max_ms;
+  uint32_t max_in_flight;
+
+  atomic_int refs;    /* user + requests + queued ops */
+  atomic_int state;   /* bw_redis_state_t, written on the loop */
+  atomic_bool freeing;
+  pthread_mutex_t mu; /* only for the free() wait */
+  pthread_cond_t cv;
+
+  /* loop-only state */
+  redisAsyncContext *ac;
+  bool ac_ready;           /* current context finished its handshake */
+  int handshake_left;      /* AUTH/SELECT replies still expected */
+  bw_error_t *handshake_err;
+  bw_error_t *last_err;    /* why the last connect failed / was lost */
+  uint64_t connect_deadline_ns, reconnect_at_ns, tick_at_ns;
+  uint32_t backoff_ms;
+  bw__redis_req_t *head, *tail;
+  uint64_t in_flight;
+  bool closing;
+  hook_box_t *box;
+
+  bw_timer_t *tick;
+  atomic_bool tick_queued;
+  bw__reactor_op_t tick_op;
+  bw__reactor_op_t close_op;
+  bw__reactor_op_t connect_op;
+
+  /* counters (relaxed) */
+  atomic_uint_fast64_t n_connects, n_connect_failures, n_disconnects, n_commands, n_replies,
+      n_errors, n_timeouts, n_late, n_fail_fast, n_in_flight;
+};
+
+static void client_unref(bw_redis_t *c);
+static void start_connect(bw_redis_t *c);
+static void schedule_tick(bw_redis_t *c, uint64_t at_ns);
+
+#define STAT_INC(c, f) atomic_fetch_add_explicit(&(c)->f, 1, memory_order_relaxed)
+
+static uint64_t now_ns(bw_redis_t *c) { return bw_runtime_now_ns(c->rt); }
+
+static void set_state(bw_redis_t *c, bw_redis_state_t s) {
+  atomic_store_explicit(&c->state, (int)s, memory_order_relaxed);
+}
+
+/* ---- RESP formatting ------------------------------------------------------ */
+
+static size_t digits(size_t v) {
+  size_t n = 1;
+  while (v >= 10) {
+    v /= 10;
+    n++;
+  }
+  return n;
+}
+
+static size_t resp_size(int argc, const char *const *argv, const size_t *lens) {
+  size_t n = 1 + digits((size_t)argc) + 2;
+  for (int i = 0; i < argc; i++) {
+    size_t l = lens ? lens[i] : strlen(argv[i]);
+    n += 1 + digits(l) + 2 + l + 2;
+  }
+  return n;
+}
+
+static size_t resp_write(char *out, int argc, const char *const *argv, const size_t *lens) {
+  char *p = out;
+  p += sprintf(p, "*%d\r\n", argc);
+  for (int i = 0; i < argc; i++) {
+    size_t l = lens ? lens[i] : strlen(argv[i]);
+    p += sprintf(p, "$%zu\r\n", l);
+    if (l) memcpy(p, argv[i], l);
+    p += l;
+    *p++ = '\r';
+    *p++ = '\n';
+  }
+  return (size_t)(p - out);
+}
+
+/* ---- Requests ------------------------------------------------------------- */
+
+static void req_unref(bw__redis_req_t *r) {
+  /* acq_rel: the last owner sees every write of the others */
+  if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1) return;
+  bw_redis_t *c = r->client;
+  bw_redis_reply_free(r->reply);
+  bw_error_unref(r->err);
+  bw__free(r);
+  client_unref(c);
+}
+
+void bw__redis_req_release(bw__redis_req_t *r) {
+  if (r) req_unref(r);
+}
+
+static void deliver(void *arg) {
+  bw__redis_req_t *r = arg;
+  bw_redis_reply_t *reply = r->reply;
+  bw_error_t *err = r->err;
+  r->reply = NULL;
+  r->err = NULL;
+  r->fn(reply, err, r->fn_arg);
+  req_unref(r);
+}
+
+/* The one completion point. Consumes reply and err. */
+static bool complete(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t *err) {
+  int expect = 0;
+  /* seq_cst: pairs with the reg publication in bw__redis_submit */
+  if (!atomic_compare_exchange_strong(&r->done, &expect, 1)) {
+    bw_redis_reply_free(reply);
+    bw_error_unref(err);
+    return false;
+  }
+  bw_redis_t *c = r->client;
+  if (err) {
+    STAT_INC(c, n_errors);
+    if (bw_error_kind(err) == BW_ERR_TIMEOUT) STAT_INC(c, n_timeouts);
+  } else {
+    STAT_INC(c, n_replies);
+  }
+  bw_cancel_reg_t *reg = atomic_exchange(&r->reg, NULL);
+  if (reg) bw_cancel_reg_remove(reg);
+  r->reply = reply;
+  r->err = err;
+  if (r->direct || bw__runtime_defer(c->rt, deliver, r) != 0) deliver(r);
+  return true;
+}
+
+void bw__redis_req_cancel(bw__redis_req_t *r, bw_error_t *reason) {
+  if (atomic_load(&r->done)) {
+    bw_error_unref(reason);
+    return;
+  }
+  complete(r, NULL, reason ? reason : bw_error_new(BW_ERR_CANCELLED, 0, "redis command cancelled"));
+}
+
+static void on_token_cancel(void *arg) { bw__redis_req_cancel(arg, NULL); }
+
+static void list_remove(bw_redis_t *c, bw__redis_req_t *r) {
+  if (r->prev)
+    r->prev->next = r->next;
+  else
+    c->head = r->next;
+  if (r->next)
+    r->next->prev = r->prev;
+  else
+    c->tail = r->prev;
+  r->prev = r->next = NULL;
+}
+
+static bw_error_t *not_connected_error(bw_redis_t *c) {
+  bw_error_t *cause = bw_error_ref(c->last_err);
+  if (c->closing) return bw_error_wrap(cause, BW_ERR_CANCELLED, 0, "redis client closed");
+  return bw_error_wrap(cause, BW_ERR_CONNECT, cause ? bw_error_detail(cause) : 0,
+                       "redis not connected (reconnecting)");
+}
+
+static void on_reply(redisAsyncContext *ac, void *rv, void *priv) {
+  bw__redis_req_t *r = priv;
+  bw_redis_t *c = r->client;
+  redisReply *reply = rv;
+  list_remove(c, r);
+  c->in_flight--;
+  atomic_store_explicit(&c->n_in_flight, c->in_flight, memory_order_relaxed);
+  if (atomic_load_explicit(&r->done, memory_order_acquire)) {
+    if (reply) STAT_INC(c, n_late);
+    req_unref(r);
+    return;
+  }
+  if (!reply) {
+    bw_error_t *e;
+    if (c->closing) {
+      e = bw_error_new(BW_ERR_CANCELLED, 0, "redis client closed");
+    } else if (ac->c.flags & REDIS_CONNECTED && c->ac_ready) {
+      e = bw_error_new(BW_ERR_TRANSPORT, ac->err == REDIS_ERR_IO ? ac->c.err : 0,
+                       "redis connection lost with the command in flight (%s)",
+                       ac->errstr[0] ? ac->errstr : "closed");
+    } else {
+      e = not_connected_error(c);
+    }
+    complete(r, NULL, e);
+  } else if (reply->type == REDIS_REPLY_ERROR) {
+    complete(r, NULL, bw__redis_error_from_reply(reply->str, reply->len, c->password));
+  } else {
+    bw_redis_reply_t *copy = bw__redis_reply_copy(reply);
+    complete(r, copy, copy ? NULL : bw_error_static(BW_ERR_OUT_OF_MEMORY));
+  }
+  req_unref(r);
+}
+
+/* Loop: a request arrives. */
+static void submit_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
+  (void)loop;
+  bw__redis_req_t *r = (bw__redis_req_t *)op;
+  bw_redis_t *c = r->client;
+  if (atomic_load_explicit(&r->done, memory_order_acquire)) {
+    req_unref(r);
+    return;
+  }
+  bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
+  if (!c->ac || (st != BW_REDIS_READY && st != BW_REDIS_CONNECTING)) {
+    STAT_INC(c, n_fail_fast);
+    complete(r, NULL, not_connected_error(c));
+  } else if (c->in_flight >= c->max_in_flight) {
+    complete(r, NULL,
+             bw_error_new(BW_ERR_UNAVAILABLE, 0, "redis: too many commands in flight (%u)",
+                          c->max_in_flight));
+  } else if (r->deadline_ns && r->deadline_ns <= now_ns(c)) {
+    complete(r, NULL, bw_error_new(BW_ERR_TIMEOUT, 0, "redis: deadline passed before sending"));
+  } else if (redisAsyncFormattedCommand(c->ac, on_reply, r, r->cmd, r->cmd_len) != REDIS_OK) {
+    complete(r, NULL, not_connected_error(c));
+  } else {
+    r->prev = c->tail;
+    r->next = NULL;
+    if (c->tail)
+      c->tail->next = r;
+    else
+      c->head = r;
+    c->tail = r;
+    c->in_flight++;
+    atomic_store_explicit(&c->n_in_flight, c->in_flight, memory_order_relaxed);
+    if (r->deadline_ns) schedule_tick(c, r->deadline_ns);
+    return; /* the loop reference now belongs to hiredis's callback */
+  }
+  req_unref(r);
+}
+
+bw_error_t *bw__redis_submit(bw_redis_t *c, int argc, const char *const *argv,
+                             const size_t *argvlen, uint64_t deadline_ns, bw_cancel_token_t *cancel,
+                             bool direct, bw__redis_done_fn done, void *arg, bw__redis_req_t **hold) {
+  if (!c || c->magic != CLIENT_MAGIC || argc <= 0 || !argv || !done)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_command: bad arguments");
+  for (int i = 0; i < argc; i++)
+    if (!argv[i] && !(argvlen && argvlen[i] == 0))
+      return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_command: NULL argument %d", i);
+  size_t len = resp_size(argc, argv, argvlen);
+  bw__redis_req_t *r = bw__malloc(sizeof *r + len + 1);
+  if (!r) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  memset(r, 0, sizeof *r);
+  r->cmd_len = resp_write(r->cmd, argc, argv, argvlen);
+  r->op.fn = submit_on_loop;
+  r->client = c;
+  atomic_init(&r->done, 0);
+  atomic_init(&r->refs, 2 + (hold ? 1 : 0)); /* delivery + loop (+ holder) */
+  atomic_init(&r->reg, NULL);
+  uint64_t dl = deadline_ns;
+  if (c->command_timeout_ms) {
+    uint64_t t = now_ns(c) + (uint64_t)c->command_timeout_ms * 1000000u;
+    if (!dl || t < dl) dl = t;
+  }
+  r->deadline_ns = dl;
+  r->direct = direct;
+  r->fn = done;
+  r->fn_arg = arg;
+  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  STAT_INC(c, n_commands);
+  if (hold) *hold = r;
+  if (cancel) {
+    bw_cancel_reg_t *reg = NULL;
+    bw_error_t *e = bw_cancel_token_on_cancel(cancel, on_token_cancel, r, &reg);
+    if (e) {
+      complete(r, NULL, e);
+    } else if (reg) {
+      atomic_store(&r->reg, reg); /* seq_cst: pairs with complete()'s CAS */
+      if (atomic_load(&r->done)) {
+        reg = atomic_exchange(&r->reg, NULL);
+        if (reg) bw_cancel_reg_remove(reg);
+      }
+    }
+  }
+  if (bw__reactor_submit(c->rt, &r->op) != 0) {
+    complete(r, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
+    req_unref(r); /* the loop's reference */
+  }
+  return NULL;
+}
+
+/* ---- Public callback API -------------------------------------------------- */
+
+typedef struct user_cb {
+  bw_redis_cb cb;
+  void *arg;
+} user_cb_t;
+
+static void user_done(bw_redis_reply_t *reply, bw_error_t *err, void *arg) {
+  user_cb_t u = *(user_cb_t *)arg;
+  bw__free(arg);
+  u.cb(reply, err, u.arg);
+  bw_error_unref(err);
+}
+
+bw_error_t *bw_redis_command(bw_redis_t *r, int argc, const char *const *argv,
+                             const size_t *argvlen, const bw_redis_cmd_opts_t *opts,
+                             bw_redis_cb cb, void *arg) {
+  if (!cb) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_command: NULL callback");
+  user_cb_t *u = bw__malloc(sizeof *u);
+  if (!u) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  u->cb = cb;
+  u->arg = arg;
+  bw_error_t *e = bw__redis_submit(r, argc, argv, argvlen, opts ? opts->deadline_ns : 0,
+                                   opts ? opts->cancel : NULL, false, user_done, u, NULL);
+  if (e) bw__free(u);
+  return e;
+}
+
+/* ---- Timer tick ----------------------------------------------------------- */
+
+static void tick_fired(bw_timer_t *t, void *arg) {
+  (void)t;
+  bw_redis_t *c = arg;
+  if (atomic_exchange(&c->tick_queued, true)) return;
+  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  if (bw__reactor_submit(c->rt, &c->tick_op) != 0) {
+    atomic_store(&c->tick_queued, false);
+    client_unref(c);
+  }
+}
+
+static void schedule_tick(bw_redis_t *c, uint64_t at_ns) {
+  if (c->closing || !at_ns) return;
+  if (c->tick_at_ns && c->tick_at_ns <= at_ns) return;
+  c->tick_at_ns = at_ns;
+  bw_error_t *e = bw_timer_arm(c->tick, at_ns);
+  bw_error_unref(e);
+}
+
+static void conn_lost(bw_redis_t *c, bw_error_t *why);
+
+static void tick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
+  (void)loop;
+  bw_redis_t *c = (bw_redis_t *)(void *)((char *)op - offsetof(bw_redis_t, tick_op));
+  atomic_store(&c->tick_queued, false);
+  c->tick_at_ns = 0;
+  if (c->closing) {
+    client_unref(c);
+    return;
+  }
+  uint64_t now = now_ns(c);
+  bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
+  if (st == BW_REDIS_CONNECTING && c->connect_deadline_ns && now >= c->connect_deadline_ns) {
+    redisAsyncContext *ac = c->ac;
+    bw_error_t *to = bw_error_new(BW_ERR_TIMEOUT, 0, "no connection within %u ms",
+                                  c->connect_timeout_ms);
+    conn_lost(c, bw_error_wrap(to, BW_ERR_CONNECT, ETIMEDOUT, "redis connect failed"));
+    if (ac) redisAsyncFree(ac); /* pending commands: NULL -> connect error */
+  } else if (st == BW_REDIS_BACKOFF && now >= c->reconnect_at_ns) {
+    start_connect(c);
+  }
+  uint64_t next = 0;
+  for (bw__redis_req_t *r = c->head, *nx; r; r = nx) {
+    nx = r->next;
+    if (!r->deadline_ns || atomic_load_explicit(&r->done, memory_order_acquire)) continue;
+    if (r->deadline_ns <= now) {
+      complete(r, NULL, bw_error_new(BW_ERR_TIMEOUT, 0, "redis: no reply before the deadline"));
+    } else if (!next || r->deadline_ns < next) {
+      next = r->deadline_ns;
+    }
+  }
+  st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
+  if (st == BW_REDIS_CONNECTING) schedule_tick(c, c->connect_deadline_ns);
+  if (st == BW_REDIS_BACKOFF) schedule_tick(c, c->reconnect_at_ns);
+  schedule_tick(c, next);
+  client_unref(c);
+}
+
+/* ---- Connection ----------------------------------------------------------- */
+
+static void conn_lost(bw_redis_t *c, bw_error_t *why) {
+  bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
+  c->ac = NULL;
+  c->ac_ready = false;
+  bw_error_unref(c->handshake_err);
+  c->handshake_err = NULL;
+  bw_error_unref(c->last_err);
+  c->last_err = why;
+  if (c->closing) return;
+  if (st == BW_REDIS_READY)
+    STAT_INC(c, n_disconnects);
+  else
+    STAT_INC(c, n_connect_failures);
+  set_state(c, BW_REDIS_BACKOFF);
+  c->connect_deadline_ns = 0;
+  uint32_t delay = c->backoff_ms;
+  c->backoff_ms = delay * 2 > c->reconnect_max_ms ? c->reconnect_max_ms : delay * 2;
+  c->reconnect_at_ns = now_ns(c) + (uint64_t)delay * 1000000u;
+  schedule_tick(c, c->reconnect_at_ns);
+}
+
+static void become_ready(bw_redis_t *c) {
+  c->ac_ready = true;
+  c->connect_deadline_ns = 0;
+  c->backoff_ms = c->reconnect_min_ms;
+  bw_error_unref(c->last_err);
+  c->last_err = NULL;
+  STAT_INC(c, n_connects);
+  set_state(c, BW_REDIS_READY);
+}
+
+static void on_handshake(redisAsyncContext *ac, void *rv, void *priv) {
+  bw_redis_t *c = priv;
+  redisReply *reply = rv;
+  if (!reply || ac != c->ac) return; /* the context is going away */
+  if (reply->type == REDIS_REPLY_ERROR && !c->handshake_err)
+    c->handshake_err = bw_error_wrap(bw__redis_error_from_reply(reply->str, reply->len, c->password),
+                                     BW_ERR_CONNECT, 0, "redis handshake (AUTH/SELECT) failed");
+  if (--c->handshake_left > 0) return;
+  if (c->handshake_err) {
+    bw_error_t *e = c->handshake_err;
+    c->handshake_err = NULL;
+    conn_lost(c, e);
+    redisAsyncFree(ac); /* deferred by hiredis until this callback returns */
+    return;
+  }
+  become_ready(c);
+}
+
+static void on_disconnect(const redisAsyncContext *ac, int status) {
+  bw_redis_t *c = ac->data;
+  (void)status;
+  if (ac != c->ac) return; /* we freed it ourselves and already knew */
+  conn_lost(c, bw_error_new(BW_ERR_TRANSPORT, ac->err == REDIS_ERR_IO ? ac->c.err : 0,
+                            "redis connection lost (%s)",
+                            ac->errstr[0] ? ac->errstr : "closed by server"));
+}
+
+static void on_tcp_connect(redisAsyncContext *ac, int err, void *arg) {
+  bw_redis_t *c = arg;
+  if (ac != c->ac) return;
+  if (err) {
+    char where[160];
+    if (c->unix_path)
+      snprintf(where, sizeof where, "unix:%s", c->unix_path);
+    else
+      snprintf(where, sizeof where, "%s:%d", c->host, c->port);
+    conn_lost(c, bw_error_new(BW_ERR_CONNECT, err, "redis connect to %s failed: %s", where,
+                              strerror(err)));
+    return; /* the glue frees the context */
+  }
+  if (c->handshake_left == 0) become_ready(c);
+}
+
+static void queue_handshake(bw_redis_t *c) {
+  const char *argv[3];
+  int argc = 0;
+  if (c->password) {
+    argv[argc++] = "AUTH";
+    if (c->username) argv[argc++] = c->username;
+    argv[argc++] = c->password;
+    size_t len = resp_size(argc, argv, NULL);
+    char *buf = bw__malloc(len + 1);
+    if (buf) {
+      size_t n = resp_write(buf, argc, argv, NULL);
+      if (redisAsyncFormattedCommand(c->ac, on_handshake, c, buf, n) == REDIS_OK)
+        c->handshake_left++;
+      explicit_bzero(buf, len);
+      bw__free(buf);
+    }
+  }
+  if (c->db > 0) {
+    char db[16];
+    snprintf(db, sizeof db, "%d", c->db);
+    if (redisAsyncCommand(c->ac, on_handshake, c, "SELECT %s", db) == REDIS_OK)
+      c->handshake_left++;
+  }
+}
+
+static void start_connect(bw_redis_t *c) {
+  redisAsyncContext *ac =
+      c->unix_path ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(c->host, c->port);
+  set_state(c, BW_REDIS_CONNECTING);
+  c->ac_ready = false;
+  c->handshake_left = 0;
+  if (!ac || ac->err) {
+    int err = ac && ac->err == REDIS_ERR_IO ? ac->c.err : 0;
+    bw_error_t *e = bw_error_new(BW_ERR_CONNECT, err, "redis connect failed: %s",
+                                 ac ? ac->errstr : "out of memory");
+    if (ac) redisAsyncFree(ac);
+    conn_lost(c, e);
+    return;
+  }
+  ac->data = c;
+  c->ac = ac;
+  redisAsyncSetDisconnectCallback(ac, on_disconnect);
+  queue_handshake(c);
+  int rc = bw__redis_uv_attach(bw__reactor_loop(c->rt), ac, on_tcp_connect, c);
+  if (rc != 0) {
+    c->ac = NULL;
+    redisAsyncFree(ac);
+    conn_lost(c, bw_error_new(BW_ERR_CONNECT, -rc, "redis: cannot poll socket: %s",
+                              uv_strerror(rc)));
+    return;
+  }
+  c->connect_deadline_ns = now_ns(c) + (uint64_t)c->connect_timeout_ms * 1000000u;
+  schedule_tick(c, c->connect_deadline_ns);
+}
+
+static void connect_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
+  (void)loop;
+  bw_redis_t *c = (bw_redis_t *)(void *)((char *)op - offsetof(bw_redis_t, connect_op));
+  if (!c->closing) start_connect(c);
+  client_unref(c);
+}
+
+/* ---- Close ---------------------------------------------------------------- */
+
+static void close_now(bw_redis_t *c) {
+  if (c->closing) return;
+  c->closing = true;
+  set_state(c, BW_REDIS_CLOSED);
+  if (c->box) c->box->client = NULL;
+  c->box = NULL;
+  redisAsyncContext *ac = c->ac;
+  c->ac = NULL;
+  if (ac) redisAsyncFree(ac); /* in-flight commands complete CANCELLED */
+  /* Anything left (e.g. already-complete requests waiting for a reply that
+   * will now never come) is released by the NULL callbacks above. */
+  bw_timer_cancel(c->tick);
+  c->tick_at_ns = 0;
+}
+
+static void close_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
+  (void)loop;
+  bw_redis_t *c = (bw_redis_t *)(void *)((char *)op - offsetof(bw_redis_t, close_op));
+  close_now(c);
+  client_unref(c);
+}
+
+static void reactor_closing(void *arg, uv_loop_t *loop) {
+  (void)loop;
+  hook_box_t *box = arg;
+  if (box->client) {
+    bw_redis_t *c = box->client;
+    close_now(c); /* clears box->client */
+  }
+  bw__free(box);
+}
+
+static void client_unref(bw_redis_t *c) {
+  /* acq_rel: the waiter in bw_redis_free sees every request's writes */
+  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 2 &&
+      atomic_load(&c->freeing)) {
+    pthread_mutex_lock(&c->mu);
+    pthread_cond_broadcast(&c->cv);
+    pthread_mutex_unlock(&c->mu);
+  }
+}
+
+static void wait_last_ref(bw_redis_t *c) {
+  pthread_mutex_lock(&c->mu);
+  while (atomic_load_explicit(&c->refs, memory_order_acquire) != 1)
+    pthread_cond_wait(&c->cv, &c->mu);
+  pthread_mutex_unlock(&c->mu);
+}
+
+static void client_destroy(bw_redis_t *c) {
+  bw_error_unref(c->last_err);
+  bw_error_unref(c->handshake_err);
+  pthread_mutex_destroy(&c->mu);
+  pthread_cond_destroy(&c->cv);
+  bw__free(c->host);
+  bw__free(c->unix_path);
+  bw__free(c->username);
+  if (c->password) {
+    explicit_bzero(c->password, strlen(c->password));
+    bw__free(c->password);
+  }
+  c->magic = 0;
+  bw__free(c);
+}
+
+void bw_redis_free(bw_redis_t *c) {
+  if (!c) return;
+  atomic_store(&c->freeing, true);
+  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  c->close_op.fn = close_on_loop;
+  if (bw__reactor_submit(c->rt, &c->close_op) != 0) {
+    /* The reactor is gone: its on_close hook already closed us (or we never
+     * connected); nothing runs on the loop any more. */
+    close_now(c);
+    client_unref(c);
+  }
+  wait_last_ref(c);
+  bw_timer_free(c->tick); /* waits for a callback running elsewhere */
+  c->tick = NULL;
+  wait_last_ref(c);
+  client_destroy(c);
+}
+
+/* ---- Creation, queries ------------------------------------------------------ */
+
+void bw_redis_opts_init(bw_redis_opts_t *o) {
+  if (o) memset(o, 0, sizeof *o);
+}
+
+static char *dup_or_null(const char *s, bool *oom) {
+  if (!s) return NULL;
+  char *d = bw__strdup(s);
+  if (!d) *oom = true;
+  return d;
+}
+
+bw_error_t *bw_redis_new(bw_runtime_t *rt, const bw_redis_opts_t *opts, bw_redis_t **out) {
+  if (!rt || !out) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_new: NULL argument");
+  *out = NULL;
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  if (opts) o = *opts;
+  if (o.port < 0 || o.port > 65535 || o.db < 0)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_new: bad port or db");
+  if (o.username && !o.password)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_new: username needs a password");
+  bw_redis_t *c = bw__calloc(1, sizeof *c);
+  if (!c) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  bool oom = false;
+  c->magic = CLIENT_MAGIC;
+  c->rt = rt;
+  c->host = dup_or_null(o.host ? o.host : "127.0.0.1", &oom);
+  c->unix_path = dup_or_null(o.unix_path, &oom);
+  c->username = dup_or_null(o.username, &oom);
+  c->password = dup_or_null(o.password, &oom);
+  c->port = o.port ? o.port : 6379;
+  c->db = o.db;
+  c->connect_timeout_ms = o.connect_timeout_ms ? o.connect_timeout_ms : 1000;
+  c->command_timeout_ms = o.command_timeout_ms;
+  c->reconnect_min_ms = o.reconnect_min_ms ? o.reconnect_min_ms : 50;
+  c->reconnect_max_ms = o.reconnect_max_ms ? o.reconnect_max_ms : 2000;
+  if (c->reconnect_max_ms < c->reconnect_min_ms) c->reconnect_max_ms = c->reconnect_min_ms;
+  c->max_in_flight = o.max_in_flight ? o.max_in_flight : 65536;
+  c->backoff_ms = c->reconnect_min_ms;
+  atomic_init(&c->refs, 1);
+  atomic_init(&c->state, BW_REDIS_CONNECTING);
+  pthread_mutex_init(&c->mu, NULL);
+  pthread_cond_init(&c->cv, NULL);
+  c->tick_op.fn = tick_on_loop;
+  c->box = bw__calloc(1, sizeof *c->box);
+  if (oom || !c->box) {
+    bw__free(c->box);
+    client_destroy(c);
+    return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  }
+  c->box->client = c;
+  bw_error_t *e = bw_timer_new(rt, tick_fired, c, &c->tick);
+  if (e) {
+    bw__free(c->box);
+    client_destroy(c);
+    return e;
+  }
+  if (bw__reactor_on_close(rt, reactor_closing, c->box) != 0) {
+    bw__free(c->box);
+    bw_timer_free(c->tick);
+    client_destroy(c);
+    return bw_error_static(BW_ERR_RUNTIME_SHUTDOWN);
+  }
+  /* From here the box belongs to the reactor hook. The first connect runs
+   * on the loop. */
+  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  c->connect_op.fn = connect_on_loop;
+  if (bw__reactor_submit(rt, &c->connect_op) != 0) {
+    client_unref(c);
+    c->box->client = NULL; /* the hook (if it still runs) only frees the box */
+    c->box = NULL;
+    bw_timer_free(c->tick);
+    client_destroy(c);
+    return bw_error_static(BW_ERR_RUNTIME_SHUTDOWN);
+  }
+  *out = c;
+  return NULL;
+}
+
+bw_redis_state_t bw_redis_state(const bw_redis_t *c) {
+  return (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
+}
+
+bw_runtime_t *bw__redis_runtime(const bw_redis_t *c) { return c->rt; }
+
+void bw_redis_stats(const bw_redis_t *c, bw_redis_stats_t *o) {
+#define LD(f) atomic_load_explicit(&c->f, memory_order_relaxed)
+  o->connects = LD(n_connects);
+  o->connect_failures = LD(n_connect_failures);
+  o->disconnects = LD(n_disconnects);
+  o->commands = LD(n_commands);
+  o->replies = LD(n_replies);
+  o->errors = LD(n_errors);
+  o->timeouts = LD(n_timeouts);
+  o->late_replies_dropped = LD(n_late);
+  o->fail_fast = LD(n_fail_fast);
+  o->in_flight = LD(n_in_flight);
+#undef LD
+}
