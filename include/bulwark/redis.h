@@ -43,6 +43,7 @@
 
 #include "bulwark/error.h"
 #include "bulwark/runtime.h"
+#include "bulwark/service.h"
 #include "bulwark/sync.h"
 
 #ifdef __cplusplus
@@ -190,6 +191,29 @@ typedef struct bw_redis_stats {
 
 /* Counters since creation (relaxed reads). Threads: any. */
 void bw_redis_stats(const bw_redis_t *r, bw_redis_stats_t *out);
+
+/* ---- As a bw_service_t (service.h) ---------------------------------------
+ * Request: a bw_redis_request_t (set with bw_call_set_request(call, req,
+ * bw_redis_request_free)); response: a bw_redis_reply_t (freed with the
+ * call, or take it with bw_call_take_response and free it with
+ * bw_redis_reply_free). The call's deadline bounds the command (as
+ * deadline_ns above); bw_call_cancel drops the command's reply. Errors as
+ * above. Retries replay the same request (it is only borrowed). */
+
+typedef struct bw_redis_request bw_redis_request_t;
+
+/* Copy argv (argvlen NULL: strlen) into one allocation.
+ * Owns: *out is yours; bw_redis_request_free (a bw_destroy_fn).
+ * Errors: BW_ERR_INVALID_ARGUMENT, BW_ERR_OUT_OF_MEMORY. Threads: any. */
+bw_error_t *bw_redis_request_new(bw_redis_request_t **out, int argc, const char *const *argv,
+                                 const size_t *argvlen);
+void bw_redis_request_free(void *req); /* NULL-safe */
+
+/* A service sending each call's request on `client`, kind "redis".
+ * Owns: borrows client, which must outlive the service and all its calls;
+ * *out is yours (bw_service_release). Errors: BW_ERR_INVALID_ARGUMENT,
+ * BW_ERR_OUT_OF_MEMORY. Threads: any. */
+bw_error_t *bw_redis_service_new(bw_service_t **out, bw_redis_t *client);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,121 @@
+/* The Redis client as a bw_service_t (see include/bulwark/redis.h).
+ *
+ * Per-call state is one atomic pointer to the in-flight request, holding a
+ * request reference. ops->call publishes it (seq_cst) and then checks
+ * bw_call_is_done(); ops->cancel and the completion take it with an
+ * exchange, so exactly one of them drops that reference, and a cancel that
+ * raced the start is seen by one side or the other (layer.h's rule). The
+ * call is referenced (bw_call_ref) while a request may still complete it.
+ * Completion is `direct`: bw_call_complete moves the caller's callback to a
+ * worker itself, so the loop thread completes calls without another hop. */
+#include <stdatomic.h>
+#include <string.h>
+
+#include "bulwark/layer.h"
+#include "clients/redis_internal.h"
+#include "core/alloc.h"
+
+struct bw_redis_request {
+  int argc;
+  const char **argv;
+  size_t *lens;
+};
+
+typedef struct call_state {
+  _Atomic(bw__redis_req_t *) req;
+} call_state_t;
+
+bw_error_t *bw_redis_request_new(bw_redis_request_t **out, int argc, const char *const *argv,
+                                 const size_t *argvlen) {
+  if (!out || argc <= 0 || !argv)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_request_new: bad arguments");
+  *out = NULL;
+  size_t bytes = 0;
+  for (int i = 0; i < argc; i++) {
+    if (!argv[i] && !(argvlen && argvlen[i] == 0))
+      return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_request_new: NULL argument %d", i);
+    bytes += (argvlen ? argvlen[i] : strlen(argv[i])) + 1;
+  }
+  size_t n = (size_t)argc;
+  bw_redis_request_t *r =
+      bw__malloc(sizeof *r + n * sizeof(char *) + n * sizeof(size_t) + bytes);
+  if (!r) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  r->argc = argc;
+  r->argv = (const char **)(void *)(r + 1);
+  r->lens = (size_t *)(void *)(r->argv + n);
+  char *p = (char *)(r->lens + n);
+  for (int i = 0; i < argc; i++) {
+    size_t l = argvlen ? argvlen[i] : strlen(argv[i]);
+    if (l) memcpy(p, argv[i], l);
+    p[l] = '\0';
+    r->argv[i] = p;
+    r->lens[i] = l;
+    p += l + 1;
+  }
+  *out = r;
+  return NULL;
+}
+
+void bw_redis_request_free(void *req) { bw__free(req); }
+
+static void reply_free(void *p) { bw_redis_reply_free(p); }
+
+static void on_done(bw_redis_reply_t *reply, bw_error_t *err, void *arg) {
+  bw_call_t *call = arg;
+  call_state_t *st = bw_call_state(call);
+  bw__redis_req_t *r = atomic_exchange(&st->req, NULL);
+  if (r) bw__redis_req_release(r); /* safe: delivery holds its own reference */
+  bw_call_complete(call, reply, reply ? reply_free : NULL, err);
+  bw_call_unref(call);
+}
+
+static void svc_call(bw_service_t *svc, bw_call_t *call) {
+  bw_redis_t *client = bw_service_impl(svc);
+  call_state_t *st = bw_call_state(call);
+  atomic_store(&st->req, NULL);
+  const bw_redis_request_t *rq = bw_call_request(call);
+  if (!rq) {
+    bw_call_complete(call, NULL, NULL,
+                     bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "redis service: no request"));
+    return;
+  }
+  bw_call_ref(call);
+  bw__redis_req_t *hold = NULL;
+  bw_error_t *e = bw__redis_submit(client, rq->argc, (const char *const *)rq->argv, rq->lens,
+                                   bw_call_deadline_ns(call), NULL, true, on_done, call, &hold);
+  if (e) {
+    bw_call_complete(call, NULL, NULL, e);
+    bw_call_unref(call);
+    return;
+  }
+  atomic_store(&st->req, hold); /* seq_cst: pairs with the exchange in svc_cancel */
+  if (bw_call_is_done(call)) {
+    bw__redis_req_t *r = atomic_exchange(&st->req, NULL);
+    if (r) {
+      bw__redis_req_cancel(r, NULL);
+      bw__redis_req_release(r);
+    }
+  }
+}
+
+static void svc_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
+  (void)svc;
+  call_state_t *st = bw_call_state(call);
+  bw__redis_req_t *r = atomic_exchange(&st->req, NULL);
+  if (!r) return;
+  bw__redis_req_cancel(r, reason ? bw_error_ref(reason) : NULL);
+  bw__redis_req_release(r);
+}
+
+static const bw_service_ops_t redis_ops = {
+    .kind = "redis",
+    .call_state_size = sizeof(call_state_t),
+    .call = svc_call,
+    .cancel = svc_cancel,
+};
+
+bw_error_t *bw_redis_service_new(bw_service_t **out, bw_redis_t *client) {
+  if (!out || !client)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_redis_service_new: NULL argument");
+  return bw_service_new(out, &redis_ops, client);
+}
