@@ -26,11 +26,15 @@
 
 void bw__format_value(const bw__key_t *k, const bw__cval_t *v, char *buf, size_t len) {
   if (!v->has) {
-    snprintf(buf, len, "(unset)");
+    snprintf(buf, len, "-");
     return;
   }
   if (v->secret) {
     snprintf(buf, len, "<from ${%s}>", v->env ? v->env : "?");
+    return;
+  }
+  if (strcmp(k->name, "password") == 0) { /* literal password: never printed either */
+    snprintf(buf, len, "<set>");
     return;
   }
   switch (k->type) {
@@ -75,44 +79,82 @@ static void warn(bw_config_report_t *r, const bw__clayer_t *at, const char *fmt,
   bw__report_add(r, BW_CFG_LAYER_ORDER, true, at->line, at->col, at->path ? at->path : "", fmt, a, b);
 }
 
+static const char *enum_val(const bw__clayer_t *l, const char *key) {
+  int i = bw__schema_key(l->schema, key);
+  return (i >= 0 && l->vals[i].s) ? l->vals[i].s : "";
+}
+
+/* Mirrors bw_stack_check_order (layer.h) on the parsed model, so `check`
+ * warns without building anything; the codes follow bw_stack_warning_code_t. */
 void bw__order_check(const bw__config_t *c, const bw__cstack_t *s, bw_config_report_t *r) {
   int fb = find_kind(c, s, BW_CFG_LAYER_FALLBACK, 0);
-  int re = find_kind(c, s, BW_CFG_LAYER_RETRY, 0);
-  int cb = find_kind(c, s, BW_CFG_LAYER_CIRCUIT_BREAKER, 0);
-  int to = find_kind(c, s, BW_CFG_LAYER_TIMEOUT, 0);
-  int bh = find_kind(c, s, BW_CFG_LAYER_BULKHEAD, 0);
-  int rl = find_kind(c, s, BW_CFG_LAYER_RATE_LIMIT, 0);
+  int first_re = find_kind(c, s, BW_CFG_LAYER_RETRY, 0);
+  int last_re = -1;
+  for (int i = first_re; i >= 0; i = find_kind(c, s, BW_CFG_LAYER_RETRY, (size_t)i + 1)) last_re = i;
   if (fb > 0) {
     const bw__clayer_t *outer = bw__config_resolve(c, &s->layers[0]);
     warn(r, &s->layers[fb],
          "fallback is not outermost: errors of '%s'%s outside it are not covered; put fallback first",
          outer->schema ? outer->schema->name : "?", fb > 1 ? " and others" : "");
   }
-  if (cb >= 0 && re > cb) {
-    warn(r, &s->layers[cb],
-         "circuit_breaker outside retry counts a whole retry loop as one call and lets retries "
-         "hammer a failing backend; put %s inside %s",
-         "circuit_breaker", "retry");
-  }
-  if (re >= 0 && to >= 0 && to < re && find_kind(c, s, BW_CFG_LAYER_TIMEOUT, (size_t)re + 1) < 0) {
-    warn(r, &s->layers[to],
-         "the only timeout is outside retry, so it bounds all attempts together; put a %s inside "
-         "%s to bound each attempt",
-         "timeout", "retry");
-  }
-  if (re >= 0 && bh >= 0 && bh < re) {
-    warn(r, &s->layers[bh], "%s outside %s holds its permit through backoff waits; put it inside retry",
-         "bulkhead", "retry");
-  }
-  if (re >= 0 && rl >= 0 && rl < re) {
-    warn(r, &s->layers[rl], "%s outside %s does not limit retry attempts; put it inside retry",
-         "rate_limit", "retry");
-  }
-  for (size_t i = 1; i < s->n; i++) {
-    const bw__clayer_t *a = bw__config_resolve(c, &s->layers[i - 1]);
-    const bw__clayer_t *b = bw__config_resolve(c, &s->layers[i]);
-    if (a->schema && a->schema == b->schema && a->schema->kind == BW_CFG_LAYER_RETRY)
-      warn(r, &s->layers[i], "%s directly inside %s multiplies the attempts", "retry", "retry");
+  bool seen_kind[16] = {false};
+  for (size_t i = 0; i < s->n; i++) {
+    const bw__clayer_t *l = bw__config_resolve(c, &s->layers[i]);
+    if (l->schema == NULL) continue;
+    bw_config_layer_kind_t k = l->schema->kind;
+    bool outside_retry = first_re >= 0 && (int)i < first_re;
+    bool inside_retry = first_re >= 0 && (int)i > first_re;
+    switch (k) {
+      case BW_CFG_LAYER_CIRCUIT_BREAKER:
+        if (outside_retry)
+          warn(r, &s->layers[i],
+               "%s outside retry counts a whole retry loop as one call and lets retries hammer a "
+               "failing backend; put it inside %s", "circuit_breaker", "retry");
+        break;
+      case BW_CFG_LAYER_BULKHEAD:
+        if (outside_retry)
+          warn(r, &s->layers[i], "%s outside %s holds its permit through backoff waits; put it inside retry",
+               "bulkhead", "retry");
+        break;
+      case BW_CFG_LAYER_RATE_LIMIT:
+        if (outside_retry)
+          warn(r, &s->layers[i], "%s outside %s does not limit retry attempts; put it inside retry",
+               "rate_limit", "retry");
+        break;
+      case BW_CFG_LAYER_RETRY:
+        if (inside_retry)
+          warn(r, &s->layers[i], "%s inside another %s multiplies the attempts", "retry", "retry");
+        break;
+      case BW_CFG_LAYER_TIMEOUT: {
+        const char *scope = enum_val(l, "scope");
+        if (inside_retry && strcmp(scope, "total") == 0)
+          warn(r, &s->layers[i], "a timeout with scope %s inside %s bounds only one attempt; move it outside retry",
+               "total", "retry");
+        else if (outside_retry && strcmp(scope, "per_attempt") == 0)
+          warn(r, &s->layers[i], "a timeout with scope %s outside %s bounds all attempts together; move it inside retry",
+               "per_attempt", "retry");
+        else if (outside_retry && strcmp(scope, "unspecified") == 0 &&
+                 find_kind(c, s, BW_CFG_LAYER_TIMEOUT, (size_t)last_re + 1) < 0)
+          warn(r, &s->layers[i],
+               "the only timeout is outside retry, so a hung attempt eats the whole budget; add a "
+               "timeout inside %s, or set scope: %s",
+               "retry", "total");
+        break;
+      }
+      case BW_CFG_LAYER_CHAOS:
+        if (i + 1 < s->n)
+          warn(r, &s->layers[i], "%s is not innermost: its faults skip the layers inside it; put it last%s",
+               "chaos", "");
+        break;
+      case BW_CFG_LAYER_FALLBACK:
+      case BW_CFG_LAYER_RETRY_BUDGET:
+        break;
+    }
+    if (k != BW_CFG_LAYER_RETRY && k != BW_CFG_LAYER_TIMEOUT && (unsigned)k < 16) {
+      if (seen_kind[k])
+        warn(r, &s->layers[i], "a second %s layer in one stack%s; is it a copy-paste?", l->schema->name, "");
+      seen_kind[k] = true;
+    }
   }
 }
 
@@ -127,7 +169,7 @@ static void explain_layer(const bw__config_t *c, const bw__clayer_t *item, size_
   for (size_t k = 0; k < l->schema->nkeys; k++) {
     char buf[512];
     bw__format_value(&l->schema->keys[k], &l->vals[k], buf, sizeof buf);
-    const char *note = l->vals[k].set ? "" : (l->vals[k].has ? "  (default)" : "  (default: none)");
+    const char *note = l->vals[k].set ? "" : (l->vals[k].has ? "  (default)" : "  (default: not set)");
     fprintf(out, "       %-26s %s%s\n", l->schema->keys[k].name, buf, note);
   }
 }
@@ -144,7 +186,7 @@ static void explain_stack(const bw__config_t *c, const bw__cstack_t *s, FILE *ou
       for (size_t k = 0; k < cl->conf.schema->nkeys; k++) {
         char buf[512];
         bw__format_value(&cl->conf.schema->keys[k], &cl->conf.vals[k], buf, sizeof buf);
-        const char *note = cl->conf.vals[k].set ? "" : (cl->conf.vals[k].has ? "  (default)" : "  (default: none)");
+        const char *note = cl->conf.vals[k].set ? "" : (cl->conf.vals[k].has ? "  (default)" : "  (default: not set)");
         fprintf(out, "       %-26s %s%s\n", cl->conf.schema->keys[k].name, buf, note);
       }
     }

@@ -608,7 +608,7 @@ static bool parse_settings(ctx_t *x, const bw__layer_schema_t *s, const bw__cnod
     }
   }
   for (size_t i = 0; i < s->nkeys; i++) {
-    if (out->vals[i].has) continue;
+    if (out->vals[i].has || out->vals[i].line > 0) continue; /* given (maybe invalid) */
     if (s->keys[i].required) {
       char *kp = path_join(path, s->keys[i].name);
       char exp[160];
@@ -673,26 +673,30 @@ static bool parse_one_layer(ctx_t *x, const bw__cnode_t *item, const char *path,
       return false;
     }
     const bw__cshared_t *sh = bw__config_shared(x->c, val->str);
+    char *rp = path_join(path, "shared");
+    if (rp == NULL) return false;
+    bool ok = false;
     if (sh == NULL) {
       const char *cands[64];
       size_t nc = 0;
       for (size_t i = 0; i < x->c->nshared && nc < 64; i++) cands[nc++] = x->c->shared[i].name;
       const char *dym = bw__did_you_mean(val->str, cands, nc);
       if (dym)
-        ERR(x, BW_CFG_UNKNOWN_REF, val, path, "no shared instance '%s'; did you mean '%s'?", val->str, dym);
+        ERR(x, BW_CFG_UNKNOWN_REF, val, rp, "no shared instance '%s'; did you mean '%s'?", val->str, dym);
       else
-        ERR(x, BW_CFG_UNKNOWN_REF, val, path, "no shared instance '%s'; define it under shared:", val->str);
-      return false;
-    }
-    if (sh->layer.schema == NULL) return false; /* already reported as invalid */
-    if (!sh->layer.schema->is_layer) {
-      ERR(x, BW_CFG_TYPE, val, path, "'%s' is a %s, not a layer; reference it from retry.budget",
+        ERR(x, BW_CFG_UNKNOWN_REF, val, rp, "no shared instance '%s'; define it under shared:", val->str);
+    } else if (sh->layer.schema == NULL) {
+      /* already reported as invalid */
+    } else if (!sh->layer.schema->is_layer) {
+      ERR(x, BW_CFG_TYPE, val, rp, "'%s' is a %s, not a layer; reference it from retry.budget",
           val->str, sh->layer.schema->name);
-      return false;
+    } else {
+      out->schema = sh->layer.schema;
+      out->shared = bw__strdup(val->str);
+      ok = out->shared != NULL;
     }
-    out->schema = sh->layer.schema;
-    out->shared = bw__strdup(val->str);
-    return out->shared != NULL;
+    bw__free(rp);
+    return ok;
   }
   const bw__layer_schema_t *s = bw__schema_find(kn->str);
   char *lp = path_join(path, kn->str);
@@ -726,7 +730,11 @@ static bool check_refs(ctx_t *x, bw__clayer_t *l) {
     if (k->type != BW__VT_REF || !v->set || strcmp(k->enum_values, "stack") == 0) continue;
     const bw__cshared_t *sh = bw__config_shared(x->c, v->s);
     char *kp = path_join(l->path ? l->path : "", k->name);
-    if (sh == NULL || sh->layer.schema == NULL || strcmp(sh->layer.schema->name, k->enum_values) != 0) {
+    if (sh != NULL && sh->layer.schema != NULL && strcmp(sh->layer.schema->name, k->enum_values) != 0) {
+      bw__report_add(x->r, BW_CFG_UNKNOWN_REF, false, v->line, v->col, kp ? kp : "",
+                     "'%s' is a shared %s, not a %s", v->s, sh->layer.schema->name, k->enum_values);
+      ok = false;
+    } else if (sh == NULL) {
       const char *cands[64];
       size_t nc = 0;
       for (size_t j = 0; j < x->c->nshared && nc < 64; j++)
@@ -863,8 +871,8 @@ static void parse_clients(ctx_t *x, const bw__cnode_t *n) {
     if (tp != NULL && !redis && strcmp(tn->str, "http") != 0) {
       static const char *const types[] = {"http", "redis"};
       const char *dym = bw__did_you_mean(tn->str, types, 2);
-      ERR(x, BW_CFG_UNKNOWN_KEY, tn, tp, "unknown client type '%s'%s%s%s; expected http or redis",
-          tn->str, dym ? "; did you mean '" : "", dym ? dym : "", dym ? "'?" : "");
+      ERR(x, BW_CFG_UNKNOWN_KEY, tn, tp, "unknown client type '%s'%s%s%s expected http or redis",
+          tn->str, dym ? "; did you mean '" : ";", dym ? dym : "", dym ? "'?" : "");
     } else if (tp != NULL) {
       cl->redis = redis;
       const bw__layer_schema_t *s = bw__schema_client(redis);
@@ -1001,8 +1009,8 @@ bw__config_t *bw__config_load(const char *text, size_t len, const char *fname,
           ERR(&x, BW_CFG_BAD_VALUE, v, "version", "unsupported version; expected 1");
       } else {
         const char *dym = bw__did_you_mean(kn->str, sections, 4);
-        ERR(&x, BW_CFG_UNKNOWN_SECTION, kn, kn->str, "unknown section '%s'%s%s%s; expected stacks, shared or clients",
-            kn->str, dym ? "; did you mean '" : "", dym ? dym : "", dym ? "'?" : "");
+        ERR(&x, BW_CFG_UNKNOWN_SECTION, kn, kn->str, "unknown section '%s'%s%s%s expected stacks, shared or clients",
+            kn->str, dym ? "; did you mean '" : ";", dym ? dym : "", dym ? "'?" : "");
       }
     }
     if (sh) parse_shared(&x, sh);

@@ -19,35 +19,38 @@
 #define DAY (24.0 * HOUR)
 
 static const bw__key_t kTimeout[] = {
-    {"duration", BW__VT_DURATION, NULL, 1e3, DAY, "1s", false,
-     "time allowed for the inner call, after which it is cancelled"},
+    {"duration", BW__VT_DURATION, NULL, 1e3, DAY, "30s", false,
+     "time allowed for the inner call, after which it is cancelled (Polly v8: 30s)"},
+    {"scope", BW__VT_ENUM, "unspecified|total|per_attempt", 0, 0, "unspecified", false,
+     "what the timeout is meant to bound (order check only)"},
 };
 
 static const bw__key_t kRetry[] = {
     {"max_attempts", BW__VT_INT, NULL, 1, 100, "3", false, "attempts in total, the first included"},
     {"backoff", BW__VT_ENUM, "constant|linear|exponential", 0, 0, "exponential", false,
      "how the delay grows between attempts"},
-    {"base_delay", BW__VT_DURATION, NULL, 0, HOUR, "100ms", false, "delay before the first retry"},
+    {"base_delay", BW__VT_DURATION, NULL, 0, HOUR, "500ms", false, "delay before the first retry"},
     {"multiplier", BW__VT_DOUBLE, NULL, 1, 100, "2", false, "exponential growth factor"},
-    {"max_delay", BW__VT_DURATION, NULL, 0, DAY, "10s", false, "cap on one delay"},
+    {"max_delay", BW__VT_DURATION, NULL, 0, DAY, "30s", false, "cap on one delay (0: none)"},
     {"jitter", BW__VT_ENUM, "none|full|equal|decorrelated", 0, 0, "full", false,
      "randomisation of each delay"},
-    {"retry_on", BW__VT_KINDS, NULL, 0, 0, NULL, false,
-     "error kinds to retry (default: transport, timeouts, retryable HTTP/Redis errors)"},
-    {"http_statuses", BW__VT_INTS, NULL, 100, 599, "[429, 502, 503, 504]", false,
-     "HTTP statuses that are retried"},
-    {"redis_errors", BW__VT_STRINGS, NULL, 0, 0, "[LOADING, BUSY, TRYAGAIN, MASTERDOWN]", false,
-     "Redis error prefixes that are retried"},
-    {"respect_retry_after", BW__VT_BOOL, NULL, 0, 0, "true", false,
+    {"seed", BW__VT_INT, NULL, 0, 9.2e18, "25207", false, "jitter seed (a run replays exactly)"},
+    {"honor_retry_after", BW__VT_BOOL, NULL, 0, 0, "true", false,
      "wait as long as a Retry-After hint asks"},
-    {"max_retry_after", BW__VT_DURATION, NULL, 0, DAY, "30s", false, "cap on a Retry-After wait"},
+    {"max_retry_after", BW__VT_DURATION, NULL, 0, DAY, "60s", false, "cap on a Retry-After wait"},
+    {"min_attempt", BW__VT_DURATION, NULL, 0, HOUR, "0", false,
+     "give up rather than start an attempt with less time than this before the deadline"},
+    {"retry_on", BW__VT_KINDS, NULL, 0, 0, NULL, false,
+     "error kinds to retry (default: the built-in predicate: transport, timeouts, 429/502/503/504, "
+     "Redis LOADING/BUSY/TRYAGAIN/MASTERDOWN)"},
+    {"http_statuses", BW__VT_INTS, NULL, 100, 599, "[429, 502, 503, 504]", false,
+     "HTTP statuses retried when retry_on lists http_status"},
     {"budget", BW__VT_REF, "retry_budget", 0, 0, NULL, false,
      "name of a shared retry_budget limiting retries across calls"},
-    {"seed", BW__VT_INT, NULL, 0, 9.2e18, "0", false, "jitter seed (0: random)"},
 };
 
 static const bw__key_t kBudget[] = {
-    {"ratio", BW__VT_RATIO, NULL, 0, 1, "20%", false, "retries allowed per request"},
+    {"ratio", BW__VT_RATIO, NULL, 0, 1, "20%", false, "retries allowed per request (tower: 20%)"},
     {"min_per_second", BW__VT_INT, NULL, 0, 1e9, "10", false, "retries always allowed per second"},
     {"window", BW__VT_DURATION, NULL, 1e6, DAY, "10s", false, "time window the ratio is over"},
 };
@@ -70,31 +73,34 @@ static const bw__key_t kBreaker[] = {
     {"window", BW__VT_ENUM, "count|time|consecutive", 0, 0, "count", false,
      "sliding window type"},
     {"window_size", BW__VT_INT, NULL, 1, 1e6, "100", false, "calls in a count window"},
-    {"window_duration", BW__VT_DURATION, NULL, 1e6, DAY, "60s", false, "length of a time window"},
+    {"window_duration", BW__VT_DURATION, NULL, 1e6, DAY, "30s", false, "length of a time window"},
+    {"window_buckets", BW__VT_INT, NULL, 1, 1e4, "10", false, "buckets of a time window"},
     {"consecutive_failures", BW__VT_INT, NULL, 1, 1e6, "5", false,
      "failures in a row that open a consecutive breaker"},
-    {"failure_rate_threshold", BW__VT_RATIO, NULL, 0, 1, "50%", false,
-     "failure rate that opens the breaker"},
-    {"slow_call_rate_threshold", BW__VT_RATIO, NULL, 0, 1, "100%", false,
-     "slow call rate that opens the breaker"},
-    {"slow_call_duration", BW__VT_DURATION, NULL, 0, DAY, "60s", false, "a call slower is slow"},
     {"minimum_calls", BW__VT_INT, NULL, 1, 1e6, "100", false,
      "calls in the window before rates count"},
+    {"failure_rate_threshold", BW__VT_RATIO, NULL, 1e-9, 1, "50%", false,
+     "failure rate that opens the breaker"},
+    {"slow_call_rate_threshold", BW__VT_RATIO, NULL, 1e-9, 1, "100%", false,
+     "slow call rate that opens the breaker"},
+    {"slow_call_duration", BW__VT_DURATION, NULL, 0, DAY, "60s", false,
+     "a call slower is slow (0: no slow-call counting)"},
     {"open_duration", BW__VT_DURATION, NULL, 1e6, DAY, "60s", false, "time open before half-open"},
     {"open_duration_multiplier", BW__VT_DOUBLE, NULL, 1, 100, "1", false,
      "growth of the open time after each failed probe round"},
     {"max_open_duration", BW__VT_DURATION, NULL, 0, DAY, "0", false, "cap on the grown open time (0: none)"},
     {"half_open_calls", BW__VT_INT, NULL, 1, 1e6, "10", false, "probe calls let through half-open"},
-    {"failure_on", BW__VT_KINDS, NULL, 0, 0, NULL, false,
-     "error kinds that count as failures (default: what retry retries, plus HTTP 5xx)"},
+    {"half_open_max_wait", BW__VT_DURATION, NULL, 0, DAY, "0", false,
+     "re-open if probes have not finished after this (0: the open duration)"},
     {"state", BW__VT_ENUM, "auto|forced_open|forced_closed|disabled", 0, 0, "auto", false,
      "manual override"},
 };
 
 static const bw__key_t kFallback[] = {
-    {"value", BW__VT_STRING, NULL, 0, 0, NULL, true, "the answer given instead (HTTP body / Redis reply)"},
-    {"status", BW__VT_INT, NULL, 100, 599, "200", false, "HTTP status of the fallback answer"},
-    {"on", BW__VT_KINDS, NULL, 0, 0, NULL, false, "error kinds that trigger it (default: any error)"},
+    {"value", BW__VT_STRING, NULL, 0, 0, NULL, true, "the answer given instead (response body / Redis reply)"},
+    {"status", BW__VT_INT, NULL, 100, 599, "200", false, "HTTP status of the fallback answer (HTTP clients)"},
+    {"on", BW__VT_KINDS, NULL, 0, 0, NULL, false,
+     "error kinds that trigger it (default: any error but cancelled and runtime_shutdown)"},
 };
 
 static const bw__key_t kChaos[] = {
@@ -114,22 +120,27 @@ static const bw__key_t kChaos[] = {
 };
 
 static const bw__key_t kHttpClient[] = {
-    {"base_url", BW__VT_STRING, NULL, 0, 0, NULL, true, "URL prefix of every request"},
+    {"base_url", BW__VT_STRING, NULL, 0, 0, NULL, true, "URL prefix of relative request paths"},
     {"stack", BW__VT_REF, "stack", 0, 0, NULL, false, "stack every call goes through"},
-    {"connect_timeout", BW__VT_DURATION, NULL, 0, HOUR, "10s", false, "TCP/TLS connect limit"},
-    {"max_connections", BW__VT_INT, NULL, 1, 1e5, "64", false, "connections per host"},
-    {"max_body", BW__VT_SIZE, NULL, 0, 1e12, "10MiB", false, "largest response body accepted"},
-    {"user_agent", BW__VT_STRING, NULL, 0, 0, "bulwark/" "0.1", false, "User-Agent header"},
-    {"headers", BW__VT_STRINGS, NULL, 0, 0, NULL, false, "extra 'Name: value' headers"},
+    {"connect_timeout", BW__VT_DURATION, NULL, 1e6, HOUR, "10s", false, "TCP/TLS connect limit"},
+    {"timeout", BW__VT_DURATION, NULL, 0, DAY, "0", false, "whole-transfer limit (0: none; the call deadline applies)"},
+    {"max_host_connections", BW__VT_INT, NULL, 1, 1e5, "64", false, "connections per host"},
+    {"max_total_connections", BW__VT_INT, NULL, 1, 1e6, "256", false, "connections in total"},
+    {"max_body", BW__VT_SIZE, NULL, 1, 1e12, "16MiB", false, "largest response body accepted"},
+    {"user_agent", BW__VT_STRING, NULL, 0, 0, "bulwark/0.1", false, "User-Agent header"},
 };
 
 static const bw__key_t kRedisClient[] = {
     {"host", BW__VT_STRING, NULL, 0, 0, "127.0.0.1", false, "server host"},
     {"port", BW__VT_INT, NULL, 1, 65535, "6379", false, "server port"},
+    {"unix_path", BW__VT_STRING, NULL, 0, 0, NULL, false, "unix socket instead of host/port"},
     {"db", BW__VT_INT, NULL, 0, 1e6, "0", false, "database number (SELECT)"},
+    {"username", BW__VT_STRING, NULL, 0, 0, NULL, false, "ACL user for AUTH"},
     {"password", BW__VT_STRING, NULL, 0, 0, NULL, false, "AUTH password (use ${ENV_VAR})"},
     {"stack", BW__VT_REF, "stack", 0, 0, NULL, false, "stack every call goes through"},
-    {"connect_timeout", BW__VT_DURATION, NULL, 0, HOUR, "1s", false, "connect limit"},
+    {"connect_timeout", BW__VT_DURATION, NULL, 1e6, HOUR, "1s", false, "connect limit"},
+    {"command_timeout", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "per-command limit (0: none)"},
+    {"max_in_flight", BW__VT_INT, NULL, 1, 1e7, "65536", false, "commands in flight at once"},
 };
 
 #define N(a) (sizeof(a) / sizeof(a)[0])

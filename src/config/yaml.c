@@ -142,6 +142,24 @@ static bool push_child(bw__cnode_t **arr_keys, bw__cnode_t ***items, size_t n, s
   return true;
 }
 
+/* "stacks.api[0].retry" for the containers open now, then `last`. */
+static void build_path(const builder_t *b, const char *last, char *buf, size_t len) {
+  size_t o = 0;
+  buf[0] = '\0';
+  for (int i = 0; i < b->depth && o < len; i++) {
+    const frame_t *f = &b->stack[i];
+    bool inner = i + 1 < b->depth;
+    int w = 0;
+    if (f->node->kind == BW__CN_SEQ && inner) {
+      w = snprintf(buf + o, len - o, "[%zu]", f->node->n);
+    } else if (f->node->kind == BW__CN_MAP && inner && f->pending_key) {
+      w = snprintf(buf + o, len - o, "%s%s", o ? "." : "", f->pending_key->str);
+    }
+    if (w > 0) o += (size_t)w;
+  }
+  if (o < len) snprintf(buf + o, len - o, "%s%s", o ? "." : "", last);
+}
+
 /* Attach a finished value to the open container (or make it the root). */
 static void attach(builder_t *b, bw__cnode_t *v) {
   if (b->failed) return;
@@ -164,7 +182,9 @@ static void attach(builder_t *b, bw__cnode_t *v) {
     for (size_t i = 0; i < c->n; i++) {
       if (strcmp(c->keys[i]->str, v->str) == 0) {
         if (!b->failed) {
-          bw__report_add(b->report, BW_CFG_DUPLICATE_KEY, false, v->line, v->col, "",
+          char path[512];
+          build_path(b, v->str, path, sizeof path);
+          bw__report_add(b->report, BW_CFG_DUPLICATE_KEY, false, v->line, v->col, path,
                          "duplicate key '%s' (first at line %d); each key may appear once",
                          v->str, c->keys[i]->line);
         }
