@@ -1,0 +1,184 @@
+/* The runtime object and the per-thread context, shared by the files of
+ * src/runtime/ that make up the scheduler (not by other components: they
+ * use runtime/internal.h). */
+#ifndef BW_RUNTIME_RT_H
+#define BW_RUNTIME_RT_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bulwark/runtime.h"
+#include "runtime/internal.h"
+#include "runtime/task.h"
+
+#define BW__RT_MAGIC 0x62777274u
+
+enum { BW__RT_RUNNING = 0, BW__RT_DRAINING = 1, BW__RT_SHUTDOWN = 2 };
+
+typedef struct bw__worker bw__worker_t;
+typedef struct bw__sched bw__sched_t;
+typedef struct bw__ct_core bw__ct_core_t;
+typedef struct bw__background bw__background_t;
+typedef struct bw__blocking_glue bw__blocking_glue_t;
+typedef struct bw__reactor_glue bw__reactor_glue_t;
+
+/* Per-thread state of a worker or current-thread core: written only by
+ * its own thread (counters are relaxed atomics so metrics can read them). */
+typedef struct bw__local {
+  bw__task_cache_t cache;
+  atomic_uint_fast64_t spawned, completed, polls, steals, steal_ops, parks, unparks;
+} bw__local_t;
+/* Single-writer increment: no locked instruction. */
+#define BW__INC(c) \
+  atomic_store_explicit(&(c), atomic_load_explicit(&(c), memory_order_relaxed) + 1, \
+                        memory_order_relaxed)
+#define BW__LOAD(c) atomic_load_explicit(&(c), memory_order_relaxed)
+
+/* What the calling thread is doing for bulwark. */
+typedef struct bw__ctx {
+  bw__local_t *local;   /* counters and task cache for rt */
+  bw_runtime_t *rt;     /* runtime whose worker / block_on thread this is */
+  bw__worker_t *worker; /* multi-thread worker, NULL on a current-thread core */
+  bw_task_t *task;      /* task being polled, or NULL */
+  bw_timer_t *firing;   /* timer whose callback is running, or NULL */
+  bool io_thread;       /* a reactor loop thread (blocking there is an error too) */
+} bw__ctx_t;
+extern _Thread_local bw__ctx_t bw__ctx;
+
+/* A wheel (timers of one worker, or of the current-thread core). */
+struct bw__wheel {
+  pthread_mutex_t mu;
+  bw__timer_wheel_t tw;
+  uint64_t parked_until_ms; /* guarded by mu: owner sleeps until then (UINT64_MAX: no limit) */
+  unsigned owner;      /* worker index */
+  size_t armed;
+};
+
+struct bw_runtime {
+  uint32_t magic;
+  bw_runtime_opts_t opts;
+  unsigned nworkers;
+  unsigned fork_gen;
+  _Atomic int state; /* BW__RT_*; release on change, acquire on read */
+  char name_prefix[16];
+
+  /* clock */
+  bool paused;
+  _Atomic uint64_t paused_now_ns; /* paused clock; relaxed (timer locks order firing) */
+  uint64_t start_ns;              /* real clock at creation */
+  atomic_uint inhibit;            /* blocking jobs in flight: no auto-advance */
+
+  /* tasks */
+  bw__task_pool_t pool;
+  bw__owned_t owned;
+  atomic_uint_fast64_t next_id;
+  atomic_uint_fast64_t spawned_remote, completed_remote; /* from non-worker threads */
+
+  /* scheduler (multi-thread) */
+  bw__sched_t *sched;
+  /* current-thread core */
+  bw__ct_core_t *ct;
+
+  /* timers: one wheel per worker (multi-thread) or one (current-thread) */
+  bw__wheel_t *wheels;
+  unsigned nwheels;
+  atomic_uint remote_wheel_rr;
+
+  /* background services */
+  pthread_mutex_t bg_mu;
+  bw__background_t *bg_head;
+
+  /* blocking pool and reactor glue */
+  bw__blocking_glue_t *blocking;
+  pthread_mutex_t reactor_mu;
+  bw__reactor_glue_t *reactor;
+
+  pthread_mutex_t shutdown_mu;
+  bool shut_down; /* guarded by shutdown_mu */
+};
+
+/* Guards */
+unsigned bw__fork_generation(void);
+static inline bool bw__rt_forked(const bw_runtime_t *rt) {
+  return rt->fork_gen != bw__fork_generation();
+}
+/* NULL if rt is usable for new work, else an error to return. */
+bw_error_t *bw__rt_check(const bw_runtime_t *rt, const char *what);
+
+/* clock.c */
+uint64_t bw__mono_ns(void);
+uint64_t bw__rt_now_ms(const bw_runtime_t *rt);
+
+/* timer.c */
+int bw__wheels_init(bw_runtime_t *rt, unsigned n);
+void bw__wheels_destroy(bw_runtime_t *rt);
+/* Fire every due timer of wheel i (callbacks on the calling thread). Returns
+ * how many fired. */
+size_t bw__wheel_fire(bw_runtime_t *rt, unsigned i);
+/* Earliest deadline (ms tick) of wheel i, UINT64_MAX if none. */
+uint64_t bw__wheel_next_ms(bw_runtime_t *rt, unsigned i);
+/* Disarm every timer (shutdown). */
+void bw__wheels_clear(bw_runtime_t *rt);
+/* Cancel and wait for a running callback (tasks' sleep timers). */
+void bw__timer_cancel_sync(bw_timer_t *t);
+void bw__timer_init_embedded(bw_runtime_t *rt, bw_timer_t *t, bw_timer_fn cb, void *arg);
+/* Paused clock: if no worker is busy, jump to the earliest timer. Returns
+ * true if time moved. */
+bool bw__clock_auto_advance(bw_runtime_t *rt);
+
+/* scheduler entry points (worker.c for multi-thread) */
+int bw__sched_new(bw_runtime_t *rt);
+int bw__sched_start(bw_runtime_t *rt); /* lazy start: idempotent */
+void bw__sched_stop(bw_runtime_t *rt);  /* stop and join workers */
+void bw__sched_drain(bw_runtime_t *rt); /* drop queued tasks (after stop) */
+void bw__sched_free(bw_runtime_t *rt);
+void bw__sched_push_remote(bw_runtime_t *rt, bw_task_t *t);
+void bw__sched_push_local(bw__worker_t *w, bw_task_t *t, bool yield);
+/* Wake the owner of wheel i (a timer became due earlier than it sleeps). */
+void bw__sched_kick(bw_runtime_t *rt, unsigned i);
+void bw__sched_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m);
+int bw__sched_worker_metrics(const bw_runtime_t *rt, unsigned i, uint64_t *steals,
+                             uint64_t *depth, uint64_t *polls);
+unsigned bw__worker_index(const bw__worker_t *w);
+/* Count a spawned / completed task (metrics). */
+void bw__sched_count_complete(bw_runtime_t *rt);
+void bw__sched_count_spawn(bw_runtime_t *rt);
+
+/* current_thread.c */
+int bw__ct_new(bw_runtime_t *rt);
+void bw__ct_free(bw_runtime_t *rt);
+void bw__ct_push(bw_runtime_t *rt, bw_task_t *t, bool yield);
+void bw__ct_drain(bw_runtime_t *rt);
+void bw__ct_kick(bw_runtime_t *rt);
+bw_error_t *bw__ct_block_on(bw_runtime_t *rt, bw_task_t *t, void **value);
+bool bw__ct_acquire_core(bw_runtime_t *rt, bw_task_t *t);
+void bw__ct_release_core(bw_runtime_t *rt);
+void bw__ct_drive_drain(bw_runtime_t *rt, uint64_t deadline_ns);
+void bw__ct_drive_until(bw_runtime_t *rt, bw_task_t *t, uint64_t deadline_ns);
+void bw__ct_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m);
+
+/* background.c */
+void bw__background_shutdown(bw_runtime_t *rt, uint64_t deadline_ns);
+void bw__background_free(bw_runtime_t *rt);
+
+/* blocking / reactor glue (blocking_glue.c, reactor_glue.c) */
+void bw__blocking_shutdown(bw_runtime_t *rt, uint64_t timeout_ms, bool *timed_out);
+void bw__blocking_free(bw_runtime_t *rt);
+void bw__blocking_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m);
+void bw__reactor_glue_shutdown(bw_runtime_t *rt);
+void bw__reactor_glue_free(bw_runtime_t *rt);
+int bw__blocking_glue_init(bw_runtime_t *rt);
+void bw__runtime_release_memory(bw_runtime_t *rt);
+
+/* runtime.c: spawn a task of `kind`; NULL and *err on failure. With
+ * schedule == false the task starts idle (something else will wake it). */
+bw_task_t *bw__spawn_task(bw_runtime_t *rt, bw_task_fn poll, void *arg, void (*drop)(void *),
+                          const char *name, int kind, bool want_join, bool schedule,
+                          bw_error_t **err);
+
+/* task cache of the calling thread for rt, or NULL */
+bw__task_cache_t *bw__ctx_cache(const bw_runtime_t *rt);
+
+#endif

@@ -1,0 +1,130 @@
+/* Task header, state word, reference count, pooled allocation, join
+ * handles and the owned-task list. See task.c for the design notes. */
+#ifndef BW_RUNTIME_TASK_H
+#define BW_RUNTIME_TASK_H
+
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "bulwark/runtime.h"
+#include "runtime/timer_wheel.h"
+
+/* State bits (task->state). One CAS loop per transition; see task.c. */
+enum {
+  BW__T_RUNNING = 1u << 0,   /* a worker is inside poll() */
+  BW__T_NOTIFIED = 1u << 1,  /* in a run queue, or re-queued after the poll */
+  BW__T_COMPLETE = 1u << 2,  /* will never be polled again */
+  BW__T_CANCELLED = 1u << 3, /* abort requested */
+};
+
+enum { BW__TASK_NORMAL = 0, BW__TASK_DEFER, BW__TASK_BLOCKING, BW__TASK_BACKGROUND };
+
+typedef struct bw__thread_waiter bw__thread_waiter_t;
+
+/* The embedded timer entry. Timers are owned by timer.c; the layout is
+ * here so tasks can embed their sleep timer (no allocation per sleep). */
+typedef struct bw__wheel bw__wheel_t;
+struct bw_timer {
+  bw__timer_entry_t entry; /* first: the wheel hands back entries */
+  bw_runtime_t *rt;
+  bw_timer_fn cb;
+  void *arg;
+  _Atomic(bw__wheel_t *) wheel; /* wheel holding it while armed; guarded by that wheel's lock */
+  uint64_t deadline_ns;
+  atomic_uint lock;     /* serialises arm/cancel/free of this timer */
+  atomic_uint firing;   /* 1 while cb runs; pairs: release after cb / acquire in free */
+  bool free_pending;    /* bw_timer_free called from inside cb */
+  bool embedded;        /* inside a task: never freed on its own */
+};
+
+struct bw_task {
+  _Atomic uint32_t state;
+  _Atomic uint32_t refs;
+  atomic_uint lock; /* spin lock for the join fields below */
+  uint8_t kind;
+  bool output_ready; /* guarded by lock */
+  bool output_taken; /* guarded by lock */
+  bool in_owned;     /* guarded by the owned shard lock */
+  bw_task_t *next;   /* run-queue / pool link */
+  bw_task_t *own_prev, *own_next;
+  bw_runtime_t *rt;
+  uint64_t id;
+  bw_task_fn poll;
+  void *arg;
+  void (*drop)(void *arg);
+  void (*aux_fn)(void *arg); /* defer: the function */
+  const char *name;
+  void *aux; /* blocking job / background token */
+  /* output */
+  void *out_value;
+  void (*out_free)(void *);
+  bw_error_t *out_err;
+  /* joiner */
+  bw_waker_t *join_waker;
+  bw__thread_waiter_t *join_thread;
+  struct bw_timer sleep_timer;
+};
+
+/* Spin lock helpers (tiny critical sections only). */
+void bw__spin_lock(atomic_uint *l);
+void bw__spin_unlock(atomic_uint *l);
+
+/* ---- allocation ---- */
+bw_task_t *bw__task_alloc(bw_runtime_t *rt);
+void bw__task_ref(bw_task_t *t);
+void bw__task_unref(bw_task_t *t);
+/* Per-worker free list (owned by one thread). */
+typedef struct bw__task_cache {
+  bw_task_t *list;
+  unsigned count;
+} bw__task_cache_t;
+/* Global pool of one runtime. */
+typedef struct bw__task_pool {
+  pthread_mutex_t mu;
+  bw_task_t *list;
+  size_t count;
+  atomic_size_t mallocs; /* structs obtained from bw__malloc, not yet freed */
+  bool orphaned;         /* runtime freed while tasks were still referenced */
+} bw__task_pool_t;
+void bw__task_pool_init(bw__task_pool_t *p);
+/* Flush a worker cache into the pool (worker exit). */
+void bw__task_cache_flush(bw_runtime_t *rt, bw__task_cache_t *c);
+/* Free every pooled struct. Returns true when no struct is outstanding;
+ * otherwise marks the pool orphaned, and the last unref frees the runtime. */
+bool bw__task_pool_destroy(bw_runtime_t *rt);
+
+/* ---- owned list (every task not yet complete) ---- */
+#define BW__OWNED_SHARDS 16
+typedef struct bw__owned_shard {
+  pthread_mutex_t mu;
+  bw_task_t *head;
+  bool closed;
+  char pad[64 - sizeof(void *) - 1];
+} bw__owned_shard_t;
+typedef struct bw__owned {
+  bw__owned_shard_t shard[BW__OWNED_SHARDS];
+} bw__owned_t;
+void bw__owned_init(bw__owned_t *o);
+void bw__owned_destroy(bw__owned_t *o);
+/* Insert; returns false if closed (runtime shutting down). */
+bool bw__owned_insert(bw__owned_t *o, bw_task_t *t);
+/* Close every shard and cancel every task still listed (joiners see err). */
+void bw__owned_close_and_cancel(bw_runtime_t *rt, bw__owned_t *o);
+
+/* ---- scheduling transitions ---- */
+/* Poll the task once; the caller gives up the queue reference. */
+void bw__task_run(bw_task_t *t);
+/* Wake by reference (any thread). */
+void bw__task_wake(bw_task_t *t);
+/* Finish a task that will never run (abort, shutdown) with err (consumed). */
+void bw__task_finish_cancelled(bw_task_t *t, bw_error_t *err);
+/* Drop a task that a queue still held at shutdown: release the queue ref. */
+void bw__task_drop_queued(bw_task_t *t);
+
+/* Provided by the scheduler (worker.c / current_thread.c). `yield` puts it
+ * at the back (never the LIFO slot). Takes over one reference. */
+void bw__schedule(bw_task_t *t, bool yield);
+
+#endif
