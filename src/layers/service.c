@@ -1,0 +1,756 @@
+/* Services and calls: the call state machine, pools, the completion
+ * trampoline, function services and the shutdown sweep.
+ *
+ * # Call state
+ * state: IDLE -> RUNNING (start) -> DONE (first of bw_call_complete or a
+ * cancel wins a CAS RUNNING->DONE). The winner stores the result and
+ * delivers it; losers free what they brought. That single CAS is the whole
+ * exactly-once argument; everything else is about memory lifetime.
+ *
+ * # References (refs)
+ * A call's memory returns to its pool when refs hits 0. Holders:
+ *   - the owner (user for a root, the parent layer for a child): 1, dropped
+ *     by bw_call_free;
+ *   - "in flight": 1 from start until the delivery has run (the callback
+ *     returned, or was skipped because the owner abandoned the call);
+ *   - a child in flight holds 1 on its parent, dropped after the child's
+ *     delivery, so a parent's state is alive while its children's callbacks
+ *     run (and an abandoned child's chain of parents stays valid);
+ *   - layers add their own (timers, queues) with bw_call_ref/unref;
+ *   - bw_call_cancel holds a temporary one.
+ * A root call holds a reference on its service; children rely on the chain
+ * (child -> parent -> ... -> root -> stack node -> inner nodes).
+ *
+ * # Where completions run (the trampoline)
+ * Per thread: `busy` counts nested library entries (a start, a delivery);
+ * `submitting` counts nested bw_service_call. A delivery that happens while
+ * busy is queued on the thread's intrusive queue and run when the outermost
+ * entry returns, so a layer's start code finishes before its child's
+ * callback runs and 10,000 synchronous failures under retry loop instead of
+ * nesting. A root's user callback never runs inside bw_service_call: while
+ * submitting, root deliveries are deferred to a worker (bw__runtime_defer).
+ * Deliveries on a thread that is not a worker of the call's runtime are
+ * deferred too, and bw_service_call from outside a worker defers the start,
+ * so service and layer code always runs on workers. If the runtime refuses
+ * deferred work (shut down) delivery runs inline: exactly once beats "on a
+ * worker".
+ *
+ * # Shutdown
+ * The first root call on a runtime registers a background service there.
+ * When the runtime shuts down it cancels that service's token first; the
+ * sweep then cancels every RUNNING call of that runtime with
+ * BW_ERR_RUNTIME_SHUTDOWN (found by scanning the pools of all live
+ * services; a call is only touched after a successful "ref if not zero"),
+ * so timers that will never fire cannot strand a call.
+ *
+ * Lock order: g_reg.mu (service registry / runtime trackers) -> pool.mu.
+ * No lock is held while calling ops or callbacks. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "bulwark/fallback.h"
+#include "bulwark/sync.h"
+#include "core/alloc.h"
+#include "layers/service_internal.h"
+#include "runtime/internal.h"
+
+/* ---- thread-local trampoline ------------------------------------------------ */
+
+typedef struct tramp {
+  int busy;
+  int submitting;
+  bw_call_t *head, *tail;
+} tramp_t;
+static _Thread_local tramp_t tl;
+
+static void run_delivery(bw_call_t *c);
+
+static void drain(void) {
+  tl.busy = 1;
+  bw_call_t *c;
+  while ((c = tl.head) != NULL) {
+    tl.head = c->qnext;
+    if (!tl.head) tl.tail = NULL;
+    c->qnext = NULL;
+    run_delivery(c);
+  }
+  tl.busy = 0;
+}
+
+static inline void enter(void) { tl.busy++; }
+static inline void leave(void) {
+  if (--tl.busy == 0 && tl.head) drain();
+}
+
+/* ---- global registry: services (for the sweep) and runtime trackers ----------- */
+
+typedef struct tracker {
+  bw_runtime_t *rt;
+  struct tracker *next;
+} tracker_t;
+
+static struct {
+  pthread_mutex_t mu;
+  bw_service_t *services;
+  tracker_t *trackers;
+  atomic_uint epoch; /* bumped when a tracker goes away (TLS caches invalid) */
+} g_reg = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0};
+
+static _Thread_local bw_runtime_t *tl_tracked_rt;
+static _Thread_local unsigned tl_tracked_epoch;
+
+static void registry_add(bw_service_t *s) {
+  pthread_mutex_lock(&g_reg.mu);
+  s->reg_prev = NULL;
+  s->reg_next = g_reg.services;
+  if (g_reg.services) g_reg.services->reg_prev = s;
+  g_reg.services = s;
+  pthread_mutex_unlock(&g_reg.mu);
+}
+
+static void registry_remove(bw_service_t *s) {
+  pthread_mutex_lock(&g_reg.mu);
+  if (s->reg_prev) s->reg_prev->reg_next = s->reg_next;
+  else g_reg.services = s->reg_next;
+  if (s->reg_next) s->reg_next->reg_prev = s->reg_prev;
+  pthread_mutex_unlock(&g_reg.mu);
+}
+
+static bool try_ref(bw_call_t *c) {
+  int n = atomic_load_explicit(&c->refs, memory_order_relaxed);
+  while (n > 0) {
+    /* acquire pairs with the release in bw_call_unref: the fields we read
+     * next belong to the live incarnation. */
+    if (atomic_compare_exchange_weak_explicit(&c->refs, &n, n + 1, memory_order_acquire,
+                                              memory_order_relaxed))
+      return true;
+  }
+  return false;
+}
+
+/* Cancel every running call of rt (shutdown). Calls are pinned with a
+ * reference under the locks and handled after unlocking (a cancel may run
+ * callbacks that free calls and services). */
+static void sweep(bw_runtime_t *rt) {
+  size_t cap = 0, n = 0;
+  bw_call_t **list = NULL;
+  pthread_mutex_lock(&g_reg.mu);
+  for (bw_service_t *s = g_reg.services; s; s = s->reg_next) {
+    pthread_mutex_lock(&s->pool.mu);
+    for (bw_call_t *c = s->pool.all; c; c = c->all_next) {
+      if (atomic_load(&c->state) != BW__CALL_RUNNING) continue;
+      if (n == cap) {
+        size_t nc = cap ? 2 * cap : 64;
+        bw_call_t **nl = bw__realloc(list, nc * sizeof *list);
+        if (!nl) break;
+        list = nl;
+        cap = nc;
+      }
+      if (try_ref(c)) list[n++] = c;
+    }
+    pthread_mutex_unlock(&s->pool.mu);
+  }
+  pthread_mutex_unlock(&g_reg.mu);
+  for (size_t i = 0; i < n; i++) {
+    bw_call_t *c = list[i];
+    if (c->rt == rt && atomic_load(&c->state) == BW__CALL_RUNNING)
+      bw_call_cancel_with(c, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
+    bw_call_unref(c);
+  }
+  bw__free(list);
+}
+
+static bw_poll_t tracker_poll(bw_task_t *self, void *arg) {
+  tracker_t *t = arg;
+  bw_cancel_token_t *tok = bw_background_token(self);
+  if (tok && bw_cancel_token_poll(tok, self) == BW_PENDING) return BW_PENDING;
+  sweep(t->rt);
+  return BW_READY;
+}
+
+static void tracker_drop(void *arg) {
+  tracker_t *t = arg;
+  pthread_mutex_lock(&g_reg.mu);
+  for (tracker_t **pp = &g_reg.trackers; *pp; pp = &(*pp)->next) {
+    if (*pp == t) {
+      *pp = t->next;
+      break;
+    }
+  }
+  atomic_fetch_add(&g_reg.epoch, 1);
+  pthread_mutex_unlock(&g_reg.mu);
+  bw__free(t);
+}
+
+/* Make sure rt has a shutdown sweeper. Cheap when cached for this thread. */
+static bw_error_t *track_runtime(bw_runtime_t *rt) {
+  unsigned ep = atomic_load_explicit(&g_reg.epoch, memory_order_acquire);
+  if (tl_tracked_rt == rt && tl_tracked_epoch == ep) return NULL;
+  bw_error_t *err = NULL;
+  pthread_mutex_lock(&g_reg.mu);
+  tracker_t *t;
+  for (t = g_reg.trackers; t; t = t->next)
+    if (t->rt == rt) break;
+  if (!t) {
+    t = bw__calloc(1, sizeof *t);
+    if (!t) {
+      err = bw_error_static(BW_ERR_OUT_OF_MEMORY);
+    } else {
+      t->rt = rt;
+      t->next = g_reg.trackers;
+      g_reg.trackers = t;
+      /* Registering under g_reg.mu: add_background spawns but runs nothing
+       * inline, and tracker_drop takes g_reg.mu only later. */
+      err = bw_runtime_add_background(rt, "bulwark-calls", tracker_poll, t, tracker_drop);
+      if (err) {
+        g_reg.trackers = t->next;
+        bw__free(t);
+      }
+    }
+  }
+  ep = atomic_load_explicit(&g_reg.epoch, memory_order_acquire);
+  pthread_mutex_unlock(&g_reg.mu);
+  if (!err) {
+    tl_tracked_rt = rt;
+    tl_tracked_epoch = ep;
+  }
+  return err;
+}
+
+/* ---- pools -------------------------------------------------------------------- */
+
+static size_t call_header_size(void) { return offsetof(bw_call_t, state_mem); }
+
+static bw_call_t *pool_get(bw_service_t *s) {
+  bw__pool_t *p = &s->pool;
+  pthread_mutex_lock(&p->mu);
+  bw_call_t *c = p->free_list;
+  if (c) {
+    p->free_list = c->pool_next;
+    pthread_mutex_unlock(&p->mu);
+    size_t st = s->ops->call_state_size;
+    if (st && !s->ops->state_init) memset(c->state_mem, 0, st);
+    return c;
+  }
+  pthread_mutex_unlock(&p->mu);
+  c = bw__calloc(1, s->call_size);
+  if (!c) return NULL;
+  c->svc = s;
+  if (s->ops->state_init && s->ops->state_init(s, c->state_mem) != 0) {
+    bw__free(c);
+    return NULL;
+  }
+  pthread_mutex_lock(&p->mu);
+  c->all_next = p->all;
+  p->all = c;
+  p->total++;
+  pthread_mutex_unlock(&p->mu);
+  return c;
+}
+
+static void pool_put(bw_service_t *s, bw_call_t *c) {
+  bw__pool_t *p = &s->pool;
+  pthread_mutex_lock(&p->mu);
+  c->pool_next = p->free_list;
+  p->free_list = c;
+  pthread_mutex_unlock(&p->mu);
+}
+
+static void pool_fini(bw_service_t *s) {
+  bw_call_t *c = s->pool.all;
+  while (c) {
+    bw_call_t *next = c->all_next;
+    if (s->ops->state_fini) s->ops->state_fini(s, c->state_mem);
+    bw__free(c);
+    c = next;
+  }
+  s->pool.all = s->pool.free_list = NULL;
+  pthread_mutex_destroy(&s->pool.mu);
+}
+
+/* ---- services ------------------------------------------------------------------ */
+
+static bw_error_t *service_alloc(bw_service_t **out, const bw_service_ops_t *ops, void *impl) {
+  bw_service_t *s = bw__calloc(1, sizeof *s);
+  if (!s) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  s->magic = BW__SVC_MAGIC;
+  atomic_init(&s->refs, 1);
+  s->ops = ops;
+  s->impl = impl;
+  s->layer_index = -1;
+  size_t h = (call_header_size() + 15) & ~(size_t)15;
+  s->call_size = h + ((ops->call_state_size + 15) & ~(size_t)15);
+  pthread_mutex_init(&s->pool.mu, NULL);
+  registry_add(s);
+  *out = s;
+  return NULL;
+}
+
+bw_error_t *bw_service_new(bw_service_t **out, const bw_service_ops_t *ops, void *impl) {
+  if (!out || !ops || !ops->call) {
+    if (ops && ops->destroy && impl) ops->destroy(impl);
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_service_new: out, ops and ops->call are required");
+  }
+  bw_error_t *e = service_alloc(out, ops, impl);
+  if (e && ops->destroy && impl) ops->destroy(impl);
+  return e;
+}
+
+bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out) {
+  bw_error_t *e = service_alloc(out, layer->ops, layer->impl);
+  if (e) return e;
+  (*out)->layer = bw_layer_ref(layer);
+  (*out)->inner = bw_service_ref(inner);
+  return NULL;
+}
+
+bw_error_t *bw_layer_wrap(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out) {
+  if (!layer || !inner || !out || layer->magic != BW__LAYER_MAGIC || inner->magic != BW__SVC_MAGIC)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_layer_wrap: layer, inner and out are required");
+  return bw__node_new(layer, inner, out);
+}
+
+bw_service_t *bw_service_ref(bw_service_t *svc) {
+  if (svc) atomic_fetch_add_explicit(&svc->refs, 1, memory_order_relaxed);
+  return svc;
+}
+
+void bw_service_release(bw_service_t *svc) {
+  if (!svc) return;
+  /* acq_rel: the last release sees every write of the other holders. */
+  if (atomic_fetch_sub_explicit(&svc->refs, 1, memory_order_acq_rel) != 1) return;
+  registry_remove(svc);
+  pool_fini(svc);
+  if (svc->owns_stack) bw__stack_free(svc->stack);
+  if (svc->layer) {
+    bw_layer_release(svc->layer);
+    bw_service_release(svc->inner);
+  } else if (svc->ops->destroy && svc->impl) {
+    svc->ops->destroy(svc->impl);
+  }
+  svc->magic = 0;
+  bw__free(svc);
+}
+
+const char *bw_service_kind(const bw_service_t *svc) {
+  return svc && svc->ops->kind ? svc->ops->kind : "service";
+}
+const char *bw_service_name(const bw_service_t *svc) {
+  return svc && svc->owns_stack && svc->stack ? svc->stack->name : NULL;
+}
+void *bw_service_impl(const bw_service_t *svc) { return svc ? svc->impl : NULL; }
+bw_service_t *bw_service_inner(const bw_service_t *svc) { return svc ? svc->inner : NULL; }
+bw_layer_t *bw_service_layer(const bw_service_t *svc) { return svc ? svc->layer : NULL; }
+
+/* ---- layers ----------------------------------------------------------------------- */
+
+bw_error_t *bw_layer_new(bw_layer_t **out, const bw_service_ops_t *ops, void *impl) {
+  if (!out || !ops || !ops->call) {
+    if (ops && ops->destroy && impl) ops->destroy(impl);
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_layer_new: out, ops and ops->call are required");
+  }
+  bw_layer_t *l = bw__calloc(1, sizeof *l);
+  if (!l) {
+    if (ops->destroy && impl) ops->destroy(impl);
+    return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  }
+  l->magic = BW__LAYER_MAGIC;
+  atomic_init(&l->refs, 1);
+  l->ops = ops;
+  l->impl = impl;
+  *out = l;
+  return NULL;
+}
+
+bw_layer_t *bw_layer_ref(bw_layer_t *layer) {
+  if (layer) atomic_fetch_add_explicit(&layer->refs, 1, memory_order_relaxed);
+  return layer;
+}
+
+void bw_layer_release(bw_layer_t *layer) {
+  if (!layer) return;
+  if (atomic_fetch_sub_explicit(&layer->refs, 1, memory_order_acq_rel) != 1) return;
+  if (layer->ops->destroy && layer->impl) layer->ops->destroy(layer->impl);
+  bw__free(layer->name);
+  layer->magic = 0;
+  bw__free(layer);
+}
+
+void *bw_layer_impl(const bw_layer_t *layer) { return layer ? layer->impl : NULL; }
+const char *bw_layer_kind(const bw_layer_t *layer) {
+  return layer && layer->ops->kind ? layer->ops->kind : "layer";
+}
+bw_error_t *bw_layer_set_name(bw_layer_t *layer, const char *name) {
+  if (!layer) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_layer_set_name: NULL layer");
+  char *n = NULL;
+  if (name && !(n = bw__strdup(name))) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  bw__free(layer->name);
+  layer->name = n;
+  return NULL;
+}
+const char *bw_layer_name(const bw_layer_t *layer) { return layer ? layer->name : NULL; }
+void bw_layer_set_flags(bw_layer_t *layer, unsigned flags) {
+  if (layer) layer->flags = flags;
+}
+unsigned bw_layer_flags(const bw_layer_t *layer) { return layer ? layer->flags : 0; }
+
+/* ---- call lifetime ---------------------------------------------------------------------- */
+
+static void recycle(bw_call_t *c) {
+  bw_service_t *s = c->svc;
+  if (c->req_free && c->req) c->req_free(c->req);
+  if (c->resp_free && c->resp) c->resp_free(c->resp);
+  bw_error_unref(c->err);
+  bw_error_unref(c->fallback_err);
+  bool root = c->is_root;
+  c->req = c->resp = NULL;
+  c->req_free = c->resp_free = NULL;
+  c->err = c->fallback_err = NULL;
+  c->parent = NULL;
+  pool_put(s, c);
+  if (root) bw_service_release(s);
+}
+
+void bw_call_ref(bw_call_t *call) {
+  atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
+}
+
+void bw_call_unref(bw_call_t *call) {
+  /* acq_rel: the final decrement sees every holder's writes before recycling
+   * (pairs with the other holders' release decrements). */
+  if (atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel) == 1) recycle(call);
+}
+
+static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
+  c->svc = svc;
+  c->rt = rt;
+  c->parent = NULL;
+  c->stack = NULL;
+  c->qnext = NULL;
+  atomic_store_explicit(&c->refs, 1, memory_order_relaxed);
+  atomic_store_explicit(&c->state, BW__CALL_IDLE, memory_order_relaxed);
+  atomic_store_explicit(&c->flags, 0, memory_order_relaxed);
+  c->is_root = false;
+  c->attempt = 0;
+  c->cb = NULL;
+  c->cb_arg = NULL;
+  c->deadline_ns = 0;
+  c->start_ns = 0;
+  c->ctx = NULL;
+}
+
+bw_error_t *bw_call_new(bw_call_t **out, bw_service_t *svc, bw_runtime_t *rt) {
+  if (!out || !svc || svc->magic != BW__SVC_MAGIC)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_call_new: out and a service are required");
+  if (!rt) rt = bw_runtime_current();
+  if (!rt) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_call_new: no runtime given and none current");
+  bw_error_t *e = track_runtime(rt);
+  if (e) return e;
+  bw_call_t *c = pool_get(svc);
+  if (!c) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  call_init(c, svc, rt);
+  c->is_root = true;
+  c->stack = svc->owns_stack ? svc->stack : NULL;
+  bw_service_ref(svc);
+  *out = c;
+  return NULL;
+}
+
+bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *svc) {
+  if (!out || !parent) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_call_child_new: NULL argument");
+  if (!svc) svc = parent->svc->inner;
+  if (!svc) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_call_child_new: %s has no inner service", bw_service_kind(parent->svc));
+  bw_call_t *c = pool_get(svc);
+  if (!c) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  call_init(c, svc, parent->rt);
+  c->parent = parent;
+  c->stack = parent->stack;
+  c->deadline_ns = parent->deadline_ns;
+  c->ctx = parent->ctx;
+  c->req = parent->req; /* borrowed */
+  c->req_free = NULL;
+  *out = c;
+  return NULL;
+}
+
+void bw_call_free(bw_call_t *call) {
+  if (!call) return;
+  int fl = atomic_fetch_or(&call->flags, BW__CF_ABANDONED);
+  if ((fl & BW__CF_STARTED) && atomic_load(&call->state) != BW__CALL_DONE)
+    bw_call_cancel(call);
+  bw_call_unref(call);
+}
+
+/* ---- completion and delivery ---------------------------------------------------------------- */
+
+static void run_delivery(bw_call_t *c) {
+  bw_call_t *parent = c->parent;
+  if (!(atomic_load_explicit(&c->flags, memory_order_acquire) & BW__CF_ABANDONED) && c->cb)
+    c->cb(c, c->err, c->cb_arg);
+  bw_call_unref(c);            /* the in-flight reference */
+  if (parent) bw_call_unref(parent); /* the child's hold on its parent */
+}
+
+static void deferred_delivery(void *arg) {
+  bw_call_t *c = arg;
+  enter();
+  run_delivery(c);
+  leave();
+}
+
+static void deliver(bw_call_t *c) {
+  bool worker = bw__runtime_on_worker(c->rt);
+  if (!worker || (c->is_root && tl.submitting > 0)) {
+    if (bw__runtime_defer(c->rt, deferred_delivery, c) == 0) return;
+    /* runtime gone: exactly once wins over "on a worker" */
+  }
+  if (tl.busy > 0) {
+    c->qnext = NULL;
+    if (tl.tail) tl.tail->qnext = c;
+    else tl.head = c;
+    tl.tail = c;
+    return;
+  }
+  enter();
+  run_delivery(c);
+  leave();
+}
+
+static void record_root(bw_call_t *c) {
+  if (c->is_root && c->stack) {
+    uint64_t now = bw_runtime_now_ns(c->rt);
+    bw__stack_record(c->stack, c->err, now > c->start_ns ? now - c->start_ns : 0);
+  }
+}
+
+bool bw_call_complete(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err) {
+  int expect = BW__CALL_RUNNING;
+  if (!atomic_compare_exchange_strong(&call->state, &expect, BW__CALL_DONE)) {
+    if (resp && resp_free) resp_free(resp);
+    bw_error_unref(err);
+    return false;
+  }
+  if (err) {
+    if (resp && resp_free) resp_free(resp);
+    call->resp = NULL;
+    call->resp_free = NULL;
+  } else {
+    call->resp = resp;
+    call->resp_free = resp_free;
+  }
+  call->err = err;
+  record_root(call);
+  deliver(call);
+  return true;
+}
+
+bool bw_call_complete_from_child(bw_call_t *call, bw_call_t *child) {
+  if (atomic_load(&call->state) != BW__CALL_RUNNING) return false;
+  void *resp = child->resp;
+  bw_destroy_fn f = child->resp_free;
+  child->resp = NULL;
+  child->resp_free = NULL;
+  if (child->fallback_err && !call->fallback_err) call->fallback_err = bw_error_ref(child->fallback_err);
+  return bw_call_complete(call, resp, f, child->err ? bw_error_ref(child->err) : NULL);
+}
+
+void bw_call_cancel(bw_call_t *call) { bw_call_cancel_with(call, NULL); }
+
+void bw_call_cancel_with(bw_call_t *call, bw_error_t *reason) {
+  if (!call) {
+    bw_error_unref(reason);
+    return;
+  }
+  /* seq_cst: pairs with the state store + flags load in start(). */
+  int fl = atomic_fetch_or(&call->flags, BW__CF_CANCEL);
+  if (fl & BW__CF_CANCEL) {
+    bw_error_unref(reason);
+    return;
+  }
+  bw_call_ref(call);
+  int expect = BW__CALL_RUNNING;
+  if (atomic_compare_exchange_strong(&call->state, &expect, BW__CALL_DONE)) {
+    call->err = reason ? reason : bw_error_static(BW_ERR_CANCELLED);
+    call->resp = NULL;
+    call->resp_free = NULL;
+    reason = NULL;
+    if (call->svc->ops->cancel) {
+      enter();
+      call->svc->ops->cancel(call->svc, call, call->err);
+      leave();
+    }
+    record_root(call);
+    deliver(call);
+  }
+  bw_error_unref(reason);
+  bw_call_unref(call);
+}
+
+bool bw_call_is_done(const bw_call_t *call) {
+  return atomic_load((atomic_int *)&call->state) == BW__CALL_DONE;
+}
+bool bw_call_is_cancelled(const bw_call_t *call) {
+  return (atomic_load((atomic_int *)&call->flags) & BW__CF_CANCEL) != 0;
+}
+
+/* ---- starting calls ---------------------------------------------------------------------------- */
+
+static void start(bw_call_t *c) {
+  /* seq_cst CAS then seq_cst load: pairs with fetch_or(CANCEL) then the
+   * state CAS in bw_call_cancel_with; at least one side sees the other. */
+  int expect = BW__CALL_IDLE;
+  if (!atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_RUNNING)) return;
+  if (atomic_load(&c->flags) & BW__CF_CANCEL) {
+    bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_CANCELLED));
+    return;
+  }
+  enter();
+  c->svc->ops->call(c->svc, c);
+  leave();
+}
+
+static void deferred_start(void *arg) {
+  bw_call_t *c = arg;
+  tl.submitting++;
+  start(c);
+  tl.submitting--;
+}
+
+bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, void *arg) {
+  if (!svc || !call || call->svc != svc || !call->is_root)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_service_call: call was not made for this service");
+  if (atomic_fetch_or(&call->flags, BW__CF_STARTED) & BW__CF_STARTED)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_service_call: call already started");
+  call->cb = cb;
+  call->cb_arg = arg;
+  if (call->stack) call->start_ns = bw_runtime_now_ns(call->rt);
+  atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed); /* in flight */
+  if (!bw__runtime_on_worker(call->rt)) {
+    /* Service code runs on workers; the start itself moves there. */
+    if (bw__runtime_defer(call->rt, deferred_start, call) != 0) {
+      int expect = BW__CALL_IDLE;
+      if (atomic_compare_exchange_strong(&call->state, &expect, BW__CALL_RUNNING))
+        bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
+    }
+    return NULL;
+  }
+  tl.submitting++;
+  start(call);
+  tl.submitting--;
+  return NULL;
+}
+
+void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
+  child->cb = cb;
+  child->cb_arg = arg;
+  atomic_fetch_or_explicit(&child->flags, BW__CF_STARTED, memory_order_relaxed);
+  atomic_fetch_add_explicit(&child->refs, 1, memory_order_relaxed);        /* in flight */
+  atomic_fetch_add_explicit(&child->parent->refs, 1, memory_order_relaxed); /* hold parent */
+  start(child);
+}
+
+/* ---- accessors ----------------------------------------------------------------------------------- */
+
+void bw_call_set_request(bw_call_t *call, void *req, bw_destroy_fn req_free) {
+  if (call->req_free && call->req && call->req != req) call->req_free(call->req);
+  call->req = req;
+  call->req_free = req_free;
+}
+void *bw_call_request(const bw_call_t *call) { return call->req; }
+void *bw_call_response(const bw_call_t *call) { return call->err ? NULL : call->resp; }
+void *bw_call_take_response(bw_call_t *call, bw_destroy_fn *free_fn) {
+  void *r = call->resp;
+  if (free_fn) *free_fn = call->resp_free;
+  call->resp = NULL;
+  call->resp_free = NULL;
+  return r;
+}
+const bw_error_t *bw_call_error(const bw_call_t *call) {
+  return atomic_load((atomic_int *)&call->state) == BW__CALL_DONE ? call->err : NULL;
+}
+void bw_call_set_deadline_ns(bw_call_t *call, uint64_t deadline_ns) {
+  if (call->parent && call->parent->deadline_ns &&
+      (deadline_ns == 0 || deadline_ns > call->parent->deadline_ns))
+    deadline_ns = call->parent->deadline_ns;
+  call->deadline_ns = deadline_ns;
+}
+void bw_call_set_timeout_ms(bw_call_t *call, uint64_t ms) {
+  bw_call_set_deadline_ns(call, bw_runtime_now_ns(call->rt) + ms * 1000000ull);
+}
+uint64_t bw_call_deadline_ns(const bw_call_t *call) { return call->deadline_ns; }
+int64_t bw_call_remaining_ns(const bw_call_t *call) {
+  if (!call->deadline_ns) return INT64_MAX;
+  uint64_t now = bw_runtime_now_ns(call->rt);
+  if (now >= call->deadline_ns) return -(int64_t)(now - call->deadline_ns);
+  return (int64_t)(call->deadline_ns - now);
+}
+void bw_call_set_context(bw_call_t *call, void *ctx) { call->ctx = ctx; }
+void *bw_call_context(const bw_call_t *call) { return call->ctx; }
+bw_runtime_t *bw_call_runtime(const bw_call_t *call) { return call->rt; }
+bw_service_t *bw_call_service(const bw_call_t *call) { return call->svc; }
+bw_call_t *bw_call_parent(const bw_call_t *call) { return call->parent; }
+void bw_call_set_attempt(bw_call_t *call, uint32_t attempt) { call->attempt = attempt; }
+uint32_t bw_call_attempt(const bw_call_t *call) { return call->attempt; }
+void *bw_call_state(bw_call_t *call) { return call->state_mem; }
+
+const bw_error_t *bw_call_fallback_error(const bw_call_t *call) { return call->fallback_err; }
+/* Used by fallback.c (declared there). */
+void bw__call_set_fallback_error(bw_call_t *call, bw_error_t *err);
+void bw__call_set_fallback_error(bw_call_t *call, bw_error_t *err) {
+  bw_error_unref(call->fallback_err);
+  call->fallback_err = err;
+}
+
+/* ---- function services ------------------------------------------------------------------------------ */
+
+typedef struct fn_impl {
+  bw_fn_service_opts_t o;
+} fn_impl_t;
+
+static void fn_call(bw_service_t *svc, bw_call_t *call) {
+  fn_impl_t *f = svc->impl;
+  if (f->o.sync) {
+    void *resp = NULL;
+    bw_destroy_fn rf = NULL;
+    bw_error_t *e = f->o.sync(f->o.arg, call, &resp, &rf);
+    bw_call_complete(call, e ? NULL : resp, rf, e);
+    if (e && resp && rf) rf(resp);
+  } else {
+    f->o.async(f->o.arg, call);
+  }
+}
+
+static void fn_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
+  fn_impl_t *f = svc->impl;
+  if (f->o.cancel) f->o.cancel(f->o.arg, call);
+}
+
+static void fn_destroy(void *impl) {
+  fn_impl_t *f = impl;
+  if (f->o.arg_free) f->o.arg_free(f->o.arg);
+  bw__free(f);
+}
+
+void bw_fn_service_opts_init(bw_fn_service_opts_t *opts) { memset(opts, 0, sizeof *opts); }
+
+bw_error_t *bw_service_from_fn(bw_service_t **out, const bw_fn_service_opts_t *opts) {
+  if (!out || !opts || (!opts->sync == !opts->async)) {
+    if (opts && opts->arg_free) opts->arg_free(opts->arg);
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_service_from_fn: give exactly one of sync or async");
+  }
+  fn_impl_t *f = bw__calloc(1, sizeof *f + sizeof(bw_service_ops_t));
+  if (!f) {
+    if (opts->arg_free) opts->arg_free(opts->arg);
+    return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  }
+  f->o = *opts;
+  /* ops live right after the impl so each fn service can have its own
+   * kind and state size. */
+  bw_service_ops_t *ops = (bw_service_ops_t *)(f + 1);
+  ops->kind = opts->kind ? opts->kind : "fn";
+  ops->call_state_size = opts->call_state_size;
+  ops->call = fn_call;
+  ops->cancel = fn_cancel;
+  ops->destroy = fn_destroy;
+  return service_alloc(out, ops, f) ? (fn_destroy(f), bw_error_static(BW_ERR_OUT_OF_MEMORY)) : NULL;
+}

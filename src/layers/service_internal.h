@@ -1,0 +1,106 @@
+/* Internal layout of services, calls, layers and stacks (H4's files only:
+ * service.c, stack.c, events.c; other layers use bulwark/layer.h). */
+#ifndef BW_LAYERS_SERVICE_INTERNAL_H
+#define BW_LAYERS_SERVICE_INTERNAL_H
+
+#include <pthread.h>
+#include <stdalign.h>
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "bulwark/layer.h"
+#include "bulwark/metrics.h"
+#include "bulwark/service.h"
+
+#define BW__SVC_MAGIC 0x62777376u   /* "bwsv" */
+#define BW__LAYER_MAGIC 0x62776c79u /* "bwly" */
+
+enum { BW__CALL_IDLE = 0, BW__CALL_RUNNING = 1, BW__CALL_DONE = 2 };
+enum {
+  BW__CF_CANCEL = 1 << 0,    /* cancel requested */
+  BW__CF_ABANDONED = 1 << 1, /* owner freed it before delivery: skip the callback */
+  BW__CF_STARTED = 1 << 2,   /* bw_service_call / child_start happened */
+};
+
+typedef struct bw__stack bw__stack_t;
+
+struct bw_layer {
+  uint32_t magic;
+  atomic_int refs;
+  unsigned flags;
+  const bw_service_ops_t *ops;
+  void *impl;
+  char *name;
+};
+
+typedef struct bw__pool {
+  pthread_mutex_t mu;
+  bw_call_t *free_list; /* via pool_next */
+  bw_call_t *all;       /* every call object ever made, via all_next (scan, fini) */
+  size_t total;
+} bw__pool_t;
+
+struct bw_service {
+  uint32_t magic;
+  atomic_int refs;
+  const bw_service_ops_t *ops;
+  void *impl;
+  bw_layer_t *layer;   /* node: the layer; NULL for a leaf */
+  bw_service_t *inner; /* node: the inner service */
+  bw__stack_t *stack;  /* stack this node belongs to (owned by the outermost node) */
+  bool owns_stack;
+  int layer_index;     /* position in stack, -1 if none */
+  size_t call_size;    /* sizeof(bw_call_t) rounded + state */
+  bw__pool_t pool;
+  bw_service_t *reg_prev, *reg_next; /* global list for the shutdown scan */
+};
+
+struct bw_call {
+  bw_service_t *svc;
+  bw_runtime_t *rt;
+  bw_call_t *parent;
+  bw__stack_t *stack; /* root's stack (events/metrics), inherited */
+  bw_call_t *pool_next;
+  bw_call_t *all_next;
+  bw_call_t *qnext;   /* trampoline queue */
+  atomic_int refs;
+  atomic_int state;   /* BW__CALL_*; seq_cst (see cancel vs start) */
+  atomic_int flags;   /* BW__CF_* */
+  bool is_root;
+  uint32_t attempt;
+  bw_call_cb cb;
+  void *cb_arg;
+  void *req;
+  bw_destroy_fn req_free;
+  void *resp;
+  bw_destroy_fn resp_free;
+  bw_error_t *err;
+  bw_error_t *fallback_err;
+  uint64_t deadline_ns;
+  uint64_t start_ns;
+  void *ctx;
+  alignas(16) unsigned char state_mem[];
+};
+
+/* Stack info, owned by the outermost node of a built stack. */
+struct bw__stack {
+  char *name;
+  size_t nlayers;
+  bw_layer_t **layers;
+  _Atomic uint64_t outcomes[BW_ERR__MAX];
+  _Atomic uint64_t *events; /* nlayers * BW_EVENT__MAX */
+  bw_histogram_t *latency;
+  bw_metric_t *collectors[3]; /* named stacks: calls, duration, events */
+};
+
+/* stack.c: record a finished root call of a stack (relaxed counters). */
+void bw__stack_record(bw__stack_t *st, const bw_error_t *err, uint64_t elapsed_ns);
+void bw__stack_free(bw__stack_t *st);
+/* events.c: count an event for layer_index of st. */
+void bw__stack_count_event(bw__stack_t *st, int layer_index, bw_event_type_t type);
+
+/* service.c: a node service for a layer (stack.c uses it). */
+bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out);
+
+#endif
