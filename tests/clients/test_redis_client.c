@@ -1,0 +1,579 @@
+/* The Redis client (callback API) against a real redis-server, on a
+ * multi-thread runtime with the real clock (see test_redis_paused.c for the
+ * paused clock). Waits are on condition variables signalled by the
+ * completion callbacks; the few waits for a reconnect poll the client state. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <bulwark/redis.h>
+#include <bulwark/runtime.h>
+#include <bulwark/sync.h>
+#include <errno.h>
+#include <hiredis/hiredis.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "support/redis_server.h"
+
+static bw_test_redis_t server;
+static bw_runtime_t *rt;
+
+static double scale(void) {
+  const char *s = getenv("BW_TEST_SCALE");
+  double v = s ? atof(s) : 1.0;
+  return v > 0 ? v : 1.0;
+}
+
+static int group_setup(void **state) {
+  (void)state;
+  if (bw_test_redis_start(&server, NULL) != 0) return -1;
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = 2;
+  bw_error_t *e = bw_runtime_new(&rt, &o);
+  if (e) {
+    bw_error_unref(e);
+    return -1;
+  }
+  return 0;
+}
+
+static int group_teardown(void **state) {
+  (void)state;
+  bw_runtime_free(rt);
+  bw_test_redis_destroy(&server);
+  return 0;
+}
+
+/* ---- waiting for completions --------------------------------------------- */
+
+typedef struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int expected, got;
+  int *per_slot; /* optional: completions per slot */
+  bw_redis_reply_t *reply;
+  bw_error_t *err;
+  int errors_by_kind[BW_ERR__MAX];
+  bool bad_thread;
+} waiter_t;
+
+static void waiter_init(waiter_t *w, int expected) {
+  memset(w, 0, sizeof *w);
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  w->expected = expected;
+}
+
+static void waiter_fini(waiter_t *w) {
+  bw_redis_reply_free(w->reply);
+  bw_error_unref(w->err);
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+}
+
+static void on_cb(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  waiter_t *w = arg;
+  pthread_mutex_lock(&w->mu);
+  if (bw_runtime_current() != rt) w->bad_thread = true;
+  if (err) w->errors_by_kind[bw_error_kind(err)]++;
+  if ((reply != NULL) == (err != NULL)) w->bad_thread = true; /* contract broken */
+  if (!w->reply && reply) {
+    w->reply = reply;
+    reply = NULL;
+  }
+  if (!w->err && err) w->err = bw_error_ref(err);
+  w->got++;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  bw_redis_reply_free(reply);
+}
+
+typedef struct slot_arg {
+  waiter_t *w;
+  int i;
+} slot_arg_t;
+
+static void on_slot(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  slot_arg_t *s = arg;
+  pthread_mutex_lock(&s->w->mu);
+  s->w->per_slot[s->i]++;
+  pthread_mutex_unlock(&s->w->mu);
+  on_cb(reply, err, s->w);
+}
+
+static bool waiter_wait(waiter_t *w, int secs) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += secs;
+  pthread_mutex_lock(&w->mu);
+  while (w->got < w->expected)
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0) break;
+  bool ok = w->got >= w->expected;
+  pthread_mutex_unlock(&w->mu);
+  return ok;
+}
+
+static void sleep_ms(long ms) {
+  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
+  nanosleep(&ts, NULL);
+}
+
+/* Reconnects run on real-time backoff: poll the state (bounded). */
+static bool wait_state(bw_redis_t *c, bw_redis_state_t st, int secs) {
+  for (int i = 0; i < secs * 1000; i++) {
+    if (bw_redis_state(c) == st) return true;
+    sleep_ms(1);
+  }
+  return false;
+}
+
+static bw_redis_t *client_new(const bw_redis_opts_t *extra) {
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  if (extra) o = *extra;
+  if (!o.unix_path && !o.port) o.port = server.port;
+  if (!o.reconnect_min_ms) o.reconnect_min_ms = 10;
+  if (!o.reconnect_max_ms) o.reconnect_max_ms = 50;
+  bw_redis_t *c = NULL;
+  bw_error_t *e = bw_redis_new(rt, &o, &c);
+  if (e) {
+    char buf[256];
+    bw_error_format(e, buf, sizeof buf, BW_ERROR_FMT_KIND | BW_ERROR_FMT_LOCATION);
+    fprintf(stderr, "bw_redis_new: %s\n", buf);
+    bw_error_unref(e);
+    fail();
+  }
+  return c;
+}
+
+/* Run one command and wait for it. */
+static void run(bw_redis_t *c, waiter_t *w, int argc, const char *const *argv, const size_t *lens,
+                const bw_redis_cmd_opts_t *opts) {
+  waiter_init(w, 1);
+  assert_null(bw_redis_command(c, argc, argv, lens, opts, on_cb, w));
+  assert_true(waiter_wait(w, 10));
+  assert_false(w->bad_thread);
+}
+
+static void cmd1(bw_redis_t *c, waiter_t *w, const char *a0, const char *a1, const char *a2) {
+  const char *argv[3] = {a0, a1, a2};
+  run(c, w, a2 ? 3 : a1 ? 2 : 1, argv, NULL, NULL);
+}
+
+static void format_err(const bw_error_t *e, char *buf, size_t len) {
+  bw_error_format(e, buf, len, BW_ERROR_FMT_KIND);
+}
+
+/* ---- tests ------------------------------------------------------------------ */
+
+static void test_set_get_binary(void **state) {
+  (void)state;
+  bw_redis_t *c = client_new(NULL);
+  waiter_t w;
+  const char val[] = {'a', '\0', 'b', '\r', '\n', 'c'};
+  const char *argv[3] = {"SET", "bin\0key", val};
+  size_t lens[3] = {3, 7, sizeof val};
+  run(c, &w, 3, argv, lens, NULL);
+  assert_null(w.err);
+  assert_int_equal(w.reply->type, BW_REDIS_REPLY_STATUS);
+  assert_string_equal(w.reply->str, "OK");
+  waiter_fini(&w);
+
+  const char *gargv[2] = {"GET", "bin\0key"};
+  size_t glens[2] = {3, 7};
+  run(c, &w, 2, gargv, glens, NULL);
+  assert_null(w.err);
+  assert_int_equal(w.reply->type, BW_REDIS_REPLY_STRING);
+  assert_int_equal(w.reply->len, sizeof val);
+  assert_memory_equal(w.reply->str, val, sizeof val);
+  waiter_fini(&w);
+
+  cmd1(c, &w, "GET", "no-such-key", NULL);
+  assert_int_equal(w.reply->type, BW_REDIS_REPLY_NIL);
+  waiter_fini(&w);
+
+  cmd1(c, &w, "DEL", "list", NULL);
+  waiter_fini(&w);
+  const char *rp[5] = {"RPUSH", "list", "x", "yy", "zzz"};
+  run(c, &w, 5, rp, NULL, NULL);
+  assert_int_equal(w.reply->type, BW_REDIS_REPLY_INTEGER);
+  assert_int_equal(w.reply->integer, 3);
+  waiter_fini(&w);
+  const char *lr[4] = {"LRANGE", "list", "0", "-1"};
+  run(c, &w, 4, lr, NULL, NULL);
+  assert_int_equal(w.reply->type, BW_REDIS_REPLY_ARRAY);
+  assert_int_equal(w.reply->elements, 3);
+  assert_string_equal(w.reply->element[2]->str, "zzz");
+  assert_int_equal(w.reply->element[1]->len, 2);
+  waiter_fini(&w);
+
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  assert_int_equal(st.connects, 1);
+  assert_int_equal(bw_redis_state(c), BW_REDIS_READY);
+  bw_redis_free(c);
+}
+
+static void test_pipelining(void **state) {
+  (void)state;
+  bw_redis_t *c = client_new(NULL);
+  waiter_t w;
+  cmd1(c, &w, "DEL", "ctr", NULL);
+  waiter_fini(&w);
+  int n = (int)(20000 * scale());
+  if (n < 100) n = 100;
+  waiter_init(&w, n);
+  const char *argv[2] = {"INCR", "ctr"};
+  for (int i = 0; i < n; i++) assert_null(bw_redis_command(c, 2, argv, NULL, NULL, on_cb, &w));
+  assert_true(waiter_wait(&w, 30));
+  assert_false(w.bad_thread);
+  assert_null(w.err);
+  waiter_fini(&w);
+  cmd1(c, &w, "GET", "ctr", NULL);
+  assert_int_equal(atoi(w.reply->str), n);
+  waiter_fini(&w);
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  assert_int_equal(st.replies, (uint64_t)n + 2);
+  bw_redis_free(c);
+}
+
+/* Server error replies, produced with redis.error_reply() so every prefix
+ * can be made on a single plain server. */
+static void script_error(bw_redis_t *c, waiter_t *w, const char *msg) {
+  char script[256];
+  snprintf(script, sizeof script, "return redis.error_reply('%s')", msg);
+  const char *argv[3] = {"EVAL", script, "0"};
+  run(c, w, 3, argv, NULL, NULL);
+  assert_non_null(w->err);
+}
+
+static void test_classification(void **state) {
+  (void)state;
+  bw_redis_t *c = client_new(NULL);
+  waiter_t w;
+  static const struct {
+    const char *msg;
+    int code;
+    bw_error_kind_t kind;
+    bool retryable;
+  } cases[] = {
+      {"LOADING Redis is loading the dataset in memory", BW_REDIS_LOADING, BW_ERR_UNAVAILABLE,
+       true},
+      {"BUSY Redis is busy running a script", BW_REDIS_BUSY, BW_ERR_UNAVAILABLE, true},
+      {"TRYAGAIN Multiple keys request during rehashing", BW_REDIS_TRYAGAIN, BW_ERR_UNAVAILABLE,
+       true},
+      {"MASTERDOWN Link with MASTER is down", BW_REDIS_MASTERDOWN, BW_ERR_UNAVAILABLE, true},
+      {"READONLY You cannot write against a read only replica.", BW_REDIS_READONLY,
+       BW_ERR_UNAVAILABLE, true},
+      {"NOAUTH Authentication required.", BW_REDIS_NOAUTH, BW_ERR_REDIS, false},
+      {"MOVED 3999 127.0.0.1:6381", BW_REDIS_MOVED, BW_ERR_REDIS, false},
+      {"ASK 3999 127.0.0.1:6381", BW_REDIS_ASK, BW_ERR_REDIS, false},
+      {"CUSTOMERR something", BW_REDIS_OTHER, BW_ERR_REDIS, false},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    script_error(c, &w, cases[i].msg);
+    assert_int_equal(bw_error_kind(w.err), cases[i].kind);
+    assert_true(bw_error_is(w.err, BW_ERR_REDIS));
+    assert_int_equal(bw_redis_error_code(w.err), cases[i].code);
+    assert_int_equal(bw_redis_error_is_retryable(w.err), cases[i].retryable);
+    char buf[512];
+    format_err(w.err, buf, sizeof buf);
+    if (cases[i].code == BW_REDIS_MOVED || cases[i].code == BW_REDIS_ASK)
+      assert_non_null(strstr(buf, "cluster redirection not supported"));
+    waiter_fini(&w);
+  }
+  /* Real errors from the server. */
+  cmd1(c, &w, "SET", "str", "v");
+  waiter_fini(&w);
+  cmd1(c, &w, "LPUSH", "str", "x");
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_REDIS);
+  assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_WRONGTYPE);
+  assert_false(bw_redis_error_is_retryable(w.err));
+  waiter_fini(&w);
+  cmd1(c, &w, "NOSUCHCOMMAND", NULL, NULL);
+  assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_ERR);
+  assert_false(bw_redis_error_is_retryable(w.err));
+  waiter_fini(&w);
+  cmd1(c, &w, "EVALSHA", "ffffffffffffffffffffffffffffffffffffffff", "0");
+  assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_NOSCRIPT);
+  waiter_fini(&w);
+  /* The connection is still fine after error replies. */
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_string_equal(w.reply->str, "PONG");
+  waiter_fini(&w);
+  bw_redis_free(c);
+}
+
+static void test_refused(void **state) {
+  (void)state;
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.port = bw_test_free_port();
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
+  assert_true(bw_redis_error_is_retryable(w.err));
+  waiter_fini(&w);
+  /* Once the refusal is known, calls fail fast with the cause attached. */
+  assert_true(wait_state(c, BW_REDIS_BACKOFF, 5) || bw_redis_state(c) == BW_REDIS_CONNECTING);
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
+  const bw_error_t *root = bw_error_root(w.err);
+  assert_int_equal(bw_error_detail(root), ECONNREFUSED);
+  waiter_fini(&w);
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  assert_true(st.connect_failures >= 1);
+  assert_int_equal(st.connects, 0);
+  bw_redis_free(c);
+}
+
+static void test_unix_socket(void **state) {
+  (void)state;
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.unix_path = server.unix_path;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_null(w.err);
+  assert_string_equal(w.reply->str, "PONG");
+  waiter_fini(&w);
+  bw_redis_free(c);
+}
+
+static void test_auth_select_and_secret(void **state) {
+  (void)state;
+  bw_test_redis_t sec;
+  const char *pw = "s3cr3t-Pa55w0rd";
+  assert_int_equal(bw_test_redis_start(&sec, pw), 0);
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.port = sec.port;
+  o.password = pw;
+  o.db = 3;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "SET", "in-db-3", "yes");
+  assert_null(w.err);
+  waiter_fini(&w);
+  bw_redis_free(c);
+  /* Check with a plain blocking connection that SELECT 3 was applied. */
+  redisContext *rc = redisConnect("127.0.0.1", sec.port);
+  assert_non_null(rc);
+  redisReply *r = redisCommand(rc, "AUTH %s", pw);
+  freeReplyObject(r);
+  r = redisCommand(rc, "SELECT 3");
+  freeReplyObject(r);
+  r = redisCommand(rc, "GET in-db-3");
+  assert_int_equal(r->type, REDIS_REPLY_STRING);
+  assert_string_equal(r->str, "yes");
+  freeReplyObject(r);
+  r = redisCommand(rc, "EXISTS in-db-3");
+  freeReplyObject(r);
+  redisFree(rc);
+
+  /* Wrong password: handshake fails, calls fail with WRONGPASS inside a
+   * connect error, and the password text appears nowhere. */
+  o.password = "wrong-Pa55-xyzzy";
+  c = client_new(&o);
+  cmd1(c, &w, "GET", "x", NULL);
+  char buf[1024];
+  format_err(w.err, buf, sizeof buf);
+  assert_null(strstr(buf, "wrong-Pa55-xyzzy"));
+  assert_true(bw_error_is(w.err, BW_ERR_CONNECT) || bw_error_is(w.err, BW_ERR_REDIS));
+  waiter_fini(&w);
+  assert_true(wait_state(c, BW_REDIS_BACKOFF, 5));
+  cmd1(c, &w, "GET", "x", NULL);
+  format_err(w.err, buf, sizeof buf);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
+  assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_WRONGPASS);
+  assert_null(strstr(buf, "wrong-Pa55-xyzzy"));
+  waiter_fini(&w);
+  bw_redis_free(c);
+
+  /* No password at all against a protected server: NOAUTH, not retryable. */
+  o.password = NULL;
+  o.db = 0;
+  c = client_new(&o);
+  cmd1(c, &w, "GET", "x", NULL);
+  assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_NOAUTH);
+  assert_false(bw_redis_error_is_retryable(w.err));
+  waiter_fini(&w);
+  bw_redis_free(c);
+  bw_test_redis_destroy(&sec);
+}
+
+/* Server killed with INFLIGHT commands written: each callback runs once
+ * with a transport error; new calls fail fast; after a restart the client
+ * reconnects by itself. */
+#define INFLIGHT 1000
+static void test_killed_in_flight(void **state) {
+  (void)state;
+  bw_redis_t *c = client_new(NULL);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  waiter_fini(&w);
+  static int per_slot[INFLIGHT];
+  static slot_arg_t slots[INFLIGHT];
+  memset(per_slot, 0, sizeof per_slot);
+  waiter_init(&w, INFLIGHT);
+  w.per_slot = per_slot;
+  const char *blpop[3] = {"BLPOP", "bw:never", "0"};
+  slots[0] = (slot_arg_t){&w, 0};
+  assert_null(bw_redis_command(c, 3, blpop, NULL, NULL, on_slot, &slots[0]));
+  const char *get[2] = {"GET", "k"};
+  for (int i = 1; i < INFLIGHT; i++) {
+    slots[i] = (slot_arg_t){&w, i};
+    assert_null(bw_redis_command(c, 2, get, NULL, NULL, on_slot, &slots[i]));
+  }
+  bw_redis_stats_t st;
+  for (int i = 0; i < 5000; i++) {
+    bw_redis_stats(c, &st);
+    if (st.in_flight == INFLIGHT) break;
+    sleep_ms(1);
+  }
+  assert_int_equal(st.in_flight, INFLIGHT);
+  bw_test_redis_kill(&server);
+  assert_true(waiter_wait(&w, 10));
+  sleep_ms(20); /* would expose a second completion */
+  pthread_mutex_lock(&w.mu);
+  assert_int_equal(w.got, INFLIGHT);
+  for (int i = 0; i < INFLIGHT; i++) assert_int_equal(per_slot[i], 1);
+  assert_int_equal(w.errors_by_kind[BW_ERR_TRANSPORT], INFLIGHT);
+  pthread_mutex_unlock(&w.mu);
+  assert_true(bw_redis_error_is_retryable(w.err));
+  waiter_fini(&w);
+
+  /* Dead: fail fast with a connect error. */
+  assert_true(wait_state(c, BW_REDIS_BACKOFF, 5));
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
+  waiter_fini(&w);
+  bw_redis_stats(c, &st);
+  assert_true(st.fail_fast >= 1);
+  assert_int_equal(st.disconnects, 1);
+
+  assert_int_equal(bw_test_redis_restart(&server), 0);
+  assert_true(wait_state(c, BW_REDIS_READY, 10));
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_null(w.err);
+  waiter_fini(&w);
+  bw_redis_free(c);
+}
+
+static void test_timeout_late_reply_dropped(void **state) {
+  (void)state;
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.command_timeout_ms = 50;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_null(w.err);
+  waiter_fini(&w);
+  bw_test_redis_pause(&server);
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_TIMEOUT);
+  assert_true(bw_redis_error_is_retryable(w.err));
+  waiter_fini(&w);
+  /* Cancellation by token while the server is stopped. */
+  bw_cancel_token_t *tok;
+  assert_null(bw_cancel_token_new(&tok));
+  bw_redis_cmd_opts_t co = {0, tok};
+  const char *argv[1] = {"PING"};
+  waiter_init(&w, 1);
+  assert_null(bw_redis_command(c, 1, argv, NULL, &co, on_cb, &w));
+  bw_cancel_token_cancel(tok);
+  assert_true(waiter_wait(&w, 10));
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_CANCELLED);
+  assert_false(bw_redis_error_is_retryable(w.err));
+  waiter_fini(&w);
+  bw_cancel_token_unref(tok);
+  bw_test_redis_resume(&server);
+  /* Late replies are dropped; the connection still works. */
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_null(w.err);
+  assert_string_equal(w.reply->str, "PONG");
+  waiter_fini(&w);
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  /* The timed-out PING's reply came late; the cancelled one was either
+   * never sent (cancelled before the loop took it) or came late too. */
+  assert_true(st.late_replies_dropped >= 1 && st.late_replies_dropped <= 2);
+  assert_int_equal(st.timeouts, 1);
+  assert_int_equal(st.connects, 1);
+  assert_int_equal(st.in_flight, 0);
+  /* A deadline already passed. */
+  bw_redis_cmd_opts_t past = {bw_runtime_now_ns(rt) - 1, NULL};
+  waiter_init(&w, 1);
+  assert_null(bw_redis_command(c, 1, argv, NULL, &past, on_cb, &w));
+  assert_true(waiter_wait(&w, 10));
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_TIMEOUT);
+  waiter_fini(&w);
+  bw_redis_free(c);
+}
+
+static void test_connect_timeout(void **state) {
+  (void)state;
+  /* A stopped server still completes TCP handshakes (kernel backlog) but
+   * never answers SELECT: the connect deadline fires. */
+  bw_test_redis_pause(&server);
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.db = 1;
+  o.connect_timeout_ms = 50;
+  o.reconnect_min_ms = 1000;
+  o.reconnect_max_ms = 1000;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
+  assert_true(bw_error_is(w.err, BW_ERR_TIMEOUT));
+  waiter_fini(&w);
+  bw_redis_free(c);
+  bw_test_redis_resume(&server);
+}
+
+static void test_free_with_commands_in_flight(void **state) {
+  (void)state;
+  bw_redis_t *c = client_new(NULL);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  waiter_fini(&w);
+  bw_test_redis_pause(&server);
+  waiter_init(&w, 100);
+  const char *argv[1] = {"PING"};
+  for (int i = 0; i < 100; i++) assert_null(bw_redis_command(c, 1, argv, NULL, NULL, on_cb, &w));
+  bw_redis_free(c);
+  /* Every callback ran before free returned. */
+  assert_int_equal(w.got, 100);
+  assert_int_equal(w.errors_by_kind[BW_ERR_CANCELLED] + w.errors_by_kind[BW_ERR_CONNECT], 100);
+  waiter_fini(&w);
+  bw_test_redis_resume(&server);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_set_get_binary),
+      cmocka_unit_test(test_pipelining),
+      cmocka_unit_test(test_classification),
+      cmocka_unit_test(test_refused),
+      cmocka_unit_test(test_unix_socket),
+      cmocka_unit_test(test_auth_select_and_secret),
+      cmocka_unit_test(test_timeout_late_reply_dropped),
+      cmocka_unit_test(test_connect_timeout),
+      cmocka_unit_test(test_free_with_commands_in_flight),
+      cmocka_unit_test(test_killed_in_flight),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
