@@ -29,6 +29,8 @@
 #include <stdint.h>
 
 #include "bulwark/error.h"
+#include "bulwark/layer.h"
+#include "bulwark/runtime.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -80,6 +82,16 @@ typedef struct bw_circuit_breaker_opts {
                                       0 (default): the current open duration. r4j's default is
                                       "forever"; we bound it so a lost probe cannot leave the
                                       breaker half-open for good. UINT64_MAX: forever */
+  /* Which errors count as failures. Default bw_circuit_breaker_default_predicate.
+   * Errors it rejects count as successes (as r4j does for unrecorded
+   * exceptions), except BW_ERR_CANCELLED from the caller, which counts as
+   * nothing (a half-open probe gives its slot back). */
+  bool (*predicate)(const bw_error_t *err, void *arg);
+  void *predicate_arg;
+  /* Clock for bw_circuit_breaker_state/force/stats outside calls. Default
+   * NULL: the runtime of the first call through the breaker (before any
+   * call: CLOCK_MONOTONIC; pass it when a test forces a state first). */
+  bw_runtime_t *runtime;
 } bw_circuit_breaker_opts_t;
 
 /* Fill *opts with the defaults above. */
@@ -98,6 +110,66 @@ typedef struct bw_breaker_stats {
   uint64_t open_remaining_ms;   /* OPEN: time until half-open */
   uint32_t half_open_in_flight; /* HALF_OPEN: probes running */
 } bw_breaker_stats_t;
+
+/* The default failure predicate: what the retry layer would retry
+ * (bw_retry_default_predicate), plus any HTTP status >= 500, minus local
+ * rejections (rate_limited, bulkhead_full, circuit_open: those are our own
+ * load shedding, not the backend failing). arg unused. */
+bool bw_circuit_breaker_default_predicate(const bw_error_t *err, void *arg);
+
+/* A breaker layer. Rejections complete with BW_ERR_CIRCUIT_OPEN (no malloc
+ * while a burst of rejections shares one hint; see the top of this file)
+ * and emit BW_EVENT_REJECTED (reason "circuit_open", "half_open_full" or
+ * "forced_open"); every state change emits BW_EVENT_BREAKER_STATE. A gauge
+ * bulwark_breaker_state{breaker="<name>"} (0 closed, 1 open, 2 half-open,
+ * 3 forced open, 4 forced closed, 5 disabled) is registered while it lives.
+ * Share it between stacks by wrapping the same layer more than once.
+ * Owns: *out is yours (bw_layer_release). opts may be NULL (defaults).
+ * Errors: BW_ERR_INVALID_ARGUMENT (out-of-range option), BW_ERR_OUT_OF_MEMORY. */
+bw_error_t *bw_circuit_breaker_new(bw_layer_t **out, const bw_circuit_breaker_opts_t *opts);
+
+/* Current state (an open breaker whose time is up reports half-open).
+ * BW_BREAKER_CLOSED for a layer that is not a breaker. */
+bw_breaker_state_t bw_circuit_breaker_state(bw_layer_t *breaker);
+/* Manual control: BW_BREAKER_CLOSED (reset: closed, empty window),
+ * BW_BREAKER_OPEN (trip now, for the base open duration), FORCED_OPEN,
+ * FORCED_CLOSED, DISABLED. Emits BW_EVENT_BREAKER_STATE (reason "manual").
+ * Errors: BW_ERR_INVALID_ARGUMENT (not a breaker, HALF_OPEN). */
+bw_error_t *bw_circuit_breaker_force(bw_layer_t *breaker, bw_breaker_state_t state);
+/* Errors: BW_ERR_INVALID_ARGUMENT (not a breaker, NULL out). */
+bw_error_t *bw_circuit_breaker_stats(bw_layer_t *breaker, bw_breaker_stats_t *out);
+
+/* ---- Keyed breaker: one breaker per key (per host, per tenant...) -------- */
+
+/* Write the key of `call` into buf (len bytes, NUL-terminated, truncated
+ * keys are fine) and return its length; 0: the call has no key and passes
+ * through unguarded. Runs on the calling thread; must be quick. */
+typedef size_t (*bw_breaker_key_fn)(bw_call_t *call, void *arg, char *buf, size_t len);
+
+typedef struct bw_circuit_breaker_keyed_opts {
+  bw_circuit_breaker_opts_t breaker; /* settings of every per-key breaker */
+  bw_breaker_key_fn key;             /* required */
+  void *key_arg;
+  uint32_t max_keys; /* breakers kept; the least recently used one is dropped
+                        when a new key needs room. Default 1024 (our choice) */
+} bw_circuit_breaker_keyed_opts_t;
+
+void bw_circuit_breaker_keyed_opts_init(bw_circuit_breaker_keyed_opts_t *opts);
+/* Keys longer than 127 bytes are truncated. Events and the state gauge are
+ * per layer; the event's reason carries no key (use the stats call).
+ * Owns: *out is yours. Errors: BW_ERR_INVALID_ARGUMENT (no key function,
+ * max_keys 0, bad breaker option), BW_ERR_OUT_OF_MEMORY. */
+bw_error_t *bw_circuit_breaker_keyed_new(bw_layer_t **out,
+                                         const bw_circuit_breaker_keyed_opts_t *opts);
+/* State of the breaker for key; false if the key has no breaker (never
+ * seen, or evicted). */
+bool bw_circuit_breaker_keyed_state(bw_layer_t *keyed, const char *key,
+                                    bw_breaker_state_t *state);
+/* Force the breaker of key (made if missing). Errors as bw_circuit_breaker_force. */
+bw_error_t *bw_circuit_breaker_keyed_force(bw_layer_t *keyed, const char *key,
+                                           bw_breaker_state_t state);
+/* Number of keys with a breaker now. */
+size_t bw_circuit_breaker_keyed_count(bw_layer_t *keyed);
 
 #ifdef __cplusplus
 }

@@ -321,9 +321,12 @@ int bw__breaker_acquire(bw__breaker_t *b, uint64_t now_ns, uint64_t *ticket,
       if (b->probes_out + b->probes_done < b->cfg.half_open_calls) {
         b->probes_out++;
         rc = BW__BRK_OK;
+      } else {
+        rc = BW__BRK_REJECTED_HALF_OPEN;
       }
       break;
     case BW_BREAKER_FORCED_OPEN:
+      rc = BW__BRK_REJECTED_FORCED;
       break;
   }
   pthread_mutex_unlock(&b->lock);

@@ -28,8 +28,10 @@
 #include "bulwark/circuit_breaker.h"
 
 #define BW__BRK_OK 0
-#define BW__BRK_REJECTED (-1)
+#define BW__BRK_REJECTED (-1) /* open */
 #define BW__BRK_EINVAL (-2)
+#define BW__BRK_REJECTED_HALF_OPEN (-3) /* every probe slot taken */
+#define BW__BRK_REJECTED_FORCED (-4)    /* forced open */
 
 typedef enum bw__outcome {
   BW__OUTCOME_SUCCESS = 0,
@@ -92,8 +94,8 @@ int bw__breaker_init(bw__breaker_t *b, const bw__breaker_cfg_t *cfg);
 void bw__breaker_destroy(bw__breaker_t *b);
 
 /* Before a call. BW__BRK_OK: *ticket must go to bw__breaker_record.
- * BW__BRK_REJECTED: *retry_after_ns = time until probes are let in (0 if
- * unknown: half-open full, forced open). chg may be NULL. */
+ * BW__BRK_REJECTED (open): *retry_after_ns = time until probes are let in;
+ * BW__BRK_REJECTED_HALF_OPEN / _FORCED: *retry_after_ns = 0. chg may be NULL. */
 int bw__breaker_acquire(bw__breaker_t *b, uint64_t now_ns, uint64_t *ticket,
                         uint64_t *retry_after_ns, bw__breaker_change_t *chg);
 /* After an admitted call: its outcome and how long it took. */
@@ -130,5 +132,22 @@ struct bw__breaker_store {
 
 /* An in-memory store (a bw__breaker_t). Returns 0, BW__BRK_EINVAL or -12. */
 int bw__breaker_store_mem_new(const bw__breaker_cfg_t *cfg, bw__breaker_store_t **out);
+
+/* ---- Keyed breakers (breaker_keyed.c) --------------------------------------
+ * A bounded map key -> in-memory breaker store with LRU eviction. An entry
+ * is reference counted: an evicted breaker lives until its last call has
+ * recorded. */
+#define BW__KEY_MAX 128 /* bytes including the NUL */
+typedef struct bw__keyed bw__keyed_t;
+typedef struct bw__keyed_entry bw__keyed_entry_t;
+int bw__keyed_new(bw__keyed_t **out, const bw__breaker_cfg_t *cfg, uint32_t max_keys);
+void bw__keyed_free(bw__keyed_t *k);
+/* The store for key (len bytes) with a reference in *entry, made when
+ * missing if `create`; NULL if missing (or out of memory). Marks it most
+ * recently used. */
+bw__breaker_store_t *bw__keyed_get(bw__keyed_t *k, const char *key, size_t len, bool create,
+                                   bw__keyed_entry_t **entry);
+void bw__keyed_put(bw__keyed_t *k, bw__keyed_entry_t *e);
+size_t bw__keyed_count(bw__keyed_t *k);
 
 #endif

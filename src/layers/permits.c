@@ -168,3 +168,103 @@ uint32_t bw__permits_queued(bw__permits_t *p) {
   pthread_mutex_unlock(&p->lock);
   return n;
 }
+
+/* ---- helpers shared by H5's layers ------------------------------------------ */
+
+#include <time.h>
+
+static void slot_lock(bw__child_slot_t *s) {
+  int expect = 0;
+  /* acquire: pairs with the release store in slot_unlock. */
+  while (!atomic_compare_exchange_weak_explicit(&s->lk, &expect, 1, memory_order_acquire,
+                                                memory_order_relaxed))
+    expect = 0;
+}
+static void slot_unlock(bw__child_slot_t *s) {
+  atomic_store_explicit(&s->lk, 0, memory_order_release); /* pairs with slot_lock */
+}
+
+static bw_call_t *slot_ref_child(bw__child_slot_t *s) {
+  slot_lock(s);
+  bw_call_t *c = s->child;
+  if (c) bw_call_ref(c);
+  slot_unlock(s);
+  return c;
+}
+
+int bw__child_start(bw_call_t *call, bw__child_slot_t *slot, bw_call_cb cb, void *arg) {
+  bw_call_t *child = NULL;
+  bw_error_t *err = bw_call_child_new(&child, call, NULL);
+  if (err) {
+    bw_call_complete(call, NULL, NULL, err);
+    return -1;
+  }
+  slot_lock(slot);
+  slot->child = child;
+  slot_unlock(slot);
+  bw_call_child_start(child, cb, arg);
+  /* The parent may have been cancelled before the child was published, so
+   * ops->cancel saw no child: cancel it here (idempotent if both do). */
+  if (bw_call_is_done(call)) bw__child_slot_cancel(slot, bw_call_error(call));
+  return 0;
+}
+
+void bw__child_slot_clear(bw__child_slot_t *slot) {
+  slot_lock(slot);
+  slot->child = NULL;
+  slot_unlock(slot);
+}
+
+void bw__child_slot_cancel(bw__child_slot_t *slot, const bw_error_t *reason) {
+  bw_call_t *c = slot_ref_child(slot);
+  if (!c) return;
+  bw_call_cancel_with(c, reason ? bw_error_ref(reason) : NULL);
+  bw_call_unref(c);
+}
+
+int bw__reject_cache_init(bw__reject_cache_t *rc) {
+  rc->err = NULL;
+  rc->hint_ms = -1;
+  return pthread_mutex_init(&rc->mu, NULL) == 0 ? 0 : -1;
+}
+
+void bw__reject_cache_fini(bw__reject_cache_t *rc) {
+  bw_error_unref(rc->err);
+  rc->err = NULL;
+  pthread_mutex_destroy(&rc->mu);
+}
+
+bw_error_t *bw__reject_error(bw__reject_cache_t *rc, bw_error_kind_t kind, const char *what,
+                             uint64_t retry_after_ns) {
+  if (retry_after_ns == 0) return bw_error_static(kind);
+  int64_t ms = (int64_t)((retry_after_ns + 999999) / 1000000);
+  pthread_mutex_lock(&rc->mu);
+  if (rc->err && rc->hint_ms == ms) {
+    bw_error_t *e = bw_error_ref(rc->err);
+    pthread_mutex_unlock(&rc->mu);
+    return e;
+  }
+  pthread_mutex_unlock(&rc->mu);
+  bw_error_hints_t h = {.retry_after_ms = ms};
+  bw_error_t *e = bw_error_make(kind, 0, NULL, &h, NULL, 0, __FILE__, __LINE__,
+                                "%s: retry after %lld ms", what, (long long)ms);
+  if (bw_error_is_static(e)) return e; /* out of memory */
+  pthread_mutex_lock(&rc->mu);
+  bw_error_t *old = rc->err;
+  rc->err = bw_error_ref(e);
+  rc->hint_ms = ms;
+  pthread_mutex_unlock(&rc->mu);
+  bw_error_unref(old);
+  return e;
+}
+
+uint64_t bw__call_now_ns(const bw_call_t *call) {
+  return bw_runtime_now_ns(bw_call_runtime(call));
+}
+
+uint64_t bw__clock_now_ns(bw_runtime_t *rt) {
+  if (rt) return bw_runtime_now_ns(rt);
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}

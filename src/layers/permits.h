@@ -83,3 +83,47 @@ static inline uint32_t bw__permits_limit(bw__permits_t *p) {
 uint32_t bw__permits_queued(bw__permits_t *p);
 
 #endif
+
+/* ---- Helpers shared by the rate limit, bulkhead, breaker and chaos layers --
+ * (kept here to stay within this part's files). */
+#include "bulwark/layer.h"
+
+/* The one child a layer has in flight for a call, guarded by a tiny spin
+ * lock so ops->cancel (any thread) and the child's callback never race on
+ * its memory: whoever cancels takes a call reference under the lock and
+ * cancels outside it. Zeroed memory is a valid empty slot. */
+typedef struct bw__child_slot {
+  _Atomic int lk;
+  bw_call_t *child;
+} bw__child_slot_t;
+
+/* Make a child of `call` for the node's inner service, publish it in slot
+ * and start it with cb(child, err, arg). If the parent is done already (a
+ * cancel raced), the child is cancelled with the parent's error. If the
+ * child cannot be made, the parent completes with that error; returns -1. */
+int bw__child_start(bw_call_t *call, bw__child_slot_t *slot, bw_call_cb cb, void *arg);
+/* In the child's callback: unpublish it (the caller then frees it). */
+void bw__child_slot_clear(bw__child_slot_t *slot);
+/* From ops->cancel: cancel the published child, if any (reason borrowed). */
+void bw__child_slot_cancel(bw__child_slot_t *slot, const bw_error_t *reason);
+
+/* A rejection error with a retry_after_ms hint, shared by all rejections
+ * that give the same whole-millisecond hint: at most one allocation per
+ * distinct hint value in a row, none while a burst of rejections repeats
+ * one (hot path: no malloc). hint_ms 0 gives the static error of `kind`. */
+typedef struct bw__reject_cache {
+  pthread_mutex_t mu;
+  bw_error_t *err; /* one reference held by the cache */
+  int64_t hint_ms;
+} bw__reject_cache_t;
+int bw__reject_cache_init(bw__reject_cache_t *rc);
+void bw__reject_cache_fini(bw__reject_cache_t *rc);
+/* One reference to an error of `kind` saying "<what>: retry after N ms"
+ * with hint N = ceil(retry_after_ns / 1 ms). what: static or stable text. */
+bw_error_t *bw__reject_error(bw__reject_cache_t *rc, bw_error_kind_t kind, const char *what,
+                             uint64_t retry_after_ns);
+
+/* The runtime clock of a call. */
+uint64_t bw__call_now_ns(const bw_call_t *call);
+/* A clock for API calls made outside a call: rt's if set, else CLOCK_MONOTONIC. */
+uint64_t bw__clock_now_ns(bw_runtime_t *rt);

@@ -279,7 +279,7 @@ static void test_half_open_exact_probes(void **state) {
   uint64_t tk[3], t;
   for (int i = 0; i < 3; i++) assert_int_equal(bw__breaker_acquire(b, now, &tk[i], NULL, NULL), 0);
   uint64_t ra = 77;
-  assert_int_equal(bw__breaker_acquire(b, now, &t, &ra, NULL), BW__BRK_REJECTED);
+  assert_int_equal(bw__breaker_acquire(b, now, &t, &ra, NULL), BW__BRK_REJECTED_HALF_OPEN);
   assert_int_equal(ra, 0);
   bw_breaker_stats_t s;
   bw__breaker_stats(b, now, &s);
@@ -287,13 +287,13 @@ static void test_half_open_exact_probes(void **state) {
   /* A cancelled probe gives its slot back: one more probe may go. */
   bw__breaker_record(b, tk[0], IGN_, 0, now, NULL);
   assert_int_equal(bw__breaker_acquire(b, now, &tk[0], NULL, NULL), 0);
-  assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), BW__BRK_REJECTED);
+  assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), BW__BRK_REJECTED_HALF_OPEN);
   /* Results: 1 failure of 3 (33%) -> closes once all three are in. */
   bw__breaker_record(b, tk[0], OK_, 0, now, NULL);
   bw__breaker_record(b, tk[1], FAIL_, 0, now, NULL);
   assert_int_equal(st(b, now), BW_BREAKER_HALF_OPEN);
   /* finished probes keep their slots: still no new probe */
-  assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), BW__BRK_REJECTED);
+  assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), BW__BRK_REJECTED_HALF_OPEN);
   bw__breaker_change_t chg = {0};
   bw__breaker_record(b, tk[2], OK_, 0, now, &chg);
   assert_int_equal(chg.n, 1);
@@ -356,7 +356,8 @@ static void test_half_open_never_stuck(void **state) {
   bw__breaker_t *b = tripped(&o);
   uint64_t now = T0 + SEC, lost, t;
   assert_int_equal(bw__breaker_acquire(b, now, &lost, NULL, NULL), 0); /* never reports */
-  assert_int_equal(bw__breaker_acquire(b, now + 999 * MS, &t, NULL, NULL), BW__BRK_REJECTED);
+  assert_int_equal(bw__breaker_acquire(b, now + 999 * MS, &t, NULL, NULL),
+                   BW__BRK_REJECTED_HALF_OPEN);
   assert_int_equal(st(b, now + 999 * MS), BW_BREAKER_HALF_OPEN);
   /* After the max wait the breaker re-opens rather than stay half-open. */
   bw__breaker_change_t chg = {0};
@@ -423,7 +424,8 @@ static void test_force_and_disable(void **state) {
   assert_int_equal(bw__breaker_force(b, BW_BREAKER_FORCED_OPEN, T0, &chg), 0);
   assert_int_equal(chg.t[0].to, BW_BREAKER_FORCED_OPEN);
   /* Forced open never half-opens by itself. */
-  assert_int_equal(bw__breaker_acquire(b, T0 + 3600 * SEC, &t, NULL, NULL), BW__BRK_REJECTED);
+  assert_int_equal(bw__breaker_acquire(b, T0 + 3600 * SEC, &t, NULL, NULL),
+                   BW__BRK_REJECTED_FORCED);
   assert_int_equal(st(b, T0 + 3600 * SEC), BW_BREAKER_FORCED_OPEN);
   /* Forced closed: passes and records, never trips. */
   assert_int_equal(bw__breaker_force(b, BW_BREAKER_FORCED_CLOSED, T0, NULL), 0);
