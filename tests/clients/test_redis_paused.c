@@ -1,0 +1,136 @@
+/* Redis timeouts on the runtime's paused clock: a server stopped with
+ * SIGSTOP makes commands time out after 30 virtual seconds, which takes
+ * (almost) no real time, and the connection stays usable afterwards.
+ *
+ * Note: the paused clock jumps whenever every worker is idle, also while a
+ * reply is on its way, so only the commands meant to time out carry a
+ * deadline here. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <bulwark/redis.h>
+#include <bulwark/runtime.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#include "support/redis_server.h"
+
+static bw_test_redis_t server;
+
+typedef struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int expected, got, timeouts, ok;
+} waiter_t;
+
+static void on_cb(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  waiter_t *w = arg;
+  pthread_mutex_lock(&w->mu);
+  if (err && bw_error_kind(err) == BW_ERR_TIMEOUT) w->timeouts++;
+  if (reply && reply->type == BW_REDIS_REPLY_STATUS) w->ok++;
+  w->got++;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  bw_redis_reply_free(reply);
+}
+
+static void waiter_init(waiter_t *w, int n) {
+  memset(w, 0, sizeof *w);
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  w->expected = n;
+}
+
+static bool waiter_wait(waiter_t *w) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 10;
+  pthread_mutex_lock(&w->mu);
+  while (w->got < w->expected)
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0) break;
+  bool ok = w->got >= w->expected;
+  pthread_mutex_unlock(&w->mu);
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+  return ok;
+}
+
+static double real_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
+}
+
+/* PING until one succeeds: on the paused clock a connect deadline may fire
+ * before the loopback connect completes, then the client reconnects. */
+static void ping_until_ok(bw_redis_t *c) {
+  const char *argv[1] = {"PING"};
+  for (int i = 0; i < 1000; i++) {
+    waiter_t w;
+    waiter_init(&w, 1);
+    assert_null(bw_redis_command(c, 1, argv, NULL, NULL, on_cb, &w));
+    assert_true(waiter_wait(&w));
+    if (w.ok == 1) return;
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  fail_msg("never connected");
+}
+
+static void test_paused_server_times_out_on_virtual_time(void **state) {
+  (void)state;
+  assert_int_equal(bw_test_redis_start(&server, NULL), 0);
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = 2;
+  o.clock = BW_CLOCK_PAUSED;
+  bw_runtime_t *rt;
+  assert_null(bw_runtime_new(&rt, &o));
+  bw_redis_opts_t ro;
+  bw_redis_opts_init(&ro);
+  ro.port = server.port;
+  ro.reconnect_min_ms = 1;
+  ro.reconnect_max_ms = 1;
+  bw_redis_t *c;
+  assert_null(bw_redis_new(rt, &ro, &c));
+  ping_until_ok(c);
+
+  bw_test_redis_pause(&server);
+  const char *argv[1] = {"PING"};
+  waiter_t w;
+  waiter_init(&w, 10);
+  uint64_t v0 = bw_runtime_now_ns(rt);
+  double r0 = real_ms();
+  for (int i = 0; i < 10; i++) {
+    bw_redis_cmd_opts_t co = {bw_runtime_now_ns(rt) + 30ull * 1000000000ull, NULL};
+    assert_null(bw_redis_command(c, 1, argv, NULL, &co, on_cb, &w));
+  }
+  assert_true(waiter_wait(&w));
+  double real = real_ms() - r0;
+  uint64_t virt_ms = (bw_runtime_now_ns(rt) - v0) / 1000000u;
+  assert_int_equal(w.timeouts, 10);
+  assert_true(virt_ms >= 30000);
+  assert_true(real < 5000); /* nowhere near 30 s */
+
+  bw_test_redis_resume(&server);
+  ping_until_ok(c);
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  assert_int_equal(st.timeouts, 10);
+  assert_int_equal(st.in_flight, 0);
+  assert_true(st.late_replies_dropped <= 10); /* unsent if the clock jumped first */
+
+  bw_redis_free(c);
+  bw_runtime_free(rt);
+  bw_test_redis_destroy(&server);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_paused_server_times_out_on_virtual_time),
+  };
+  return cmocka_run_group_tests(tests, NULL, NULL);
+}
