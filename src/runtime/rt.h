@@ -22,7 +22,7 @@ typedef struct bw__sched bw__sched_t;
 typedef struct bw__ct_core bw__ct_core_t;
 typedef struct bw__background bw__background_t;
 typedef struct bw__blocking_glue bw__blocking_glue_t;
-typedef struct bw__reactor_glue bw__reactor_glue_t;
+struct bw__reactor;
 
 /* Per-thread state of a worker or current-thread core: written only by
  * its own thread (counters are relaxed atomics so metrics can read them). */
@@ -93,7 +93,7 @@ struct bw_runtime {
   /* blocking pool and reactor glue */
   bw__blocking_glue_t *blocking;
   pthread_mutex_t reactor_mu;
-  bw__reactor_glue_t *reactor;
+  _Atomic(struct bw__reactor *) reactor; /* started lazily; release/acquire publish */
 
   pthread_mutex_t shutdown_mu;
   bool shut_down; /* guarded by shutdown_mu */

@@ -190,12 +190,11 @@ bool bw__task_pool_destroy(bw_runtime_t *rt) {
 void bw__task_ref(bw_task_t *t) { atomic_fetch_add_explicit(&t->refs, 1, memory_order_relaxed); }
 
 void bw__task_unref(bw_task_t *t) {
-  /* release: our uses of the task happen before the free; the acquire
-   * fence below pairs with every other holder's release decrement. */
-  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_release) == 1) {
-    atomic_thread_fence(memory_order_acquire);
-    task_dealloc(t);
-  }
+  /* acq_rel: the release half orders our uses of the task before the
+   * free; the acquire half (on the last decrement) pairs with every other
+   * holder's release. (A standalone acquire fence would do, but TSan does
+   * not model fences.) */
+  if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) task_dealloc(t);
 }
 
 /* ---- owned list ------------------------------------------------------------ */

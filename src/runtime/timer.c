@@ -36,7 +36,7 @@
 #define FIRE_BATCH 64
 
 static bw_timer_t *timer_of(bw__timer_entry_t *e) {
-  return (bw_timer_t *)((char *)e - offsetof(bw_timer_t, entry));
+  return (bw_timer_t *)(void *)((char *)e - offsetof(bw_timer_t, entry));
 }
 
 static uint64_t ns_to_tick(uint64_t ns) { return ns / 1000000u + (ns % 1000000u != 0); }

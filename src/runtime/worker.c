@@ -85,9 +85,8 @@ static void *worker_main(void *arg) {
         atomic_load_explicit(&rt->inhibit, memory_order_acquire) == 0) {
       pthread_mutex_unlock(&s->mu);
       bool adv = bw__clock_auto_advance(rt);
-      size_t f = 0;
       if (adv)
-        for (unsigned i = 0; i < rt->nwheels; i++) f += bw__wheel_fire(rt, i);
+        for (unsigned i = 0; i < rt->nwheels; i++) bw__wheel_fire(rt, i);
       pthread_mutex_lock(&s->mu);
       if (adv) continue;
     }
