@@ -31,6 +31,10 @@
  *   expire/advance call, and only then, so an entry a callback re-arms in
  *   the past waits for the next call instead of looping.
  *
+ * next_expiry: each slot keeps the minimum of the (clamped) deadlines
+ * placed in it, reset when the slot empties; removing the minimum leaves a
+ * stale, lower value (still a valid lower bound) until the slot empties.
+ *
  * Work bounds: insert/remove O(1); next_expiry O(levels); one expire step
  * visits only non-empty slots (ctz on the mask); an entry is moved at most
  * once per level on its way down (<= 5 cascades). The pending merge is
@@ -145,6 +149,7 @@ static void place(bw__timer_wheel_t *w, bw__timer_entry_t *e) {
   unsigned slot = (unsigned)((when >> (LEVEL_BITS * level)) & SLOT_MASK);
   list_append(&w->level[level].slots[slot], e);
   w->level[level].occupied |= (uint64_t)1 << slot;
+  if (when < w->level[level].min[slot]) w->level[level].min[slot] = when;
   set_where(e, (uint8_t)(1 + level));
   e->slot = (uint8_t)slot;
 }
@@ -223,6 +228,7 @@ static bw__timer_entry_t *take_one(bw__timer_wheel_t *w, uint64_t now) {
     w->elapsed = t;
     bw__timer_entry_t *list = w->level[L].slots[s];
     w->level[L].slots[s] = NULL;
+    w->level[L].min[s] = BW__TIMER_NEVER;
     w->level[L].occupied &= ~((uint64_t)1 << s);
     /* Re-place in list order: they go to lower levels (or due when their
      * deadline is this tick), keeping insertion order among equals. */
@@ -252,7 +258,10 @@ void bw__timer_wheel_init(bw__timer_wheel_t *w, uint64_t now_ms) {
   w->pending = NULL;
   for (unsigned L = 0; L < BW__TIMER_LEVELS; L++) {
     w->level[L].occupied = 0;
-    for (unsigned s = 0; s < BW__TIMER_SLOTS; s++) w->level[L].slots[s] = NULL;
+    for (unsigned s = 0; s < BW__TIMER_SLOTS; s++) {
+      w->level[L].slots[s] = NULL;
+      w->level[L].min[s] = BW__TIMER_NEVER;
+    }
   }
 }
 
@@ -283,7 +292,10 @@ bool bw__timer_wheel_remove(bw__timer_wheel_t *w, bw__timer_entry_t *e) {
   default: {
     unsigned L = (unsigned)e->where - 1;
     list_unlink(&w->level[L].slots[e->slot], e);
-    if (!w->level[L].slots[e->slot]) w->level[L].occupied &= ~((uint64_t)1 << e->slot);
+    if (!w->level[L].slots[e->slot]) { /* else min stays a lower bound */
+      w->level[L].occupied &= ~((uint64_t)1 << e->slot);
+      w->level[L].min[e->slot] = BW__TIMER_NEVER;
+    }
     break;
   }
   }
@@ -296,9 +308,17 @@ uint64_t bw__timer_wheel_next_expiry(const bw__timer_wheel_t *w) {
   if (w->count == 0) return BW__TIMER_NEVER;
   uint64_t best = w->pending_min;
   if (w->due && w->due->deadline_ms < best) best = w->due->deadline_ms;
-  unsigned L, s;
-  uint64_t t = next_slot(w, &L, &s);
-  return t < best ? t : best;
+  /* Per level, the first slot in time order holds that level's earliest
+   * deadlines (slots partition time; a clamped far entry sits in the last
+   * position of the top level and counts with its clamped value), so its
+   * min is the level's min. */
+  for (unsigned L = 0; L < BW__TIMER_LEVELS; L++) {
+    unsigned s;
+    if (level_next(w, L, &s) == BW__TIMER_NEVER) continue;
+    uint64_t m = w->level[L].min[s];
+    if (m < best) best = m;
+  }
+  return best;
 }
 
 size_t bw__timer_wheel_expire(bw__timer_wheel_t *w, uint64_t now_ms, bw__timer_entry_t **out,

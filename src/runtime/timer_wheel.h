@@ -60,6 +60,7 @@ typedef struct bw__timer_wheel {
   struct {
     uint64_t occupied; /* bit i set <=> slots[i] non-empty */
     bw__timer_entry_t *slots[BW__TIMER_SLOTS];
+    uint64_t min[BW__TIMER_SLOTS]; /* lower bound of the slot's (placed) deadlines */
   } level[BW__TIMER_LEVELS];
 } bw__timer_wheel_t;
 
@@ -81,10 +82,13 @@ void bw__timer_wheel_insert(bw__timer_wheel_t *w, bw__timer_entry_t *e, uint64_t
  * e must be idle or armed in w (not in another wheel). */
 bool bw__timer_wheel_remove(bw__timer_wheel_t *w, bw__timer_entry_t *e);
 
-/* Lower bound for the earliest armed deadline: never later than it (may be
- * earlier, e.g. for deadlines beyond the wheel's span or after removals);
- * BW__TIMER_NEVER if nothing is armed. A value <= the wheel's time means
- * "something is due now". O(levels). */
+/* The earliest armed deadline, or a lower bound of it: never later. It is
+ * exact unless the earliest entry was removed while others share its slot
+ * (then a stale, earlier value until that slot is processed) or the deadline
+ * is beyond the wheel's span (then the span's end). BW__TIMER_NEVER if
+ * nothing is armed. A value <= the wheel's time means "something is due
+ * now". O(levels). A paused-clock driver loops: jump to next_expiry,
+ * advance, repeat while something is armed and nothing fired. */
 uint64_t bw__timer_wheel_next_expiry(const bw__timer_wheel_t *w);
 
 /* Move time to now_ms and take out up to `max` due entries, in firing order,

@@ -150,7 +150,7 @@ static void test_reinsert(void **state) {
   bw__timer_wheel_insert(&w, &b.e, 500);
   bw__timer_wheel_insert(&w, &a.e, 200); /* move earlier */
   assert_int_equal(bw__timer_wheel_count(&w), 2);
-  assert_true(bw__timer_wheel_next_expiry(&w) <= 200);
+  assert_int_equal(bw__timer_wheel_next_expiry(&w), 200);
   fired_log_t l = {0};
   assert_int_equal(bw__timer_wheel_advance(&w, 300, log_fire, &l), 1);
   assert_int_equal(l.ids[0], 1);
@@ -372,12 +372,53 @@ static void test_property_random(void **state) {
   free(t);
 }
 
+
+/* Without removals and within the span, next_expiry is exact: a paused
+ * clock jumps straight to the next deadline. */
+static void test_next_expiry_exact(void **state) {
+  (void)state;
+  enum { N = 3000 };
+  bw__timer_wheel_t w;
+  uint64_t now = 777;
+  bw__timer_wheel_init(&w, now);
+  tentry_t *t = calloc(N, sizeof *t);
+  assert_non_null(t);
+  int used = 0, rounds = 0;
+  fired_log_t l = {0};
+  while (used < N || bw__timer_wheel_count(&w) > 0) {
+    int k = (int)(rnd() % 8);
+    for (int i = 0; i < k && used < N; i++, used++) {
+      bw__timer_entry_init(&t[used].e);
+      t[used].id = used;
+      uint64_t d = random_delay() % ((uint64_t)1 << 35);
+      if (rnd() % 10 == 0) d = 0; /* overdue */
+      bw__timer_wheel_insert(&w, &t[used].e, now + d - (d == 0 && now > 0 ? 1 : 0));
+    }
+    uint64_t true_min = BW__TIMER_NEVER;
+    for (int i = 0; i < used; i++)
+      if (bw__timer_entry_armed(&t[i].e) && t[i].e.deadline_ms < true_min)
+        true_min = t[i].e.deadline_ms;
+    assert_int_equal(bw__timer_wheel_next_expiry(&w), true_min);
+    if (true_min == BW__TIMER_NEVER) continue;
+    /* jump exactly there: something must fire */
+    l.n = 0;
+    uint64_t to = true_min > now ? true_min : now;
+    assert_true(bw__timer_wheel_advance(&w, to, log_fire, &l) >= 1);
+    now = to;
+    rounds++;
+  }
+  assert_true(rounds > 100);
+  log_free(&l);
+  free(t);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_order_within_tick), cmocka_unit_test(test_big_jump),
       cmocka_unit_test(test_cancel_never_fires), cmocka_unit_test(test_reinsert),
       cmocka_unit_test(test_rearm_in_callback),  cmocka_unit_test(test_beyond_span),
       cmocka_unit_test(test_100k_timers),        cmocka_unit_test(test_property_random),
+      cmocka_unit_test(test_next_expiry_exact),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
