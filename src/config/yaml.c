@@ -294,10 +294,59 @@ static void handle_event(builder_t *b, struct fy_event *e) {
   }
 }
 
+/* Offset of the first NUL or invalid UTF-8 byte, or len if none. */
+static size_t check_text(const char *text, size_t len) {
+  const unsigned char *p = (const unsigned char *)text;
+  size_t i = 0;
+  while (i < len) {
+    unsigned c = p[i];
+    if (c == 0) return i;
+    if (c < 0x80) {
+      i++;
+      continue;
+    }
+    size_t n;
+    unsigned min;
+    if (c >= 0xC2 && c <= 0xDF) n = 1, min = 0x80;
+    else if (c >= 0xE0 && c <= 0xEF) n = 2, min = 0x800;
+    else if (c >= 0xF0 && c <= 0xF4) n = 3, min = 0x10000;
+    else return i;
+    if (len - i <= n) return i; /* truncated sequence */
+    unsigned cp = c & (0x3F >> n);
+    for (size_t k = 1; k <= n; k++) {
+      if ((p[i + k] & 0xC0) != 0x80) return i;
+      cp = (cp << 6) | (p[i + k] & 0x3F);
+    }
+    if (cp < min || cp > 0x10FFFF || (cp >= 0xD800 && cp <= 0xDFFF)) return i;
+    i += n + 1;
+  }
+  return len;
+}
+
 int bw__yaml_parse(const char *text, size_t len, const char *fname, bw_config_report_t *report,
                    bw__cdoc_t **doc_out, bw__cnode_t **root_out) {
   *doc_out = NULL;
   *root_out = NULL;
+  /* YAML allows no NUL character, and libfyaml 0.7.12 loops forever on
+   * some inputs holding one (found by fuzz/config_fuzz: "%  \0"). */
+  /* Invalid UTF-8 inside a directive line hangs it too ("%  \xcd\xdf"), so
+   * the text is checked to be UTF-8 first. */
+  size_t bad = check_text(text, len);
+  if (bad < len) {
+    int line = 1, col = 1;
+    for (size_t i = 0; i < bad; i++) {
+      if (text[i] == '\n') {
+        line++;
+        col = 1;
+      } else if (((unsigned char)text[i] & 0xC0) != 0x80) {
+        col++;
+      }
+    }
+    bw__report_add(report, BW_CFG_SYNTAX, false, line, col, "",
+                   text[bad] == '\0' ? "NUL character in the file; a config is text"
+                                     : "invalid UTF-8; a config is UTF-8 text");
+    return -1;
+  }
   builder_t b;
   memset(&b, 0, sizeof b);
   b.report = report;

@@ -88,6 +88,9 @@ static const bad_case_t kBad[] = {
      "is a shared bulkhead, not a retry_budget"},
     {"35_unknown_alias.yaml", 3, 8, "", BW_CFG_SYNTAX, "unknown anchor"},
     {"36_two_documents.yaml", 4, 1, "", BW_CFG_SYNTAX, "more than one YAML document"},
+    /* found by fuzz/config_fuzz: libfyaml 0.7.12 hangs on these, we refuse them first */
+    {"37_nul_byte.yaml", 4, 4, "", BW_CFG_SYNTAX, "NUL character"},
+    {"38_bad_utf8_directive.yaml", 3, 5, "", BW_CFG_SYNTAX, "invalid UTF-8"},
 };
 
 static void test_bad_files(void **state) {
