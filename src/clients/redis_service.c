@@ -65,8 +65,10 @@ static void on_done(bw_redis_reply_t *reply, bw_error_t *err, void *arg) {
   call_state_t *st = bw_call_state(call);
   bw__redis_req_t *r = atomic_exchange(&st->req, NULL);
   if (r) bw__redis_req_release(r); /* safe: delivery holds its own reference */
+  bw_service_t *svc = bw_call_service(call);
   bw_call_complete(call, reply, reply ? reply_free : NULL, err);
   bw_call_unref(call);
+  bw_service_release(svc);
 }
 
 static void svc_call(bw_service_t *svc, bw_call_t *call) {
@@ -79,6 +81,10 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
                      bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "redis service: no request"));
     return;
   }
+  /* The service reference keeps the call's pool alive until our unref:
+   * a child call does not hold its service, and the caller may release
+   * everything as soon as its callback ran. */
+  bw_service_ref(svc);
   bw_call_ref(call);
   bw__redis_req_t *hold = NULL;
   bw_error_t *e = bw__redis_submit(client, rq->argc, (const char *const *)rq->argv, rq->lens,
@@ -86,6 +92,7 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
   if (e) {
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
+    bw_service_release(svc);
     return;
   }
   atomic_store(&st->req, hold); /* seq_cst: pairs with the exchange in svc_cancel */

@@ -1,0 +1,267 @@
+/* The Redis client as a bw_service_t: calls, deadline, cancel, and a
+ * circuit breaker opening on a dead Redis and closing after it comes back
+ * (paused clock: the open duration passes with bw_runtime_advance). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include <bulwark/circuit_breaker.h>
+#include <bulwark/layer.h>
+#include <bulwark/redis.h>
+#include <bulwark/runtime.h>
+#include <bulwark/service.h>
+#include <pthread.h>
+#include <string.h>
+#include <time.h>
+
+#include "support/redis_server.h"
+
+static bw_test_redis_t server;
+
+typedef struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool done;
+  int calls;
+} waiter_t;
+
+static void on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  (void)call;
+  (void)err;
+  waiter_t *w = arg;
+  pthread_mutex_lock(&w->mu);
+  w->calls++;
+  w->done = true;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* One call through svc; returns the finished call (caller frees it). */
+static bw_call_t *call_sync(bw_service_t *svc, bw_runtime_t *rt, bw_redis_request_t *req,
+                            uint64_t timeout_ms) {
+  waiter_t w;
+  memset(&w, 0, sizeof w);
+  pthread_mutex_init(&w.mu, NULL);
+  pthread_cond_init(&w.cv, NULL);
+  bw_call_t *call;
+  assert_null(bw_call_new(&call, svc, rt));
+  bw_call_set_request(call, req, NULL); /* borrowed: reused across calls */
+  if (timeout_ms) bw_call_set_timeout_ms(call, timeout_ms);
+  assert_null(bw_service_call(svc, call, on_done, &w));
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 10;
+  pthread_mutex_lock(&w.mu);
+  while (!w.done)
+    if (pthread_cond_timedwait(&w.cv, &w.mu, &ts) != 0) break;
+  pthread_mutex_unlock(&w.mu);
+  assert_true(w.done);
+  assert_int_equal(w.calls, 1);
+  pthread_mutex_destroy(&w.mu);
+  pthread_cond_destroy(&w.cv);
+  return call;
+}
+
+static bw_redis_request_t *request(int argc, const char *const *argv) {
+  bw_redis_request_t *r;
+  assert_null(bw_redis_request_new(&r, argc, argv, NULL));
+  return r;
+}
+
+static bw_runtime_t *runtime_new(bool paused) {
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = 2;
+  if (paused) o.clock = BW_CLOCK_PAUSED;
+  bw_runtime_t *rt;
+  assert_null(bw_runtime_new(&rt, &o));
+  return rt;
+}
+
+static bw_redis_t *client_new(bw_runtime_t *rt) {
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.port = server.port;
+  o.reconnect_min_ms = 1;
+  o.reconnect_max_ms = 5;
+  bw_redis_t *c;
+  assert_null(bw_redis_new(rt, &o, &c));
+  return c;
+}
+
+/* On the paused clock a connect deadline may beat the loopback connect:
+ * call until one succeeds. */
+static void ping_until_ok(bw_service_t *svc, bw_runtime_t *rt) {
+  const char *argv[1] = {"PING"};
+  bw_redis_request_t *req = request(1, argv);
+  for (int i = 0; i < 2000; i++) {
+    bw_call_t *call = call_sync(svc, rt, req, 0);
+    bool ok = bw_call_error(call) == NULL;
+    bw_call_free(call);
+    if (ok) {
+      bw_redis_request_free(req);
+      return;
+    }
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  bw_redis_request_free(req);
+  fail_msg("redis never answered");
+}
+
+static void test_service_calls(void **state) {
+  (void)state;
+  bw_runtime_t *rt = runtime_new(false);
+  bw_redis_t *c = client_new(rt);
+  bw_service_t *svc;
+  assert_null(bw_redis_service_new(&svc, c));
+  assert_string_equal(bw_service_kind(svc), "redis");
+
+  const char *set[3] = {"SET", "svc-key", "svc-value"};
+  bw_redis_request_t *req = request(3, set);
+  bw_call_t *call = call_sync(svc, rt, req, 0);
+  assert_null(bw_call_error(call));
+  const bw_redis_reply_t *rep = bw_call_response(call);
+  assert_non_null(rep);
+  assert_string_equal(rep->str, "OK");
+  bw_call_free(call);
+  bw_redis_request_free(req);
+
+  const char *get[2] = {"GET", "svc-key"};
+  req = request(2, get);
+  call = call_sync(svc, rt, req, 0);
+  bw_destroy_fn fr = NULL;
+  bw_redis_reply_t *taken = bw_call_take_response(call, &fr);
+  assert_non_null(taken);
+  assert_string_equal(taken->str, "svc-value");
+  fr(taken);
+  bw_call_free(call);
+
+  /* Deadline: a stopped server makes the call time out at its deadline. */
+  bw_test_redis_pause(&server);
+  call = call_sync(svc, rt, req, 30);
+  assert_true(bw_error_is(bw_call_error(call), BW_ERR_TIMEOUT));
+  bw_call_free(call);
+
+  /* Cancel: completes CANCELLED at once; the reply is dropped later. */
+  waiter_t w;
+  memset(&w, 0, sizeof w);
+  pthread_mutex_init(&w.mu, NULL);
+  pthread_cond_init(&w.cv, NULL);
+  assert_null(bw_call_new(&call, svc, rt));
+  bw_call_set_request(call, req, NULL);
+  assert_null(bw_service_call(svc, call, on_done, &w));
+  bw_call_cancel(call);
+  bw_call_cancel(call);
+  pthread_mutex_lock(&w.mu);
+  while (!w.done) pthread_cond_wait(&w.cv, &w.mu);
+  pthread_mutex_unlock(&w.mu);
+  assert_int_equal(bw_error_kind(bw_call_error(call)), BW_ERR_CANCELLED);
+  bw_call_free(call);
+  bw_test_redis_resume(&server);
+
+  call = call_sync(svc, rt, req, 0);
+  assert_null(bw_call_error(call));
+  bw_call_free(call);
+  assert_int_equal(w.calls, 1);
+  pthread_mutex_destroy(&w.mu);
+  pthread_cond_destroy(&w.cv);
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  assert_int_equal(st.in_flight, 0);
+  assert_true(st.late_replies_dropped >= 1);
+
+  bw_redis_request_free(req);
+  bw_service_release(svc);
+  bw_redis_free(c);
+  bw_runtime_free(rt);
+}
+
+static bool redis_failure(const bw_error_t *err, void *arg) {
+  (void)arg;
+  return bw_redis_error_is_retryable(err);
+}
+
+static void test_breaker_opens_on_dead_redis_and_closes(void **state) {
+  (void)state;
+  bw_runtime_t *rt = runtime_new(true);
+  bw_redis_t *c = client_new(rt);
+  bw_service_t *inner;
+  assert_null(bw_redis_service_new(&inner, c));
+  bw_circuit_breaker_opts_t bo;
+  bw_circuit_breaker_opts_init(&bo);
+  bo.window = BW_BREAKER_WINDOW_CONSECUTIVE;
+  bo.consecutive_failures = 3;
+  bo.open_duration_ms = 3600 * 1000; /* only bw_runtime_advance gets past it */
+  bo.half_open_calls = 1;
+  bo.predicate = redis_failure;
+  bo.runtime = rt;
+  bw_layer_t *breaker;
+  assert_null(bw_circuit_breaker_new(&breaker, &bo));
+  bw_service_t *svc;
+  assert_null(bw_stack_build(&svc, "redis-breaker", &breaker, 1, inner, NULL));
+  ping_until_ok(svc, rt);
+  assert_int_equal(bw_circuit_breaker_state(breaker), BW_BREAKER_CLOSED);
+
+  bw_test_redis_kill(&server);
+  const char *argv[1] = {"PING"};
+  bw_redis_request_t *req = request(1, argv);
+  int failures = 0, rejected = 0;
+  for (int i = 0; i < 20; i++) {
+    bw_call_t *call = call_sync(svc, rt, req, 0);
+    const bw_error_t *e = bw_call_error(call);
+    assert_non_null(e);
+    if (bw_error_is(e, BW_ERR_CIRCUIT_OPEN))
+      rejected++;
+    else if (bw_error_is(e, BW_ERR_CONNECT) || bw_error_is(e, BW_ERR_TRANSPORT))
+      failures++;
+    else
+      fail_msg("unexpected error kind %s", bw_error_kind_name(bw_error_kind(e)));
+    bw_call_free(call);
+  }
+  assert_int_equal(failures, 3);
+  assert_int_equal(rejected, 17);
+  assert_int_equal(bw_circuit_breaker_state(breaker), BW_BREAKER_OPEN);
+
+  assert_int_equal(bw_test_redis_restart(&server), 0);
+  for (int i = 0; i < 10000 && bw_redis_state(c) != BW_REDIS_READY; i++) {
+    struct timespec ts = {0, 1000000};
+    nanosleep(&ts, NULL);
+  }
+  assert_int_equal(bw_redis_state(c), BW_REDIS_READY);
+  assert_null(bw_runtime_advance(rt, 3600 * 1000));
+  bw_call_t *call = call_sync(svc, rt, req, 0); /* the half-open probe */
+  assert_null(bw_call_error(call));
+  bw_call_free(call);
+  assert_int_equal(bw_circuit_breaker_state(breaker), BW_BREAKER_CLOSED);
+  call = call_sync(svc, rt, req, 0);
+  assert_null(bw_call_error(call));
+  bw_call_free(call);
+
+  bw_redis_request_free(req);
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_layer_release(breaker);
+  bw_redis_free(c);
+  bw_runtime_free(rt);
+}
+
+static int group_setup(void **state) {
+  (void)state;
+  return bw_test_redis_start(&server, NULL);
+}
+
+static int group_teardown(void **state) {
+  (void)state;
+  bw_test_redis_destroy(&server);
+  return 0;
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_service_calls),
+      cmocka_unit_test(test_breaker_opens_on_dead_redis_and_closes),
+  };
+  return cmocka_run_group_tests(tests, group_setup, group_teardown);
+}
