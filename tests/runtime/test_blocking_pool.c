@@ -11,6 +11,7 @@
 #include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -469,6 +470,104 @@ static void test_bad_args(void **state) {
   bw__blocking_pool_free(NULL);
 }
 
+
+/* Several producers against a small pool whose threads keep timing out
+ * (keep-alive 0-1 ms): races between keep-alive expiry, chained wake-ups
+ * and submits must never strand a job. */
+typedef struct producer {
+  bw__blocking_pool_t *p;
+  tjob_t *jobs;
+  int n;
+  int failures;
+} producer_t;
+
+static void *producer_main(void *arg) {
+  producer_t *pr = arg;
+  for (int i = 0; i < pr->n; i++) {
+    if (bw__blocking_pool_submit(pr->p, &pr->jobs[i].job) != 0) pr->failures++;
+    if (i % 64 == 0) sched_yield();
+  }
+  return NULL;
+}
+
+static void test_multi_producer_keep_alive_races(void **state) {
+  (void)state;
+  enum { PRODUCERS = 4 };
+  int per = (int)(2500 * test_scale());
+  if (per < 200) per = 200;
+  for (uint64_t ka = 0; ka <= 1; ka++) {
+    bw__blocking_pool_t *p;
+    bw__blocking_opts_t o = opts_lazy(3, ka);
+    assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+    counter_t done;
+    counter_init(&done);
+    tjob_t *jobs = bw__malloc((size_t)PRODUCERS * (size_t)per * sizeof *jobs);
+    assert_non_null(jobs);
+    producer_t pr[PRODUCERS];
+    pthread_t th[PRODUCERS];
+    for (int t = 0; t < PRODUCERS; t++) {
+      for (int i = 0; i < per; i++) tjob_init(&jobs[t * per + i], t * per + i, &done);
+      pr[t] = (producer_t){p, &jobs[t * per], per, 0};
+      assert_int_equal(pthread_create(&th[t], NULL, producer_main, &pr[t]), 0);
+    }
+    for (int t = 0; t < PRODUCERS; t++) {
+      pthread_join(th[t], NULL);
+      assert_int_equal(pr[t].failures, 0);
+    }
+    assert_true(counter_wait(&done, (long)PRODUCERS * per));
+    for (int i = 0; i < PRODUCERS * per; i++) assert_int_equal(atomic_load(&jobs[i].ran), 1);
+    bw__blocking_metrics_t m = metrics(p);
+    assert_true(m.live <= 3);
+    assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
+    m = metrics(p);
+    assert_int_equal(m.jobs_run, (uint64_t)(PRODUCERS * per));
+    assert_int_equal(m.threads_started, m.threads_exited);
+    bw__blocking_pool_free(p);
+    bw__free(jobs);
+    counter_destroy(&done);
+  }
+}
+
+/* Informational throughput (BENCH.md's blocking_pool shape, pool only):
+ * jobs of a trivial function, submitted and awaited in batches of 100.
+ * Never fails on timing. */
+static void trivial_run(void *arg) { counter_add(arg, 1); }
+
+static double batch_ns_per_job(unsigned max_threads, int total) {
+  bw__blocking_pool_t *p;
+  bw__blocking_opts_t o = opts_lazy(max_threads, 10000);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  counter_t done;
+  counter_init(&done);
+  bw__blocking_job_t jobs[100];
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  for (int b = 0; b < total / 100; b++) {
+    for (int i = 0; i < 100; i++) {
+      memset(&jobs[i], 0, sizeof jobs[i]);
+      jobs[i].run = trivial_run;
+      jobs[i].arg = &done;
+      assert_int_equal(bw__blocking_pool_submit(p, &jobs[i]), 0);
+    }
+    assert_true(counter_wait(&done, (long)(b + 1) * 100));
+  }
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+  double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
+  return ns / total;
+}
+
+static void test_throughput_informational(void **state) {
+  (void)state;
+  int total = (int)(20000 * test_scale());
+  if (total < 1000) total = 1000;
+  total -= total % 100;
+  double a = batch_ns_per_job(512, total), b = batch_ns_per_job(4, total);
+  printf("# blocking pool, %d trivial jobs in batches of 100: %.0f ns/job (512 threads max), "
+         "%.0f ns/job (4 threads max)\n", total, a, b);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_lazy_start),
@@ -481,6 +580,8 @@ int main(void) {
       cmocka_unit_test(test_shutdown_timeout_abandons),
       cmocka_unit_test(test_nested_submit_and_names),
       cmocka_unit_test(test_bad_args),
+      cmocka_unit_test(test_multi_producer_keep_alive_races),
+      cmocka_unit_test(test_throughput_informational),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
