@@ -39,6 +39,7 @@
  * - `cancelled` is written under the lock with release order and read
  *   lock-free with acquire (pairs with that release), so a task that sees it
  *   set also sees everything done before the cancel. */
+#include <assert.h>
 #include <pthread.h>
 #include <sched.h>
 #include <stdatomic.h>
@@ -65,7 +66,12 @@ typedef struct reg_list {
   bw__cancel_reg_t *head, *tail;
 } reg_list_t;
 
+#define TOKEN_MAGIC 0x62774354u /* "bwCT"; debug builds check it on entry */
+#define TOKEN_DEAD 0xdeadc0deu
+#define CHECK(t) assert((t)->magic == TOKEN_MAGIC)
+
 struct bw_cancel_token {
+  uint32_t magic;
   atomic_size_t handles;
   atomic_size_t refs;
   atomic_bool cancelled;
@@ -146,6 +152,7 @@ static void node_unref(bw_cancel_token_t *t) {
       pthread_mutex_unlock(&p->lock);
     }
     pthread_mutex_destroy(&t->lock);
+    t->magic = TOKEN_DEAD;
     bw__free(t);
     t = p; /* drop the ref t held on its parent */
   }
@@ -157,6 +164,7 @@ static bw_cancel_token_t *token_alloc(void) {
   bw_cancel_token_t *t = bw__malloc(sizeof *t);
   if (t == NULL) return NULL;
   memset(t, 0, sizeof *t);
+  t->magic = TOKEN_MAGIC;
   atomic_init(&t->handles, 1);
   atomic_init(&t->refs, 1);
   atomic_init(&t->cancelled, false);
@@ -180,6 +188,7 @@ bw_error_t *bw_cancel_token_child(bw_cancel_token_t *parent, bw_cancel_token_t *
   if (parent == NULL || out == NULL)
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0,
                         "bw_cancel_token_child: parent and out must not be NULL");
+  CHECK(parent);
   bw_cancel_token_t *c = token_alloc();
   if (c == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   pthread_mutex_lock(&parent->lock);
@@ -200,8 +209,10 @@ bw_error_t *bw_cancel_token_child(bw_cancel_token_t *parent, bw_cancel_token_t *
 }
 
 bw_cancel_token_t *bw_cancel_token_ref(bw_cancel_token_t *t) {
+  if (t == NULL) return NULL;
+  CHECK(t);
   /* relaxed: the caller holds a handle */
-  if (t) atomic_fetch_add_explicit(&t->handles, 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&t->handles, 1, memory_order_relaxed);
   return t;
 }
 
@@ -234,6 +245,7 @@ static void drop_handles(bw_cancel_token_t *t) {
 
 void bw_cancel_token_unref(bw_cancel_token_t *t) {
   if (t == NULL) return;
+  CHECK(t);
   /* acq_rel: the last handle's owner sees the others' work finished */
   if (atomic_fetch_sub_explicit(&t->handles, 1, memory_order_acq_rel) == 1) drop_handles(t);
 }
@@ -291,6 +303,7 @@ static void cancel_one(bw_cancel_token_t *t, bw_cancel_token_t **wl) {
 
 void bw_cancel_token_cancel(bw_cancel_token_t *t) {
   if (t == NULL) return;
+  CHECK(t);
   if (atomic_load_explicit(&t->cancelled, memory_order_acquire)) return;
   node_ref(t); /* a callback may drop the caller's last handle */
   bw_cancel_token_t *wl = NULL;
@@ -321,6 +334,7 @@ void bw__cancel_reg_init(bw__cancel_reg_t *r, void (*fn)(void *arg), void *arg) 
 }
 
 int bw__cancel_reg_add(bw_cancel_token_t *t, bw__cancel_reg_t *r) {
+  CHECK(t);
   pthread_mutex_lock(&t->lock);
   if (atomic_load_explicit(&t->cancelled, memory_order_relaxed)) {
     pthread_mutex_unlock(&t->lock);
@@ -400,6 +414,7 @@ static void wake_waker(void *arg) { bw_waker_wake(arg); }
 
 bw_poll_t bw_cancel_token_poll(bw_cancel_token_t *t, bw_task_t *self) {
   if (t == NULL) return BW_PENDING; /* never cancelled */
+  CHECK(t);
   /* acquire: pairs with the release store in cancel_one */
   if (atomic_load_explicit(&t->cancelled, memory_order_acquire)) return BW_READY;
   pthread_mutex_lock(&t->lock);

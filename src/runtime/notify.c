@@ -21,6 +21,7 @@
  * - Abandoning a wait (bw_notify_poll_cancel): a notify_one already handed
  *   to this waiter is passed on (next waiter or the permit), so it is not
  *   lost. */
+#include <assert.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <string.h>
@@ -40,7 +41,11 @@ typedef struct slot {
   bw_waker_t *waker;
 } slot_t;
 
+#define NOTIFY_MAGIC 0x62774e59u /* "bwNY"; debug builds check it on entry */
+#define CHECK(n) assert((n)->magic == NOTIFY_MAGIC)
+
 struct bw_notify {
+  uint32_t magic;
   pthread_mutex_t mu;
   bool permit;
   uint64_t gen;
@@ -61,12 +66,15 @@ bw_error_t *bw_notify_new(bw_notify_t **out) {
     return bw_error_new(BW_ERR_INTERNAL, 0, "bw_notify_new: mutex init failed");
   }
   n->free_head = n->head = n->tail = NO_SLOT;
+  n->magic = NOTIFY_MAGIC;
   *out = n;
   return NULL;
 }
 
 void bw_notify_free(bw_notify_t *n) {
   if (n == NULL) return;
+  CHECK(n);
+  n->magic = 0;
   for (uint32_t i = 0; i < n->nslots; i++)
     if (n->slots[i].in_use) bw_waker_drop(n->slots[i].waker);
   bw__free(n->slots);
@@ -155,6 +163,7 @@ static bw_waker_t *notify_one_locked(bw_notify_t *n) {
 
 void bw_notify_one(bw_notify_t *n) {
   if (n == NULL) return;
+  CHECK(n);
   pthread_mutex_lock(&n->mu);
   bw_waker_t *w = notify_one_locked(n);
   pthread_mutex_unlock(&n->mu);
@@ -163,6 +172,7 @@ void bw_notify_one(bw_notify_t *n) {
 
 void bw_notify_waiters(bw_notify_t *n) {
   if (n == NULL) return;
+  CHECK(n);
   bw_waker_t *batch[WAKE_BATCH];
   pthread_mutex_lock(&n->mu);
   uint64_t gen = ++n->gen; /* slots registered before now have gen < this */
@@ -186,6 +196,7 @@ void bw_notify_waiters(bw_notify_t *n) {
 
 bw_poll_t bw_notify_poll(bw_notify_t *n, bw_task_t *self, uint64_t *ticket) {
   bw_waker_t *old = NULL;
+  CHECK(n);
   pthread_mutex_lock(&n->mu);
   uint32_t i;
   slot_t *s = *ticket ? lookup(n, *ticket, &i) : NULL;

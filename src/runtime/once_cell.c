@@ -19,6 +19,7 @@
  *   bw_once_cell_free while init runs is safe (the value is freed when the
  *   driver is done). Waiter wakers are deduplicated with bw_waker_will_wake
  *   and woken after unlocking. */
+#include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -28,7 +29,11 @@
 
 enum { UNINIT = 0, RUNNING = 1, READY = 2 };
 
+#define CELL_MAGIC 0x62774f43u /* "bwOC"; debug builds check it on entry */
+#define CHECK(c) assert((c)->magic == CELL_MAGIC)
+
 struct bw_once_cell {
+  uint32_t magic;
   pthread_mutex_t mu;
   atomic_size_t refs;
   atomic_bool ready;
@@ -64,6 +69,7 @@ bw_error_t *bw_once_cell_new(bw_once_cell_t **out, bw_task_fn init, void *init_a
     bw__free(c);
     return bw_error_new(BW_ERR_INTERNAL, 0, "bw_once_cell_new: mutex init failed");
   }
+  c->magic = CELL_MAGIC;
   atomic_init(&c->refs, 1);
   atomic_init(&c->ready, false);
   c->init = init;
@@ -81,11 +87,14 @@ static void cell_unref(bw_once_cell_t *c) {
   for (size_t i = 0; i < c->nwaiters; i++) bw_waker_drop(c->waiters[i]);
   bw__free(c->waiters);
   pthread_mutex_destroy(&c->mu);
+  c->magic = 0;
   bw__free(c);
 }
 
 void bw_once_cell_free(bw_once_cell_t *c) {
-  if (c) cell_unref(c);
+  if (c == NULL) return;
+  CHECK(c);
+  cell_unref(c);
 }
 
 /* The attempt ended: value on success (err NULL), else err (consumed). */
@@ -163,6 +172,7 @@ static int add_waiter(bw_once_cell_t *c, bw_task_t *self) {
 }
 
 bw_poll_t bw_once_cell_poll(bw_once_cell_t *c, bw_task_t *self, void **value, bw_error_t **err) {
+  CHECK(c);
   if (value) *value = NULL;
   if (err) *err = NULL;
   /* acquire: pairs with the release store in finish() */

@@ -18,17 +18,21 @@
 
 /* ---- counting allocator ------------------------------------------------ */
 static atomic_long live, total;
+static atomic_int fail_all; /* nonzero: every allocation fails */
 static void *c_malloc(size_t n) {
+  if (atomic_load(&fail_all)) return NULL;
   atomic_fetch_add(&live, 1);
   atomic_fetch_add(&total, 1);
   return malloc(n);
 }
 static void *c_calloc(size_t k, size_t n) {
+  if (atomic_load(&fail_all)) return NULL;
   atomic_fetch_add(&live, 1);
   atomic_fetch_add(&total, 1);
   return calloc(k, n);
 }
 static void *c_realloc(void *p, size_t n) {
+  if (atomic_load(&fail_all)) return NULL;
   if (!p) {
     atomic_fetch_add(&live, 1);
     atomic_fetch_add(&total, 1);
@@ -271,6 +275,33 @@ static void test_deep_chain(void **state) {
   assert_int_equal(n, 1);
   bw_cancel_token_unref(root);
   bw_cancel_token_unref(last); /* frees the whole chain, iteratively */
+}
+
+/* Out of memory: errors, nothing registered, nothing leaked; cancel and
+ * intrusive registration still work. */
+static void test_out_of_memory(void **state) {
+  (void)state;
+  bw_cancel_token_t *t, *c;
+  assert_null(bw_cancel_token_new(&t));
+  atomic_store(&fail_all, 1);
+  bw_cancel_token_t *x = NULL;
+  bw_error_t *e = bw_cancel_token_new(&x);
+  assert_int_equal(bw_error_kind(e), BW_ERR_OUT_OF_MEMORY);
+  assert_null(x);
+  e = bw_cancel_token_child(t, &c);
+  assert_int_equal(bw_error_kind(e), BW_ERR_OUT_OF_MEMORY);
+  atomic_int n = 0;
+  bw_cancel_reg_t *r = (bw_cancel_reg_t *)1;
+  e = bw_cancel_token_on_cancel(t, count_cb, &n, &r);
+  assert_int_equal(bw_error_kind(e), BW_ERR_OUT_OF_MEMORY);
+  assert_null(r);
+  bw__cancel_reg_t ir;
+  bw__cancel_reg_init(&ir, count_cb, &n);
+  assert_int_equal(bw__cancel_reg_add(t, &ir), BW__CANCEL_ADDED);
+  bw_cancel_token_cancel(t);
+  assert_int_equal(n, 1); /* only the intrusive one */
+  atomic_store(&fail_all, 0);
+  bw_cancel_token_unref(t);
 }
 
 /* ---- intrusive registrations ---------------------------------------------- */
@@ -528,6 +559,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_children_freed_first_no_growth, setup, teardown),
       cmocka_unit_test_setup_teardown(test_callback_drops_last_handle, setup, teardown),
       cmocka_unit_test_setup_teardown(test_deep_chain, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_out_of_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(test_intrusive, setup, teardown),
       cmocka_unit_test_setup_teardown(test_intrusive_del_inside, setup, teardown),
       cmocka_unit_test_setup_teardown(test_unregister_cancel_race, setup, teardown),

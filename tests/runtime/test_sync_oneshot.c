@@ -16,7 +16,9 @@
 #include "bulwark/sync.h"
 
 static atomic_long live;
+static atomic_int fail_all; /* nonzero: every allocation fails */
 static void *c_malloc(size_t n) {
+  if (atomic_load(&fail_all)) return NULL;
   atomic_fetch_add(&live, 1);
   return malloc(n);
 }
@@ -117,6 +119,16 @@ static void test_receiver_closed_frees_value(void **state) {
   assert_null(bw_oneshot_new(&ch));
   bw_oneshot_close_sender(ch);
   bw_oneshot_close_receiver(ch);
+}
+
+static void test_out_of_memory(void **state) {
+  (void)state;
+  bw_oneshot_t *ch = NULL;
+  atomic_store(&fail_all, 1);
+  bw_error_t *e = bw_oneshot_new(&ch);
+  atomic_store(&fail_all, 0);
+  assert_int_equal(bw_error_kind(e), BW_ERR_OUT_OF_MEMORY);
+  assert_null(ch);
 }
 
 static void test_null_args(void **state) {
@@ -334,6 +346,7 @@ int main(void) {
       cmocka_unit_test_setup_teardown(test_sender_closed, setup, teardown),
       cmocka_unit_test_setup_teardown(test_receiver_closed_frees_value, setup, teardown),
       cmocka_unit_test_setup_teardown(test_null_args, setup, teardown),
+      cmocka_unit_test_setup_teardown(test_out_of_memory, setup, teardown),
       cmocka_unit_test_setup_teardown(test_thread_race, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_receiver, setup, teardown),
       cmocka_unit_test_setup_teardown(test_task_receiver_aborted, setup, teardown),
