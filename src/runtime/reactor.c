@@ -333,7 +333,9 @@ int bw__reactor_stop(bw__reactor_t *r) {
 
 void bw__reactor_free(bw__reactor_t *r) {
   if (!r) return;
-  bw__reactor_stop(r);
+  /* From the loop thread (own-thread mode) nothing can be freed safely:
+   * leave it rather than crash (documented misuse). */
+  if (bw__reactor_stop(r) == -EDEADLK) return;
   pthread_mutex_destroy(&r->mu);
   pthread_mutex_destroy(&r->stop_mu);
   bw__free(r);

@@ -100,7 +100,9 @@ void bw__reactor_wake(bw__reactor_t *r);
  * on the calling thread. Idempotent: returns 0 again. */
 int bw__reactor_stop(bw__reactor_t *r);
 
-/* Shut down if needed, then free everything. NULL-safe. */
+/* Shut down if needed, then free everything. NULL-safe.
+ * Threads: not from the loop thread of an own-thread reactor, nor from
+ * inside turn() (then it does nothing: the reactor is leaked, not freed). */
 void bw__reactor_free(bw__reactor_t *r);
 
 /* Snapshot of counters (relaxed reads). Threads: any. */

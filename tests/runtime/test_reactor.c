@@ -433,6 +433,46 @@ static void test_coalesce_caller_driven(void **state) {
   bw__reactor_free(r);
 }
 
+/* An op that posts another op from the loop thread: the second runs on a
+ * later drain, never inside the first. */
+typedef struct chain_op {
+  bw__reactor_op_t op;
+  bw__reactor_t *r;
+  struct chain_op *next_op;
+  int runs;
+  int next_runs_seen;
+  int post_rc;
+} chain_op_t;
+
+static void chain_run(bw__reactor_op_t *op, uv_loop_t *loop) {
+  (void)loop;
+  chain_op_t *c = (chain_op_t *)op;
+  c->runs++;
+  if (c->next_op) {
+    c->post_rc = bw__reactor_post(c->r, &c->next_op->op);
+    c->next_runs_seen = c->next_op->runs; /* must still be 0 */
+  }
+}
+
+static void test_post_from_loop_thread(void **state) {
+  (void)state;
+  bw__reactor_t *r = new_reactor(false);
+  chain_op_t b = {.op.fn = chain_run, .r = r};
+  chain_op_t a = {.op.fn = chain_run, .r = r, .next_op = &b};
+  assert_int_equal(bw__reactor_post(r, &a.op), 0);
+  int turns = 0;
+  while (b.runs == 0 && turns < 100) {
+    assert_int_equal(bw__reactor_turn(r, 0), 0);
+    turns++;
+  }
+  assert_int_equal(a.runs, 1);
+  assert_int_equal(a.post_rc, 0);
+  assert_int_equal(a.next_runs_seen, 0);
+  assert_int_equal(b.runs, 1);
+  assert_true(turns >= 2);
+  bw__reactor_free(r);
+}
+
 static void *waker_thread(void *arg) {
   bw__reactor_t *r = arg;
   bw__reactor_wake(r);
@@ -686,6 +726,7 @@ int main(void) {
       cmocka_unit_test(test_tcp_echo),
       cmocka_unit_test(test_many_ops_four_threads),
       cmocka_unit_test(test_coalesce_caller_driven),
+      cmocka_unit_test(test_post_from_loop_thread),
       cmocka_unit_test(test_caller_driven_turn),
       cmocka_unit_test(test_shutdown_pending_ops),
       cmocka_unit_test(test_round_trip_latency),
