@@ -432,6 +432,7 @@ static void test_unregister_cancel_race(void **state) {
 typedef struct tree_race {
   bw_cancel_token_t *parent;
   atomic_int go;
+  atomic_int cancel_done; /* set after bw_cancel_token_cancel(parent) returned */
   atomic_int fired;
   atomic_int cancelled_children;
   int n;
@@ -443,7 +444,10 @@ static void *child_churn(void *arg) {
   }
   for (int i = 0; i < tr->n; i++) {
     bw_cancel_token_t *c;
+    int done_before = atomic_load(&tr->cancel_done);
     if (bw_cancel_token_child(tr->parent, &c) != NULL) abort();
+    /* made after the cancel finished: born cancelled */
+    if (done_before && !bw_cancel_token_is_cancelled(c)) abort();
     bw_cancel_reg_t *reg;
     if (bw_cancel_token_on_cancel(c, count_cb, &tr->fired, &reg) != NULL) abort();
     if (!bw_cancel_reg_remove(reg)) {
@@ -451,7 +455,6 @@ static void *child_churn(void *arg) {
       if (!bw_cancel_token_is_cancelled(tr->parent)) abort();
       atomic_fetch_add(&tr->cancelled_children, 1);
     }
-    if (bw_cancel_token_is_cancelled(tr->parent) && !bw_cancel_token_is_cancelled(c)) abort();
     bw_cancel_token_unref(c);
   }
   return NULL;
@@ -468,6 +471,7 @@ static void test_tree_race(void **state) {
     for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&th[i], NULL, child_churn, &tr), 0);
     atomic_store(&tr.go, 1);
     bw_cancel_token_cancel(tr.parent);
+    atomic_store(&tr.cancel_done, 1);
     for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
     assert_int_equal(atomic_load(&tr.fired), atomic_load(&tr.cancelled_children));
     bw_cancel_token_unref(tr.parent);

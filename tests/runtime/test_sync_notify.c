@@ -241,8 +241,10 @@ static void test_no_lost_wakeups(void **state) {
     consumer_t c = {.s = &s};
     bw_join_t *jc;
     assert_null(bw_spawn(rt, consumer_task, &c, &jc));
-    for (int i = 0; i < P; i++) assert_null(bw_spawn(rt, producer, &s, NULL));
+    bw_join_t *jp[P];
+    for (int i = 0; i < P; i++) assert_null(bw_spawn(rt, producer, &s, &jp[i]));
     assert_null(bw_join_wait(jc, NULL)); /* hangs (ctest timeout) if a wake-up is lost */
+    for (int i = 0; i < P; i++) assert_null(bw_join_wait(jp[i], NULL));
     assert_int_equal(atomic_load(&s.counter), s.target);
     bw_notify_free(s.n);
   }
