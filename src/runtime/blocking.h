@@ -48,7 +48,9 @@ typedef struct bw__blocking_opts {
   bool eager;                /* start all max_threads now, never exit on idle */
   const char *name_prefix;   /* NULL: "bw" */
   /* Optional, run on each pool thread when it starts / right before it
-   * exits (e.g. to set thread-locals for the runtime). */
+   * exits (e.g. to set thread-locals for the runtime). They and hook_arg
+   * must stay valid until every pool thread has exited: after a shutdown
+   * that timed out, that is when the abandoned jobs return. */
   void (*on_thread_start)(void *hook_arg);
   void (*on_thread_stop)(void *hook_arg);
   void *hook_arg;

@@ -221,7 +221,7 @@ static bw__timer_entry_t *take_one(bw__timer_wheel_t *w, uint64_t now) {
     }
     unsigned L = 0, s = 0;
     uint64_t t = next_slot(w, &L, &s);
-    if (t > now) {
+    if (t == BW__TIMER_NEVER || t > now) { /* NEVER: even for now == UINT64_MAX */
       w->elapsed = now;
       return NULL;
     }
