@@ -224,10 +224,7 @@ static void drive(bw_runtime_t *rt, bw_task_t *until, uint64_t deadline_ns) {
       bw__reactor_turn(r, 0);
       if (c->lhead) continue;
     }
-    if (rt->paused && bw__clock_auto_advance(rt)) {
-      bw__wheel_fire(rt, 0);
-      continue;
-    }
+    if (rt->paused && bw__clock_try_advance(rt, NULL)) continue;
     idle_wait(rt, c);
   }
 }

@@ -69,6 +69,7 @@ struct bw_runtime {
   _Atomic uint64_t paused_now_ns; /* paused clock; relaxed (timer locks order firing) */
   uint64_t start_ns;              /* real clock at creation */
   atomic_uint inhibit;            /* blocking jobs in flight: no auto-advance */
+  pthread_mutex_t clock_mu;       /* paused clock: serialises firing and auto-advance (recursive) */
 
   /* tasks */
   bw__task_pool_t pool;
@@ -124,9 +125,10 @@ void bw__wheels_clear(bw_runtime_t *rt);
 /* Cancel and wait for a running callback (tasks' sleep timers). */
 void bw__timer_cancel_sync(bw_timer_t *t);
 void bw__timer_init_embedded(bw_runtime_t *rt, bw_timer_t *t, bw_timer_fn cb, void *arg);
-/* Paused clock: if no worker is busy, jump to the earliest timer. Returns
- * true if time moved. */
-bool bw__clock_auto_advance(bw_runtime_t *rt);
+/* Paused clock: under clock_mu, if idle(rt) (NULL: assume idle) and no
+ * blocking job is in flight, jump to the earliest timer and fire every
+ * wheel. Returns true if there was a timer to go to. */
+bool bw__clock_try_advance(bw_runtime_t *rt, bool (*idle)(bw_runtime_t *rt));
 
 /* scheduler entry points (worker.c for multi-thread) */
 int bw__sched_new(bw_runtime_t *rt);

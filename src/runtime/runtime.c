@@ -160,6 +160,11 @@ bw_error_t *bw_runtime_new(bw_runtime_t **out, const bw_runtime_opts_t *opts) {
   pthread_mutex_init(&rt->bg_mu, NULL);
   pthread_mutex_init(&rt->reactor_mu, NULL);
   pthread_mutex_init(&rt->shutdown_mu, NULL);
+  pthread_mutexattr_t ma;
+  pthread_mutexattr_init(&ma);
+  pthread_mutexattr_settype(&ma, PTHREAD_MUTEX_RECURSIVE);
+  pthread_mutex_init(&rt->clock_mu, &ma);
+  pthread_mutexattr_destroy(&ma);
   int rc = bw__wheels_init(rt, rt->nworkers);
   if (rc == 0) rc = o.flavor == BW_FLAVOR_CURRENT_THREAD ? bw__ct_new(rt) : bw__sched_new(rt);
   if (rc == 0) rc = bw__blocking_glue_init(rt);
@@ -201,6 +206,7 @@ void bw_runtime_free(bw_runtime_t *rt) {
   pthread_mutex_destroy(&rt->bg_mu);
   pthread_mutex_destroy(&rt->reactor_mu);
   pthread_mutex_destroy(&rt->shutdown_mu);
+  pthread_mutex_destroy(&rt->clock_mu);
   rt->magic = 0xdeadu;
   if (bw__task_pool_destroy(rt)) bw__runtime_release_memory(rt);
 }

@@ -25,7 +25,7 @@
  *
  * Deadlines are rounded UP to the 1 ms tick, so a timer never fires early.
  * The paused clock (BW_CLOCK_PAUSED) only moves by bw_runtime_advance or
- * when the scheduler finds every worker idle (bw__clock_auto_advance). */
+ * when the scheduler finds every worker idle (bw__clock_try_advance). */
 #include <sched.h>
 #include <stddef.h>
 #include <string.h>
@@ -78,7 +78,7 @@ void bw__wheels_destroy(bw_runtime_t *rt) {
   rt->wheels = NULL;
 }
 
-size_t bw__wheel_fire(bw_runtime_t *rt, unsigned i) {
+static size_t fire(bw_runtime_t *rt, unsigned i) {
   bw__wheel_t *w = &rt->wheels[i];
   bw__timer_entry_t *batch[FIRE_BATCH];
   size_t total = 0;
@@ -115,6 +115,14 @@ size_t bw__wheel_fire(bw_runtime_t *rt, unsigned i) {
   return total;
 }
 
+size_t bw__wheel_fire(bw_runtime_t *rt, unsigned i) {
+  if (!rt->paused) return fire(rt, i);
+  pthread_mutex_lock(&rt->clock_mu);
+  size_t n = fire(rt, i);
+  pthread_mutex_unlock(&rt->clock_mu);
+  return n;
+}
+
 uint64_t bw__wheel_next_ms(bw_runtime_t *rt, unsigned i) {
   bw__wheel_t *w = &rt->wheels[i];
   pthread_mutex_lock(&w->mu);
@@ -123,22 +131,27 @@ uint64_t bw__wheel_next_ms(bw_runtime_t *rt, unsigned i) {
   return r;
 }
 
-bool bw__clock_auto_advance(bw_runtime_t *rt) {
+bool bw__clock_try_advance(bw_runtime_t *rt, bool (*idle)(bw_runtime_t *rt)) {
   if (!rt->paused) return false;
-  if (atomic_load_explicit(&rt->inhibit, memory_order_acquire) != 0) return false;
-  uint64_t min = BW__TIMER_NEVER;
-  for (unsigned i = 0; i < rt->nwheels; i++) {
-    uint64_t n = bw__wheel_next_ms(rt, i);
-    if (n < min) min = n;
+  pthread_mutex_lock(&rt->clock_mu);
+  bool r = false;
+  /* acquire pairs with the acq_rel updates of inhibit in blocking_glue.c */
+  if (atomic_load_explicit(&rt->inhibit, memory_order_acquire) == 0 && (!idle || idle(rt))) {
+    uint64_t min = BW__TIMER_NEVER;
+    for (unsigned i = 0; i < rt->nwheels; i++) {
+      uint64_t n = bw__wheel_next_ms(rt, i);
+      if (n < min) min = n;
+    }
+    if (min != BW__TIMER_NEVER) {
+      uint64_t target = min * 1000000u;
+      uint64_t cur = atomic_load_explicit(&rt->paused_now_ns, memory_order_relaxed);
+      if (cur < target) atomic_store_explicit(&rt->paused_now_ns, target, memory_order_relaxed);
+      for (unsigned i = 0; i < rt->nwheels; i++) fire(rt, i);
+      r = true;
+    }
   }
-  if (min == BW__TIMER_NEVER) return false;
-  uint64_t target = min * 1000000u;
-  uint64_t cur = atomic_load_explicit(&rt->paused_now_ns, memory_order_relaxed);
-  while (cur < target &&
-         !atomic_compare_exchange_weak_explicit(&rt->paused_now_ns, &cur, target,
-                                                memory_order_relaxed, memory_order_relaxed)) {
-  }
-  return true;
+  pthread_mutex_unlock(&rt->clock_mu);
+  return r;
 }
 
 /* ---- public API -------------------------------------------------------------- */

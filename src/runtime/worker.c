@@ -1,28 +1,90 @@
-/* Multi-thread scheduler, first version: one global queue under a mutex
- * and a condition variable. (Replaced by the work-stealing scheduler.) */
+/* Multi-thread work-stealing scheduler (after tokio's multi_thread/worker.rs).
+ *
+ * Design notes
+ * ------------
+ * Each worker owns: a bounded lock-free local queue (queue.c), a LIFO slot
+ * holding the task it woke last, a timer wheel (timer.c) and a parker
+ * (park.c). Shared: the inject queue (inject.c) and the idle accounting
+ * (idle.c).
+ *
+ * Where a task goes when it becomes runnable (bw__schedule):
+ *  - woken/spawned on a worker of this runtime: into the LIFO slot; the task
+ *    that was there moves to the back of the local queue (message passing
+ *    locality: the task just woken usually reads what the waker just wrote,
+ *    still in this core's cache). Yields and "woken while running" go to the
+ *    back of the local queue, never the LIFO slot;
+ *  - a full local queue moves half of itself to the inject queue;
+ *  - from any other thread: the inject queue.
+ * Whenever work lands somewhere other than the LIFO slot, one parked worker
+ * is woken, but only if nobody is searching already (idle.c): no herd.
+ *
+ * Where a worker looks for work (next_task / steal_work), each tick:
+ *  - every global_queue_interval ticks the inject queue first (fairness:
+ *    with busy local queues the inject queue would otherwise starve);
+ *  - the LIFO slot, at most MAX_LIFO_POLLS in a row after a normal poll
+ *    (two tasks waking each other forever would otherwise starve the
+ *    queue): then the LIFO task goes to the back of the local queue;
+ *  - its local queue, then a batch from the inject queue;
+ *  - if still nothing and fewer than half the workers are searching, it
+ *    becomes a searcher and steals half of another worker's queue (victims
+ *    in random order), then tries the inject queue;
+ *  - otherwise it parks. The last searcher to park re-checks every queue
+ *    (the lost-wake-up argument is in idle.c). A searcher that finds work
+ *    and was the last searcher wakes another worker, so work spreads.
+ * Every event_interval ticks the worker fires its due timers.
+ *
+ * Parking: a worker sleeps until its wheel's next deadline (real clock) or
+ * until unparked. A timer armed from outside into a sleeping worker's wheel
+ * with an earlier deadline kicks that worker (timer.c). On waking the worker
+ * fires its timers; if that made work in its own queues it unparks itself
+ * by id (not counted as a searcher), else it parks again unless it was
+ * notified (then it is a searcher).
+ *
+ * Paused clock: a parking worker that finds the whole runtime idle (no
+ * unparked worker, every queue and LIFO slot empty, no blocking job in
+ * flight) advances the clock to the next timer and fires (timer.c; the
+ * check and the firing are serialised by rt->clock_mu).
+ *
+ * Shutdown: `stop` is set (release; workers load it with acquire), every
+ * parker is unparked, threads are joined; tasks still queued are then
+ * dropped by bw__sched_drain on the shutting-down thread.
+ *
+ * Tuning constants: MAX_LIFO_POLLS = 3 follows tokio (picked there "out of
+ * thin air"); intervals default to tokio's 31/61. */
 #include <stdio.h>
 #include <string.h>
 
 #include "core/alloc.h"
+#include "runtime/idle.h"
+#include "runtime/inject.h"
+#include "runtime/park.h"
+#include "runtime/queue.h"
 #include "runtime/rt.h"
 
+#define MAX_LIFO_POLLS 3u
+
 struct bw__worker {
+  bw__lq_t lq;
+  _Atomic(bw_task_t *) lifo; /* owner writes; others read it (relaxed) for the idle check */
   bw_runtime_t *rt;
   unsigned index;
-  pthread_t thread;
+  bool is_searching;
   bool started;
+  uint32_t tick;
+  uint32_t rng;
+  pthread_t thread;
+  bw__parker_t parker;
   bw__local_t local;
+  char pad[64];
 };
 
 struct bw__sched {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  bw_task_t *head, *tail;
-  size_t len;
-  unsigned idle;
-  bool stop;
-  atomic_bool started;
+  bw__inject_t inject;
+  bw__idle_t idle;
   bw__worker_t *workers;
+  pthread_mutex_t start_mu;
+  atomic_bool started; /* release after threads exist / acquire in start() */
+  atomic_bool stop;    /* release in stop() / acquire in the worker loop */
 };
 
 unsigned bw__worker_index(const bw__worker_t *w) { return w->index; }
@@ -30,29 +92,215 @@ unsigned bw__worker_index(const bw__worker_t *w) { return w->index; }
 int bw__sched_new(bw_runtime_t *rt) {
   bw__sched_t *s = bw__calloc(1, sizeof *s);
   if (!s) return -1;
-  s->workers = bw__calloc(rt->nworkers, sizeof *s->workers);
-  if (!s->workers) {
-    bw__free(s);
-    return -1;
-  }
-  pthread_mutex_init(&s->mu, NULL);
-  pthread_cond_init(&s->cv, NULL);
-  for (unsigned i = 0; i < rt->nworkers; i++) {
-    s->workers[i].rt = rt;
-    s->workers[i].index = i;
-  }
   rt->sched = s;
+  s->workers = bw__calloc(rt->nworkers, sizeof *s->workers);
+  if (!s->workers) return -1;
+  bw__inject_init(&s->inject);
+  pthread_mutex_init(&s->start_mu, NULL);
+  atomic_init(&s->started, false);
+  atomic_init(&s->stop, false);
+  if (bw__idle_init(&s->idle, rt->nworkers) != 0) return -1;
+  for (unsigned i = 0; i < rt->nworkers; i++) {
+    bw__worker_t *w = &s->workers[i];
+    w->rt = rt;
+    w->index = i;
+    w->rng = 0x9e3779b9u * (i + 1);
+    atomic_init(&w->lifo, NULL);
+    if (bw__lq_init(&w->lq, rt->opts.local_queue_capacity) != 0) return -1;
+    if (bw__parker_init(&w->parker) != 0) return -1;
+  }
   return 0;
 }
 
-static bw_task_t *pop_locked(bw__sched_t *s) {
-  bw_task_t *t = s->head;
-  if (t) {
-    s->head = t->next;
-    if (!s->head) s->tail = NULL;
-    s->len--;
+static uint32_t rnd(bw__worker_t *w) {
+  uint32_t x = w->rng;
+  x ^= x << 13;
+  x ^= x >> 17;
+  x ^= x << 5;
+  return w->rng = x;
+}
+
+static void notify_parked(bw__sched_t *s) {
+  int i = bw__idle_worker_to_notify(&s->idle);
+  if (i >= 0) {
+    if (bw__ctx.local) BW__INC(bw__ctx.local->unparks);
+    bw__unpark(&s->workers[i].parker);
   }
-  return t;
+}
+
+static void push_back(bw__worker_t *w, bw_task_t *t) {
+  bw__lq_push_back_or_overflow(&w->lq, t, &w->rt->sched->inject);
+}
+
+void bw__sched_push_local(bw__worker_t *w, bw_task_t *t, bool yield) {
+  bool notify = true;
+  if (yield) {
+    push_back(w, t);
+  } else {
+    bw_task_t *prev = atomic_load_explicit(&w->lifo, memory_order_relaxed);
+    atomic_store_explicit(&w->lifo, t, memory_order_relaxed);
+    if (prev)
+      push_back(w, prev);
+    else
+      notify = false;
+  }
+  if (notify) notify_parked(w->rt->sched);
+}
+
+void bw__sched_push_remote(bw_runtime_t *rt, bw_task_t *t) {
+  bw__sched_t *s = rt->sched;
+  bw__inject_push(&s->inject, t);
+  notify_parked(s);
+}
+
+/* Take a batch from the inject queue: one to run, the rest into lq. */
+static bw_task_t *take_inject(bw__worker_t *w) {
+  bw__sched_t *s = w->rt->sched;
+  size_t len = bw__inject_len(&s->inject);
+  if (len == 0) return NULL;
+  size_t n = len / w->rt->nworkers + 1;
+  uint32_t room = bw__lq_room(&w->lq);
+  if (n > (size_t)room + 1) n = (size_t)room + 1;
+  if (n > w->lq.cap / 2) n = w->lq.cap / 2;
+  if (n == 0) n = 1;
+  bw_task_t *list;
+  size_t got = bw__inject_pop_n(&s->inject, n, &list);
+  if (!got) return NULL;
+  bw_task_t *first = list;
+  list = list->next;
+  while (list) {
+    bw_task_t *nx = list->next;
+    push_back(w, list);
+    list = nx;
+  }
+  return first;
+}
+
+static bw_task_t *next_task(bw__worker_t *w) {
+  bw__sched_t *s = w->rt->sched;
+  bw_task_t *t;
+  if (w->tick % w->rt->opts.global_queue_interval == 0) {
+    t = bw__inject_pop(&s->inject);
+    if (t) return t;
+  }
+  t = atomic_load_explicit(&w->lifo, memory_order_relaxed);
+  if (t) {
+    atomic_store_explicit(&w->lifo, NULL, memory_order_relaxed);
+    return t;
+  }
+  t = bw__lq_pop(&w->lq);
+  if (t) return t;
+  return take_inject(w);
+}
+
+static bw_task_t *steal_work(bw__worker_t *w) {
+  bw__sched_t *s = w->rt->sched;
+  if (!w->is_searching) {
+    if (!bw__idle_transition_to_searching(&s->idle)) return NULL;
+    w->is_searching = true;
+  }
+  unsigned n = w->rt->nworkers;
+  unsigned start = rnd(w) % n;
+  for (unsigned k = 0; k < n; k++) {
+    unsigned i = (start + k) % n;
+    if (i == w->index) continue;
+    uint32_t got;
+    bw_task_t *t = bw__lq_steal_into(&s->workers[i].lq, &w->lq, &got);
+    if (t) {
+      BW__INC(w->local.steal_ops);
+      atomic_store_explicit(&w->local.steals,
+                            BW__LOAD(w->local.steals) + got, memory_order_relaxed);
+      return t;
+    }
+  }
+  return take_inject(w);
+}
+
+static void poll_one(bw__worker_t *w, bw_task_t *t) {
+  BW__INC(w->local.polls);
+  bw__task_run(t);
+}
+
+static void run_task(bw__worker_t *w, bw_task_t *t) {
+  bw__sched_t *s = w->rt->sched;
+  if (w->is_searching) {
+    w->is_searching = false;
+    if (bw__idle_transition_from_searching(&s->idle)) notify_parked(s);
+  }
+  poll_one(w, t);
+  for (unsigned lifo_polls = 0;;) {
+    bw_task_t *n = atomic_load_explicit(&w->lifo, memory_order_relaxed);
+    if (!n) break;
+    atomic_store_explicit(&w->lifo, NULL, memory_order_relaxed);
+    if (lifo_polls >= MAX_LIFO_POLLS) {
+      push_back(w, n); /* do not let two tasks ping-pong forever */
+      break;
+    }
+    lifo_polls++;
+    poll_one(w, n);
+  }
+}
+
+static bool has_local_work(bw__worker_t *w) {
+  return atomic_load_explicit(&w->lifo, memory_order_relaxed) || bw__lq_len(&w->lq) > 0;
+}
+
+static void notify_if_work_pending(bw__sched_t *s, bw_runtime_t *rt) {
+  for (unsigned i = 0; i < rt->nworkers; i++) {
+    if (bw__lq_len(&s->workers[i].lq) > 0) {
+      notify_parked(s);
+      return;
+    }
+  }
+  if (bw__inject_len(&s->inject) > 0) notify_parked(s);
+}
+
+/* Paused clock: is the whole runtime idle? (called under rt->clock_mu) */
+static bool all_idle(bw_runtime_t *rt) {
+  bw__sched_t *s = rt->sched;
+  if (bw__idle_num_unparked(&s->idle) != 0) return false;
+  if (bw__inject_len(&s->inject) != 0) return false;
+  for (unsigned i = 0; i < rt->nworkers; i++)
+    if (has_local_work(&s->workers[i])) return false;
+  return true;
+}
+
+static bool transition_from_parked(bw__worker_t *w) {
+  bw__sched_t *s = w->rt->sched;
+  if (has_local_work(w)) {
+    w->is_searching = !bw__idle_unpark_worker_by_id(&s->idle, w->index);
+    return true;
+  }
+  if (bw__idle_is_parked(&s->idle, w->index)) return false;
+  w->is_searching = true; /* a notifier counted us as searching */
+  return true;
+}
+
+static void park(bw__worker_t *w) {
+  bw_runtime_t *rt = w->rt;
+  bw__sched_t *s = rt->sched;
+  if (has_local_work(w)) return;
+  bool last = bw__idle_transition_to_parked(&s->idle, w->index, w->is_searching);
+  w->is_searching = false;
+  if (last) notify_if_work_pending(s, rt);
+  BW__INC(w->local.parks);
+  bw__wheel_t *wh = &rt->wheels[w->index];
+  while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
+    if (rt->paused && bw__clock_try_advance(rt, all_idle)) {
+      if (transition_from_parked(w)) return;
+      continue;
+    }
+    pthread_mutex_lock(&wh->mu);
+    uint64_t next = rt->paused ? BW__TIMER_NEVER : bw__timer_wheel_next_expiry(&wh->tw);
+    wh->parked_until_ms = next;
+    pthread_mutex_unlock(&wh->mu);
+    bw__park(&w->parker, next == BW__TIMER_NEVER ? UINT64_MAX : next * 1000000u);
+    pthread_mutex_lock(&wh->mu);
+    wh->parked_until_ms = 0;
+    pthread_mutex_unlock(&wh->mu);
+    bw__wheel_fire(rt, w->index);
+    if (transition_from_parked(w)) return;
+  }
 }
 
 static void *worker_main(void *arg) {
@@ -66,62 +314,18 @@ static void *worker_main(void *arg) {
   bw__ctx.rt = rt;
   bw__ctx.worker = w;
   bw__ctx.local = &w->local;
-  bw__wheel_t *wh = &rt->wheels[w->index];
-  pthread_mutex_lock(&s->mu);
-  while (!s->stop) {
-    bw_task_t *t = pop_locked(s);
+  uint32_t evi = rt->opts.event_interval;
+  while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
+    w->tick++;
+    if (w->tick % evi == 0) bw__wheel_fire(rt, w->index);
+    bw_task_t *t = next_task(w);
+    if (!t) t = steal_work(w);
     if (t) {
-      pthread_mutex_unlock(&s->mu);
-      BW__INC(w->local.polls);
-      bw__task_run(t);
-      pthread_mutex_lock(&s->mu);
+      run_task(w, t);
       continue;
     }
-    pthread_mutex_unlock(&s->mu);
-    size_t fired = bw__wheel_fire(rt, w->index);
-    pthread_mutex_lock(&s->mu);
-    if (fired || s->head || s->stop) continue;
-    if (rt->paused && s->idle + 1 == rt->nworkers &&
-        atomic_load_explicit(&rt->inhibit, memory_order_acquire) == 0) {
-      pthread_mutex_unlock(&s->mu);
-      bool adv = bw__clock_auto_advance(rt);
-      if (adv)
-        for (unsigned i = 0; i < rt->nwheels; i++) bw__wheel_fire(rt, i);
-      pthread_mutex_lock(&s->mu);
-      if (adv) continue;
-    }
-    if (s->head || s->stop) continue;
-    pthread_mutex_lock(&wh->mu);
-    uint64_t next = rt->paused ? BW__TIMER_NEVER : bw__timer_wheel_next_expiry(&wh->tw);
-    wh->parked_until_ms = next;
-    pthread_mutex_unlock(&wh->mu);
-    s->idle++;
-    BW__INC(w->local.parks);
-    if (next == BW__TIMER_NEVER) {
-      pthread_cond_wait(&s->cv, &s->mu);
-    } else {
-      struct timespec ts;
-      clock_gettime(CLOCK_MONOTONIC, &ts);
-      uint64_t now = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-      uint64_t dl = next * 1000000u;
-      if (dl > now) {
-        /* condvar uses CLOCK_REALTIME by default; convert the delay */
-        uint64_t d = dl - now;
-        clock_gettime(CLOCK_REALTIME, &ts);
-        uint64_t abs = (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec + d;
-        ts.tv_sec = (time_t)(abs / 1000000000u);
-        ts.tv_nsec = (long)(abs % 1000000000u);
-        pthread_cond_timedwait(&s->cv, &s->mu, &ts);
-      }
-    }
-    s->idle--;
-    pthread_mutex_unlock(&s->mu);
-    pthread_mutex_lock(&wh->mu);
-    wh->parked_until_ms = 0;
-    pthread_mutex_unlock(&wh->mu);
-    pthread_mutex_lock(&s->mu);
+    park(w);
   }
-  pthread_mutex_unlock(&s->mu);
   bw__task_cache_flush(rt, &w->local.cache);
   bw__ctx.rt = NULL;
   bw__ctx.worker = NULL;
@@ -132,9 +336,10 @@ static void *worker_main(void *arg) {
 int bw__sched_start(bw_runtime_t *rt) {
   bw__sched_t *s = rt->sched;
   if (atomic_load_explicit(&s->started, memory_order_acquire)) return 0;
-  pthread_mutex_lock(&s->mu);
+  pthread_mutex_lock(&s->start_mu);
   int rc = 0;
-  if (!atomic_load_explicit(&s->started, memory_order_relaxed) && !s->stop) {
+  if (!atomic_load_explicit(&s->started, memory_order_relaxed) &&
+      !atomic_load_explicit(&s->stop, memory_order_relaxed)) {
     for (unsigned i = 0; i < rt->nworkers; i++) {
       if (pthread_create(&s->workers[i].thread, NULL, worker_main, &s->workers[i]) != 0) {
         rc = -1;
@@ -142,19 +347,18 @@ int bw__sched_start(bw_runtime_t *rt) {
       }
       s->workers[i].started = true;
     }
-    /* release pairs with the acquire load above */
-    atomic_store_explicit(&s->started, true, memory_order_release);
+    atomic_store_explicit(&s->started, true, memory_order_release); /* pairs with load above */
   }
-  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_unlock(&s->start_mu);
   return rc;
 }
 
 void bw__sched_stop(bw_runtime_t *rt) {
   bw__sched_t *s = rt->sched;
-  pthread_mutex_lock(&s->mu);
-  s->stop = true;
-  pthread_cond_broadcast(&s->cv);
-  pthread_mutex_unlock(&s->mu);
+  pthread_mutex_lock(&s->start_mu); /* no lazy start after this */
+  atomic_store_explicit(&s->stop, true, memory_order_release);
+  pthread_mutex_unlock(&s->start_mu);
+  for (unsigned i = 0; i < rt->nworkers; i++) bw__unpark(&s->workers[i].parker);
   for (unsigned i = 0; i < rt->nworkers; i++) {
     if (s->workers[i].started) {
       pthread_join(s->workers[i].thread, NULL);
@@ -165,53 +369,39 @@ void bw__sched_stop(bw_runtime_t *rt) {
 
 void bw__sched_drain(bw_runtime_t *rt) {
   bw__sched_t *s = rt->sched;
-  for (;;) {
-    pthread_mutex_lock(&s->mu);
-    bw_task_t *t = pop_locked(s);
-    pthread_mutex_unlock(&s->mu);
-    if (!t) break;
-    bw__task_drop_queued(t);
+  for (unsigned i = 0; i < rt->nworkers; i++) {
+    bw__worker_t *w = &s->workers[i];
+    bw_task_t *t = atomic_exchange_explicit(&w->lifo, NULL, memory_order_relaxed);
+    if (t) bw__task_drop_queued(t);
+    while ((t = bw__lq_pop(&w->lq))) bw__task_drop_queued(t);
   }
+  bw_task_t *t;
+  while ((t = bw__inject_pop(&s->inject))) bw__task_drop_queued(t);
 }
 
 void bw__sched_free(bw_runtime_t *rt) {
   bw__sched_t *s = rt->sched;
   if (!s) return;
-  pthread_mutex_destroy(&s->mu);
-  pthread_cond_destroy(&s->cv);
-  bw__free(s->workers);
+  if (s->workers) {
+    for (unsigned i = 0; i < rt->nworkers; i++) {
+      if (s->workers[i].lq.buf) {
+        bw__lq_destroy(&s->workers[i].lq);
+        bw__parker_destroy(&s->workers[i].parker);
+      }
+    }
+    if (s->idle.sleepers) bw__idle_destroy(&s->idle);
+    bw__inject_destroy(&s->inject);
+    pthread_mutex_destroy(&s->start_mu);
+    bw__free(s->workers);
+  }
   bw__free(s);
   rt->sched = NULL;
 }
 
-static void push(bw_runtime_t *rt, bw_task_t *t) {
-  bw__sched_t *s = rt->sched;
-  t->next = NULL;
-  pthread_mutex_lock(&s->mu);
-  if (s->tail)
-    s->tail->next = t;
-  else
-    s->head = t;
-  s->tail = t;
-  s->len++;
-  if (s->idle) pthread_cond_signal(&s->cv);
-  pthread_mutex_unlock(&s->mu);
-}
-
-void bw__sched_push_remote(bw_runtime_t *rt, bw_task_t *t) { push(rt, t); }
-
-void bw__sched_push_local(bw__worker_t *w, bw_task_t *t, bool yield) {
-  (void)yield;
-  push(w->rt, t);
-}
-
 void bw__sched_kick(bw_runtime_t *rt, unsigned i) {
-  (void)i;
   bw__sched_t *s = rt->sched;
   bw__sched_start(rt);
-  pthread_mutex_lock(&s->mu);
-  pthread_cond_broadcast(&s->cv);
-  pthread_mutex_unlock(&s->mu);
+  bw__unpark(&s->workers[i % rt->nworkers].parker);
 }
 
 void bw__sched_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m) {
@@ -226,18 +416,17 @@ void bw__sched_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m) {
     m->steal_operations += BW__LOAD(l->steal_ops);
     m->parks += BW__LOAD(l->parks);
     m->unparks += BW__LOAD(l->unparks);
+    m->local_queue_depth += bw__lq_len(&s->workers[i].lq);
   }
-  pthread_mutex_lock((pthread_mutex_t *)&s->mu);
-  m->global_queue_depth = s->len;
-  pthread_mutex_unlock((pthread_mutex_t *)&s->mu);
+  m->global_queue_depth = bw__inject_len(&s->inject);
 }
 
 int bw__sched_worker_metrics(const bw_runtime_t *rt, unsigned i, uint64_t *steals,
                              uint64_t *depth, uint64_t *polls) {
   if (i >= rt->nworkers) return -1;
-  bw__local_t *l = &rt->sched->workers[i].local;
-  if (steals) *steals = BW__LOAD(l->steals);
-  if (depth) *depth = 0;
-  if (polls) *polls = BW__LOAD(l->polls);
+  bw__worker_t *w = &rt->sched->workers[i];
+  if (steals) *steals = BW__LOAD(w->local.steals);
+  if (depth) *depth = bw__lq_len(&w->lq);
+  if (polls) *polls = BW__LOAD(w->local.polls);
   return 0;
 }
