@@ -15,10 +15,15 @@
  *   find UNINIT, and the first of them starts a new attempt.
  * - If the driver is dropped before init finished (runtime shutdown, abort),
  *   its drop hook counts that as a failure (BW_ERR_RUNTIME_SHUTDOWN).
- * - Lifetime: the user's handle and a running driver each hold a ref, so
- *   bw_once_cell_free while init runs is safe (the value is freed when the
- *   driver is done). Waiter wakers are deduplicated with bw_waker_will_wake
- *   and woken after unlocking. */
+ * - Lifetime: the user's handle and a running driver each hold a ref
+ *   (counted under the mutex), so bw_once_cell_free while init runs is safe
+ *   (the value is freed when the driver is done). The driver drops its ref
+ *   inside finish(), before any waiter is woken, so once a caller has seen
+ *   the value, bw_once_cell_free frees it synchronously. Both decrements
+ *   happen under the mutex; the one that reaches zero destroys the cell after
+ *   unlocking (POSIX allows destroying a mutex once it is unlocked).
+ *   Waiter wakers are deduplicated with bw_waker_will_wake and woken after
+ *   unlocking, without touching the cell again. */
 #include <assert.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -35,7 +40,7 @@ enum { UNINIT = 0, RUNNING = 1, READY = 2 };
 struct bw_once_cell {
   uint32_t magic;
   pthread_mutex_t mu;
-  atomic_size_t refs;
+  size_t refs; /* under mu */
   atomic_bool ready;
   int state;
   void *value;
@@ -70,7 +75,7 @@ bw_error_t *bw_once_cell_new(bw_once_cell_t **out, bw_task_fn init, void *init_a
     return bw_error_new(BW_ERR_INTERNAL, 0, "bw_once_cell_new: mutex init failed");
   }
   c->magic = CELL_MAGIC;
-  atomic_init(&c->refs, 1);
+  c->refs = 1;
   atomic_init(&c->ready, false);
   c->init = init;
   c->init_arg = init_arg;
@@ -79,9 +84,7 @@ bw_error_t *bw_once_cell_new(bw_once_cell_t **out, bw_task_fn init, void *init_a
   return NULL;
 }
 
-static void cell_unref(bw_once_cell_t *c) {
-  /* acq_rel: the last holder sees the value the driver stored */
-  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) != 1) return;
+static void cell_destroy(bw_once_cell_t *c) {
   if (c->state == READY && c->value_free) c->value_free(c->value);
   bw_error_unref(c->failed);
   for (size_t i = 0; i < c->nwaiters; i++) bw_waker_drop(c->waiters[i]);
@@ -91,13 +94,21 @@ static void cell_unref(bw_once_cell_t *c) {
   bw__free(c);
 }
 
+static void cell_unref(bw_once_cell_t *c) {
+  pthread_mutex_lock(&c->mu);
+  bool last = --c->refs == 0;
+  pthread_mutex_unlock(&c->mu);
+  if (last) cell_destroy(c);
+}
+
 void bw_once_cell_free(bw_once_cell_t *c) {
   if (c == NULL) return;
   CHECK(c);
   cell_unref(c);
 }
 
-/* The attempt ended: value on success (err NULL), else err (consumed). */
+/* The attempt ended: value on success (err NULL), else err (consumed).
+ * Consumes the driver's ref on the cell. */
 static void finish(bw_once_cell_t *c, void *value, bw_error_t *err) {
   pthread_mutex_lock(&c->mu);
   if (err == NULL) {
@@ -117,9 +128,12 @@ static void finish(bw_once_cell_t *c, void *value, bw_error_t *err) {
   size_t nw = c->nwaiters;
   c->waiters = NULL;
   c->nwaiters = c->cap = 0;
+  bool last = --c->refs == 0;
   pthread_mutex_unlock(&c->mu);
+  /* from here on c may be gone (unless last) */
   for (size_t i = 0; i < nw; i++) bw_waker_wake(ws[i]);
   bw__free(ws);
+  if (last) cell_destroy(c);
 }
 
 static bw_poll_t driver_poll(bw_task_t *self, void *arg) {
@@ -149,10 +163,9 @@ static void driver_drop(void *arg) {
     bw_join_abort(d->join);
     bw_join_detach(d->join);
   }
-  if (!d->done)
+  if (!d->done) /* finish() drops the driver's ref */
     finish(d->cell, NULL,
            bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "once-cell: init dropped before it finished"));
-  cell_unref(d->cell);
   bw__free(d);
 }
 
@@ -206,11 +219,11 @@ bw_poll_t bw_once_cell_poll(bw_once_cell_t *c, bw_task_t *self, void **value, bw
     } else {
       memset(d, 0, sizeof *d);
       d->cell = c;
-      atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed); /* we hold one */
+      c->refs++; /* the driver's, under mu */
       bw_task_spec_t spec = {driver_poll, d, driver_drop, "once-cell init"};
       e = bw_spawn_ex(rt, &spec, NULL);
       if (e != NULL) {
-        atomic_fetch_sub_explicit(&c->refs, 1, memory_order_relaxed); /* ours remains */
+        c->refs--; /* the user's remains */
         bw__free(d);
       }
     }
