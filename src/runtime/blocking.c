@@ -88,7 +88,7 @@ struct bw__blocking_pool {
 };
 
 static _Thread_local bool tls_on_pool_thread;
-static atomic_uint_fast64_t pools_alive; /* relaxed: a counter for tests */
+static atomic_uint_fast64_t pools_alive; /* for leak tests; see pool_destroy */
 
 /* ---- small helpers ------------------------------------------------------ */
 
@@ -159,7 +159,9 @@ static void pool_destroy(bw__blocking_pool_t *p) {
   pthread_cond_destroy(&p->exit_cv);
   pthread_mutex_destroy(&p->mu);
   bw__free(p);
-  atomic_fetch_sub_explicit(&pools_alive, 1, memory_order_relaxed);
+  /* release: pairs with the acquire load in bw__blocking_pools_alive(), so
+   * whoever sees the count drop also sees every free above done. */
+  atomic_fetch_sub_explicit(&pools_alive, 1, memory_order_release);
 }
 
 /* Join and free a list of exited threads (mu NOT held). */
@@ -260,11 +262,13 @@ static void *thread_main(void *arg) {
     p->zombies = self;
   }
   bool last = --p->refs == 0;
+  /* A detached record is freed under mu, so the thread that destroys the
+   * pool (it takes mu after us) is ordered after this free. */
+  if (detached) bw__free(self);
   pthread_cond_broadcast(&p->exit_cv);
   pthread_mutex_unlock(&p->mu);
-  /* Past this point only a detached thread touches its own record / the
-   * pool (when it dropped the last reference: the owner is gone). */
-  if (detached) bw__free(self);
+  /* Past this point only the thread that dropped the last reference (the
+   * owner is gone) touches the pool. */
   if (last) pool_destroy(p);
   return NULL;
 }
@@ -480,5 +484,5 @@ int bw__blocking_pool_wait_live(bw__blocking_pool_t *p, uint64_t max_live, uint6
 bool bw__blocking_on_pool_thread(void) { return tls_on_pool_thread; }
 
 uint64_t bw__blocking_pools_alive(void) {
-  return (uint64_t)atomic_load_explicit(&pools_alive, memory_order_relaxed);
+  return (uint64_t)atomic_load_explicit(&pools_alive, memory_order_acquire); /* pairs: pool_destroy */
 }

@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bulwark/alloc.h"
 #include "core/alloc.h"
 #include "runtime/blocking.h"
 
@@ -66,6 +67,30 @@ static bool counter_wait(counter_t *c, long want) {
   bool ok = c->value >= want;
   pthread_mutex_unlock(&c->mu);
   return ok;
+}
+
+
+/* ---- failing allocator: the n-th allocation from now on fails ---------- */
+static atomic_long alloc_budget = -1; /* < 0: unlimited */
+static bool take_budget(void) {
+  long b = atomic_load(&alloc_budget);
+  while (b >= 0) {
+    if (b == 0) return false;
+    if (atomic_compare_exchange_weak(&alloc_budget, &b, b - 1)) return true;
+  }
+  return true;
+}
+static void *f_malloc(size_t n) { return take_budget() ? malloc(n) : NULL; }
+static void *f_calloc(size_t c, size_t n) { return take_budget() ? calloc(c, n) : NULL; }
+static void *f_realloc(void *p, size_t n) { return take_budget() ? realloc(p, n) : NULL; }
+static void use_failing_allocator(long budget) {
+  static const bw_allocator_t a = {f_malloc, f_calloc, f_realloc, free};
+  atomic_store(&alloc_budget, budget);
+  assert_null(bw_set_allocator(&a));
+}
+static void restore_allocator(void) {
+  assert_null(bw_set_allocator(NULL));
+  atomic_store(&alloc_budget, -1);
 }
 
 /* ---- jobs -------------------------------------------------------------- */
@@ -568,6 +593,35 @@ static void test_throughput_informational(void **state) {
          "%.0f ns/job (4 threads max)\n", total, a, b);
 }
 
+static void test_out_of_memory(void **state) {
+  (void)state;
+  bw__blocking_pool_t *p = NULL;
+  bw__blocking_opts_t o = opts_lazy(4, 10000);
+  use_failing_allocator(0); /* the pool itself */
+  assert_int_equal(bw__blocking_pool_new(&p, &o), -ENOMEM);
+  assert_null(p);
+  o.eager = true;
+  use_failing_allocator(3); /* pool + 2 of 4 thread records */
+  assert_int_equal(bw__blocking_pool_new(&p, &o), -ENOMEM);
+  assert_null(p);
+  restore_allocator();
+  o.eager = false;
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  counter_t done;
+  counter_init(&done);
+  tjob_t j;
+  tjob_init(&j, 0, &done);
+  use_failing_allocator(0); /* no thread record: nobody could run it */
+  assert_int_equal(bw__blocking_pool_submit(p, &j.job), -ENOMEM);
+  restore_allocator();
+  assert_int_equal(metrics(p).queued, 0);
+  assert_int_equal(bw__blocking_pool_submit(p, &j.job), 0);
+  assert_true(counter_wait(&done, 1));
+  assert_int_equal(atomic_load(&j.ran), 1);
+  bw__blocking_pool_free(p);
+  counter_destroy(&done);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_lazy_start),
@@ -580,6 +634,7 @@ int main(void) {
       cmocka_unit_test(test_shutdown_timeout_abandons),
       cmocka_unit_test(test_nested_submit_and_names),
       cmocka_unit_test(test_bad_args),
+      cmocka_unit_test(test_out_of_memory),
       cmocka_unit_test(test_multi_producer_keep_alive_races),
       cmocka_unit_test(test_throughput_informational),
   };

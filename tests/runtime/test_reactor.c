@@ -16,6 +16,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "bulwark/alloc.h"
 #include "core/alloc.h"
 #include "runtime/reactor.h"
 
@@ -59,6 +60,30 @@ static bool counter_wait(counter_t *c, long want) {
   bool ok = c->value >= want;
   pthread_mutex_unlock(&c->mu);
   return ok;
+}
+
+
+/* ---- failing allocator: the n-th allocation from now on fails ---------- */
+static atomic_long alloc_budget = -1; /* < 0: unlimited */
+static bool take_budget(void) {
+  long b = atomic_load(&alloc_budget);
+  while (b >= 0) {
+    if (b == 0) return false;
+    if (atomic_compare_exchange_weak(&alloc_budget, &b, b - 1)) return true;
+  }
+  return true;
+}
+static void *f_malloc(size_t n) { return take_budget() ? malloc(n) : NULL; }
+static void *f_calloc(size_t c, size_t n) { return take_budget() ? calloc(c, n) : NULL; }
+static void *f_realloc(void *p, size_t n) { return take_budget() ? realloc(p, n) : NULL; }
+static void use_failing_allocator(long budget) {
+  static const bw_allocator_t a = {f_malloc, f_calloc, f_realloc, free};
+  atomic_store(&alloc_budget, budget);
+  assert_null(bw_set_allocator(&a));
+}
+static void restore_allocator(void) {
+  assert_null(bw_set_allocator(NULL));
+  atomic_store(&alloc_budget, -1);
 }
 
 static bw__reactor_t *new_reactor(bool own_thread) {
@@ -721,6 +746,26 @@ static void test_bad_args(void **state) {
   bw__reactor_free(NULL);
 }
 
+static void noop_hook(void *arg, uv_loop_t *loop) {
+  (void)arg;
+  (void)loop;
+}
+
+static void test_out_of_memory(void **state) {
+  (void)state;
+  bw__reactor_t *r = NULL;
+  use_failing_allocator(0);
+  assert_int_equal(bw__reactor_new(&r, NULL), -ENOMEM);
+  assert_null(r);
+  restore_allocator();
+  r = new_reactor(true);
+  use_failing_allocator(0);
+  assert_int_equal(bw__reactor_add_close_hook(r, noop_hook, NULL), -ENOMEM);
+  restore_allocator();
+  assert_false(bw__reactor_remove_close_hook(r, noop_hook, NULL));
+  bw__reactor_free(r);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_tcp_echo),
@@ -731,6 +776,7 @@ int main(void) {
       cmocka_unit_test(test_shutdown_pending_ops),
       cmocka_unit_test(test_round_trip_latency),
       cmocka_unit_test(test_bad_args),
+      cmocka_unit_test(test_out_of_memory),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
