@@ -1,0 +1,191 @@
+/* Timeout layer.
+ *
+ * Per call: one child (the attempt) and one runtime timer (created once per
+ * pooled call object, re-armed per call; no allocation in steady state).
+ *
+ * Ownership of the child: st->child is an atomic slot. Whoever takes the
+ * pointer out of it with an exchange (on_child when the attempt finishes,
+ * the timer when it fires, ops->cancel when the caller cancels) owns the
+ * child and is the one who frees it; the others see NULL and back off.
+ * The timer holds a reference on the call while armed (dropped by the
+ * callback, or by whoever cancels it successfully).
+ *
+ * Same-tick race: if the attempt's result and the timer land together,
+ * whichever takes the child first decides; the call completes once either
+ * way (bw_call_complete's CAS), and a late response is freed with the
+ * abandoned child. */
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdatomic.h>
+#include <string.h>
+
+#include "bulwark/metrics.h"
+#include "bulwark/timeout.h"
+#include "core/alloc.h"
+
+typedef struct timeout_impl {
+  uint64_t timeout_ns;
+  bw_layer_t *layer; /* back pointer for events (not a reference) */
+  char text[32];     /* "200 ms" */
+} timeout_impl_t;
+
+typedef struct tstate {
+  bw_call_t *call; /* the call this state belongs to (fixed per pooled object) */
+  bw_timer_t *timer;
+  bw_runtime_t *timer_rt;
+  _Atomic(bw_call_t *) child;
+  uint64_t armed_ns; /* the effective timeout of this call */
+} tstate_t;
+
+static void format_duration(char *buf, size_t len, uint64_t ns) {
+  if (ns % 1000000000ull == 0) snprintf(buf, len, "%" PRIu64 " s", (uint64_t)(ns / UINT64_C(1000000000)));
+  else if (ns % 1000000ull == 0) snprintf(buf, len, "%" PRIu64 " ms", (uint64_t)(ns / UINT64_C(1000000)));
+  else if (ns % 1000ull == 0) snprintf(buf, len, "%" PRIu64 " us", (uint64_t)(ns / UINT64_C(1000)));
+  else snprintf(buf, len, "%" PRIu64 " ns", ns);
+}
+
+static void timer_fired(bw_timer_t *t, void *arg) {
+  tstate_t *st = arg;
+  bw_call_t *call = st->call;
+  bw_call_t *child = atomic_exchange(&st->child, NULL);
+  if (child) {
+    timeout_impl_t *im = bw_service_impl(bw_call_service(call));
+    char txt[32];
+    const char *d = im->text;
+    if (st->armed_ns != im->timeout_ns) {
+      format_duration(txt, sizeof txt, st->armed_ns);
+      d = txt;
+    }
+    bw_error_t *err = bw_error_new(BW_ERR_TIMEOUT, (int64_t)(st->armed_ns / 1000000ull),
+                                   "no response within %s", d);
+    /* Cancel inward with the timeout as the reason, then drop the attempt:
+     * its late response is freed with it. */
+    bw_call_cancel_with(child, bw_error_ref(err));
+    bw_call_free(child);
+    bw_event_t ev = {.type = BW_EVENT_TIMEOUT, .error = err, .delay_ns = st->armed_ns};
+    bw_layer_emit(im->layer, call, &ev);
+    bw_call_complete(call, NULL, NULL, err);
+  }
+  bw_call_unref(call); /* the timer's reference */
+}
+
+static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
+  tstate_t *st = arg;
+  bw_call_t *call = st->call;
+  if (atomic_exchange(&st->child, NULL) != child) return; /* timer/cancel owns it */
+  bool disarmed = bw_timer_cancel(st->timer);
+  bw_call_complete_from_child(call, child);
+  bw_call_free(child);
+  if (disarmed) bw_call_unref(call);
+}
+
+static void timeout_call(bw_service_t *svc, bw_call_t *call) {
+  timeout_impl_t *im = bw_service_impl(svc);
+  tstate_t *st = bw_call_state(call);
+  bw_runtime_t *rt = bw_call_runtime(call);
+  st->call = call;
+  if (!st->timer || st->timer_rt != rt) {
+    bw_timer_free(st->timer);
+    st->timer = NULL;
+    bw_error_t *e = bw_timer_new(rt, timer_fired, st, &st->timer);
+    if (e) {
+      bw_call_complete(call, NULL, NULL, e);
+      return;
+    }
+    st->timer_rt = rt;
+  }
+  uint64_t now = bw_runtime_now_ns(rt);
+  uint64_t dl = now + im->timeout_ns;
+  uint64_t parent_dl = bw_call_deadline_ns(call);
+  if (parent_dl && parent_dl < dl) dl = parent_dl;
+  st->armed_ns = dl > now ? dl - now : 0;
+
+  bw_call_t *child;
+  bw_error_t *e = bw_call_child_new(&child, call, NULL);
+  if (e) {
+    bw_call_complete(call, NULL, NULL, e);
+    return;
+  }
+  bw_call_set_deadline_ns(child, dl);
+  bw_call_ref(child); /* keeps it valid through the start below */
+  atomic_store(&st->child, child);
+  bw_call_ref(call); /* the timer's */
+  e = bw_timer_arm(st->timer, dl);
+  if (e) {
+    bw_call_unref(call);
+    if (atomic_exchange(&st->child, NULL) == child) bw_call_free(child);
+    bw_call_unref(child);
+    bw_call_complete(call, NULL, NULL, e);
+    return;
+  }
+  bw_call_child_start(child, on_child, st);
+  /* seq_cst: our store of st->child above, then this load of the call's
+   * state; ops->cancel does the reverse (state CAS, then exchange). */
+  if (bw_call_is_done(call)) {
+    bw_call_t *c = atomic_exchange(&st->child, NULL);
+    if (c) bw_call_free(c);
+    if (bw_timer_cancel(st->timer)) bw_call_unref(call);
+  }
+  bw_call_unref(child);
+}
+
+static void timeout_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
+  tstate_t *st = bw_call_state(call);
+  bw_call_t *child = atomic_exchange(&st->child, NULL);
+  if (child) {
+    bw_call_cancel_with(child, bw_error_ref(reason));
+    bw_call_free(child);
+  }
+  if (st->timer && bw_timer_cancel(st->timer)) bw_call_unref(call);
+}
+
+static int timeout_state_init(bw_service_t *svc, void *state) {
+  tstate_t *st = state;
+  memset(st, 0, sizeof *st);
+  return 0;
+}
+
+static void timeout_state_fini(bw_service_t *svc, void *state) {
+  tstate_t *st = state;
+  bw_timer_free(st->timer);
+  st->timer = NULL;
+}
+
+static void timeout_destroy(void *impl) { bw__free(impl); }
+
+static const bw_service_ops_t timeout_ops = {
+    .kind = "timeout",
+    .call_state_size = sizeof(tstate_t),
+    .call = timeout_call,
+    .cancel = timeout_cancel,
+    .state_init = timeout_state_init,
+    .state_fini = timeout_state_fini,
+    .destroy = timeout_destroy,
+};
+
+void bw_timeout_opts_init(bw_timeout_opts_t *opts) {
+  memset(opts, 0, sizeof *opts);
+  opts->timeout_ms = 30000;
+}
+
+bw_error_t *bw_timeout_new(bw_layer_t **out, const bw_timeout_opts_t *opts) {
+  bw_timeout_opts_t def;
+  if (!opts) {
+    bw_timeout_opts_init(&def);
+    opts = &def;
+  }
+  uint64_t ns = opts->timeout_ns ? opts->timeout_ns : opts->timeout_ms * 1000000ull;
+  if (!out || ns == 0)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "timeout: the timeout must be > 0");
+  timeout_impl_t *im = bw__calloc(1, sizeof *im);
+  if (!im) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  im->timeout_ns = ns;
+  format_duration(im->text, sizeof im->text, ns);
+  bw_error_t *e = bw_layer_new(out, &timeout_ops, im);
+  if (e) return e;
+  im->layer = *out;
+  if (opts->scope == BW_TIMEOUT_SCOPE_TOTAL) bw_layer_set_flags(*out, BW_LAYER_TIMEOUT_TOTAL);
+  else if (opts->scope == BW_TIMEOUT_SCOPE_PER_ATTEMPT)
+    bw_layer_set_flags(*out, BW_LAYER_TIMEOUT_PER_ATTEMPT);
+  return NULL;
+}

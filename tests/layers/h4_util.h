@@ -1,0 +1,137 @@
+/* Helpers for the service/stack/timeout/retry/fallback/metrics tests (H4).
+ * Header-only so it is not linked into other tests of this folder.
+ * Include after <cmocka.h>. */
+#ifndef BW_TESTS_H4_UTIL_H
+#define BW_TESTS_H4_UTIL_H
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bulwark/layer.h"
+#include "bulwark/metrics.h"
+#include "bulwark/runtime.h"
+#include "bulwark/service.h"
+
+static inline double h4_scale(void) {
+  const char *s = getenv("BW_TEST_SCALE");
+  double v = s ? atof(s) : 1.0;
+  return v > 0 ? v : 1.0;
+}
+static inline int h4_scaled(int n) {
+  int v = (int)(n * h4_scale());
+  return v < 1 ? 1 : v;
+}
+
+static inline bw_runtime_t *h4_rt(bool paused, unsigned workers) {
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = workers;
+  if (paused) o.clock = BW_CLOCK_PAUSED;
+  bw_runtime_t *rt = NULL;
+  bw_error_t *e = bw_runtime_new(&rt, &o);
+  assert_null(e);
+  return rt;
+}
+
+/* Counts completions; wakes a waiting non-worker thread. */
+typedef struct h4_wait {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done;
+} h4_wait_t;
+
+static inline void h4_wait_init(h4_wait_t *w) {
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  w->done = 0;
+}
+static inline void h4_wait_fini(h4_wait_t *w) {
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+}
+static inline void h4_wait_post(h4_wait_t *w) {
+  pthread_mutex_lock(&w->mu);
+  w->done++;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+/* Wait (real time, generous safety limit) until done >= n. */
+static inline int h4_wait_for(h4_wait_t *w, int n) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 60;
+  pthread_mutex_lock(&w->mu);
+  while (w->done < n) {
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT) break;
+  }
+  int d = w->done;
+  pthread_mutex_unlock(&w->mu);
+  return d;
+}
+
+/* A recorded completion. */
+typedef struct h4_result {
+  h4_wait_t *wait;
+  atomic_int completions;
+  bw_error_kind_t kind;
+  bw_error_t *err; /* kept reference */
+  void *resp;
+  bool on_worker;
+  bw_runtime_t *rt;
+  bool free_in_cb;
+} h4_result_t;
+
+static _Thread_local int h4_in_submit;
+
+static inline void h4_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  h4_result_t *r = arg;
+  assert_int_equal(h4_in_submit, 0); /* never inside the submitting call */
+  r->on_worker = bw_runtime_current() == r->rt;
+  r->kind = bw_error_kind(err);
+  r->err = bw_error_ref(err);
+  r->resp = err ? NULL : bw_call_response(call);
+  atomic_fetch_add(&r->completions, 1);
+  if (r->free_in_cb) bw_call_free(call);
+  if (r->wait) h4_wait_post(r->wait);
+}
+
+static inline bw_error_t *h4_submit(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, void *arg) {
+  h4_in_submit++;
+  bw_error_t *e = bw_service_call(svc, call, cb, arg);
+  h4_in_submit--;
+  return e;
+}
+
+/* An int response that records being freed. */
+static atomic_int h4_resp_freed;
+static inline void h4_resp_free(void *p) {
+  atomic_fetch_add(&h4_resp_freed, 1);
+  free(p);
+}
+static inline int *h4_int(int v) {
+  int *p = malloc(sizeof *p);
+  *p = v;
+  return p;
+}
+
+/* Run fn(arg) once on a worker of rt via a task and wait for it. */
+typedef struct h4_task {
+  void (*fn)(void *);
+  void *arg;
+} h4_task_t;
+static inline bw_poll_t h4_task_poll(bw_task_t *self, void *arg) {
+  h4_task_t *t = arg;
+  t->fn(t->arg);
+  return BW_READY;
+}
+static inline void h4_on_worker(bw_runtime_t *rt, void (*fn)(void *), void *arg) {
+  h4_task_t t = {fn, arg};
+  bw_error_t *e = bw_block_on(rt, h4_task_poll, &t, NULL);
+  assert_null(e);
+}
+
+#endif
