@@ -83,6 +83,7 @@ typedef struct h4_result {
   bool on_worker;
   bw_runtime_t *rt;
   bool free_in_cb;
+  uint64_t at_ns; /* runtime clock at completion */
 } h4_result_t;
 
 static _Thread_local int h4_in_submit;
@@ -91,6 +92,7 @@ static inline void h4_on_done(bw_call_t *call, const bw_error_t *err, void *arg)
   h4_result_t *r = arg;
   assert_int_equal(h4_in_submit, 0); /* never inside the submitting call */
   r->on_worker = bw_runtime_current() == r->rt;
+  if (r->rt) r->at_ns = bw_runtime_now_ns(r->rt);
   r->kind = bw_error_kind(err);
   r->err = bw_error_ref(err);
   r->resp = err ? NULL : bw_call_response(call);
@@ -132,6 +134,104 @@ static inline void h4_on_worker(bw_runtime_t *rt, void (*fn)(void *), void *arg)
   h4_task_t t = {fn, arg};
   bw_error_t *e = bw_block_on(rt, h4_task_poll, &t, NULL);
   assert_null(e);
+}
+
+
+/* ---- "sleeper": an async service that answers after a delay on the
+ * runtime clock. Request: h4_sleep_req_t (borrowed). */
+typedef struct h4_sleep_req {
+  uint64_t delay_ns;       /* 0: answer at once (still async, via a timer) */
+  bw_error_kind_t fail;    /* BW_ERR_NONE: succeed with an int 1 */
+  int64_t detail;
+  int64_t retry_after_ms;  /* hint on the error */
+} h4_sleep_req_t;
+
+typedef struct h4_sleep_state {
+  bw_timer_t *timer;
+  bw_call_t *call;
+} h4_sleep_state_t;
+
+static atomic_int h4_sleep_cancels, h4_sleep_starts;
+
+static inline void h4_sleep_fire(bw_timer_t *t, void *arg) {
+  h4_sleep_state_t *st = arg;
+  bw_call_t *call = st->call;
+  const h4_sleep_req_t *rq = bw_call_request(call);
+  if (rq->fail) {
+    bw_error_hints_t h = {rq->retry_after_ms};
+    bw_call_complete(call, NULL, NULL,
+                     bw_error_make(rq->fail, rq->detail, NULL, &h, NULL, 0, __FILE__, __LINE__,
+                                   "sleeper failed"));
+  } else {
+    bw_call_complete(call, h4_int(1), h4_resp_free, NULL);
+  }
+  bw_timer_free(t);
+  bw_call_unref(call);
+}
+
+static inline void h4_sleep_async(void *arg, bw_call_t *call) {
+  h4_sleep_state_t *st = bw_call_state(call);
+  const h4_sleep_req_t *rq = bw_call_request(call);
+  atomic_fetch_add(&h4_sleep_starts, 1);
+  st->call = call;
+  bw_call_ref(call);
+  bw_error_t *e = bw_timer_new(bw_call_runtime(call), h4_sleep_fire, st, &st->timer);
+  assert_null(e);
+  e = bw_timer_arm(st->timer, bw_runtime_now_ns(bw_call_runtime(call)) + rq->delay_ns);
+  if (e) {
+    bw_timer_free(st->timer);
+    bw_call_complete(call, NULL, NULL, e);
+    bw_call_unref(call);
+  }
+}
+
+static inline void h4_sleep_cancel(void *arg, bw_call_t *call) {
+  h4_sleep_state_t *st = bw_call_state(call);
+  atomic_fetch_add(&h4_sleep_cancels, 1);
+  if (bw_timer_cancel(st->timer)) {
+    bw_timer_free(st->timer);
+    bw_call_unref(call);
+  }
+}
+
+static inline bw_service_t *h4_sleeper(void) {
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  o.async = h4_sleep_async;
+  o.cancel = h4_sleep_cancel;
+  o.call_state_size = sizeof(h4_sleep_state_t);
+  o.kind = "sleeper";
+  bw_service_t *s = NULL;
+  assert_null(bw_service_from_fn(&s, &o));
+  return s;
+}
+
+/* Event recorder. */
+typedef struct h4_events {
+  pthread_mutex_t mu;
+  int n;
+  bw_event_t ev[256];
+  bw_error_kind_t err_kind[256];
+} h4_events_t;
+
+static inline void h4_record_event(const bw_event_t *ev, void *arg) {
+  h4_events_t *r = arg;
+  pthread_mutex_lock(&r->mu);
+  if (r->n < 256) {
+    r->ev[r->n] = *ev;
+    r->ev[r->n].error = NULL;
+    r->ev[r->n].call = NULL;
+    r->err_kind[r->n] = bw_error_kind(ev->error);
+    r->n++;
+  }
+  pthread_mutex_unlock(&r->mu);
+}
+static inline int h4_count_events(h4_events_t *r, bw_event_type_t t) {
+  int c = 0;
+  pthread_mutex_lock(&r->mu);
+  for (int i = 0; i < r->n; i++) c += r->ev[i].type == t;
+  pthread_mutex_unlock(&r->mu);
+  return c;
 }
 
 #endif
