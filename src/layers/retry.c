@@ -254,12 +254,12 @@ bw_error_t *bw_retry_new(bw_layer_t **out, const bw_retry_opts_t *opts) {
     bw_retry_opts_init(&def);
     opts = &def;
   }
-  if (!out || opts->max_attempts == 0 || opts->max_attempts > 1000 ||
+  if (!out || opts->max_attempts == 0 || opts->max_attempts > 100000 ||
       (unsigned)opts->backoff.kind > BW_BACKOFF_EXPONENTIAL ||
       (unsigned)opts->backoff.jitter > BW_JITTER_DECORRELATED ||
       (opts->backoff.kind == BW_BACKOFF_EXPONENTIAL && opts->backoff.multiplier < 1.0))
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0,
-                        "retry: max_attempts must be 1..1000, backoff kind/jitter known, "
+                        "retry: max_attempts must be 1..100000, backoff kind/jitter known, "
                         "exponential multiplier >= 1");
   retry_impl_t *im = bw__calloc(1, sizeof *im);
   if (!im) return bw_error_static(BW_ERR_OUT_OF_MEMORY);

@@ -5,6 +5,7 @@
 #define BW_TESTS_H4_UTIL_H
 
 #include <errno.h>
+#include <stdio.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdlib.h>
