@@ -164,6 +164,18 @@ bool bw_http_error_is_non_idempotent(const bw_error_t *err);
 
 /* ---- Response ----------------------------------------------------------- */
 
+/* A response made by the program, e.g. by a fallback function: status and
+ * a copy of body (len bytes, may be 0), no headers.
+ * Owns: *out is yours (bw_http_response_free / bw_http_response_destroy).
+ * Errors: BW_ERR_INVALID_ARGUMENT (status outside 100..999 or NULL body
+ * with len > 0), BW_ERR_OUT_OF_MEMORY. */
+bw_error_t *bw_http_response_new(bw_http_response_t **out, int status, const void *body,
+                                 size_t len);
+/* Add a header to a response made with bw_http_response_new (copied).
+ * Errors: BW_ERR_INVALID_ARGUMENT, BW_ERR_OUT_OF_MEMORY. */
+bw_error_t *bw_http_response_add_header(bw_http_response_t *resp, const char *name,
+                                        const char *value);
+
 int bw_http_response_status(const bw_http_response_t *resp);
 /* The body (not NUL-terminated... but a NUL follows it for convenience);
  * lives as long as resp. *len may be NULL. */

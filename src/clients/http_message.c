@@ -181,6 +181,35 @@ int bw__http_response_append(bw_http_response_t *r, const char *data, size_t len
   return 0;
 }
 
+bw_error_t *bw_http_response_new(bw_http_response_t **out, int status, const void *body,
+                                 size_t len) {
+  if (!out || status < 100 || status > 999 || (!body && len > 0))
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "http: invalid response");
+  bw_http_response_t *r = bw__http_response_new();
+  if (!r || bw__http_response_append(r, len ? body : "", len, len) != 0) {
+    bw_http_response_free(r);
+    return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  }
+  r->status = status;
+  *out = r;
+  return NULL;
+}
+
+bw_error_t *bw_http_response_add_header(bw_http_response_t *r, const char *name,
+                                        const char *value) {
+  if (!r || !name || !*name || !value || strpbrk(name, ":\r\n") || strpbrk(value, "\r\n"))
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "http: invalid header");
+  size_t nl = strlen(name), vl = strlen(value);
+  char *line = bw__malloc(nl + vl + 3);
+  if (!line) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  memcpy(line, name, nl);
+  memcpy(line + nl, ": ", 2);
+  memcpy(line + nl + 2, value, vl + 1);
+  int rc = bw__http_response_add_header_line(r, line, nl + vl + 2);
+  bw__free(line);
+  return rc == 0 ? NULL : bw_error_static(BW_ERR_OUT_OF_MEMORY);
+}
+
 int bw_http_response_status(const bw_http_response_t *r) { return r ? r->status : 0; }
 
 const char *bw_http_response_body(const bw_http_response_t *r, size_t *len) {

@@ -129,6 +129,29 @@ static void test_response_headers(void **state) {
   bw_http_response_free(r);
 }
 
+static void test_response_new(void **state) {
+  (void)state;
+  bw_http_response_t *r;
+  assert_null(bw_http_response_new(&r, 203, "cached", 6));
+  assert_int_equal(bw_http_response_status(r), 203);
+  size_t len;
+  assert_string_equal(bw_http_response_body(r, &len), "cached");
+  assert_int_equal(len, 6);
+  assert_null(bw_http_response_add_header(r, "X-From", "fallback"));
+  assert_string_equal(bw_http_response_header(r, "x-from"), "fallback");
+  bw_error_t *e = bw_http_response_add_header(r, "Bad:Name", "v");
+  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
+  bw_error_unref(e);
+  bw_http_response_free(r);
+  assert_null(bw_http_response_new(&r, 204, NULL, 0));
+  assert_string_equal(bw_http_response_body(r, &len), "");
+  assert_int_equal(len, 0);
+  bw_http_response_destroy(r);
+  e = bw_http_response_new(&r, 42, NULL, 0);
+  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
+  bw_error_unref(e);
+}
+
 static bw_error_t *classify(const char *url, bw__http_outcome_t o) {
   bw_http_request_t *r;
   assert_null(bw_http_request_new(&r, "GET", url));
@@ -248,7 +271,7 @@ int main(void) {
       cmocka_unit_test(test_request_basics),     cmocka_unit_test(test_redaction),
       cmocka_unit_test(test_retry_after_parse),  cmocka_unit_test(test_response_headers),
       cmocka_unit_test(test_classify_curl_codes), cmocka_unit_test(test_classify_status),
-      cmocka_unit_test(test_classify_custom_pred),
+      cmocka_unit_test(test_classify_custom_pred), cmocka_unit_test(test_response_new),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

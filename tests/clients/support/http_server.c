@@ -474,6 +474,22 @@ static void handle_request(conn_t *c, char *head, const char *body, size_t blen)
 static void conn_process(conn_t *c) {
   while (!c->closing && !c->busy) {
     if (c->len == 0) return;
+    if (c->buf[0] < 'A' || c->buf[0] > 'Z') {
+      /* not HTTP (e.g. a TLS ClientHello): answer plain text and close, so
+       * a TLS client fails its handshake at once instead of timing out */
+      static char bad[] = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n";
+      c->len = 0;
+      wreq_t *r = calloc(1, sizeof *r);
+      if (!r) abort();
+      r->c = c;
+      r->after = 1;
+      r->bufs = calloc(1, sizeof *r->bufs);
+      if (!r->bufs) abort();
+      r->bufs[0] = uv_buf_init(bad, sizeof bad - 1);
+      c->busy = true;
+      if (uv_write(&r->w, (uv_stream_t *)&c->tcp, r->bufs, 1, on_written) != 0) abort();
+      return;
+    }
     char *end = NULL;
     for (size_t i = 0; i + 3 < c->len; i++) {
       if (memcmp(c->buf + i, "\r\n\r\n", 4) == 0) {
