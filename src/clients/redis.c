@@ -44,6 +44,7 @@
 #include <stdatomic.h>
 #include <stdio.h>
 #include <string.h>
+#include <time.h>
 
 #include "clients/redis_internal.h"
 #include "clients/redis_uv.h"
@@ -97,6 +98,8 @@ struct bw_redis {
   uint64_t connect_deadline_ns, reconnect_at_ns, tick_at_ns;
   uint32_t backoff_ms;
   bw__redis_req_t *head, *tail;
+  bw__redis_req_t *batch_head, *batch_tail; /* completions to hand over together */
+  bool batching;
   uint64_t in_flight;
   bool closing;
   hook_box_t *box;
@@ -184,8 +187,33 @@ static void deliver(void *arg) {
   req_unref(r);
 }
 
-/* The one completion point. Consumes reply and err. */
-static bool complete(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t *err) {
+static void deliver_batch(void *arg) {
+  for (bw__redis_req_t *r = arg, *nx; r; r = nx) {
+    nx = r->next;
+    r->next = NULL;
+    deliver(r);
+  }
+}
+
+/* Loop: hand every completion collected during one read to a worker in one
+ * deferral (one wake-up instead of one per reply). */
+static void flush_batch(bw_redis_t *c) {
+  bw__redis_req_t *head = c->batch_head;
+  c->batch_head = c->batch_tail = NULL;
+  if (!head) return;
+  if (bw__runtime_defer(c->rt, deliver_batch, head) != 0) deliver_batch(head);
+}
+
+static void on_batch(void *arg, bool begin) {
+  bw_redis_t *c = arg;
+  c->batching = begin;
+  if (!begin) flush_batch(c);
+}
+
+/* The one completion point. Consumes reply and err. `batch`: called from
+ * on_reply on the loop thread (may join the current batch). */
+static bool complete_ex(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t *err,
+                        bool batch) {
   int expect = 0;
   /* seq_cst: pairs with the reg publication in bw__redis_submit */
   if (!atomic_compare_exchange_strong(&r->done, &expect, 1)) {
@@ -204,8 +232,21 @@ static bool complete(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t *er
   if (reg) bw_cancel_reg_remove(reg);
   r->reply = reply;
   r->err = err;
-  if (r->direct || bw__runtime_defer(c->rt, deliver, r) != 0) deliver(r);
+  if (batch && c->batching) {
+    r->next = NULL; /* off the in-flight list already */
+    if (c->batch_tail)
+      c->batch_tail->next = r;
+    else
+      c->batch_head = r;
+    c->batch_tail = r;
+  } else if (r->direct || bw__runtime_defer(c->rt, deliver, r) != 0) {
+    deliver(r);
+  }
   return true;
+}
+
+static bool complete(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t *err) {
+  return complete_ex(r, reply, err, false);
 }
 
 void bw__redis_req_cancel(bw__redis_req_t *r, bw_error_t *reason) {
@@ -260,14 +301,14 @@ static void on_reply(redisAsyncContext *ac, void *rv, void *priv) {
     } else {
       e = not_connected_error(c);
     }
-    complete(r, NULL, e);
+    complete_ex(r, NULL, e, true);
   } else if (reply->type == REDIS_REPLY_ERROR) {
-    complete(r, NULL, bw__redis_error_from_reply(reply->str, reply->len, c->password));
+    complete_ex(r, NULL, bw__redis_error_from_reply(reply->str, reply->len, c->password), true);
   } else {
     bw_redis_reply_t *copy = bw__redis_reply_copy(reply);
-    complete(r, copy, copy ? NULL : bw_error_static(BW_ERR_OUT_OF_MEMORY));
+    complete_ex(r, copy, copy ? NULL : bw_error_static(BW_ERR_OUT_OF_MEMORY), true);
   }
-  req_unref(r);
+  req_unref(r); /* a batched request keeps its delivery reference */
 }
 
 /* Loop: a request arrives. */
@@ -572,6 +613,7 @@ static void start_connect(bw_redis_t *c) {
                               uv_strerror(rc)));
     return;
   }
+  bw__redis_uv_set_batch_hook(ac, on_batch);
   c->connect_deadline_ns = now_ns(c) + (uint64_t)c->connect_timeout_ms * 1000000u;
   schedule_tick(c, c->connect_deadline_ns);
 }
@@ -618,19 +660,33 @@ static void reactor_closing(void *arg, uv_loop_t *loop) {
 }
 
 static void client_unref(bw_redis_t *c) {
-  /* acq_rel: the waiter in bw_redis_free sees every request's writes */
-  if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 2 &&
-      atomic_load(&c->freeing)) {
+  /* While bw_redis_free waits, decrement under its mutex so the waiter
+   * cannot see the last reference drop (and free c) while we still touch
+   * c. A thread that read `freeing` false touches nothing after its
+   * decrement; the waiter's timed wait covers that missed signal. */
+  if (atomic_load(&c->freeing)) { /* seq_cst: pairs with the store in bw_redis_free */
     pthread_mutex_lock(&c->mu);
-    pthread_cond_broadcast(&c->cv);
+    if (atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel) == 2)
+      pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
+    return;
   }
+  /* acq_rel: the waiter in bw_redis_free sees every request's writes */
+  atomic_fetch_sub_explicit(&c->refs, 1, memory_order_acq_rel);
 }
 
 static void wait_last_ref(bw_redis_t *c) {
   pthread_mutex_lock(&c->mu);
-  while (atomic_load_explicit(&c->refs, memory_order_acquire) != 1)
-    pthread_cond_wait(&c->cv, &c->mu);
+  while (atomic_load_explicit(&c->refs, memory_order_acquire) != 1) {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_nsec += 1000000;
+    if (ts.tv_nsec >= 1000000000) {
+      ts.tv_sec++;
+      ts.tv_nsec -= 1000000000;
+    }
+    pthread_cond_timedwait(&c->cv, &c->mu, &ts);
+  }
   pthread_mutex_unlock(&c->mu);
 }
 

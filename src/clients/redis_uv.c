@@ -16,11 +16,17 @@
  *   tears the connection down (NULL replies, then the disconnect callback).
  *   If the read does not fail (no error pending), the context is freed so
  *   no command can hang on a poll handle libuv has stopped.
+ * - Write coalescing: once connected, hiredis's addWrite does not start
+ *   polling for POLLOUT (an epoll_ctl each time, and one write per
+ *   command). It arms a uv_check instead, which runs after this loop
+ *   iteration's ops and I/O callbacks, and writes everything queued in one
+ *   go. Only if that write is partial (socket buffer full) does hiredis ask
+ *   again, and then we really poll for POLLOUT.
  * - Lifetime: `ac` is cleared in the cleanup hook (hiredis is freeing the
  *   context; its fd is closed right after), where the poll is stopped (so
- *   the fd leaves epoll before close) and closed; the struct is freed in the
- *   close callback. So `g` stays valid for the rest of any poll callback
- *   even if hiredis freed the context inside it. */
+ *   the fd leaves epoll before close) and both handles are closed; the
+ *   struct is freed when both close callbacks ran. So `g` stays valid for
+ *   the rest of any callback even if hiredis freed the context inside it. */
 #include "clients/redis_uv.h"
 
 #include <errno.h>
@@ -34,14 +40,21 @@ typedef struct glue {
   redisAsyncContext *ac; /* NULL once hiredis cleaned up */
   int events;            /* UV_READABLE | UV_WRITABLE wanted by hiredis */
   bool connecting;       /* connect result not reported yet */
+  bool flush_armed;      /* check handle started for a coalesced write */
+  bool in_flush;         /* inside the coalesced write */
+  int open_handles;      /* closed when this drops to 0 */
+  uv_check_t check;
   bw__redis_uv_connect_fn on_connect;
+  void (*batch)(void *arg, bool begin);
   void *arg;
 } glue_t;
 
 static void on_poll(uv_poll_t *h, int status, int events);
 
 static void update(glue_t *g, int events) {
-  if (!g->ac) return;
+  /* uv_poll_start re-registers the fd (epoll_ctl); hiredis re-adds read
+   * interest after every read, so only touch the poll on a real change. */
+  if (!g->ac || events == g->events) return;
   g->events = events;
   if (events)
     uv_poll_start(&g->poll, events, on_poll);
@@ -57,23 +70,44 @@ static void del_read(void *p) {
   glue_t *g = p;
   update(g, g->events & ~UV_READABLE);
 }
+static void on_check(uv_check_t *h) {
+  glue_t *g = h->data;
+  uv_check_stop(&g->check);
+  g->flush_armed = false;
+  if (!g->ac) return;
+  g->in_flush = true;
+  redisAsyncHandleWrite(g->ac);
+  g->in_flush = false;
+}
+
 static void add_write(void *p) {
   glue_t *g = p;
-  update(g, g->events | UV_WRITABLE);
+  if (!g->ac) return;
+  if (g->connecting || g->in_flush || (g->events & UV_WRITABLE)) {
+    update(g, g->events | UV_WRITABLE);
+  } else if (!g->flush_armed) {
+    g->flush_armed = true;
+    uv_check_start(&g->check, on_check);
+  }
 }
 static void del_write(void *p) {
   glue_t *g = p;
   update(g, g->events & ~UV_WRITABLE);
 }
 
-static void on_closed(uv_handle_t *h) { bw__free(h->data); }
+static void on_closed(uv_handle_t *h) {
+  glue_t *g = h->data;
+  if (--g->open_handles == 0) bw__free(g);
+}
 
 static void cleanup(void *p) {
   glue_t *g = p;
   g->ac = NULL;
   g->events = 0;
   uv_poll_stop(&g->poll);
+  uv_check_stop(&g->check);
   uv_close((uv_handle_t *)&g->poll, on_closed);
+  uv_close((uv_handle_t *)&g->check, on_closed);
 }
 
 static void finish_connect(glue_t *g, int status) {
@@ -111,8 +145,17 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     }
     return;
   }
+  void (*batch)(void *, bool) = g->batch;
+  void *arg = g->arg;
+  if (batch) batch(arg, true);
   if (events & UV_READABLE) redisAsyncHandleRead(g->ac);
   if (g->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(g->ac);
+  if (batch) batch(arg, false);
+}
+
+void bw__redis_uv_set_batch_hook(redisAsyncContext *ac, void (*fn)(void *arg, bool begin)) {
+  glue_t *g = ac->ev.data;
+  if (g) g->batch = fn;
 }
 
 int bw__redis_uv_attach(uv_loop_t *loop, redisAsyncContext *ac, bw__redis_uv_connect_fn cb,
@@ -125,6 +168,9 @@ int bw__redis_uv_attach(uv_loop_t *loop, redisAsyncContext *ac, bw__redis_uv_con
     bw__free(g);
     return rc;
   }
+  uv_check_init(loop, &g->check); /* cannot fail on unix */
+  g->open_handles = 2;
+  g->check.data = g;
   g->poll.data = g;
   g->ac = ac;
   g->connecting = true;

@@ -11,6 +11,7 @@
 #define BW_CLIENTS_REDIS_UV_H
 
 #include <hiredis/async.h>
+#include <stdbool.h>
 #include <uv.h>
 
 /* Called exactly once per attached context, unless the context is freed
@@ -28,5 +29,11 @@ typedef void (*bw__redis_uv_connect_fn)(redisAsyncContext *ac, int err, void *ar
  * Returns 0, or a negative libuv error (ac untouched, caller frees it). */
 int bw__redis_uv_attach(uv_loop_t *loop, redisAsyncContext *ac, bw__redis_uv_connect_fn cb,
                         void *arg);
+
+/* Optional: fn(arg, true) before and fn(arg, false) after the glue hands a
+ * batch of socket events to hiredis (one poll callback: all replies read
+ * in one go), so a client can collect the completions and pass them on
+ * together. Same arg as attach. Call right after attach. */
+void bw__redis_uv_set_batch_hook(redisAsyncContext *ac, void (*fn)(void *arg, bool begin));
 
 #endif
