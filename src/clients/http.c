@@ -129,9 +129,10 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud) {
   return len;
 }
 
-/* Release the transfer: easy handle back to the pool, the call reference
- * the transfer held dropped. Touch nothing of st afterwards. */
-static void finish(hstate_t *st) {
+/* Release the transfer's resources: easy handle back to the pool, partial
+ * response freed. Done before completing the call, so a caller that sees
+ * the completion also sees the transfer gone (stats.active). */
+static void release_transfer(hstate_t *st) {
   loopside_t *ls = st->core->ls;
   st->finished = true;
   if (ls->engine) bw__curlm_easy_put(ls->engine, st->x.easy);
@@ -140,6 +141,12 @@ static void finish(hstate_t *st) {
   bw_http_response_free(st->resp);
   st->resp = NULL;
   atomic_fetch_sub_explicit(&ls->active, 1, memory_order_relaxed);
+}
+
+/* Release and drop the call reference the transfer held. Touch nothing of
+ * st afterwards. */
+static void finish(hstate_t *st) {
+  release_transfer(st);
   bw_call_unref(st->call);
 }
 
@@ -182,14 +189,13 @@ static void on_done(bw__curl_xfer_t *x, CURLcode rc) {
                           "http: %s is not idempotent, not replayed", st->req->method);
     }
   }
-  if (!err) {
-    bw_http_response_t *resp = st->resp;
-    st->resp = NULL;
-    bw_call_complete(st->call, resp, bw_http_response_destroy, NULL);
-  } else {
-    bw_call_complete(st->call, NULL, NULL, err);
-  }
-  finish(st);
+  bw_call_t *call = st->call;
+  bw_http_response_t *resp = err ? NULL : st->resp;
+  if (resp) st->resp = NULL;
+  release_transfer(st);
+  if (!err) bw_call_complete(call, resp, bw_http_response_destroy, NULL);
+  else bw_call_complete(call, NULL, NULL, err);
+  bw_call_unref(call);
 }
 
 /* ---- reactor ops (loop thread) ----------------------------------------------- */

@@ -11,6 +11,7 @@
 
 #include "bulwark/http.h"
 #include "clients/http_internal.h"
+#include "core/alloc.h"
 
 static void test_request_basics(void **state) {
   (void)state;
