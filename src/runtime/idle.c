@@ -16,6 +16,7 @@
 #include "runtime/idle.h"
 
 #include "core/alloc.h"
+#include "runtime/task.h"
 
 #define UNPARK_SHIFT 16
 #define SEARCH_MASK 0xffffu
@@ -29,7 +30,7 @@ int bw__idle_init(bw__idle_t *id, unsigned num_workers) {
   id->nsleepers = 0;
   id->num_workers = num_workers;
   atomic_init(&id->state, (uint32_t)num_workers << UNPARK_SHIFT);
-  pthread_mutex_init(&id->mu, NULL);
+  bw__mutex_init_adaptive(&id->mu);
   return 0;
 }
 

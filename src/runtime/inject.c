@@ -6,7 +6,7 @@
 #include "runtime/inject.h"
 
 void bw__inject_init(bw__inject_t *q) {
-  pthread_mutex_init(&q->mu, NULL);
+  bw__mutex_init_adaptive(&q->mu);
   q->head = q->tail = NULL;
   atomic_init(&q->len, 0);
 }

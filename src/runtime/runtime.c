@@ -311,7 +311,7 @@ bw_task_t *bw__spawn_task(bw_runtime_t *rt, bw_task_fn poll, void *arg, void (*d
   t->drop = drop;
   t->name = name;
   t->kind = (uint8_t)kind;
-  t->id = atomic_fetch_add_explicit(&rt->next_id, 1, memory_order_relaxed);
+  t->id = bw__task_next_id(rt);
   atomic_init(&t->state, schedule ? BW__T_NOTIFIED : 0u);
   /* owned + queue (+ join) */
   atomic_init(&t->refs, (want_join ? 2u : 1u) + (schedule ? 1u : 0u));
@@ -366,7 +366,7 @@ int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg) {
   t->aux_fn = fn;
   t->name = "defer";
   t->kind = BW__TASK_DEFER;
-  t->id = atomic_fetch_add_explicit(&rt->next_id, 1, memory_order_relaxed);
+  t->id = bw__task_next_id(rt);
   atomic_init(&t->state, BW__T_NOTIFIED);
   atomic_init(&t->refs, 2u);
   if (!bw__owned_insert(&rt->owned, t)) {

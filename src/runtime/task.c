@@ -42,8 +42,8 @@
 #include "core/alloc.h"
 #include "runtime/rt.h"
 
-#define CACHE_MAX 512u
-#define CACHE_BATCH 128u
+#define BATCH 64u
+#define ID_BLOCK 1024u
 
 struct bw__thread_waiter {
   pthread_mutex_t mu;
@@ -52,6 +52,14 @@ struct bw__thread_waiter {
 };
 
 void bw__runtime_release_memory(bw_runtime_t *rt);
+
+void bw__mutex_init_adaptive(pthread_mutex_t *mu) {
+  pthread_mutexattr_t a;
+  pthread_mutexattr_init(&a);
+  pthread_mutexattr_settype(&a, PTHREAD_MUTEX_ADAPTIVE_NP);
+  pthread_mutex_init(mu, &a);
+  pthread_mutexattr_destroy(&a);
+}
 
 void bw__spin_lock(atomic_uint *l) {
   unsigned spins = 0;
@@ -70,29 +78,60 @@ void bw__spin_unlock(atomic_uint *l) {
 /* ---- pool ---------------------------------------------------------------- */
 
 void bw__task_pool_init(bw__task_pool_t *p) {
-  pthread_mutex_init(&p->mu, NULL);
-  p->list = NULL;
-  p->count = 0;
+  bw__mutex_init_adaptive(&p->mu);
+  p->batches = NULL;
+  p->partial = NULL;
+  p->npartial = 0;
   atomic_init(&p->mallocs, 0);
   p->orphaned = false;
 }
 
+uint64_t bw__task_next_id(bw_runtime_t *rt) {
+  bw__task_cache_t *c = bw__ctx_cache(rt);
+  if (!c) return atomic_fetch_add_explicit(&rt->next_id, 1, memory_order_relaxed);
+  if (c->id_next == c->id_end) {
+    c->id_next = atomic_fetch_add_explicit(&rt->next_id, ID_BLOCK, memory_order_relaxed);
+    c->id_end = c->id_next + ID_BLOCK;
+  }
+  return c->id_next++;
+}
+
+/* Pool (under p->mu): put one struct on the partial batch. */
+static void pool_put_locked(bw__task_pool_t *p, bw_task_t *t) {
+  t->next = p->partial;
+  p->partial = t;
+  if (++p->npartial == BATCH) {
+    p->partial->own_next = p->batches;
+    p->batches = p->partial;
+    p->partial = NULL;
+    p->npartial = 0;
+  }
+}
+
 bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
   bw__task_cache_t *c = bw__ctx_cache(rt);
+  bw__task_pool_t *p = &rt->pool;
   bw_task_t *t = NULL;
   if (c) {
     if (!c->list) {
-      /* refill a batch from the global pool */
-      pthread_mutex_lock(&rt->pool.mu);
-      while (rt->pool.list && c->count < CACHE_BATCH) {
-        bw_task_t *x = rt->pool.list;
-        rt->pool.list = x->next;
-        rt->pool.count--;
-        x->next = c->list;
-        c->list = x;
-        c->count++;
+      if (c->spare) {
+        c->list = c->spare;
+        c->spare = NULL;
+        c->count = BATCH;
+      } else {
+        pthread_mutex_lock(&p->mu);
+        if (p->batches) {
+          c->list = p->batches;
+          p->batches = c->list->own_next;
+          c->count = BATCH;
+        } else if (p->partial) {
+          c->list = p->partial;
+          c->count = p->npartial;
+          p->partial = NULL;
+          p->npartial = 0;
+        }
+        pthread_mutex_unlock(&p->mu);
       }
-      pthread_mutex_unlock(&rt->pool.mu);
     }
     if (c->list) {
       t = c->list;
@@ -100,18 +139,23 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
       c->count--;
     }
   } else {
-    pthread_mutex_lock(&rt->pool.mu);
-    if (rt->pool.list) {
-      t = rt->pool.list;
-      rt->pool.list = t->next;
-      rt->pool.count--;
+    pthread_mutex_lock(&p->mu);
+    if (!p->partial && p->batches) {
+      p->partial = p->batches;
+      p->batches = p->partial->own_next;
+      p->npartial = BATCH;
     }
-    pthread_mutex_unlock(&rt->pool.mu);
+    if (p->partial) {
+      t = p->partial;
+      p->partial = t->next;
+      p->npartial--;
+    }
+    pthread_mutex_unlock(&p->mu);
   }
   if (!t) {
     t = bw__malloc(sizeof *t);
     if (!t) return NULL;
-    atomic_fetch_add_explicit(&rt->pool.mallocs, 1, memory_order_relaxed);
+    atomic_fetch_add_explicit(&p->mallocs, 1, memory_order_relaxed);
   }
   memset(t, 0, sizeof *t);
   t->rt = rt;
@@ -120,6 +164,7 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
 
 static void task_dealloc(bw_task_t *t) {
   bw_runtime_t *rt = t->rt;
+  bw__task_pool_t *p = &rt->pool;
   if (!t->output_taken) {
     if (t->out_value && t->out_free) t->out_free(t->out_value);
     bw_error_unref(t->out_err);
@@ -128,62 +173,76 @@ static void task_dealloc(bw_task_t *t) {
   t->out_err = NULL;
   bw__task_cache_t *c = bw__ctx_cache(rt);
   if (c) {
+    if (c->count == BATCH) {
+      if (c->spare) {
+        pthread_mutex_lock(&p->mu);
+        c->spare->own_next = p->batches;
+        p->batches = c->spare;
+        pthread_mutex_unlock(&p->mu);
+      }
+      c->spare = c->list;
+      c->list = NULL;
+      c->count = 0;
+    }
     t->next = c->list;
     c->list = t;
-    if (++c->count > CACHE_MAX) {
-      pthread_mutex_lock(&rt->pool.mu);
-      while (c->count > CACHE_MAX - CACHE_BATCH) {
-        bw_task_t *x = c->list;
-        c->list = x->next;
-        c->count--;
-        x->next = rt->pool.list;
-        rt->pool.list = x;
-        rt->pool.count++;
-      }
-      pthread_mutex_unlock(&rt->pool.mu);
-    }
+    c->count++;
     return;
   }
-  pthread_mutex_lock(&rt->pool.mu);
-  if (rt->pool.orphaned) {
+  pthread_mutex_lock(&p->mu);
+  if (p->orphaned) {
     bw__free(t);
-    size_t left = atomic_fetch_sub_explicit(&rt->pool.mallocs, 1, memory_order_relaxed) - 1;
-    pthread_mutex_unlock(&rt->pool.mu);
+    size_t left = atomic_fetch_sub_explicit(&p->mallocs, 1, memory_order_relaxed) - 1;
+    pthread_mutex_unlock(&p->mu);
     if (left == 0) bw__runtime_release_memory(rt);
     return;
   }
-  t->next = rt->pool.list;
-  rt->pool.list = t;
-  rt->pool.count++;
-  pthread_mutex_unlock(&rt->pool.mu);
+  pool_put_locked(p, t);
+  pthread_mutex_unlock(&p->mu);
+}
+
+static void put_chain_locked(bw__task_pool_t *p, bw_task_t *x) {
+  while (x) {
+    bw_task_t *n = x->next;
+    pool_put_locked(p, x);
+    x = n;
+  }
 }
 
 void bw__task_cache_flush(bw_runtime_t *rt, bw__task_cache_t *c) {
   pthread_mutex_lock(&rt->pool.mu);
-  while (c->list) {
-    bw_task_t *x = c->list;
-    c->list = x->next;
-    x->next = rt->pool.list;
-    rt->pool.list = x;
-    rt->pool.count++;
-  }
+  put_chain_locked(&rt->pool, c->list);
+  put_chain_locked(&rt->pool, c->spare);
+  c->list = c->spare = NULL;
   c->count = 0;
   pthread_mutex_unlock(&rt->pool.mu);
 }
 
-bool bw__task_pool_destroy(bw_runtime_t *rt) {
-  pthread_mutex_lock(&rt->pool.mu);
+static size_t free_chain(bw_task_t *x) {
   size_t n = 0;
-  while (rt->pool.list) {
-    bw_task_t *x = rt->pool.list;
-    rt->pool.list = x->next;
+  while (x) {
+    bw_task_t *nx = x->next;
     bw__free(x);
+    x = nx;
     n++;
   }
-  rt->pool.count = 0;
-  size_t left = atomic_fetch_sub_explicit(&rt->pool.mallocs, n, memory_order_relaxed) - n;
-  if (left != 0) rt->pool.orphaned = true;
-  pthread_mutex_unlock(&rt->pool.mu);
+  return n;
+}
+
+bool bw__task_pool_destroy(bw_runtime_t *rt) {
+  bw__task_pool_t *p = &rt->pool;
+  pthread_mutex_lock(&p->mu);
+  size_t n = free_chain(p->partial);
+  p->partial = NULL;
+  p->npartial = 0;
+  while (p->batches) {
+    bw_task_t *b = p->batches;
+    p->batches = b->own_next;
+    n += free_chain(b);
+  }
+  size_t left = atomic_fetch_sub_explicit(&p->mallocs, n, memory_order_relaxed) - n;
+  if (left != 0) p->orphaned = true;
+  pthread_mutex_unlock(&p->mu);
   return left == 0;
 }
 
@@ -201,7 +260,7 @@ void bw__task_unref(bw_task_t *t) {
 
 void bw__owned_init(bw__owned_t *o) {
   for (int i = 0; i < BW__OWNED_SHARDS; i++) {
-    pthread_mutex_init(&o->shard[i].mu, NULL);
+    bw__mutex_init_adaptive(&o->shard[i].mu);
     o->shard[i].head = NULL;
     o->shard[i].closed = false;
   }

@@ -67,6 +67,11 @@ struct bw_task {
   struct bw_timer sleep_timer;
 };
 
+/* A mutex that spins briefly before sleeping (glibc adaptive): the hot
+ * runtime locks are held for a few instructions, and on 2 cores a futex
+ * sleep on every collision costs far more than the spin. */
+void bw__mutex_init_adaptive(pthread_mutex_t *mu);
+
 /* Spin lock helpers (tiny critical sections only). */
 void bw__spin_lock(atomic_uint *l);
 void bw__spin_unlock(atomic_uint *l);
@@ -75,19 +80,26 @@ void bw__spin_unlock(atomic_uint *l);
 bw_task_t *bw__task_alloc(bw_runtime_t *rt);
 void bw__task_ref(bw_task_t *t);
 void bw__task_unref(bw_task_t *t);
-/* Per-worker free list (owned by one thread). */
+/* Per-worker free list (owned by one thread): `list` (count entries) and
+ * one full spare batch; batches move to and from the pool whole. */
 typedef struct bw__task_cache {
   bw_task_t *list;
   unsigned count;
+  bw_task_t *spare;
+  uint64_t id_next, id_end; /* task ids handed out in blocks */
 } bw__task_cache_t;
-/* Global pool of one runtime. */
+/* Global pool of one runtime: full batches (linked through own_next, the
+ * tasks of a batch through next) and one partial batch. */
 typedef struct bw__task_pool {
   pthread_mutex_t mu;
-  bw_task_t *list;
-  size_t count;
+  bw_task_t *batches;
+  bw_task_t *partial;
+  unsigned npartial;
   atomic_size_t mallocs; /* structs obtained from bw__malloc, not yet freed */
   bool orphaned;         /* runtime freed while tasks were still referenced */
 } bw__task_pool_t;
+/* A new task id (blocks of ids per worker: no shared counter per spawn). */
+uint64_t bw__task_next_id(bw_runtime_t *rt);
 void bw__task_pool_init(bw__task_pool_t *p);
 /* Flush a worker cache into the pool (worker exit). */
 void bw__task_cache_flush(bw_runtime_t *rt, bw__task_cache_t *c);

@@ -47,7 +47,7 @@ int bw__wheels_init(bw_runtime_t *rt, unsigned n) {
   rt->nwheels = n;
   uint64_t now = bw__rt_now_ms(rt);
   for (unsigned i = 0; i < n; i++) {
-    pthread_mutex_init(&rt->wheels[i].mu, NULL);
+    bw__mutex_init_adaptive(&rt->wheels[i].mu);
     bw__timer_wheel_init(&rt->wheels[i].tw, now);
     rt->wheels[i].parked_until_ms = 0;
     rt->wheels[i].owner = i;
