@@ -204,8 +204,10 @@ int bw__child_start(bw_call_t *call, bw__child_slot_t *slot, bw_call_cb cb, void
   slot_unlock(slot);
   bw_call_child_start(child, cb, arg);
   /* The parent may have been cancelled before the child was published, so
-   * ops->cancel saw no child: cancel it here (idempotent if both do). */
-  if (bw_call_is_done(call)) bw__child_slot_cancel(slot, bw_call_error(call));
+   * ops->cancel saw no child: cancel it here (idempotent if both do). The
+   * parent's error is not read here (it is written by whoever completed the
+   * parent, unordered with us); the child gets a plain BW_ERR_CANCELLED. */
+  if (bw_call_is_cancelled(call) && bw_call_is_done(call)) bw__child_slot_cancel(slot, NULL);
   return 0;
 }
 
