@@ -41,6 +41,10 @@
 #include <stdio.h>
 
 #include "bulwark/error.h"
+#include "bulwark/layer.h"
+#include "bulwark/retry.h"
+#include "bulwark/runtime.h"
+#include "bulwark/service.h"
 
 #ifdef __cplusplus
 extern "C" {
@@ -136,6 +140,122 @@ typedef enum bw_config_layer_kind {
   BW_CFG_LAYER_CHAOS = 7,
   BW_CFG_LAYER_RETRY_BUDGET = 8, /* shared only, referenced by retry.budget */
 } bw_config_layer_kind_t;
+
+/* ---- Registry: named stacks and clients from a config file. ----------------
+ *
+ * A registry holds one validated config (a "generation") and the layer
+ * instances built from it: every shared instance once, and each stack's
+ * stateful layers (breaker, limiter, bulkhead, chaos) once per stack name, so
+ * every service built from stack "payments" trips the same breaker.
+ *
+ * Services from bw_registry_build / bw_registry_client FOLLOW RELOADS: each
+ * call goes through the stack of the newest generation (rebuilt lazily on the
+ * first call after a reload); calls already in flight finish on the stack they
+ * started on. A reload keeps the instance (and its state: an open breaker
+ * stays open) of every shared instance, and of every stateful layer at the
+ * same position of the same stack, whose settings did not change. A reload
+ * that fails changes nothing and returns the error.
+ *
+ * Lifetimes: release every service you got from the registry, and let their
+ * calls finish, before bw_registry_free; free the registry before the
+ * runtime it uses.
+ * Threads: every function may be called from any thread (not from inside a
+ * call's callback for bw_registry_free, which may block on client shutdown). */
+
+typedef struct bw_registry bw_registry_t;
+
+typedef struct bw_registry_opts {
+  /* Runtime for clients (bw_registry_client) and file watching. May be NULL
+   * if neither is used. Not owned. */
+  bw_runtime_t *rt;
+  /* Reload automatically when the file changes (libuv fs events on rt's
+   * reactor; editors that replace the file are handled). Needs rt and a file.
+   * Default false. */
+  bool watch;
+  /* Called after each automatic reload with its outcome (err NULL: success;
+   * borrowed), on a worker of rt. May be NULL. */
+  void (*on_reload)(bw_registry_t *reg, const bw_error_t *err, void *arg);
+  void *on_reload_arg;
+} bw_registry_opts_t;
+
+/* Zero *opts (the defaults above). */
+void bw_registry_opts_init(bw_registry_opts_t *opts);
+
+/* Load and build. opts may be NULL. Warnings (layer order) do not fail.
+ * Owns: *out is yours; bw_registry_free.
+ * Errors: BW_ERR_CONFIG (as bw_config_check_*; or a layer constructor
+ *         refusing a value, wrapped with the stack's position), BW_ERR_INVALID_ARGUMENT,
+ *         BW_ERR_OUT_OF_MEMORY. On error *out is NULL. */
+bw_error_t *bw_registry_load_file(bw_registry_t **out, const char *path,
+                                  const bw_registry_opts_t *opts);
+bw_error_t *bw_registry_load_string(bw_registry_t **out, const char *text, size_t len,
+                                    const char *name, const bw_registry_opts_t *opts);
+/* Stop watching, free clients and every instance. NULL-safe. Threads: not
+ * from a worker of the registry's runtime (freeing a Redis client waits). */
+void bw_registry_free(bw_registry_t *reg);
+
+/* Reload from the registry's file (reload_file: from another path, which
+ * becomes the registry's file) or from text. Atomic: on error nothing changed.
+ * Errors: as bw_registry_load_*; BW_ERR_NOT_ALLOWED for bw_registry_reload on
+ * a registry loaded from a string. */
+bw_error_t *bw_registry_reload(bw_registry_t *reg);
+bw_error_t *bw_registry_reload_file(bw_registry_t *reg, const char *path);
+bw_error_t *bw_registry_reload_string(bw_registry_t *reg, const char *text, size_t len,
+                                      const char *name);
+/* Generation number: 1 after load, +1 per successful reload. */
+uint64_t bw_registry_generation(const bw_registry_t *reg);
+
+typedef enum bw_registry_section {
+  BW_REGISTRY_STACKS = 0,
+  BW_REGISTRY_SHARED = 1,
+  BW_REGISTRY_CLIENTS = 2
+} bw_registry_section_t;
+/* Call fn(name, arg) for each name of a section, in file order (under the
+ * registry's lock: fn must not call back into the registry). Returns the count. */
+size_t bw_registry_names(bw_registry_t *reg, bw_registry_section_t section,
+                         void (*fn)(const char *name, void *arg), void *arg);
+
+/* A service that runs each call through stack `stack` around `inner` (see
+ * "follow reloads" above). Fallback values are given as bytes (a copy of
+ * `value`, BW_FALLBACK_VALUE); use bw_registry_client for HTTP/Redis stacks.
+ * Owns: refs inner; *out is yours (bw_service_release).
+ * Errors: BW_ERR_CONFIG / BW_CFG_UNKNOWN_REF (no such stack, with a
+ *         suggestion), BW_ERR_INVALID_ARGUMENT, BW_ERR_OUT_OF_MEMORY. */
+bw_error_t *bw_registry_build(bw_registry_t *reg, const char *stack, bw_service_t *inner,
+                              bw_service_t **out);
+
+/* The client named `client` (made on first use on opts.rt, kept until
+ * bw_registry_free or until a reload changes its settings) wrapped in its
+ * `stack` (none: the bare client service). HTTP calls take a
+ * bw_http_request_t and answer a bw_http_response_t; Redis calls take a
+ * bw_redis_request_t and answer a bw_redis_reply_t (see http.h, redis.h);
+ * fallback values become a response of `status` with the value as body, or
+ * a Redis string reply.
+ * Owns: *out is yours (bw_service_release).
+ * Errors: BW_ERR_CONFIG / BW_CFG_UNKNOWN_REF, BW_ERR_INVALID_ARGUMENT (no
+ *         runtime in opts), client creation errors. */
+bw_error_t *bw_registry_client(bw_registry_t *reg, const char *client, bw_service_t **out);
+
+/* A request for HTTP client `client`: path is appended to its base_url
+ * unless it is an absolute URL. Owns: *out is yours (or the call's).
+ * Errors: BW_ERR_CONFIG / BW_CFG_UNKNOWN_REF (no such HTTP client), as
+ *         bw_http_request_new. */
+struct bw_http_request;
+bw_error_t *bw_registry_http_request(bw_registry_t *reg, const char *client, const char *method,
+                                     const char *path, struct bw_http_request **out);
+
+/* The instance built for shared entry `name` of the current generation.
+ * Owns: *out carries a reference (bw_layer_release / bw_retry_budget_release).
+ * Errors: BW_ERR_CONFIG / BW_CFG_UNKNOWN_REF (no such entry, or not of that kind). */
+bw_error_t *bw_registry_shared_layer(bw_registry_t *reg, const char *name, bw_layer_t **out);
+bw_error_t *bw_registry_shared_budget(bw_registry_t *reg, const char *name,
+                                      bw_retry_budget_t **out);
+/* The layer at `index` (outermost 0) of `stack` in the current generation
+ * (shared references give the shared instance; fallback layers are built
+ * per service and are not available here: BW_ERR_NOT_FOUND).
+ * Owns: *out carries a reference. */
+bw_error_t *bw_registry_stack_layer(bw_registry_t *reg, const char *stack, size_t index,
+                                    bw_layer_t **out);
 
 #ifdef __cplusplus
 }

@@ -223,7 +223,17 @@ static void expected_text(const bw__key_t *k, char *buf, size_t len) {
     case BW__VT_STRING: snprintf(buf, len, "a string"); break;
     case BW__VT_KINDS: snprintf(buf, len, "a list of error kinds like [timeout, transport]"); break;
     case BW__VT_INTS: snprintf(buf, len, "a list of integers"); break;
-    case BW__VT_STRINGS: snprintf(buf, len, "a list of strings"); break;
+    case BW__VT_STRINGS:
+      if (k->enum_values) {
+        bw__key_t one = *k;
+        one.type = BW__VT_ENUM;
+        char inner[120];
+        expected_text(&one, inner, sizeof inner);
+        snprintf(buf, len, "a list of %s", inner);
+      } else {
+        snprintf(buf, len, "a list of strings");
+      }
+      break;
     case BW__VT_KIND: snprintf(buf, len, "an error kind like timeout, transport, unavailable"); break;
     case BW__VT_REF:
       if (strcmp(k->enum_values, "stack") == 0) snprintf(buf, len, "the name of a stack");
@@ -436,9 +446,19 @@ static bool parse_scalar(ctx_t *x, const bw__key_t *k, bw__vtype_t t, const bw__
             "unknown error kind '%s'; expected an error kind like timeout, transport, http_status", text);
       return false;
     }
+    case BW__VT_STRINGS:
+      if (k->enum_values != NULL) {
+        bw__key_t one = *k;
+        one.type = BW__VT_ENUM;
+        bw__cval_t tmp;
+        memset(&tmp, 0, sizeof tmp);
+        bool ok = parse_scalar(x, &one, BW__VT_ENUM, n, path, &tmp, text);
+        bw__free(tmp.s);
+        return ok;
+      }
+      return true;
     case BW__VT_STRING:
     case BW__VT_REF:
-    case BW__VT_STRINGS:
       return true;
     case BW__VT_INTS: {
       int64_t i;

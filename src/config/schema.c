@@ -56,17 +56,20 @@ static const bw__key_t kBudget[] = {
 };
 
 static const bw__key_t kRateLimit[] = {
-    {"rate", BW__VT_RATE, NULL, 1e-6, 1e9, NULL, true, "tokens added, e.g. 100/s"},
-    {"burst", BW__VT_INT, NULL, 1, 1e9, NULL, false, "bucket size (default: one second of rate, at least 1)"},
-    {"mode", BW__VT_ENUM, "wait|reject", 0, 0, "reject", false,
-     "wait for a token, or reject at once"},
-    {"max_wait", BW__VT_DURATION, NULL, 0, HOUR, "1s", false, "longest wait in mode wait"},
+    {"rate", BW__VT_RATE, NULL, 1e-6, 1e9, NULL, true, "tokens added, e.g. 100/s (required)"},
+    {"burst", BW__VT_INT, NULL, 1, 1e9, NULL, false,
+     "bucket size (default: one second of rate, at least 1; Guava SmoothBursty)"},
+    {"mode", BW__VT_ENUM, "wait|reject", 0, 0, "wait", false,
+     "wait for a token, or reject at once (resilience4j waits)"},
+    {"max_wait", BW__VT_DURATION, NULL, 0, HOUR, "5s", false, "longest wait in mode wait (r4j: 5s)"},
+    {"tokens_per_call", BW__VT_INT, NULL, 1, 1e6, "1", false, "tokens one call spends"},
 };
 
 static const bw__key_t kBulkhead[] = {
-    {"max_concurrent", BW__VT_INT, NULL, 1, 1e6, "25", false, "calls in flight at once"},
-    {"max_queue", BW__VT_INT, NULL, 0, 1e6, "0", false, "calls waiting for a permit"},
-    {"max_wait", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "longest wait in the queue"},
+    {"max_concurrent", BW__VT_INT, NULL, 1, 1e6, "25", false, "calls in flight at once (r4j: 25)"},
+    {"max_queue", BW__VT_INT, NULL, 0, 1e6, "0", false, "calls waiting for a permit (0: reject when full)"},
+    {"max_wait", BW__VT_DURATION, NULL, 0, HOUR, "0", false,
+     "longest wait in the queue (0: until the call's deadline)"},
 };
 
 static const bw__key_t kBreaker[] = {
@@ -92,6 +95,8 @@ static const bw__key_t kBreaker[] = {
     {"half_open_calls", BW__VT_INT, NULL, 1, 1e6, "10", false, "probe calls let through half-open"},
     {"half_open_max_wait", BW__VT_DURATION, NULL, 0, DAY, "0", false,
      "re-open if probes have not finished after this (0: the open duration)"},
+    {"failure_on", BW__VT_KINDS, NULL, 0, 0, NULL, false,
+     "error kinds that count as failures (default: what retry retries, plus HTTP 5xx)"},
     {"state", BW__VT_ENUM, "auto|forced_open|forced_closed|disabled", 0, 0, "auto", false,
      "manual override"},
 };
@@ -104,18 +109,20 @@ static const bw__key_t kFallback[] = {
 };
 
 static const bw__key_t kChaos[] = {
-    {"error_rate", BW__VT_RATIO, NULL, 0, 1, "0", false, "share of calls failed with `error`"},
+    {"rate", BW__VT_RATIO, NULL, 0, 1, "0.1%", false,
+     "share of calls chosen at random (Polly v8 InjectionRate 0.001)"},
+    {"first_n", BW__VT_INT, NULL, 0, 1e15, "0", false, "also choose the first N calls"},
+    {"every_nth", BW__VT_INT, NULL, 0, 1e15, "0", false, "also choose every Nth call"},
+    {"faults", BW__VT_STRINGS, "error|latency|hang", 0, 0, "[error]", false,
+     "what a chosen call gets: latency first, then error or hang"},
     {"error", BW__VT_KIND, NULL, 0, 0, "injected", false, "kind of the injected error"},
-    {"latency", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "added latency (fixed, or the mean)"},
-    {"latency_rate", BW__VT_RATIO, NULL, 0, 1, "100%", false, "share of calls delayed"},
+    {"error_detail", BW__VT_INT, NULL, -1e15, 1e15, "0", false, "its detail, e.g. 503 with http_status"},
+    {"latency", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "added latency (fixed, minimum, or mean)"},
     {"latency_distribution", BW__VT_ENUM, "fixed|uniform|normal", 0, 0, "fixed", false,
      "how the delay is drawn"},
     {"latency_max", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "upper bound (uniform)"},
     {"latency_stddev", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "standard deviation (normal)"},
-    {"hang_rate", BW__VT_RATIO, NULL, 0, 1, "0", false, "share of calls that hang until the deadline"},
-    {"first_n", BW__VT_INT, NULL, 0, 1e12, "0", false, "fail exactly the first N calls"},
-    {"every_nth", BW__VT_INT, NULL, 0, 1e12, "0", false, "fail every Nth call"},
-    {"seed", BW__VT_INT, NULL, 0, 9.2e18, "1", false, "random seed (a run replays exactly)"},
+    {"seed", BW__VT_INT, NULL, 0, 9.2e18, "0", false, "random seed (the same seed replays exactly)"},
     {"enabled", BW__VT_BOOL, NULL, 0, 0, "true", false, "switch faults on or off"},
 };
 

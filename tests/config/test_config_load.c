@@ -244,12 +244,17 @@ static void test_all_layers(void **state) {
   assert_int_equal(val(bh, "max_queue")->i, 32);
   assert_true(val(bh, "max_wait")->u == 100000000ull);
   assert_string_equal(val(to2, "scope")->s, "per_attempt");
-  assert_true(val(ch, "error_rate")->d == 0.1);
-  assert_string_equal(val(ch, "error")->s, "unavailable");
-  assert_int_equal(val(ch, "error")->i, BW_ERR_UNAVAILABLE);
+  assert_true(val(ch, "rate")->d == 0.1);
+  assert_int_equal(val(ch, "first_n")->i, 2);
+  assert_int_equal(val(ch, "every_nth")->i, 5);
+  assert_int_equal(val(ch, "faults")->n, 2);
+  assert_string_equal(val(ch, "faults")->strs[0], "latency");
+  assert_string_equal(val(ch, "error")->s, "http_status");
+  assert_int_equal(val(ch, "error")->i, BW_ERR_HTTP_STATUS);
+  assert_int_equal(val(ch, "error_detail")->i, 503);
   assert_true(val(ch, "latency")->u == 20000000ull);
   assert_string_equal(val(ch, "latency_distribution")->s, "uniform");
-  assert_true(val(ch, "hang_rate")->d == 0.01);
+  assert_true(val(ch, "latency_max")->u == 40000000ull);
   assert_true(val(ch, "enabled")->b);
   /* every value here was given, none defaulted (except those not written) */
   assert_true(val(re, "max_attempts")->set);

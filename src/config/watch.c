@@ -1,0 +1,205 @@
+/* Automatic reload when the config file changes (libuv fs events).
+ *
+ * Design notes
+ * - The watch is a uv_fs_event_t on the file's DIRECTORY, filtered by file
+ *   name: editors save by writing a new file and renaming it over the old
+ *   one, which ends a watch on the file itself.
+ * - The handle lives on the runtime's reactor loop: started and closed by
+ *   reactor ops (bw__reactor_submit). An event does no I/O on the loop; it
+ *   defers a reload to a worker (bw__runtime_defer), at most one pending
+ *   (the `pending` flag coalesces a burst of events from one save).
+ * - The reload compares the file's bytes with the last ones loaded (a hash)
+ *   and skips identical content, then calls bw_registry_reload and the
+ *   user's on_reload.
+ * - Shutdown: bw_registry_free stops the watch: sets `stopped` under w->mu
+ *   (a running reload holds w->mu, so the registry is not freed under it)
+ *   and closes the handle on the loop, waiting for the close callback. If
+ *   the runtime shuts down first, the reactor's on-close hook closes the
+ *   handle. The struct is reference counted (registry, hook, pending
+ *   reload) because the hook cannot be unregistered. */
+#include <pthread.h>
+#include <stdatomic.h>
+#include <string.h>
+#include <uv.h>
+
+#include "config/registry_internal.h"
+#include "core/alloc.h"
+#include "runtime/internal.h"
+
+struct bw__watch {
+  atomic_int refs;
+  bw_registry_t *reg; /* valid while !stopped (under mu) */
+  bw_runtime_t *rt;
+  char *dir, *base;
+  uv_fs_event_t handle;
+  bool started, closing, closed; /* loop thread (closed also under mu) */
+  atomic_bool pending;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  bool stopped;
+  uint64_t last_hash;
+  bw__reactor_op_t start_op, stop_op;
+};
+
+static uint64_t fnv(const char *p, size_t n) {
+  uint64_t h = 1469598103934665603ull;
+  for (size_t i = 0; i < n; i++) h = (h ^ (unsigned char)p[i]) * 1099511628211ull;
+  return h;
+}
+
+static void watch_unref(struct bw__watch *w) {
+  /* acq_rel: the last owner sees every other owner's writes before freeing */
+  if (atomic_fetch_sub_explicit(&w->refs, 1, memory_order_acq_rel) != 1) return;
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+  bw__free(w->dir);
+  bw__free(w->base);
+  bw__free(w);
+}
+
+static void do_reload(void *arg) {
+  struct bw__watch *w = arg;
+  atomic_store(&w->pending, false);
+  pthread_mutex_lock(&w->mu);
+  if (!w->stopped) {
+    bw_registry_t *reg = w->reg;
+    char *text = NULL;
+    size_t len = 0;
+    bool changed = true;
+    if (reg->path && bw__read_file(reg->path, &text, &len) == 0) {
+      uint64_t h = fnv(text, len);
+      changed = h != w->last_hash;
+      if (changed) w->last_hash = h;
+    }
+    bw__free(text);
+    if (changed) {
+      bw_error_t *err = bw_registry_reload(reg);
+      if (reg->opts.on_reload) reg->opts.on_reload(reg, err, reg->opts.on_reload_arg);
+      bw_error_unref(err);
+    }
+  }
+  pthread_mutex_unlock(&w->mu);
+  watch_unref(w);
+}
+
+static void on_fs_event(uv_fs_event_t *h, const char *filename, int events, int status) {
+  (void)events;
+  struct bw__watch *w = h->data;
+  if (status < 0) return;
+  if (filename != NULL && strcmp(filename, w->base) != 0) return;
+  if (atomic_exchange(&w->pending, true)) return; /* one reload queued already */
+  atomic_fetch_add_explicit(&w->refs, 1, memory_order_relaxed);
+  if (bw__runtime_defer(w->rt, do_reload, w) != 0) {
+    atomic_store(&w->pending, false);
+    watch_unref(w);
+  }
+}
+
+static void on_closed(uv_handle_t *h) {
+  struct bw__watch *w = h->data;
+  pthread_mutex_lock(&w->mu);
+  w->closed = true;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void close_handle(struct bw__watch *w) {
+  if (!w->started || w->closing) {
+    if (!w->started && !w->closing) {
+      w->closing = true;
+      pthread_mutex_lock(&w->mu);
+      w->closed = true;
+      pthread_cond_broadcast(&w->cv);
+      pthread_mutex_unlock(&w->mu);
+    }
+    return;
+  }
+  w->closing = true;
+  uv_fs_event_stop(&w->handle);
+  uv_close((uv_handle_t *)&w->handle, on_closed);
+}
+
+static void start_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
+  struct bw__watch *w = (struct bw__watch *)((char *)op - offsetof(struct bw__watch, start_op));
+  if (w->closing) return;
+  if (uv_fs_event_init(loop, &w->handle) != 0) return;
+  w->handle.data = w;
+  w->started = true;
+  if (uv_fs_event_start(&w->handle, on_fs_event, w->dir, 0) != 0) close_handle(w);
+}
+
+static void stop_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
+  (void)loop;
+  struct bw__watch *w = (struct bw__watch *)((char *)op - offsetof(struct bw__watch, stop_op));
+  close_handle(w);
+}
+
+/* Reactor shutdown: close the handle if the registry did not. */
+static void on_reactor_close(void *arg, uv_loop_t *loop) {
+  (void)loop;
+  struct bw__watch *w = arg;
+  close_handle(w);
+  watch_unref(w);
+}
+
+bw_error_t *bw__registry_watch_start(bw_registry_t *reg) {
+  if (reg->opts.rt == NULL || reg->path == NULL)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "registry: watching needs a runtime and a file");
+  struct bw__watch *w = bw__calloc(1, sizeof *w);
+  if (w == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  atomic_init(&w->refs, 1);
+  w->reg = reg;
+  w->rt = reg->opts.rt;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  const char *slash = strrchr(reg->path, '/');
+  w->dir = slash ? bw__malloc((size_t)(slash - reg->path) + 2) : bw__strdup(".");
+  w->base = bw__strdup(slash ? slash + 1 : reg->path);
+  if (w->dir == NULL || w->base == NULL) {
+    watch_unref(w);
+    return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  }
+  if (slash) {
+    size_t n = (size_t)(slash - reg->path);
+    if (n == 0) n = 1; /* "/file" */
+    memcpy(w->dir, reg->path, n);
+    w->dir[n] = '\0';
+  }
+  char *text;
+  size_t len;
+  if (bw__read_file(reg->path, &text, &len) == 0) {
+    w->last_hash = fnv(text, len);
+    bw__free(text);
+  }
+  atomic_fetch_add_explicit(&w->refs, 1, memory_order_relaxed); /* the hook's */
+  if (bw__reactor_on_close(w->rt, on_reactor_close, w) != 0) {
+    watch_unref(w);
+    watch_unref(w);
+    return bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "registry: cannot watch, runtime is shut down");
+  }
+  w->start_op.fn = start_on_loop;
+  if (bw__reactor_submit(w->rt, &w->start_op) != 0) {
+    /* the hook keeps its reference and runs at reactor close */
+    watch_unref(w);
+    return bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "registry: cannot watch, runtime is shut down");
+  }
+  reg->watch = w;
+  return NULL;
+}
+
+void bw__registry_watch_stop(bw_registry_t *reg) {
+  struct bw__watch *w = reg->watch;
+  if (w == NULL) return;
+  reg->watch = NULL;
+  pthread_mutex_lock(&w->mu);
+  w->stopped = true; /* waits for a running reload (it holds mu) */
+  pthread_mutex_unlock(&w->mu);
+  w->stop_op.fn = stop_on_loop;
+  if (bw__reactor_submit(w->rt, &w->stop_op) == 0) {
+    pthread_mutex_lock(&w->mu);
+    while (!w->closed) pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
+  }
+  /* else: the reactor is stopping or stopped; its close hook closes the handle */
+  watch_unref(w);
+}
