@@ -20,19 +20,19 @@
 #include "bulwark/runtime.h"
 #include "bulwark/service.h"
 
-static double h5_scale(void) {
+static inline __attribute__((unused)) double h5_scale(void) {
   const char *s = getenv("BW_TEST_SCALE");
   double v = s ? atof(s) : 1.0;
   return v > 0 ? v : 1.0;
 }
-static int h5_scaled(int n) {
+static inline __attribute__((unused)) int h5_scaled(int n) {
   int v = (int)(n * h5_scale());
   return v < 1 ? 1 : v;
 }
 
 #define MS_ (UINT64_C(1000000))
 
-static bw_runtime_t *h5_rt(bool paused, unsigned workers) {
+static inline __attribute__((unused)) bw_runtime_t *h5_rt(bool paused, unsigned workers) {
   bw_runtime_opts_t o;
   bw_runtime_opts_init(&o);
   o.worker_threads = workers;
@@ -61,9 +61,9 @@ typedef struct h5_backend {
   int npending; /* under h5_mu */
 } h5_backend_t;
 
-static void h5_resp_free(void *p) { free(p); }
+static inline __attribute__((unused)) void h5_resp_free(void *p) { free(p); }
 
-static void h5_backend_fn(void *arg, bw_call_t *call) {
+static inline __attribute__((unused)) void h5_backend_fn(void *arg, bw_call_t *call) {
   h5_backend_t *b = arg;
   int n = atomic_fetch_add(&b->calls, 1);
   if (b->hold) {
@@ -83,7 +83,7 @@ static void h5_backend_fn(void *arg, bw_call_t *call) {
   }
 }
 
-static void h5_backend_cancel(void *arg, bw_call_t *call) {
+static inline __attribute__((unused)) void h5_backend_cancel(void *arg, bw_call_t *call) {
   h5_backend_t *b = arg;
   atomic_fetch_add(&b->cancels, 1);
   pthread_mutex_lock(&h5_mu);
@@ -95,7 +95,7 @@ static void h5_backend_cancel(void *arg, bw_call_t *call) {
   pthread_mutex_unlock(&h5_mu);
 }
 
-static bw_service_t *h5_backend_svc(h5_backend_t *b) {
+static inline __attribute__((unused)) bw_service_t *h5_backend_svc(h5_backend_t *b) {
   bw_fn_service_opts_t o;
   bw_fn_service_opts_init(&o);
   o.async = h5_backend_fn;
@@ -107,7 +107,7 @@ static bw_service_t *h5_backend_svc(h5_backend_t *b) {
 }
 
 /* Wait (real time, 30 s safety) until the backend holds n pending calls. */
-static int h5_wait_pending(h5_backend_t *b, int n) {
+static inline __attribute__((unused)) int h5_wait_pending(h5_backend_t *b, int n) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_sec += 30;
@@ -120,7 +120,7 @@ static int h5_wait_pending(h5_backend_t *b, int n) {
 }
 
 /* Complete the oldest pending call (kind NONE = success). */
-static void h5_finish_one(h5_backend_t *b, bw_error_kind_t k) {
+static inline __attribute__((unused)) void h5_finish_one(h5_backend_t *b, bw_error_kind_t k) {
   pthread_mutex_lock(&h5_mu);
   assert_true(b->npending > 0);
   bw_call_t *c = b->pending[0];
@@ -143,7 +143,7 @@ typedef struct h5_res {
   int resp;
 } h5_res_t;
 
-static void h5_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+static inline __attribute__((unused)) void h5_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
   h5_res_t *r = arg;
   r->kind = bw_error_kind(err);
   r->retry_after_ms = bw_error_retry_after_ms(err);
@@ -158,7 +158,7 @@ static void h5_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
 }
 
 /* Start a call; timeout_ms 0: no deadline. */
-static void h5_start(h5_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms) {
+static inline __attribute__((unused)) void h5_start(h5_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms) {
   memset(r, 0, sizeof *r);
   r->rt = rt;
   assert_null(bw_call_new(&r->call, svc, rt));
@@ -166,7 +166,7 @@ static void h5_start(h5_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t 
   assert_null(bw_service_call(svc, r->call, h5_on_done, r));
 }
 
-static void h5_wait(h5_res_t *r) {
+static inline __attribute__((unused)) void h5_wait(h5_res_t *r) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_sec += 30;
@@ -178,7 +178,7 @@ static void h5_wait(h5_res_t *r) {
 }
 
 /* Wait until at least `want` of the n results are done; returns how many. */
-static int h5_wait_done(h5_res_t *r, int n, int want) {
+static inline __attribute__((unused)) int h5_wait_done(h5_res_t *r, int n, int want) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
   ts.tv_sec += 30;
@@ -194,7 +194,7 @@ static int h5_wait_done(h5_res_t *r, int n, int want) {
 }
 
 /* Run one call to completion; returns its kind. */
-static bw_error_kind_t h5_call(bw_service_t *svc, bw_runtime_t *rt, h5_res_t *r) {
+static inline __attribute__((unused)) bw_error_kind_t h5_call(bw_service_t *svc, bw_runtime_t *rt, h5_res_t *r) {
   h5_start(r, svc, rt, 0);
   h5_wait(r);
   bw_call_free(r->call);
@@ -202,7 +202,7 @@ static bw_error_kind_t h5_call(bw_service_t *svc, bw_runtime_t *rt, h5_res_t *r)
   return r->kind;
 }
 
-static void h5_free(h5_res_t *r) {
+static inline __attribute__((unused)) void h5_free(h5_res_t *r) {
   bw_call_free(r->call);
   r->call = NULL;
 }
@@ -219,7 +219,7 @@ typedef struct h5_events {
   } ev[512];
 } h5_events_t;
 
-static void h5_on_event(const bw_event_t *ev, void *arg) {
+static inline __attribute__((unused)) void h5_on_event(const bw_event_t *ev, void *arg) {
   h5_events_t *e = arg;
   pthread_mutex_lock(&e->mu);
   if (e->n < 512) {
@@ -233,7 +233,7 @@ static void h5_on_event(const bw_event_t *ev, void *arg) {
   pthread_mutex_unlock(&e->mu);
 }
 
-static int h5_count_events(h5_events_t *e, bw_event_type_t type) {
+static inline __attribute__((unused)) int h5_count_events(h5_events_t *e, bw_event_type_t type) {
   pthread_mutex_lock(&e->mu);
   int c = 0;
   for (int i = 0; i < e->n; i++) c += e->ev[i].type == type;
@@ -241,11 +241,17 @@ static int h5_count_events(h5_events_t *e, bw_event_type_t type) {
   return c;
 }
 
-static bw_service_t *h5_stack(bw_layer_t **layers, size_t n, bw_service_t *inner) {
+static inline __attribute__((unused)) bw_service_t *h5_stack(bw_layer_t **layers, size_t n, bw_service_t *inner) {
   bw_service_t *s = NULL;
   assert_null(bw_stack_build(&s, NULL, layers, n, inner, NULL));
   return s;
 }
+/* Spin (yielding, no sleep) until expr holds or a large bound passes. */
+#define H5_UNTIL(expr)                                        \
+  do {                                                        \
+    for (long h5_spin_ = 0; !(expr) && h5_spin_ < 400000000L; h5_spin_++) \
+      sched_yield();                                          \
+  } while (0)
 /* ---- end of harness ----------------------------------------------------------- */
 
 #include "bulwark/circuit_breaker.h"
