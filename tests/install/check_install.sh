@@ -7,12 +7,13 @@ trap 'rm -rf "$work"' EXIT
 cmake --install "$bin" --prefix "$work/prefix" >/dev/null
 libdir=$(ls -d "$work"/prefix/lib*/ | head -1)
 
-# 1. pkg-config, shared and static.
+# 1. pkg-config, shared; then libbulwark.a with its dependencies shared
+#    (Debian ships no static libldap/libzstd for a fully static curl).
 export PKG_CONFIG_PATH="$libdir/pkgconfig"
 cc -std=c11 -Wall -Werror -o "$work/pc_shared" "$src/main.c" $(pkg-config --cflags --libs bulwark)
 LD_LIBRARY_PATH="$libdir" "$work/pc_shared" | grep -qx "bulwark consumer ok"
 cc -std=c11 -Wall -Werror -o "$work/pc_static" "$src/main.c" $(pkg-config --cflags bulwark) \
-   "$libdir/libbulwark.a" $(pkg-config --static --libs bulwark | sed 's/-lbulwark//')
+   "$libdir/libbulwark.a" $(pkg-config --libs libuv libcurl hiredis libfyaml) -lpthread -lm
 "$work/pc_static" | grep -qx "bulwark consumer ok"
 
 # 2. CMake package.
