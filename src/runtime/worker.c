@@ -307,10 +307,6 @@ static void *worker_main(void *arg) {
   bw__worker_t *w = arg;
   bw_runtime_t *rt = w->rt;
   bw__sched_t *s = rt->sched;
-  char name[48];
-  snprintf(name, sizeof name, "%s-w%u", rt->name_prefix, w->index);
-  name[15] = 0;
-  pthread_setname_np(pthread_self(), name);
   bw__ctx.rt = rt;
   bw__ctx.worker = w;
   bw__ctx.local = &w->local;
@@ -346,6 +342,11 @@ int bw__sched_start(bw_runtime_t *rt) {
         break;
       }
       s->workers[i].started = true;
+      /* named by the creator, so the name is there when new() returns */
+      char name[48];
+      snprintf(name, sizeof name, "%s-w%u", rt->name_prefix, i);
+      name[15] = 0;
+      pthread_setname_np(s->workers[i].thread, name);
     }
     atomic_store_explicit(&s->started, true, memory_order_release); /* pairs with load above */
   }
