@@ -453,12 +453,44 @@ static inline __attribute__((unused)) bw_service_t *h5_stack(bw_layer_t **layers
   assert_null(bw_stack_build(&s, NULL, layers, n, inner, NULL));
   return s;
 }
-/* Spin (yielding, no sleep) until expr holds or a large bound passes. */
-#define H5_UNTIL(expr)                                        \
-  do {                                                        \
-    for (long h5_spin_ = 0; !(expr) && h5_spin_ < 400000000L; h5_spin_++) \
-      sched_yield();                                          \
+/* Spin (yielding, no sleep) until expr holds or 30 s of real time pass. */
+static inline __attribute__((unused)) uint64_t h5_real_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+#define H5_UNTIL(expr)                                                   \
+  do {                                                                   \
+    uint64_t h5_end_ = h5_real_ms() + 30000;                             \
+    while (!(expr) && h5_real_ms() < h5_end_) sched_yield();             \
   } while (0)
+
+/* Start n calls from inside one task on a worker, so they all reach the
+ * stack in this order before the paused clock can move. */
+typedef struct h5_batch {
+  h5_res_t *r;
+  int n;
+  bw_service_t *svc;
+  bw_runtime_t *rt;
+  uint64_t timeout_ms;
+} h5_batch_t;
+static inline __attribute__((unused)) bw_poll_t h5_batch_poll(bw_task_t *self, void *arg) {
+  (void)self;
+  h5_batch_t *b = arg;
+  for (int i = 0; i < b->n; i++) {
+    memset(&b->r[i], 0, sizeof b->r[i]);
+    b->r[i].rt = b->rt;
+    if (bw_call_new(&b->r[i].call, b->svc, b->rt) != NULL) abort();
+    if (b->timeout_ms) bw_call_set_timeout_ms(b->r[i].call, b->timeout_ms);
+    if (bw_service_call(b->svc, b->r[i].call, h5_on_done, &b->r[i]) != NULL) abort();
+  }
+  return BW_READY;
+}
+static inline __attribute__((unused)) void h5_start_batch(h5_res_t *r, int n, bw_service_t *svc,
+                                                          bw_runtime_t *rt, uint64_t timeout_ms) {
+  h5_batch_t b = {r, n, svc, rt, timeout_ms};
+  assert_null(bw_block_on(rt, h5_batch_poll, &b, NULL));
+}
 /* ---- end of harness ----------------------------------------------------------- */
 
 #include "bulwark/bulkhead.h"
