@@ -10,7 +10,9 @@
 #include <bulwark/layer.h>
 #include <bulwark/redis.h>
 #include <bulwark/runtime.h>
+#include <bulwark/retry.h>
 #include <bulwark/service.h>
+#include <bulwark/timeout.h>
 #include <pthread.h>
 #include <string.h>
 #include <time.h>
@@ -247,6 +249,103 @@ static void test_breaker_opens_on_dead_redis_and_closes(void **state) {
   bw_runtime_free(rt);
 }
 
+/* Retry's default predicate and the client's classification agree:
+ * LOADING (retryable) is retried up to max_attempts, WRONGTYPE is not. */
+static void test_retry_default_predicate(void **state) {
+  (void)state;
+  bw_runtime_t *rt = runtime_new(false);
+  bw_redis_t *c = client_new(rt);
+  bw_service_t *inner;
+  assert_null(bw_redis_service_new(&inner, c));
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 3;
+  ro.backoff.kind = BW_BACKOFF_CONSTANT;
+  ro.backoff.base_ns = 1000000; /* 1 ms */
+  bw_layer_t *retry;
+  assert_null(bw_retry_new(&retry, &ro));
+  bw_service_t *svc;
+  assert_null(bw_stack_build(&svc, NULL, &retry, 1, inner, NULL));
+
+  const char *loading[3] = {"EVAL", "return redis.error_reply('LOADING Redis is loading')", "0"};
+  bw_redis_request_t *req = request(3, loading);
+  bw_redis_stats_t before, after;
+  bw_redis_stats(c, &before);
+  bw_call_t *call = call_sync(svc, rt, req, 0);
+  const bw_error_t *e = bw_call_error(call);
+  assert_true(bw_error_is(e, BW_ERR_RETRIES_EXHAUSTED));
+  assert_int_equal(bw_redis_error_code(e), BW_REDIS_LOADING);
+  bw_redis_stats(c, &after);
+  assert_int_equal(after.commands - before.commands, 3);
+  bw_call_free(call);
+  bw_redis_request_free(req);
+
+  const char *wrongtype[3] = {"EVAL", "return redis.error_reply('WRONGTYPE Operation against a key')",
+                              "0"};
+  req = request(3, wrongtype);
+  bw_redis_stats(c, &before);
+  call = call_sync(svc, rt, req, 0);
+  e = bw_call_error(call);
+  assert_true(bw_error_is(e, BW_ERR_REDIS));
+  assert_int_equal(bw_redis_error_code(e), BW_REDIS_WRONGTYPE);
+  bw_redis_stats(c, &after);
+  assert_int_equal(after.commands - before.commands, 1);
+  bw_call_free(call);
+  bw_redis_request_free(req);
+
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_layer_release(retry);
+  bw_redis_free(c);
+  bw_runtime_free(rt);
+}
+
+/* A timeout layer cancels the inner Redis command: the call fails at once
+ * with TIMEOUT, the command's late reply is dropped when the server comes
+ * back, nothing stays in flight, and the connection still works. */
+static void test_timeout_layer_cancels_inner(void **state) {
+  (void)state;
+  bw_runtime_t *rt = runtime_new(false);
+  bw_redis_t *c = client_new(rt);
+  bw_service_t *inner;
+  assert_null(bw_redis_service_new(&inner, c));
+  bw_timeout_opts_t to;
+  bw_timeout_opts_init(&to);
+  to.timeout_ms = 30;
+  bw_layer_t *timeout;
+  assert_null(bw_timeout_new(&timeout, &to));
+  bw_service_t *svc;
+  assert_null(bw_stack_build(&svc, NULL, &timeout, 1, inner, NULL));
+  const char *argv[1] = {"PING"};
+  bw_redis_request_t *req = request(1, argv);
+  bw_call_t *call = call_sync(svc, rt, req, 0);
+  assert_null(bw_call_error(call));
+  bw_call_free(call);
+
+  bw_test_redis_pause(&server);
+  for (int i = 0; i < 5; i++) {
+    call = call_sync(svc, rt, req, 0);
+    assert_true(bw_error_is(bw_call_error(call), BW_ERR_TIMEOUT));
+    bw_call_free(call);
+  }
+  bw_test_redis_resume(&server);
+  call = call_sync(svc, rt, req, 0);
+  assert_null(bw_call_error(call));
+  bw_call_free(call);
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  assert_int_equal(st.in_flight, 0);
+  assert_int_equal(st.late_replies_dropped, 5);
+  assert_int_equal(st.connects, 1);
+
+  bw_redis_request_free(req);
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_layer_release(timeout);
+  bw_redis_free(c);
+  bw_runtime_free(rt);
+}
+
 static int group_setup(void **state) {
   (void)state;
   return bw_test_redis_start(&server, NULL);
@@ -262,6 +361,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_service_calls),
       cmocka_unit_test(test_breaker_opens_on_dead_redis_and_closes),
+      cmocka_unit_test(test_retry_default_predicate),
+      cmocka_unit_test(test_timeout_layer_cancels_inner),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
