@@ -24,7 +24,17 @@
 
 #define MAX_CHILDREN 16
 static pid_t children[MAX_CHILDREN];
+static char dirs[MAX_CHILDREN][96]; /* temp dirs not yet removed */
 static bool atexit_done;
+
+static void remove_dir(const char *dir) {
+  char path[200];
+  snprintf(path, sizeof path, "%s/redis.log", dir);
+  unlink(path);
+  snprintf(path, sizeof path, "%s/redis.sock", dir);
+  unlink(path);
+  rmdir(dir);
+}
 
 static void kill_children(void) {
   for (int i = 0; i < MAX_CHILDREN; i++) {
@@ -35,13 +45,37 @@ static void kill_children(void) {
       children[i] = 0;
     }
   }
+  for (int i = 0; i < MAX_CHILDREN; i++) {
+    if (dirs[i][0]) {
+      remove_dir(dirs[i]);
+      dirs[i][0] = 0;
+    }
+  }
 }
 
-static void track(pid_t pid) {
+static void ensure_atexit(void) {
   if (!atexit_done) {
     atexit(kill_children);
     atexit_done = true;
   }
+}
+
+static void track_dir(const char *dir, bool add) {
+  ensure_atexit();
+  for (int i = 0; i < MAX_CHILDREN; i++) {
+    if (add && !dirs[i][0]) {
+      snprintf(dirs[i], sizeof dirs[i], "%s", dir);
+      return;
+    }
+    if (!add && strcmp(dirs[i], dir) == 0) {
+      dirs[i][0] = 0;
+      return;
+    }
+  }
+}
+
+static void track(pid_t pid) {
+  ensure_atexit();
   for (int i = 0; i < MAX_CHILDREN; i++) {
     if (children[i] == 0) {
       children[i] = pid;
@@ -174,6 +208,7 @@ int bw_test_redis_start(bw_test_redis_t *rs, const char *password) {
     perror("redis fixture: mkdtemp");
     return -1;
   }
+  track_dir(rs->dir, true);
   snprintf(rs->unix_path, sizeof rs->unix_path, "%s/redis.sock", rs->dir);
   if (password) snprintf(rs->password, sizeof rs->password, "%s", password);
   for (int attempt = 0; attempt < 5; attempt++) {
@@ -222,11 +257,8 @@ void bw_test_redis_resume(bw_test_redis_t *rs) {
 void bw_test_redis_destroy(bw_test_redis_t *rs) {
   bw_test_redis_kill(rs);
   if (rs->dir[0]) {
-    char path[200];
-    snprintf(path, sizeof path, "%s/redis.log", rs->dir);
-    unlink(path);
-    unlink(rs->unix_path);
-    rmdir(rs->dir);
+    remove_dir(rs->dir);
+    track_dir(rs->dir, false);
     rs->dir[0] = 0;
   }
 }
