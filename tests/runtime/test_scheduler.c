@@ -66,6 +66,7 @@ static bw_poll_t spin_task(bw_task_t *self, void *arg) {
   (void)self;
   volatile unsigned x = 0;
   for (unsigned i = 0; i < 20000; i++) x += i;
+  (void)x;
   latch_hit(arg);
   return BW_READY;
 }
