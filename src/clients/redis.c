@@ -361,6 +361,7 @@ bw_error_t *bw__redis_submit(bw_redis_t *c, int argc, const char *const *argv,
   if (!r) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   memset(r, 0, sizeof *r);
   r->cmd_len = resp_write(r->cmd, argc, argv, argvlen);
+  r->cmd[r->cmd_len] = '\0'; /* hiredis scans the command name with str* calls */
   r->op.fn = submit_on_loop;
   r->client = c;
   atomic_init(&r->done, 0);
@@ -573,6 +574,7 @@ static void queue_handshake(bw_redis_t *c) {
     char *buf = bw__malloc(len + 1);
     if (buf) {
       size_t n = resp_write(buf, argc, argv, NULL);
+      buf[n] = '\0';
       if (redisAsyncFormattedCommand(c->ac, on_handshake, c, buf, n) == REDIS_OK)
         c->handshake_left++;
       explicit_bzero(buf, len);
