@@ -11,7 +11,7 @@
  * locks and without allocation per call:
  *   - calls by outcome: success, or the error kind of the final error;
  *   - a latency histogram (log-linear buckets, 4 per power of two, from 1 µs
- *     to ~69 s; relative error <= 19%; percentiles readable);
+ *     to ~69 s; bucket width <= 25% of its lower bound; percentiles readable);
  *   - per layer position, a counter per event type.
  * Layers with state add gauges (breaker state, bulkhead in use / queued,
  * tokens) with bw_metrics_gauge_add(). bw_metrics_write_prometheus()
