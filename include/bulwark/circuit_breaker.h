@@ -105,6 +105,8 @@ typedef struct bw_breaker_stats {
   double failure_rate;          /* percent of window_calls, 0 if none */
   double slow_call_rate;        /* percent of window_calls */
   uint32_t consecutive_failures;
+  /* calls_permitted: admitted calls that finished with a counted outcome
+   * (successes + failures; recorded, so not counted while disabled) */
   uint64_t calls_permitted, calls_rejected, successes, failures, slow_calls, ignored;
   uint64_t transitions;         /* state changes so far */
   uint64_t open_remaining_ms;   /* OPEN: time until half-open */

@@ -299,7 +299,6 @@ int bw__breaker_acquire(bw__breaker_t *b, uint64_t now_ns, uint64_t *ticket,
   uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
   if (passes(w)) {
     *ticket = w;
-    atomic_fetch_add_explicit(&b->n_permitted, 1, memory_order_relaxed);
     return BW__BRK_OK;
   }
   int rc = BW__BRK_REJECTED;
@@ -332,7 +331,6 @@ int bw__breaker_acquire(bw__breaker_t *b, uint64_t now_ns, uint64_t *ticket,
   pthread_mutex_unlock(&b->lock);
   if (rc == BW__BRK_OK) {
     *ticket = w;
-    atomic_fetch_add_explicit(&b->n_permitted, 1, memory_order_relaxed);
   } else {
     atomic_fetch_add_explicit(&b->n_rejected, 1, memory_order_relaxed);
   }
@@ -345,15 +343,14 @@ void bw__breaker_record(bw__breaker_t *b, uint64_t ticket, bw__outcome_t outcome
   if (ts == BW_BREAKER_DISABLED) return;
   bool fail = outcome == BW__OUTCOME_FAILURE;
   bool slow = outcome != BW__OUTCOME_IGNORED && b->cfg.slow_ns && duration_ns > b->cfg.slow_ns;
-  switch (outcome) {
-    case BW__OUTCOME_SUCCESS: atomic_fetch_add_explicit(&b->n_success, 1, memory_order_relaxed); break;
-    case BW__OUTCOME_FAILURE: atomic_fetch_add_explicit(&b->n_failure, 1, memory_order_relaxed); break;
-    case BW__OUTCOME_IGNORED: atomic_fetch_add_explicit(&b->n_ignored, 1, memory_order_relaxed); break;
-  }
-  if (slow) atomic_fetch_add_explicit(&b->n_slow, 1, memory_order_relaxed);
+  if (outcome == BW__OUTCOME_IGNORED) atomic_fetch_add_explicit(&b->n_ignored, 1, memory_order_relaxed);
   /* An ignored outcome outside half-open changes nothing: skip the lock. */
   if (ts != BW_BREAKER_HALF_OPEN && outcome == BW__OUTCOME_IGNORED) return;
   pthread_mutex_lock(&b->lock);
+  b->c_permitted += outcome != BW__OUTCOME_IGNORED;
+  b->c_success += outcome == BW__OUTCOME_SUCCESS;
+  b->c_failure += fail;
+  b->c_slow += slow;
   uint64_t w = atomic_load_explicit(&b->word, memory_order_relaxed);
   if ((w >> 3) != (ticket >> 3)) goto out; /* stale: another period */
   switch (ts) {
@@ -441,12 +438,12 @@ void bw__breaker_stats(bw__breaker_t *b, uint64_t now_ns, bw_breaker_stats_t *o)
     o->open_remaining_ms = until > now_ns ? (until - now_ns + NS_PER_MS - 1) / NS_PER_MS : 0;
   }
   if (o->state == BW_BREAKER_HALF_OPEN) o->half_open_in_flight = b->probes_out;
+  o->calls_permitted = b->c_permitted;
+  o->successes = b->c_success;
+  o->failures = b->c_failure;
+  o->slow_calls = b->c_slow;
   pthread_mutex_unlock(&b->lock);
-  o->calls_permitted = atomic_load_explicit(&b->n_permitted, memory_order_relaxed);
   o->calls_rejected = atomic_load_explicit(&b->n_rejected, memory_order_relaxed);
-  o->successes = atomic_load_explicit(&b->n_success, memory_order_relaxed);
-  o->failures = atomic_load_explicit(&b->n_failure, memory_order_relaxed);
-  o->slow_calls = atomic_load_explicit(&b->n_slow, memory_order_relaxed);
   o->ignored = atomic_load_explicit(&b->n_ignored, memory_order_relaxed);
   o->transitions = atomic_load_explicit(&b->seq, memory_order_relaxed);
 }

@@ -84,8 +84,10 @@ typedef struct bw__breaker {
   /* half-open (lock) */
   uint32_t probes_out, probes_done, probe_fails, probe_slow;
   uint64_t half_open_since_ns;
-  /* statistics (relaxed) */
-  _Atomic uint64_t seq, n_permitted, n_rejected, n_success, n_failure, n_slow, n_ignored;
+  /* statistics: counters of finished calls under the lock (the record path
+   * takes it anyway); the rest relaxed atomics */
+  uint64_t c_permitted, c_success, c_failure, c_slow;
+  _Atomic uint64_t seq, n_rejected, n_ignored;
 } bw__breaker_t;
 
 /* opts may be NULL (defaults). Returns 0, BW__BRK_EINVAL, or -12 (no memory). */

@@ -42,9 +42,14 @@ typedef struct brk {
   bool (*predicate)(const bw_error_t *err, void *arg);
   void *predicate_arg;
   _Atomic(bw_runtime_t *) rt;
+  bool cheap_clock; /* every duration it measures is >= 100 ms: coarse clock */
   bw__reject_cache_t rej;
   bw_metric_t *gauge;
 } brk_t;
+
+static uint64_t brk_now(const brk_t *b, const bw_call_t *call) {
+  return b->cheap_clock ? bw__call_now_cheap_ns(call) : bw__call_now_ns(call);
+}
 
 typedef struct brk_call {
   bw__child_slot_t slot;
@@ -104,7 +109,7 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   brk_t *b = bw_service_impl(bw_call_service(call));
   bw__child_slot_clear(&st->slot);
   if (st->store) {
-    uint64_t now = bw__call_now_ns(call);
+    uint64_t now = brk_now(b, call);
     bw__breaker_change_t chg = {0};
     st->store->vt->record(st->store, st->ticket, classify(b, err),
                           now > st->start_ns ? now - st->start_ns : 0, now, &chg);
@@ -122,7 +127,7 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
   brk_call_t *st = bw_call_state(call);
   memset(st, 0, sizeof *st);
   bw_runtime_t *rt = bw_call_runtime(call);
-  if (atomic_load_explicit(&b->rt, memory_order_relaxed) == NULL) {
+  if (__builtin_expect(atomic_load_explicit(&b->rt, memory_order_relaxed) == NULL, 0)) {
     bw_runtime_t *none = NULL;
     atomic_compare_exchange_strong(&b->rt, &none, rt);
   }
@@ -138,7 +143,7 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
     }
   }
   if (store) {
-    uint64_t now = bw_runtime_now_ns(rt), ra = 0, ticket = 0;
+    uint64_t now = brk_now(b, call), ra = 0, ticket = 0;
     bw__breaker_change_t chg = {0};
     int rc = store->vt->acquire(store, now, &ticket, &ra, &chg);
     report(b, call, &chg, false);
@@ -242,6 +247,10 @@ static bw_error_t *make(bw_layer_t **out, const bw_circuit_breaker_opts_t *opts,
   b->predicate = opts->predicate ? opts->predicate : bw_circuit_breaker_default_predicate;
   b->predicate_arg = opts->predicate_arg;
   atomic_init(&b->rt, opts->runtime);
+  /* Slow-call thresholds and time buckets of 100 ms or more tolerate the
+   * coarse clock's few ms; open durations always do. */
+  b->cheap_clock = (cfg.slow_ns == 0 || cfg.slow_ns >= 100000000u) &&
+                   (cfg.window != BW_BREAKER_WINDOW_TIME || cfg.bucket_ns >= 100000000u);
   if (bw__reject_cache_init(&b->rej) != 0) {
     bw__free(b->name);
     bw__free(b->what);

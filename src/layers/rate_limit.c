@@ -39,6 +39,7 @@ typedef struct rl {
   bw_rate_limit_mode_t mode;
   uint64_t max_wait_ns;
   uint32_t n;
+  bool cheap_clock; /* the bucket holds >= 50 ms of tokens: coarse clock is fine */
   _Atomic(bw_runtime_t *) rt;
   bw__reject_cache_t rej;
   bw_metric_t *gauge;
@@ -116,7 +117,7 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
   atomic_store(&st->phase, PH_NONE);
   if (atomic_load_explicit(&rl->rt, memory_order_relaxed) != rt)
     atomic_store_explicit(&rl->rt, rt, memory_order_relaxed);
-  uint64_t now = bw_runtime_now_ns(rt);
+  uint64_t now = rl->cheap_clock ? bw__call_now_cheap_ns(call) : bw_runtime_now_ns(rt);
   uint64_t budget = rl->mode == BW_RATE_LIMIT_WAIT ? rl->max_wait_ns : 0;
   int64_t left = bw_call_remaining_ns(call);
   if (left <= 0) budget = 0;
@@ -243,6 +244,9 @@ bw_error_t *bw_rate_limit_new(bw_layer_t **out, const bw_rate_limit_opts_t *opts
   rl->max_wait_ns = opts->max_wait_ms >= UINT64_MAX / 1000000 ? UINT64_MAX / 2
                                                               : opts->max_wait_ms * 1000000;
   rl->n = n;
+  /* With a coarse clock (a few ms behind, in steps) GCRA keeps the long-run
+   * rate as long as the bucket spans more than a step. */
+  rl->cheap_clock = (double)burst / opts->rate_per_sec >= 0.05;
   atomic_init(&rl->rt, NULL);
   if (bw__reject_cache_init(&rl->rej) != 0 || !rl->name || !rl->what) {
     rl->store->vt->destroy(rl->store);
