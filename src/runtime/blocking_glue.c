@@ -75,8 +75,12 @@ static bw__blocking_pool_t *get_pool(bw_runtime_t *rt) {
   return p;
 }
 
+/* Called while the caller still holds a task reference (the waker), which
+ * keeps the runtime's memory alive even after bw_runtime_free (task.c's
+ * orphaned pool); the scheduler itself may be gone after shutdown. */
 static void inhibit_end(bw_runtime_t *rt) {
-  if (atomic_fetch_sub_explicit(&rt->inhibit, 1, memory_order_acq_rel) == 1 && rt->paused) {
+  if (atomic_fetch_sub_explicit(&rt->inhibit, 1, memory_order_acq_rel) == 1 && rt->paused &&
+      atomic_load_explicit(&rt->state, memory_order_acquire) != BW__RT_SHUTDOWN) {
     /* the paused clock may auto-advance again: let an idle worker look */
     if (rt->ct)
       bw__ct_kick(rt);
@@ -92,8 +96,8 @@ static void job_run(void *arg) {
   bw_waker_t *w = b->waker;
   b->waker = NULL;
   atomic_store_explicit(&b->done, 1, memory_order_release); /* pairs with poll's acquire */
+  inhibit_end(rt); /* before the wake: our waker keeps rt's memory alive */
   bw_waker_wake(w);
-  inhibit_end(rt);
   bjob_unref(b);
 }
 
@@ -103,8 +107,8 @@ static void job_cancelled(void *arg) {
   bw_waker_t *w = b->waker;
   b->waker = NULL;
   atomic_store_explicit(&b->done, 2, memory_order_release);
-  bw_waker_wake(w);
   inhibit_end(rt);
+  bw_waker_wake(w);
   bjob_unref(b);
 }
 
