@@ -743,6 +743,68 @@ static void test_layer_many_calls(void **state) {
   bfx_free(f);
 }
 
+
+/* Cancel storm: calls queued and running while another thread cancels a
+ * third of them and this one completes the backend's calls. Every call
+ * completes exactly once and every permit comes back. */
+typedef struct storm {
+  h5_res_t *r;
+  int n;
+} storm_t;
+
+static void *canceller(void *arg) {
+  storm_t *s = arg;
+  for (int i = 0; i < s->n; i += 3) {
+    bw_call_cancel(s->r[i].call);
+    if (i % 30 == 0) sched_yield();
+  }
+  return NULL;
+}
+
+static bool finish_any(h5_backend_t *be) {
+  pthread_mutex_lock(&h5_mu);
+  if (be->npending == 0) {
+    pthread_mutex_unlock(&h5_mu);
+    return false;
+  }
+  bw_call_t *c = be->pending[--be->npending];
+  pthread_mutex_unlock(&h5_mu);
+  bw_call_complete(c, NULL, NULL, NULL);
+  return true;
+}
+
+static void test_layer_cancel_storm(void **state) {
+  (void)state;
+  bfx_t *f = bfx_new(2, 4096, 0, true);
+  bw_runtime_free(f->rt);
+  f->rt = h5_rt(false, 2); /* real clock */
+  int n = h5_scaled(3000);
+  if (n > 4000) n = 4000;
+  h5_res_t *r = calloc((size_t)n, sizeof *r);
+  for (int i = 0; i < n; i++) h5_start(&r[i], f->svc, f->rt, 0);
+  storm_t s = {r, n};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, canceller, &s), 0);
+  uint64_t end = h5_real_ms() + 60000;
+  while (h5_wait_done(r, n, 0) < n && h5_real_ms() < end)
+    if (!finish_any(f->be)) sched_yield();
+  pthread_join(th, NULL);
+  assert_int_equal(h5_wait_done(r, n, n), n);
+  int ok = 0, cancelled = 0;
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(atomic_load(&r[i].done), 1);
+    ok += r[i].kind == BW_ERR_NONE;
+    cancelled += r[i].kind == BW_ERR_CANCELLED;
+  }
+  assert_int_equal(ok + cancelled, n);
+  H5_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
+  assert_int_equal(bw_bulkhead_queued(f->bh), 0);
+  for (int i = 0; i < n; i++) h5_free(&r[i]);
+  free(r);
+  bfx_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_basic_limit),
@@ -757,6 +819,7 @@ int main(void) {
       cmocka_unit_test(test_layer_timeout_returns_permit),
       cmocka_unit_test(test_layer_set_limit),
       cmocka_unit_test(test_layer_many_calls),
+      cmocka_unit_test(test_layer_cancel_storm),
   };
   return cmocka_run_group_tests_name("bulkhead", tests, NULL, NULL);
 }

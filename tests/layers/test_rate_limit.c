@@ -496,6 +496,46 @@ static void test_many_calls_two_workers(void **state) {
   rfx_free(f);
 }
 
+
+/* Cancel storm on the real clock: waiting calls cancelled by another thread
+ * while their timers fire. Each call completes once; cancelled waiters'
+ * tokens come back, so no reservation is left over at the end. */
+typedef struct storm {
+  h5_res_t *r;
+  int n;
+} storm_t;
+
+static void *canceller(void *arg) {
+  storm_t *s = arg;
+  for (int i = 0; i < s->n; i += 3) bw_call_cancel(s->r[i].call);
+  return NULL;
+}
+
+static void test_cancel_storm(void **state) {
+  (void)state;
+  rfx_t *f = rfx_new(false, 4000, 1, BW_RATE_LIMIT_WAIT, 10000);
+  int n = h5_scaled(600);
+  h5_res_t *r = calloc((size_t)n, sizeof *r);
+  for (int i = 0; i < n; i++) h5_start(&r[i], f->svc, f->rt, 0);
+  storm_t s = {r, n};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, canceller, &s), 0);
+  pthread_join(th, NULL);
+  assert_int_equal(h5_wait_done(r, n, n), n);
+  int ok = 0, cancelled = 0;
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(atomic_load(&r[i].done), 1);
+    ok += r[i].kind == BW_ERR_NONE;
+    cancelled += r[i].kind == BW_ERR_CANCELLED;
+    h5_free(&r[i]);
+  }
+  assert_int_equal(ok + cancelled, n);
+  assert_int_equal(atomic_load(&f->be->calls), ok);
+  assert_true(bw_rate_limit_tokens(f->rl, NULL) > -1.5);
+  free(r);
+  rfx_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_options),
@@ -505,6 +545,7 @@ int main(void) {
       cmocka_unit_test(test_deadline_from_timeout_layer),
       cmocka_unit_test(test_cancel_waiter_refunds),
       cmocka_unit_test(test_many_calls_two_workers),
+      cmocka_unit_test(test_cancel_storm),
   };
   return cmocka_run_group_tests_name("rate_limit", tests, NULL, NULL);
 }
