@@ -103,7 +103,9 @@ static int ensure_timer(rl_call_t *st, bw_runtime_t *rt) {
 
 static void give_up_waiting(rl_call_t *st, bw_call_t *call) {
   if (!phase_cas(st, PH_WAITING, PH_GAVE_UP)) return;
-  st->rl->store->vt->refund(st->rl->store, st->rl->n, bw__call_now_ns(call));
+  rl_t *rl = st->rl;
+  uint64_t now = rl->cheap_clock ? bw__call_now_cheap_ns(call) : bw__call_now_ns(call);
+  rl->store->vt->refund(rl->store, rl->n, now); /* same clock as the acquire */
   if (bw_timer_cancel(st->timer)) bw_call_unref(call);
 }
 
