@@ -75,6 +75,22 @@ typedef struct hstate {
   char errbuf[CURL_ERROR_SIZE];
 } hstate_t;
 
+/* A call reference we hold (op in flight, active transfer) comes with a
+ * reference on the http service: a child call's memory lives in the
+ * service's pool, and the stack above may release the service as soon as
+ * the call completed, while we still hold the call. Drop the call first,
+ * then the service (the pool must outlive the call). */
+static void hold(bw_call_t *call) {
+  bw_service_ref(bw_call_service(call));
+  bw_call_ref(call);
+}
+
+static void drop(bw_call_t *call) {
+  bw_service_t *svc = bw_call_service(call);
+  bw_call_unref(call);
+  bw_service_release(svc);
+}
+
 /* ---- loop-side lifetime ----------------------------------------------------- */
 
 static void loopside_unref(loopside_t *ls) {
@@ -147,7 +163,7 @@ static void release_transfer(hstate_t *st) {
  * st afterwards. */
 static void finish(hstate_t *st) {
   release_transfer(st);
-  bw_call_unref(st->call);
+  drop(st->call);
 }
 
 static void on_done(bw__curl_xfer_t *x, CURLcode rc) {
@@ -195,14 +211,14 @@ static void on_done(bw__curl_xfer_t *x, CURLcode rc) {
   release_transfer(st);
   if (!err) bw_call_complete(call, resp, bw_http_response_destroy, NULL);
   else bw_call_complete(call, NULL, NULL, err);
-  bw_call_unref(call);
+  drop(call);
 }
 
 /* ---- reactor ops (loop thread) ----------------------------------------------- */
 
 static void fail_start(hstate_t *st, bw_error_t *err) {
   bw_call_complete(st->call, NULL, NULL, err);
-  bw_call_unref(st->call);
+  drop(st->call);
 }
 
 static uint64_t pick(uint64_t req, uint64_t dflt) { return req ? req : dflt; }
@@ -213,7 +229,7 @@ static void start_op(bw__reactor_op_t *op, uv_loop_t *loop) {
   loopside_t *ls = cc->ls;
   const bw_http_request_t *req = st->req;
   if (st->cancel_seen) { /* the cancel op ran first: nothing to start */
-    bw_call_unref(st->call);
+    drop(st->call);
     return;
   }
   if (ls->closed) {
@@ -315,7 +331,7 @@ static void cancel_op(bw__reactor_op_t *op, uv_loop_t *loop) {
     atomic_fetch_add_explicit(&ls->cancelled, 1, memory_order_relaxed);
     finish(st); /* drops the transfer's reference */
   }
-  bw_call_unref(call); /* the cancel op's own reference */
+  drop(call); /* the cancel op's own reference */
 }
 
 /* ---- service ops --------------------------------------------------------------- */
@@ -335,20 +351,20 @@ static void http_call(bw_service_t *svc, bw_call_t *call) {
   st->core = cc;
   st->req = req;
   st->start_op.fn = start_op;
-  bw_call_ref(call); /* for the start op, then the transfer */
+  hold(call); /* for the start op, then the transfer */
   /* Publish, then check: a cancel that did not see `published` completed
    * the call before, so we see it done here and start nothing; one that did
    * see it queues a cancel op, which the loop orders with the start op. */
   atomic_store(&st->published, true);
   if (bw_call_is_done(call)) {
-    bw_call_unref(call);
+    drop(call);
     return;
   }
   if (bw__reactor_submit(cc->rt, &st->start_op) != 0) {
     bw_call_complete(call, NULL, NULL,
                      bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "http: %s %s: runtime shut down",
                                   req->method, req->url_redacted));
-    bw_call_unref(call);
+    drop(call);
   }
 }
 
@@ -358,9 +374,9 @@ static void http_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *re
   hstate_t *st = bw_call_state(call);
   if (!atomic_load(&st->published)) return; /* http_call will see the call done */
   st->cancel_op.fn = cancel_op;
-  bw_call_ref(call);
+  hold(call);
   /* After shutdown the close hook already aborted the transfer. */
-  if (bw__reactor_submit(cc->rt, &st->cancel_op) != 0) bw_call_unref(call);
+  if (bw__reactor_submit(cc->rt, &st->cancel_op) != 0) drop(call);
 }
 
 static void destroy_op(bw__reactor_op_t *op, uv_loop_t *loop) {

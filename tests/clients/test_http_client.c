@@ -14,6 +14,7 @@
 
 #include "bulwark/http.h"
 #include "bulwark/layer.h"
+#include "bulwark/retry.h"
 #include "bulwark/runtime.h"
 #include "bulwark/service.h"
 #include "support/http_server.h"
@@ -479,6 +480,65 @@ static void test_shutdown_mid_call(void **state) {
   waiter_fini(&w);
 }
 
+/* Retry-After honoured through a retry layer, on the paused clock: the
+ * backoff would be 1 ms, the server asks for 2 s twice, so the runtime
+ * clock moves >= 4 s while real time barely moves. */
+static void test_retry_after_through_retry_layer(void **state) {
+  (void)state;
+  bw_runtime_t *prt;
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = 2;
+  o.clock = BW_CLOCK_PAUSED;
+  assert_null(bw_runtime_new(&prt, &o));
+  bw_http_client_t *c2;
+  assert_null(bw_http_client_new(&c2, prt, NULL));
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 4;
+  ro.backoff.kind = BW_BACKOFF_CONSTANT;
+  ro.backoff.base_ns = 1000000; /* 1 ms */
+  ro.backoff.jitter = BW_JITTER_NONE;
+  ro.honor_retry_after = true;
+  ro.max_retry_after_ms = 60000;
+  bw_layer_t *retry;
+  assert_null(bw_retry_new(&retry, &ro));
+  bw_service_t *stack;
+  assert_null(bw_stack_build(&stack, NULL, &retry, 1, bw_http_client_service(c2), NULL));
+
+  bw_runtime_t *saved = rt;
+  rt = prt;
+  uint64_t t0 = bw_runtime_now_ns(prt);
+  bw_call_t *c = run_on(stack, mkreq("GET", "/?key=ra1&fail_first=2&status=503&retry_after=2"), 0);
+  uint64_t t1 = bw_runtime_now_ns(prt);
+  assert_null(bw_call_error(c));
+  assert_int_equal(bw_http_response_status(bw_call_response(c)), 200);
+  assert_int_equal(httpd_key_count(srv, "ra1"), 3);
+  assert_true(t1 - t0 >= 4000000000ull);
+  bw_call_free(c);
+
+  /* a POST is not replayed: one request reaches the server */
+  c = run_on(stack, mkreq("POST", "/?key=ra2&fail_first=2&status=503&retry_after=1"), 0);
+  assert_true(bw_http_error_is_non_idempotent(bw_call_error(c)));
+  assert_true(bw_error_is(bw_call_error(c), BW_ERR_HTTP_STATUS));
+  assert_int_equal(httpd_key_count(srv, "ra2"), 1);
+  bw_call_free(c);
+
+  /* a POST marked idempotent is */
+  bw_http_request_t *r = mkreq("POST", "/?key=ra3&fail_first=2&status=503&retry_after=1");
+  bw_http_request_set_idempotent(r, true);
+  c = run_on(stack, r, 0);
+  assert_null(bw_call_error(c));
+  assert_int_equal(httpd_key_count(srv, "ra3"), 3);
+  bw_call_free(c);
+  rt = saved;
+
+  bw_service_release(stack);
+  bw_layer_release(retry);
+  bw_http_client_free(c2);
+  bw_runtime_free(prt);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_get_ok),
@@ -493,6 +553,7 @@ int main(void) {
       cmocka_unit_test(test_cancel_frees_transfer),
       cmocka_unit_test(test_many_concurrent),
       cmocka_unit_test(test_shutdown_mid_call),
+      cmocka_unit_test(test_retry_after_through_retry_layer),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
