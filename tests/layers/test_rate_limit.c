@@ -286,6 +286,7 @@ static inline __attribute__((unused)) void h5_start_batch(h5_res_t *r, int n, bw
 }
 /* ---- end of harness ----------------------------------------------------------- */
 
+#include "bulwark/alloc.h"
 #include "bulwark/rate_limit.h"
 #include "bulwark/timeout.h"
 
@@ -536,8 +537,70 @@ static void test_cancel_storm(void **state) {
   rfx_free(f);
 }
 
+
+/* Counting allocator: rejections in a burst that share one retry-after hint
+ * allocate nothing (the error is shared, calls are pooled). */
+static atomic_long n_allocs;
+static void *c_malloc(size_t n) { atomic_fetch_add(&n_allocs, 1); return malloc(n); }
+static void *c_calloc(size_t a, size_t b) { atomic_fetch_add(&n_allocs, 1); return calloc(a, b); }
+static void *c_realloc(void *p, size_t n) { atomic_fetch_add(&n_allocs, 1); return realloc(p, n); }
+
+/* Calls chained from completion callbacks, so every call starts on a worker
+ * (as in a server), not deferred from this thread. */
+typedef struct chain {
+  bw_service_t *svc;
+  bw_runtime_t *rt;
+  int left, wrong;
+  atomic_int done;
+} chain_t;
+
+static void chain_next(chain_t *c);
+static void chain_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  chain_t *c = arg;
+  if (bw_error_kind(err) != BW_ERR_RATE_LIMITED || bw_error_retry_after_ms(err) != 100) c->wrong++;
+  bw_call_free(call);
+  if (--c->left > 0) {
+    chain_next(c);
+  } else {
+    pthread_mutex_lock(&h5_mu);
+    atomic_store(&c->done, 1);
+    pthread_cond_broadcast(&h5_cv);
+    pthread_mutex_unlock(&h5_mu);
+  }
+}
+static void chain_next(chain_t *c) {
+  bw_call_t *call = NULL;
+  if (bw_call_new(&call, c->svc, c->rt) || bw_service_call(c->svc, call, chain_done, c)) abort();
+}
+static void chain_run(chain_t *c) {
+  chain_next(c);
+  H5_UNTIL(atomic_load(&c->done));
+  assert_int_equal(atomic_load(&c->done), 1);
+}
+
+static void test_rejections_do_not_allocate(void **state) {
+  (void)state;
+  rfx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_REJECT, 0);
+  h5_res_t r;
+  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_NONE);
+  chain_t warm = {f->svc, f->rt, 200, 0, 0};
+  chain_run(&warm);
+  int n = h5_scaled(5000);
+  chain_t c = {f->svc, f->rt, n, 0, 0};
+  long before = atomic_load(&n_allocs);
+  chain_run(&c);
+  long allocs = atomic_load(&n_allocs) - before;
+  assert_int_equal(c.wrong, 0);
+  /* The first call of the chain starts from this thread (one deferral). */
+  assert_true(allocs <= 2);
+  rfx_free(f);
+}
+
 int main(void) {
+  bw_allocator_t a = {c_malloc, c_calloc, c_realloc, free};
+  if (bw_set_allocator(&a) != NULL) return 1;
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_rejections_do_not_allocate),
       cmocka_unit_test(test_options),
       cmocka_unit_test(test_reject_mode_hint),
       cmocka_unit_test(test_wait_mode_fifo),
