@@ -1,0 +1,592 @@
+/* Registry: build named stacks around a service, shared instances, reload
+ * (breaker state kept, failure keeps the old config, calls in flight finish
+ * on the old stack), automatic reload on file change. Runs on a paused clock. */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+#include <errno.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "bulwark/circuit_breaker.h"
+#include "bulwark/fallback.h"
+#include "bulwark/config.h"
+#include "bulwark/http.h"
+#include "bulwark/layer.h"
+#include "bulwark/runtime.h"
+#include "bulwark/service.h"
+
+/* ---- helpers ---------------------------------------------------------------- */
+
+typedef struct waiter {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done;
+  bw_error_kind_t kind;
+  char resp[64];
+} waiter_t;
+
+static void waiter_init(waiter_t *w) {
+  memset(w, 0, sizeof *w);
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+}
+static void waiter_fini(waiter_t *w) {
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+}
+
+static void on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  waiter_t *w = arg;
+  pthread_mutex_lock(&w->mu);
+  w->kind = bw_error_kind(err);
+  w->resp[0] = '\0';
+  const char *r = err ? NULL : bw_call_response(call);
+  if (r) {
+    memcpy(w->resp, r, 2); /* fallback values in these tests are 2 bytes */
+    w->resp[2] = '\0';
+  }
+  w->done++;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void wait_for(waiter_t *w, int n) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 30; /* safety limit only: the paused clock makes this instant */
+  pthread_mutex_lock(&w->mu);
+  while (w->done < n)
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) == ETIMEDOUT) break;
+  pthread_mutex_unlock(&w->mu);
+  assert_int_equal(w->done, n);
+}
+
+/* One call through svc, waited for. Returns the outcome kind. */
+static bw_error_kind_t call_once(bw_runtime_t *rt, bw_service_t *svc, char *resp_out) {
+  waiter_t w;
+  waiter_init(&w);
+  bw_call_t *c = NULL;
+  assert_null(bw_call_new(&c, svc, rt));
+  assert_null(bw_service_call(svc, c, on_done, &w));
+  wait_for(&w, 1);
+  bw_call_free(c);
+  if (resp_out) strcpy(resp_out, w.resp);
+  bw_error_kind_t k = w.kind;
+  waiter_fini(&w);
+  return k;
+}
+
+static bw_runtime_t *paused_rt(void) {
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = 1;
+  o.clock = BW_CLOCK_PAUSED;
+  bw_runtime_t *rt = NULL;
+  assert_null(bw_runtime_new(&rt, &o));
+  return rt;
+}
+
+/* A backend that fails the first `fail_first` calls with a transport error. */
+typedef struct backend {
+  atomic_int calls;
+  int fail_first;
+} backend_t;
+
+static bw_error_t *backend_fn(void *arg, bw_call_t *call, void **resp, bw_destroy_fn *resp_free) {
+  (void)call;
+  backend_t *b = arg;
+  int n = atomic_fetch_add(&b->calls, 1);
+  if (n < b->fail_first) return bw_error_new(BW_ERR_TRANSPORT, 0, "backend down (call %d)", n + 1);
+  char *r = malloc(3);
+  memcpy(r, "ok", 3);
+  *resp = r;
+  *resp_free = free;
+  return NULL;
+}
+
+static bw_service_t *backend_service(backend_t *b) {
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  o.sync = backend_fn;
+  o.arg = b;
+  bw_service_t *svc = NULL;
+  assert_null(bw_service_from_fn(&svc, &o));
+  return svc;
+}
+
+static void collect(const char *name, void *arg) {
+  char *buf = arg;
+  strcat(buf, name);
+  strcat(buf, ",");
+}
+
+/* ---- tests -------------------------------------------------------------------------- */
+
+static const char *kTwo =
+    "shared:\n"
+    "  brk:\n"
+    "    circuit_breaker: { window: consecutive, consecutive_failures: 2, open_duration: 60s }\n"
+    "  budget:\n"
+    "    retry_budget: { ratio: 50% }\n"
+    "stacks:\n"
+    "  retrying:\n"
+    "    - retry: { max_attempts: 3, base_delay: 10ms, budget: budget }\n"
+    "    - timeout: 1s\n"
+    "  guarded:\n"
+    "    - shared: brk\n";
+
+static void test_names_and_build(void **state) {
+  (void)state;
+  bw_runtime_t *rt = paused_rt();
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, kTwo, strlen(kTwo), "two.yaml", NULL));
+  assert_int_equal(bw_registry_generation(reg), 1);
+  char names[256] = "";
+  assert_int_equal(bw_registry_names(reg, BW_REGISTRY_STACKS, collect, names), 2);
+  assert_string_equal(names, "retrying,guarded,");
+  names[0] = '\0';
+  assert_int_equal(bw_registry_names(reg, BW_REGISTRY_SHARED, collect, names), 2);
+  assert_string_equal(names, "brk,budget,");
+  assert_int_equal(bw_registry_names(reg, BW_REGISTRY_CLIENTS, NULL, NULL), 0);
+
+  backend_t b = {0, 2};
+  bw_service_t *inner = backend_service(&b);
+  bw_service_t *svc = NULL;
+  assert_null(bw_registry_build(reg, "retrying", inner, &svc));
+  char resp[64];
+  /* two transport failures, the third attempt succeeds */
+  assert_int_equal(call_once(rt, svc, resp), BW_ERR_NONE);
+  assert_string_equal(resp, "ok");
+  assert_int_equal(atomic_load(&b.calls), 3);
+
+  bw_service_t *bad = NULL;
+  bw_error_t *e = bw_registry_build(reg, "retryng", inner, &bad);
+  assert_non_null(e);
+  assert_int_equal(bw_error_kind(e), BW_ERR_CONFIG);
+  assert_int_equal(bw_error_detail(e), BW_CFG_UNKNOWN_REF);
+  assert_non_null(strstr(bw_error_message(e), "did you mean 'retrying'?"));
+  bw_error_unref(e);
+
+  bw_retry_budget_t *bud = NULL;
+  assert_null(bw_registry_shared_budget(reg, "budget", &bud));
+  assert_non_null(bud);
+  bw_retry_budget_release(bud);
+  bw_layer_t *l = NULL;
+  e = bw_registry_shared_layer(reg, "budget", &l); /* a budget is not a layer */
+  assert_non_null(e);
+  bw_error_unref(e);
+
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+}
+
+static void test_reload_keeps_breaker_state(void **state) {
+  (void)state;
+  bw_runtime_t *rt = paused_rt();
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, kTwo, strlen(kTwo), "two.yaml", NULL));
+  backend_t b = {0, 1000000};
+  bw_service_t *inner = backend_service(&b);
+  bw_service_t *svc = NULL;
+  assert_null(bw_registry_build(reg, "guarded", inner, &svc));
+  assert_int_equal(call_once(rt, svc, NULL), BW_ERR_TRANSPORT);
+  assert_int_equal(call_once(rt, svc, NULL), BW_ERR_TRANSPORT);
+  bw_layer_t *brk = NULL;
+  assert_null(bw_registry_shared_layer(reg, "brk", &brk));
+  assert_int_equal(bw_circuit_breaker_state(brk), BW_BREAKER_OPEN);
+  assert_int_equal(call_once(rt, svc, NULL), BW_ERR_CIRCUIT_OPEN);
+
+  /* the stacks change, the breaker's settings do not: same instance, still open */
+  const char *v2 =
+      "shared:\n"
+      "  brk:\n"
+      "    circuit_breaker: { window: consecutive, consecutive_failures: 2, open_duration: 60s }\n"
+      "stacks:\n"
+      "  guarded:\n"
+      "    - fallback: { value: fb, on: [timeout] }\n"
+      "    - shared: brk\n"
+      "    - timeout: 2s\n";
+  assert_null(bw_registry_reload_string(reg, v2, strlen(v2), "v2.yaml"));
+  assert_int_equal(bw_registry_generation(reg), 2);
+  bw_layer_t *brk2 = NULL;
+  assert_null(bw_registry_shared_layer(reg, "brk", &brk2));
+  assert_ptr_equal(brk, brk2);
+  assert_int_equal(bw_circuit_breaker_state(brk2), BW_BREAKER_OPEN);
+  int before = atomic_load(&b.calls);
+  /* the service now goes through the v2 stack: still rejected, backend untouched */
+  assert_int_equal(call_once(rt, svc, NULL), BW_ERR_CIRCUIT_OPEN);
+  assert_int_equal(atomic_load(&b.calls), before);
+  bw_layer_release(brk2);
+
+  /* the breaker's settings change: a new instance, closed */
+  const char *v3 =
+      "shared:\n"
+      "  brk:\n"
+      "    circuit_breaker: { window: consecutive, consecutive_failures: 3, open_duration: 60s }\n"
+      "stacks:\n"
+      "  guarded:\n"
+      "    - shared: brk\n";
+  assert_null(bw_registry_reload_string(reg, v3, strlen(v3), "v3.yaml"));
+  bw_layer_t *brk3 = NULL;
+  assert_null(bw_registry_shared_layer(reg, "brk", &brk3));
+  assert_ptr_not_equal(brk, brk3);
+  assert_int_equal(bw_circuit_breaker_state(brk3), BW_BREAKER_CLOSED);
+  assert_int_equal(bw_circuit_breaker_state(brk), BW_BREAKER_OPEN); /* the old one, untouched */
+  assert_int_equal(call_once(rt, svc, NULL), BW_ERR_TRANSPORT);
+  bw_layer_release(brk3);
+  bw_layer_release(brk);
+
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+}
+
+static void test_reload_failure_keeps_old(void **state) {
+  (void)state;
+  bw_runtime_t *rt = paused_rt();
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, kTwo, strlen(kTwo), "two.yaml", NULL));
+  backend_t b = {0, 2};
+  bw_service_t *inner = backend_service(&b);
+  bw_service_t *svc = NULL;
+  assert_null(bw_registry_build(reg, "retrying", inner, &svc));
+
+  const char *broken =
+      "stacks:\n"
+      "  retrying:\n"
+      "    - retry: { max_attempts: 1, budget: nowhere }\n";
+  bw_error_t *e = bw_registry_reload_string(reg, broken, strlen(broken), "broken.yaml");
+  assert_non_null(e);
+  assert_int_equal(bw_error_kind(e), BW_ERR_CONFIG);
+  assert_int_equal(bw_error_detail(e), BW_CFG_UNKNOWN_REF);
+  assert_non_null(strstr(bw_error_message(e), "broken.yaml:3:41: stacks.retrying[0].retry.budget"));
+  bw_error_unref(e);
+  assert_int_equal(bw_registry_generation(reg), 1);
+  char names[128] = "";
+  bw_registry_names(reg, BW_REGISTRY_STACKS, collect, names);
+  assert_string_equal(names, "retrying,guarded,");
+  /* still 3 attempts (the broken file said 1) */
+  assert_int_equal(call_once(rt, svc, NULL), BW_ERR_NONE);
+  assert_int_equal(atomic_load(&b.calls), 3);
+
+  /* a file that cannot be read changes nothing either */
+  e = bw_registry_reload_file(reg, "/nonexistent/bulwark.yaml");
+  assert_int_equal(bw_error_detail(e), BW_CFG_IO);
+  bw_error_unref(e);
+  e = bw_registry_reload(reg); /* loaded from a string: no file */
+  assert_int_equal(bw_error_kind(e), BW_ERR_NOT_ALLOWED);
+  bw_error_unref(e);
+  assert_int_equal(bw_registry_generation(reg), 1);
+
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+}
+
+/* An async backend that parks its calls until the test finishes them. */
+typedef struct parked {
+  pthread_mutex_t mu;
+  bw_call_t *call;
+} parked_t;
+
+static void park_fn(void *arg, bw_call_t *call) {
+  parked_t *p = arg;
+  pthread_mutex_lock(&p->mu);
+  p->call = call;
+  pthread_mutex_unlock(&p->mu);
+}
+
+static void test_inflight_finishes_on_old_stack(void **state) {
+  (void)state;
+  bw_runtime_t *rt = paused_rt();
+  const char *v1 = "stacks:\n  s:\n    - fallback: { value: v1 }\n";
+  const char *v2 = "stacks:\n  s:\n    - fallback: { value: v2 }\n";
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, v1, strlen(v1), "v1.yaml", NULL));
+  parked_t p;
+  memset(&p, 0, sizeof p);
+  pthread_mutex_init(&p.mu, NULL);
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  o.async = park_fn;
+  o.arg = &p;
+  bw_service_t *inner = NULL;
+  assert_null(bw_service_from_fn(&inner, &o));
+  bw_service_t *svc = NULL;
+  assert_null(bw_registry_build(reg, "s", inner, &svc));
+
+  waiter_t w;
+  waiter_init(&w);
+  bw_call_t *c = NULL;
+  assert_null(bw_call_new(&c, svc, rt));
+  assert_null(bw_service_call(svc, c, on_done, &w));
+  /* wait until the backend holds the call (it starts on a worker) */
+  for (int i = 0; i < 100000; i++) {
+    pthread_mutex_lock(&p.mu);
+    bool have = p.call != NULL;
+    pthread_mutex_unlock(&p.mu);
+    if (have) break;
+    sched_yield();
+  }
+  assert_non_null(p.call);
+  assert_null(bw_registry_reload_string(reg, v2, strlen(v2), "v2.yaml"));
+  bw_call_complete(p.call, NULL, NULL, bw_error_new(BW_ERR_TRANSPORT, 0, "late failure"));
+  wait_for(&w, 1);
+  assert_int_equal(w.kind, BW_ERR_NONE);
+  assert_string_equal(w.resp, "v1"); /* the stack it started on */
+  bw_call_free(c);
+  waiter_fini(&w);
+
+  /* a new call uses the new stack */
+  p.call = NULL;
+  waiter_init(&w);
+  assert_null(bw_call_new(&c, svc, rt));
+  assert_null(bw_service_call(svc, c, on_done, &w));
+  for (int i = 0; i < 100000; i++) {
+    pthread_mutex_lock(&p.mu);
+    bool have = p.call != NULL;
+    pthread_mutex_unlock(&p.mu);
+    if (have) break;
+    sched_yield();
+  }
+  assert_non_null(p.call);
+  bw_call_complete(p.call, NULL, NULL, bw_error_new(BW_ERR_TRANSPORT, 0, "failure"));
+  wait_for(&w, 1);
+  assert_string_equal(w.resp, "v2");
+  bw_call_free(c);
+  waiter_fini(&w);
+
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+  pthread_mutex_destroy(&p.mu);
+}
+
+static void test_cancel_through_registry_service(void **state) {
+  (void)state;
+  bw_runtime_t *rt = paused_rt();
+  const char *y = "stacks:\n  s:\n    - timeout: 50ms\n";
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, y, strlen(y), "t.yaml", NULL));
+  parked_t p;
+  memset(&p, 0, sizeof p);
+  pthread_mutex_init(&p.mu, NULL);
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  o.async = park_fn;
+  o.arg = &p;
+  bw_service_t *inner = NULL;
+  assert_null(bw_service_from_fn(&inner, &o));
+  bw_service_t *svc = NULL;
+  assert_null(bw_registry_build(reg, "s", inner, &svc));
+  /* the parked backend never answers: the timeout inside fires on the paused clock */
+  assert_int_equal(call_once(rt, svc, NULL), BW_ERR_TIMEOUT);
+  /* the caller cancels: exactly one completion, kind cancelled */
+  waiter_t w;
+  waiter_init(&w);
+  bw_call_t *c = NULL;
+  assert_null(bw_call_new(&c, svc, rt));
+  assert_null(bw_service_call(svc, c, on_done, &w));
+  bw_call_cancel(c);
+  bw_call_cancel(c);
+  wait_for(&w, 1);
+  assert_true(w.kind == BW_ERR_CANCELLED || w.kind == BW_ERR_TIMEOUT);
+  bw_call_free(c);
+  waiter_fini(&w);
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+  pthread_mutex_destroy(&p.mu);
+}
+
+static void test_http_request_and_clients(void **state) {
+  (void)state;
+  const char *y =
+      "stacks:\n  api:\n    - timeout: 1s\n"
+      "clients:\n"
+      "  web:\n    http: { base_url: \"http://127.0.0.1:9/v1\", stack: api }\n"
+      "  cache:\n    redis: { port: 6399, stack: api }\n";
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, y, strlen(y), "c.yaml", NULL));
+  bw_http_request_t *req = NULL;
+  assert_null(bw_registry_http_request(reg, "web", "get", "/users?id=3", &req));
+  assert_string_equal(bw_http_request_method(req), "GET");
+  assert_string_equal(bw_http_request_url_redacted(req), "http://127.0.0.1:9/v1/users");
+  bw_http_request_free(req);
+  bw_error_t *e = bw_registry_http_request(reg, "cache", "GET", "/x", &req); /* not HTTP */
+  assert_int_equal(bw_error_detail(e), BW_CFG_UNKNOWN_REF);
+  bw_error_unref(e);
+  char names[64] = "";
+  assert_int_equal(bw_registry_names(reg, BW_REGISTRY_CLIENTS, collect, names), 2);
+  assert_string_equal(names, "web,cache,");
+  bw_service_t *svc = NULL;
+  e = bw_registry_client(reg, "web", &svc); /* no runtime given */
+  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
+  bw_error_unref(e);
+  e = bw_registry_client(reg, "webb", &svc);
+  assert_non_null(strstr(bw_error_message(e), "did you mean 'web'?"));
+  bw_error_unref(e);
+  bw_registry_free(reg);
+}
+
+static void test_http_client_through_stack(void **state) {
+  (void)state;
+  bw_runtime_t *rt = paused_rt();
+  bw_registry_opts_t ro;
+  bw_registry_opts_init(&ro);
+  ro.rt = rt;
+  /* port 9 (discard) on loopback refuses: connect error, then the fallback answers */
+  const char *y =
+      "stacks:\n  api:\n    - fallback: { value: cached, status: 203 }\n    - timeout: 5s\n"
+      "clients:\n  web:\n    http: { base_url: \"http://127.0.0.1:9\", stack: api }\n";
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, y, strlen(y), "h.yaml", &ro));
+  bw_service_t *svc = NULL;
+  assert_null(bw_registry_client(reg, "web", &svc));
+  bw_http_request_t *req = NULL;
+  assert_null(bw_registry_http_request(reg, "web", "GET", "/", &req));
+  waiter_t w;
+  waiter_init(&w);
+  bw_call_t *c = NULL;
+  assert_null(bw_call_new(&c, svc, rt));
+  bw_call_set_request(c, req, bw_http_request_destroy);
+  assert_null(bw_service_call(svc, c, on_done, &w));
+  wait_for(&w, 1);
+  assert_int_equal(w.kind, BW_ERR_NONE);
+  const bw_http_response_t *resp = bw_call_response(c);
+  assert_non_null(resp);
+  assert_int_equal(bw_http_response_status(resp), 203);
+  size_t len = 0;
+  const char *body = bw_http_response_body(resp, &len);
+  assert_int_equal(len, 6);
+  assert_memory_equal(body, "cached", 6);
+  assert_non_null(bw_call_fallback_error(c));
+  bw_call_free(c);
+  waiter_fini(&w);
+  bw_service_release(svc);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+}
+
+/* ---- automatic reload ------------------------------------------------------------- */
+
+typedef struct reload_seen {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int n;
+  bw_error_kind_t last;
+} reload_seen_t;
+
+static void on_reload(bw_registry_t *reg, const bw_error_t *err, void *arg) {
+  (void)reg;
+  reload_seen_t *s = arg;
+  pthread_mutex_lock(&s->mu);
+  s->n++;
+  s->last = bw_error_kind(err);
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+static int wait_reloads(reload_seen_t *s, int n) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 20; /* waiting for the kernel's file event, not for time to pass */
+  pthread_mutex_lock(&s->mu);
+  while (s->n < n)
+    if (pthread_cond_timedwait(&s->cv, &s->mu, &ts) == ETIMEDOUT) break;
+  int got = s->n;
+  pthread_mutex_unlock(&s->mu);
+  return got;
+}
+
+static void write_file(const char *path, const char *text) {
+  char tmp[512];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  FILE *f = fopen(tmp, "w");
+  assert_non_null(f);
+  fputs(text, f);
+  fclose(f);
+  assert_int_equal(rename(tmp, path), 0); /* as editors save */
+}
+
+static void test_watch_reloads(void **state) {
+  (void)state;
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = 1;
+  bw_runtime_t *rt = NULL;
+  assert_null(bw_runtime_new(&rt, &o));
+  char dir[] = "/tmp/bw_cfg_watch_XXXXXX";
+  assert_non_null(mkdtemp(dir));
+  char path[256];
+  snprintf(path, sizeof path, "%s/stacks.yaml", dir);
+  write_file(path, "stacks:\n  a:\n    - timeout: 1s\n");
+  reload_seen_t seen;
+  memset(&seen, 0, sizeof seen);
+  pthread_mutex_init(&seen.mu, NULL);
+  pthread_cond_init(&seen.cv, NULL);
+  bw_registry_opts_t ro;
+  bw_registry_opts_init(&ro);
+  ro.rt = rt;
+  ro.watch = true;
+  ro.on_reload = on_reload;
+  ro.on_reload_arg = &seen;
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_file(&reg, path, &ro));
+  assert_int_equal(bw_registry_generation(reg), 1);
+  /* the watch starts on the reactor thread: retry the write until it is seen */
+  int got = 0;
+  for (int i = 0; i < 20 && got == 0; i++) {
+    char text[128];
+    snprintf(text, sizeof text, "stacks:\n  a:\n    - timeout: %ds\n  b:\n    - retry: 2\n", i + 2);
+    write_file(path, text);
+    got = wait_reloads(&seen, 1) >= 1;
+  }
+  assert_true(got);
+  assert_int_equal(seen.last, BW_ERR_NONE);
+  assert_true(bw_registry_generation(reg) >= 2);
+  assert_int_equal(bw_registry_names(reg, BW_REGISTRY_STACKS, NULL, NULL), 2);
+  /* a broken save is reported and changes nothing */
+  int before = seen.n;
+  uint64_t gen = bw_registry_generation(reg);
+  write_file(path, "stacks:\n  a:\n    - retyr: 2\n");
+  assert_true(wait_reloads(&seen, before + 1) >= before + 1);
+  pthread_mutex_lock(&seen.mu);
+  bw_error_kind_t last = seen.last;
+  pthread_mutex_unlock(&seen.mu);
+  assert_int_equal(last, BW_ERR_CONFIG);
+  assert_int_equal(bw_registry_generation(reg), gen);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+  unlink(path);
+  rmdir(dir);
+  pthread_mutex_destroy(&seen.mu);
+  pthread_cond_destroy(&seen.cv);
+}
+
+int main(void) {
+  const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_names_and_build),
+      cmocka_unit_test(test_reload_keeps_breaker_state),
+      cmocka_unit_test(test_reload_failure_keeps_old),
+      cmocka_unit_test(test_inflight_finishes_on_old_stack),
+      cmocka_unit_test(test_cancel_through_registry_service),
+      cmocka_unit_test(test_http_request_and_clients),
+      cmocka_unit_test(test_http_client_through_stack),
+      cmocka_unit_test(test_watch_reloads),
+  };
+  return cmocka_run_group_tests_name("config_registry", tests, NULL, NULL);
+}
