@@ -147,6 +147,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
   st->w.deadline_ns = UINT64_MAX;
   /* Fast path: a free permit and nobody queueing. */
   if (bw__permits_try_acquire(&bh->p) == BW__PERMITS_OK) {
+    /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
     atomic_store(&st->phase, PH_RUNNING);
     run(st);
     return;
@@ -159,6 +160,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
     bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_OUT_OF_MEMORY));
     return;
   }
+  /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, PH_QUEUED);
   bw_call_ref(call); /* the queue's reference */
   int rc = bw__permits_acquire(&bh->p, &st->w);
@@ -187,6 +189,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
       bw_call_unref(call);
     }
   }
+  /* seq_cst loads: pair with the CAS in bh_cancel (Dekker with is_done). */
   if (atomic_load(&st->phase) == PH_GAVE_UP || bw_call_is_done(call)) {
     /* A cancel raced with queueing: make sure the waiter leaves the queue. */
     phase_cas(st, PH_QUEUED, PH_GAVE_UP);

@@ -205,6 +205,7 @@ static void arm(ch_call_t *st, uint64_t at_ns, int phase) {
     bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_OUT_OF_MEMORY));
     return;
   }
+  /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, phase);
   bw_call_ref(call); /* the timer's reference */
   bw_error_t *e = bw_timer_arm(st->timer, at_ns);
@@ -223,6 +224,7 @@ static void ch_call(bw_service_t *svc, bw_call_t *call) {
   st->ch = ch;
   st->call = call;
   memset(&st->slot, 0, sizeof st->slot);
+  /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, PH_NONE);
   bool on = atomic_load_explicit(&ch->enabled, memory_order_relaxed);
   bool chosen = false;

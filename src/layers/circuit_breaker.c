@@ -47,6 +47,11 @@ typedef struct brk {
   bw_metric_t *gauge;
 } brk_t;
 
+static uint64_t clock_rt(brk_t *b) {
+  /* acquire: pairs with the release CAS in brk_call. */
+  return bw__clock_now_ns(atomic_load_explicit(&b->rt, memory_order_acquire));
+}
+
 static uint64_t brk_now(const brk_t *b, const bw_call_t *call) {
   return b->cheap_clock ? bw__call_now_cheap_ns(call) : bw__call_now_ns(call);
 }
@@ -129,7 +134,10 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
   bw_runtime_t *rt = bw_call_runtime(call);
   if (__builtin_expect(atomic_load_explicit(&b->rt, memory_order_relaxed) == NULL, 0)) {
     bw_runtime_t *none = NULL;
-    atomic_compare_exchange_strong(&b->rt, &none, rt);
+    /* release: pairs with the acquire in clock_rt(); publishes the runtime
+     * whose clock API calls outside calls use. */
+    atomic_compare_exchange_strong_explicit(&b->rt, &none, rt, memory_order_release,
+                                            memory_order_relaxed);
   }
   bw__breaker_store_t *store = b->store;
   bw__keyed_entry_t *entry = NULL;
@@ -211,7 +219,7 @@ static brk_t *brk_of(bw_layer_t *layer) {
 static double gauge_state(void *arg) {
   brk_t *b = arg;
   bw_breaker_stats_t s;
-  b->store->vt->stats(b->store, bw__clock_now_ns(atomic_load(&b->rt)), &s);
+  b->store->vt->stats(b->store, clock_rt(b), &s);
   return (double)s.state;
 }
 
@@ -305,14 +313,14 @@ bw_breaker_state_t bw_circuit_breaker_state(bw_layer_t *breaker) {
   if (!b || !b->store) return BW_BREAKER_CLOSED;
   bw__breaker_change_t chg = {0};
   bw_breaker_state_t s =
-      b->store->vt->state(b->store, bw__clock_now_ns(atomic_load(&b->rt)), &chg);
+      b->store->vt->state(b->store, clock_rt(b), &chg);
   report(b, NULL, &chg, false);
   return s;
 }
 
 static bw_error_t *force_store(brk_t *b, bw__breaker_store_t *store, bw_breaker_state_t state) {
   bw__breaker_change_t chg = {0};
-  if (store->vt->force(store, state, bw__clock_now_ns(atomic_load(&b->rt)), &chg) != 0)
+  if (store->vt->force(store, state, clock_rt(b), &chg) != 0)
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "circuit breaker: cannot force state %s",
                         bw_breaker_state_name(state));
   report(b, NULL, &chg, true);
@@ -330,7 +338,7 @@ bw_error_t *bw_circuit_breaker_stats(bw_layer_t *breaker, bw_breaker_stats_t *ou
   brk_t *b = brk_of(breaker);
   if (!b || !b->store || !out)
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_circuit_breaker_stats: not a breaker");
-  b->store->vt->stats(b->store, bw__clock_now_ns(atomic_load(&b->rt)), out);
+  b->store->vt->stats(b->store, clock_rt(b), out);
   return NULL;
 }
 
@@ -358,7 +366,7 @@ bool bw_circuit_breaker_keyed_state(bw_layer_t *keyed, const char *key,
   bw__breaker_store_t *s = bw__keyed_get(b->keyed, key, strlen(key), false, &e);
   if (!s) return false;
   bw__breaker_change_t chg = {0};
-  bw_breaker_state_t st = s->vt->state(s, bw__clock_now_ns(atomic_load(&b->rt)), &chg);
+  bw_breaker_state_t st = s->vt->state(s, clock_rt(b), &chg);
   bw__keyed_put(b->keyed, e);
   report(b, NULL, &chg, false);
   if (state) *state = st;

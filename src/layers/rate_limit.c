@@ -116,9 +116,10 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
   st->rl = rl;
   st->call = call;
   memset(&st->slot, 0, sizeof st->slot);
+  /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, PH_NONE);
   if (atomic_load_explicit(&rl->rt, memory_order_relaxed) != rt)
-    atomic_store_explicit(&rl->rt, rt, memory_order_relaxed);
+    atomic_store_explicit(&rl->rt, rt, memory_order_release); /* pairs with clock_rt() */
   uint64_t now = rl->cheap_clock ? bw__call_now_cheap_ns(call) : bw_runtime_now_ns(rt);
   uint64_t budget = rl->mode == BW_RATE_LIMIT_WAIT ? rl->max_wait_ns : 0;
   int64_t left = bw_call_remaining_ns(call);
@@ -147,6 +148,7 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
     bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_OUT_OF_MEMORY));
     return;
   }
+  /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, PH_WAITING);
   bw_call_ref(call); /* the timer's reference */
   bw_error_t *e = bw_timer_arm(st->timer, now + wait);
@@ -211,9 +213,14 @@ static rl_t *rl_of(bw_layer_t *layer) {
   return rl && rl->magic == RL_MAGIC ? rl : NULL;
 }
 
+static uint64_t clock_rt(rl_t *rl) {
+  /* acquire: pairs with the release store in rl_call (the last runtime seen). */
+  return bw__clock_now_ns(atomic_load_explicit(&rl->rt, memory_order_acquire));
+}
+
 static double gauge_tokens(void *arg) {
   rl_t *rl = arg;
-  return rl->store->vt->tokens(rl->store, bw__clock_now_ns(atomic_load(&rl->rt)));
+  return rl->store->vt->tokens(rl->store, clock_rt(rl));
 }
 
 bw_error_t *bw_rate_limit_new(bw_layer_t **out, const bw_rate_limit_opts_t *opts) {
@@ -280,6 +287,5 @@ bw_error_t *bw_rate_limit_new(bw_layer_t **out, const bw_rate_limit_opts_t *opts
 double bw_rate_limit_tokens(bw_layer_t *limiter, bw_runtime_t *rt) {
   rl_t *rl = rl_of(limiter);
   if (!rl) return 0;
-  if (!rt) rt = atomic_load(&rl->rt);
-  return rl->store->vt->tokens(rl->store, bw__clock_now_ns(rt));
+  return rl->store->vt->tokens(rl->store, rt ? bw_runtime_now_ns(rt) : clock_rt(rl));
 }
