@@ -640,13 +640,41 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
   return NULL;
 }
 
+/* Deliveries queued by a child start made outside any library entry (a
+ * layer's timer callback): run on a worker, after that start returned. */
+static void deferred_list(void *arg) {
+  enter();
+  for (bw_call_t *c = arg; c;) {
+    bw_call_t *next = c->qnext;
+    c->qnext = NULL;
+    run_delivery(c);
+    c = next;
+  }
+  leave();
+}
+
 void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   child->cb = cb;
   child->cb_arg = arg;
   atomic_fetch_or_explicit(&child->flags, BW__CF_STARTED, memory_order_relaxed);
   atomic_fetch_add_explicit(&child->refs, 1, memory_order_relaxed);        /* in flight */
   atomic_fetch_add_explicit(&child->parent->refs, 1, memory_order_relaxed); /* hold parent */
+  if (tl.busy > 0) {
+    start(child); /* completions queue; the outer entry drains them */
+    return;
+  }
+  /* Outermost entry (e.g. from a layer's own timer callback): the caller
+   * may still touch the child after we return, so deliveries that a
+   * synchronous completion queued are moved to a worker task instead of
+   * running here. */
+  bw_runtime_t *rt = child->rt;
+  tl.busy = 1;
   start(child);
+  tl.busy = 0;
+  bw_call_t *list = tl.head;
+  if (!list) return;
+  tl.head = tl.tail = NULL;
+  if (bw__runtime_defer(rt, deferred_list, list) != 0) deferred_list(list);
 }
 
 /* ---- accessors ----------------------------------------------------------------------------------- */
