@@ -286,6 +286,7 @@ static inline __attribute__((unused)) void h5_start_batch(h5_res_t *r, int n, bw
 }
 /* ---- end of harness ----------------------------------------------------------- */
 
+#include "bulwark/alloc.h"
 #include "bulwark/circuit_breaker.h"
 #include "bulwark/timeout.h"
 
@@ -668,8 +669,67 @@ static void test_many_calls_two_workers(void **state) {
   fx_free(f);
 }
 
+
+/* Counting allocator: a burst of rejections by an open breaker allocates
+ * nothing (rejections sharing a retry-after hint share one error; calls are
+ * pooled). Calls are chained from completion callbacks so each starts on a
+ * worker, as in a server. */
+static atomic_long n_allocs;
+static void *c_malloc(size_t n) { atomic_fetch_add(&n_allocs, 1); return malloc(n); }
+static void *c_calloc(size_t a, size_t b) { atomic_fetch_add(&n_allocs, 1); return calloc(a, b); }
+static void *c_realloc(void *p, size_t n) { atomic_fetch_add(&n_allocs, 1); return realloc(p, n); }
+
+typedef struct chain {
+  bw_service_t *svc;
+  bw_runtime_t *rt;
+  int left, wrong;
+  atomic_int done;
+} chain_t;
+
+static void chain_next(chain_t *c);
+static void chain_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  chain_t *c = arg;
+  if (bw_error_kind(err) != BW_ERR_CIRCUIT_OPEN || bw_error_retry_after_ms(err) != 1000) c->wrong++;
+  bw_call_free(call);
+  if (--c->left > 0) {
+    chain_next(c);
+  } else {
+    pthread_mutex_lock(&h5_mu);
+    atomic_store(&c->done, 1);
+    pthread_cond_broadcast(&h5_cv);
+    pthread_mutex_unlock(&h5_mu);
+  }
+}
+static void chain_next(chain_t *c) {
+  bw_call_t *call = NULL;
+  if (bw_call_new(&call, c->svc, c->rt) || bw_service_call(c->svc, call, chain_done, c)) abort();
+}
+
+static void test_rejections_do_not_allocate(void **state) {
+  (void)state;
+  bw_circuit_breaker_opts_t o = consecutive_opts(1);
+  fx_t *f = fx_new(&o, false);
+  assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_OPEN));
+  chain_t warm = {f->svc, f->rt, 200, 0, 0};
+  chain_next(&warm);
+  H5_UNTIL(atomic_load(&warm.done));
+  int n = h5_scaled(5000);
+  chain_t c = {f->svc, f->rt, n, 0, 0};
+  long before = atomic_load(&n_allocs);
+  chain_next(&c);
+  H5_UNTIL(atomic_load(&c.done));
+  long allocs = atomic_load(&n_allocs) - before;
+  assert_int_equal(atomic_load(&c.done), 1);
+  assert_int_equal(c.wrong, 0);
+  assert_true(allocs <= 2); /* the chain's first start, from this thread */
+  fx_free(f);
+}
+
 int main(void) {
+  bw_allocator_t a = {c_malloc, c_calloc, c_realloc, free};
+  if (bw_set_allocator(&a) != NULL) return 1;
   const struct CMUnitTest tests[] = {
+      cmocka_unit_test(test_rejections_do_not_allocate),
       cmocka_unit_test(test_open_reject_half_open_close),
       cmocka_unit_test(test_predicates),
       cmocka_unit_test(test_slow_calls_through_layer),
