@@ -73,7 +73,6 @@ struct bw_runtime {
 
   /* tasks */
   bw__task_pool_t pool;
-  bw__owned_t owned;
   atomic_uint_fast64_t next_id;
   atomic_uint_fast64_t spawned_remote, completed_remote; /* from non-worker threads */
 

@@ -21,7 +21,7 @@
  *  1. background services: cancel their tokens, await them newest first;
  *  2. drain mode: refuse spawns from outside, wait for tasks to finish;
  *  3. state = SHUTDOWN (no new work anywhere), stop and join the workers;
- *  4. close the owned list and cancel every task left (joiners get
+ *  4. cancel every spawned task left (task.c walks the slabs; joiners get
  *     BW_ERR_RUNTIME_SHUTDOWN, drop runs on this thread);
  *  5. drop queued references; stop the blocking pool (jobs not started are
  *     cancelled), stop the reactor (close hooks run), drop queued references
@@ -155,7 +155,6 @@ bw_error_t *bw_runtime_new(bw_runtime_t **out, const bw_runtime_opts_t *opts) {
   atomic_init(&rt->paused_now_ns, 1000000000u);
   rt->start_ns = bw__mono_ns();
   bw__task_pool_init(&rt->pool);
-  bw__owned_init(&rt->owned);
   atomic_init(&rt->next_id, 1);
   pthread_mutex_init(&rt->bg_mu, NULL);
   pthread_mutex_init(&rt->reactor_mu, NULL);
@@ -202,7 +201,6 @@ void bw_runtime_free(bw_runtime_t *rt) {
   else if (rt->sched)
     bw__sched_free(rt);
   bw__wheels_destroy(rt);
-  bw__owned_destroy(&rt->owned);
   pthread_mutex_destroy(&rt->bg_mu);
   pthread_mutex_destroy(&rt->reactor_mu);
   pthread_mutex_destroy(&rt->shutdown_mu);
@@ -267,7 +265,7 @@ bw_error_t *bw_runtime_shutdown(bw_runtime_t *rt, bw_shutdown_mode_t mode, uint6
   } else {
     bw__sched_stop(rt);
   }
-  bw__owned_close_and_cancel(rt, &rt->owned);
+  bw__tasks_cancel_all(rt);
   drain_queues(rt);
   bool bto = false;
   uint64_t now = bw__mono_ns();
@@ -315,14 +313,20 @@ bw_task_t *bw__spawn_task(bw_runtime_t *rt, bw_task_fn poll, void *arg, void (*d
   atomic_init(&t->state, schedule ? BW__T_NOTIFIED : 0u);
   /* owned + queue (+ join) */
   atomic_init(&t->refs, (want_join ? 2u : 1u) + (schedule ? 1u : 0u));
-  if (!bw__owned_insert(&rt->owned, t)) {
+  bw__sched_count_spawn(rt);
+  int pub = bw__task_publish(rt, t);
+  if (pub < 0) {
     atomic_store_explicit(&t->refs, 1, memory_order_relaxed);
     t->output_taken = true;
     bw__task_unref(t);
+    bw__sched_count_complete(rt);
     *err = bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "bw_spawn: the runtime is shut down");
     return NULL;
   }
-  bw__sched_count_spawn(rt);
+  if (pub > 0) { /* cancelled by a concurrent shutdown: never queued */
+    if (schedule) bw__task_unref(t);
+    return t;
+  }
   if (!rt->ct && bw__ctx.rt != rt) bw__sched_start(rt);
   if (schedule) bw__schedule(t, false);
   return t;
@@ -369,13 +373,19 @@ int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg) {
   t->id = bw__task_next_id(rt);
   atomic_init(&t->state, BW__T_NOTIFIED);
   atomic_init(&t->refs, 2u);
-  if (!bw__owned_insert(&rt->owned, t)) {
+  bw__sched_count_spawn(rt);
+  int pub = bw__task_publish(rt, t);
+  if (pub < 0) {
     atomic_store_explicit(&t->refs, 1, memory_order_relaxed);
     bw__task_unref(t);
+    bw__sched_count_complete(rt);
     return -1;
   }
   (void)err;
-  bw__sched_count_spawn(rt);
+  if (pub > 0) { /* shutdown ran fn already (deferred fns run at shutdown) */
+    bw__task_unref(t);
+    return 0;
+  }
   if (!rt->ct && bw__ctx.rt != rt) bw__sched_start(rt);
   bw__schedule(t, false);
   return 0;

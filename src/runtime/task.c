@@ -19,21 +19,33 @@
  * before waking (e.g. a channel value) and what the poll wrote; the acquire
  * half in bw__task_run pairs with it, so the next poll sees both.
  *
- * References (task->refs): one for the owned list (dropped when the task
- * completes), one for the join handle (dropped when consumed/detached), one
+ * References (task->refs): one "owned" reference held until the task
+ * completes, one for the join handle (dropped when consumed/detached), one
  * per waker, and one while the task sits in a run queue (NOTIFIED). The last
- * unref returns the header to the pool. The owned list holds every task that
- * has not completed, so shutdown can cancel tasks that wait on nobody.
+ * unref returns the header to the pool.
+ *
+ * Live tasks without a list: shutdown must cancel tasks that wait on nobody
+ * (idle, in no queue). Instead of an owned list (a mutex on every spawn and
+ * every completion), headers come from slabs that the pool never frees
+ * while the runtime lives, and each header has an `in_use` flag (set at
+ * spawn, cleared when the header returns to the pool). Shutdown walks every
+ * slab and cancels each in-use task it can claim (CAS to COMPLETE). A spawn
+ * racing with shutdown is a Dekker pair, all SeqCst:
+ *     spawn:    in_use = 1;  read state      (bw__task_publish)
+ *     shutdown: state = SHUTDOWN;  read in_use of every slot
+ * so either the spawner sees SHUTDOWN (and takes the task back, or finds it
+ * already cancelled) or the walker sees the task.
  *
  * Join fields (output, join waker, blocked thread) are guarded by a tiny
  * spin lock: the only contenders are the completing worker and the joiner.
  *
  * Pool: each worker (and the current-thread core) keeps a free list it
- * alone touches; a global list under a mutex takes overflow and serves
- * threads that are not workers. Structs are returned to libc only when the
- * runtime is freed. If the user still holds a join handle or waker when the
- * runtime is freed, the pool is "orphaned": remaining structs go back to
- * libc one by one and the last one frees the runtime memory. */
+ * alone touches, plus one spare batch; whole batches of 64 move to and from
+ * a global pool under a mutex (one lock per 64 tasks), which also serves
+ * threads that are not workers. Slabs go back to libc only when the runtime
+ * is freed. If the user still holds a join handle or waker then, the pool is
+ * "orphaned": the runtime memory and the slabs stay until the last such
+ * header is released. */
 #include "runtime/task.h"
 
 #include <sched.h>
@@ -43,6 +55,12 @@
 #include "runtime/rt.h"
 
 #define BATCH 64u
+#define SLAB 64u
+
+struct bw__slab {
+  struct bw__slab *next;
+  bw_task_t t[SLAB];
+};
 #define ID_BLOCK 1024u
 
 struct bw__thread_waiter {
@@ -82,6 +100,7 @@ void bw__task_pool_init(bw__task_pool_t *p) {
   p->batches = NULL;
   p->partial = NULL;
   p->npartial = 0;
+  p->slabs = NULL;
   atomic_init(&p->mallocs, 0);
   p->orphaned = false;
 }
@@ -94,6 +113,14 @@ uint64_t bw__task_next_id(bw_runtime_t *rt) {
     c->id_end = c->id_next + ID_BLOCK;
   }
   return c->id_next++;
+}
+
+static void free_slabs(bw__task_pool_t *p) {
+  while (p->slabs) {
+    struct bw__slab *sl = p->slabs;
+    p->slabs = sl->next;
+    bw__free(sl);
+  }
 }
 
 /* Pool (under p->mu): put one struct on the partial batch. */
@@ -153,11 +180,22 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
     pthread_mutex_unlock(&p->mu);
   }
   if (!t) {
-    t = bw__malloc(sizeof *t);
-    if (!t) return NULL;
-    atomic_fetch_add_explicit(&p->mallocs, 1, memory_order_relaxed);
+    struct bw__slab *sl = bw__malloc(sizeof *sl);
+    if (!sl) return NULL;
+    for (unsigned i = 0; i < SLAB; i++) atomic_init(&sl->t[i].in_use, 0);
+    pthread_mutex_lock(&p->mu);
+    sl->next = p->slabs;
+    p->slabs = sl;
+    atomic_fetch_add_explicit(&p->mallocs, SLAB, memory_order_relaxed);
+    for (unsigned i = 1; i < SLAB; i++) {
+      sl->t[i].rt = rt;
+      pool_put_locked(p, &sl->t[i]);
+    }
+    pthread_mutex_unlock(&p->mu);
+    t = &sl->t[0];
   }
-  memset(t, 0, sizeof *t);
+  /* everything but in_use (read by a concurrent shutdown walk) */
+  memset((char *)t + offsetof(bw_task_t, state), 0, sizeof *t - offsetof(bw_task_t, state));
   t->rt = rt;
   return t;
 }
@@ -171,6 +209,7 @@ static void task_dealloc(bw_task_t *t) {
   }
   t->out_value = NULL;
   t->out_err = NULL;
+  atomic_store_explicit(&t->in_use, 0, memory_order_release);
   bw__task_cache_t *c = bw__ctx_cache(rt);
   if (c) {
     if (c->count == BATCH) {
@@ -191,10 +230,12 @@ static void task_dealloc(bw_task_t *t) {
   }
   pthread_mutex_lock(&p->mu);
   if (p->orphaned) {
-    bw__free(t);
     size_t left = atomic_fetch_sub_explicit(&p->mallocs, 1, memory_order_relaxed) - 1;
     pthread_mutex_unlock(&p->mu);
-    if (left == 0) bw__runtime_release_memory(rt);
+    if (left == 0) {
+      free_slabs(p);
+      bw__runtime_release_memory(rt);
+    }
     return;
   }
   pool_put_locked(p, t);
@@ -218,31 +259,24 @@ void bw__task_cache_flush(bw_runtime_t *rt, bw__task_cache_t *c) {
   pthread_mutex_unlock(&rt->pool.mu);
 }
 
-static size_t free_chain(bw_task_t *x) {
+static size_t chain_len(bw_task_t *x) {
   size_t n = 0;
-  while (x) {
-    bw_task_t *nx = x->next;
-    bw__free(x);
-    x = nx;
-    n++;
-  }
+  for (; x; x = x->next) n++;
   return n;
 }
 
 bool bw__task_pool_destroy(bw_runtime_t *rt) {
   bw__task_pool_t *p = &rt->pool;
   pthread_mutex_lock(&p->mu);
-  size_t n = free_chain(p->partial);
+  size_t n = chain_len(p->partial);
+  for (bw_task_t *b = p->batches; b; b = b->own_next) n += chain_len(b);
   p->partial = NULL;
   p->npartial = 0;
-  while (p->batches) {
-    bw_task_t *b = p->batches;
-    p->batches = b->own_next;
-    n += free_chain(b);
-  }
+  p->batches = NULL;
   size_t left = atomic_fetch_sub_explicit(&p->mallocs, n, memory_order_relaxed) - n;
-  if (left != 0) p->orphaned = true;
+  if (left != 0) p->orphaned = true; /* released by the last task_dealloc */
   pthread_mutex_unlock(&p->mu);
+  if (left == 0) free_slabs(p);
   return left == 0;
 }
 
@@ -254,50 +288,6 @@ void bw__task_unref(bw_task_t *t) {
    * holder's release. (A standalone acquire fence would do, but TSan does
    * not model fences.) */
   if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) task_dealloc(t);
-}
-
-/* ---- owned list ------------------------------------------------------------ */
-
-void bw__owned_init(bw__owned_t *o) {
-  for (int i = 0; i < BW__OWNED_SHARDS; i++) {
-    bw__mutex_init_adaptive(&o->shard[i].mu);
-    o->shard[i].head = NULL;
-    o->shard[i].closed = false;
-  }
-}
-
-void bw__owned_destroy(bw__owned_t *o) {
-  for (int i = 0; i < BW__OWNED_SHARDS; i++) pthread_mutex_destroy(&o->shard[i].mu);
-}
-
-bool bw__owned_insert(bw__owned_t *o, bw_task_t *t) {
-  bw__owned_shard_t *s = &o->shard[t->id % BW__OWNED_SHARDS];
-  pthread_mutex_lock(&s->mu);
-  if (s->closed) {
-    pthread_mutex_unlock(&s->mu);
-    return false;
-  }
-  t->own_prev = NULL;
-  t->own_next = s->head;
-  if (s->head) s->head->own_prev = t;
-  s->head = t;
-  t->in_owned = true;
-  pthread_mutex_unlock(&s->mu);
-  return true;
-}
-
-static void owned_remove(bw__owned_t *o, bw_task_t *t) {
-  bw__owned_shard_t *s = &o->shard[t->id % BW__OWNED_SHARDS];
-  pthread_mutex_lock(&s->mu);
-  if (t->in_owned) {
-    if (t->own_prev)
-      t->own_prev->own_next = t->own_next;
-    else
-      s->head = t->own_next;
-    if (t->own_next) t->own_next->own_prev = t->own_prev;
-    t->in_owned = false;
-  }
-  pthread_mutex_unlock(&s->mu);
 }
 
 /* ---- completion ------------------------------------------------------------ */
@@ -320,9 +310,8 @@ static void complete_common(bw_task_t *t) {
     pthread_cond_signal(&jt->cv);
     pthread_mutex_unlock(&jt->mu);
   }
-  owned_remove(&rt->owned, t);
   bw__sched_count_complete(rt);
-  bw__task_unref(t); /* the owned-list reference */
+  bw__task_unref(t); /* the owned reference */
 }
 
 void bw__task_finish_cancelled(bw_task_t *t, bw_error_t *err) {
@@ -358,31 +347,21 @@ static bool claim_complete(bw_task_t *t) {
   }
 }
 
-void bw__owned_close_and_cancel(bw_runtime_t *rt, bw__owned_t *o) {
-  for (int i = 0; i < BW__OWNED_SHARDS; i++) {
-    bw__owned_shard_t *s = &o->shard[i];
-    pthread_mutex_lock(&s->mu);
-    s->closed = true;
-    pthread_mutex_unlock(&s->mu);
-  }
-  for (int i = 0; i < BW__OWNED_SHARDS; i++) {
-    bw__owned_shard_t *s = &o->shard[i];
-    for (;;) {
-      pthread_mutex_lock(&s->mu);
-      bw_task_t *t = s->head;
-      if (t) {
-        s->head = t->own_next;
-        if (s->head) s->head->own_prev = NULL;
-        t->in_owned = false;
-      }
-      pthread_mutex_unlock(&s->mu);
-      if (!t) break;
-      if (claim_complete(t)) {
+int bw__task_publish(bw_runtime_t *rt, bw_task_t *t) {
+  atomic_store_explicit(&t->in_use, 1, memory_order_seq_cst); /* Dekker with cancel_all */
+  if (atomic_load_explicit(&rt->state, memory_order_seq_cst) != BW__RT_SHUTDOWN) return 0;
+  return claim_complete(t) ? -1 : 1;
+}
+
+void bw__tasks_cancel_all(bw_runtime_t *rt) {
+  pthread_mutex_lock(&rt->pool.mu);
+  struct bw__slab *head = rt->pool.slabs; /* only ever prepended: stable from here */
+  pthread_mutex_unlock(&rt->pool.mu);
+  for (struct bw__slab *sl = head; sl; sl = sl->next) {
+    for (unsigned i = 0; i < SLAB; i++) {
+      bw_task_t *t = &sl->t[i];
+      if (atomic_load_explicit(&t->in_use, memory_order_seq_cst) && claim_complete(t))
         bw__task_finish_cancelled(t, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
-      } else {
-        /* completed concurrently (cannot be running: workers are joined) */
-        (void)rt;
-      }
     }
   }
 }

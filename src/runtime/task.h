@@ -1,5 +1,5 @@
 /* Task header, state word, reference count, pooled allocation, join
- * handles and the owned-task list. See task.c for the design notes. */
+ * handles. See task.c for the design notes. */
 #ifndef BW_RUNTIME_TASK_H
 #define BW_RUNTIME_TASK_H
 
@@ -40,15 +40,15 @@ struct bw_timer {
 };
 
 struct bw_task {
+  atomic_uint in_use; /* spawned and not yet returned to the pool (see task.c); never memset */
   _Atomic uint32_t state;
   _Atomic uint32_t refs;
   atomic_uint lock; /* spin lock for the join fields below */
   uint8_t kind;
   bool output_ready; /* guarded by lock */
   bool output_taken; /* guarded by lock */
-  bool in_owned;     /* guarded by the owned shard lock */
-  bw_task_t *next;   /* run-queue / pool link */
-  bw_task_t *own_prev, *own_next;
+  bw_task_t *next;     /* run-queue / pool link */
+  bw_task_t *own_next; /* pool: next batch */
   bw_runtime_t *rt;
   uint64_t id;
   bw_task_fn poll;
@@ -95,8 +95,9 @@ typedef struct bw__task_pool {
   bw_task_t *batches;
   bw_task_t *partial;
   unsigned npartial;
-  atomic_size_t mallocs; /* structs obtained from bw__malloc, not yet freed */
-  bool orphaned;         /* runtime freed while tasks were still referenced */
+  struct bw__slab *slabs; /* every slab ever allocated (prepended under mu) */
+  atomic_size_t mallocs;  /* slots in slabs (after destroy: slots still referenced) */
+  bool orphaned;          /* runtime freed while tasks were still referenced */
 } bw__task_pool_t;
 /* A new task id (blocks of ids per worker: no shared counter per spawn). */
 uint64_t bw__task_next_id(bw_runtime_t *rt);
@@ -107,23 +108,15 @@ void bw__task_cache_flush(bw_runtime_t *rt, bw__task_cache_t *c);
  * otherwise marks the pool orphaned, and the last unref frees the runtime. */
 bool bw__task_pool_destroy(bw_runtime_t *rt);
 
-/* ---- owned list (every task not yet complete) ---- */
-#define BW__OWNED_SHARDS 16
-typedef struct bw__owned_shard {
-  pthread_mutex_t mu;
-  bw_task_t *head;
-  bool closed;
-  char pad[64 - sizeof(void *) - 1];
-} bw__owned_shard_t;
-typedef struct bw__owned {
-  bw__owned_shard_t shard[BW__OWNED_SHARDS];
-} bw__owned_t;
-void bw__owned_init(bw__owned_t *o);
-void bw__owned_destroy(bw__owned_t *o);
-/* Insert; returns false if closed (runtime shutting down). */
-bool bw__owned_insert(bw__owned_t *o, bw_task_t *t);
-/* Close every shard and cancel every task still listed (joiners see err). */
-void bw__owned_close_and_cancel(bw_runtime_t *rt, bw__owned_t *o);
+/* ---- live tasks (replaces an owned list: no lock per spawn) ---- */
+/* Mark t spawned. Returns 0; -1 if the runtime is shutting down and t was
+ * taken back (never visible: free it, report the error); 1 if shutdown
+ * already cancelled it (treat as spawned, but do not schedule it). */
+int bw__task_publish(bw_runtime_t *rt, bw_task_t *t);
+/* Shutdown (after state = SHUTDOWN and the workers are joined): cancel
+ * every spawned task that has not completed (joiners see err kind
+ * RUNTIME_SHUTDOWN, drop runs on this thread). */
+void bw__tasks_cancel_all(bw_runtime_t *rt);
 
 /* ---- scheduling transitions ---- */
 /* Poll the task once; the caller gives up the queue reference. */
