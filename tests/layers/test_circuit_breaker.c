@@ -670,6 +670,40 @@ static void test_many_calls_two_workers(void **state) {
 }
 
 
+
+/* Time-based window through the layer on the paused clock: failures age
+ * out of the window; within it the rate trips the breaker. */
+static void test_time_window_through_layer(void **state) {
+  (void)state;
+  bw_circuit_breaker_opts_t o;
+  bw_circuit_breaker_opts_init(&o);
+  o.window = BW_BREAKER_WINDOW_TIME;
+  o.window_ms = 10000;
+  o.window_buckets = 10;
+  o.minimum_calls = 4;
+  o.failure_rate_threshold = 50;
+  fx_t *f = fx_new(&o, false);
+  h5_res_t r;
+  f->be->dflt = BW_ERR_CONNECT;
+  for (int i = 0; i < 3; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
+  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED); /* under minimum */
+  assert_null(bw_runtime_advance(f->rt, 11000)); /* they leave the window */
+  f->be->dflt = BW_ERR_NONE;
+  for (int i = 0; i < 3; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_NONE);
+  f->be->dflt = BW_ERR_CONNECT;
+  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 1 of 4 */
+  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
+  assert_null(bw_runtime_advance(f->rt, 3000));
+  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 2 of 5 */
+  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
+  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 3 of 6 = 50% */
+  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
+  bw_breaker_stats_t s;
+  assert_null(bw_circuit_breaker_stats(f->brk, &s));
+  assert_int_equal(s.failures, 6);
+  fx_free(f);
+}
+
 /* Counting allocator: a burst of rejections by an open breaker allocates
  * nothing (rejections sharing a retry-after hint share one error; calls are
  * pooled). Calls are chained from completion callbacks so each starts on a
@@ -733,6 +767,7 @@ int main(void) {
       cmocka_unit_test(test_open_reject_half_open_close),
       cmocka_unit_test(test_predicates),
       cmocka_unit_test(test_slow_calls_through_layer),
+      cmocka_unit_test(test_time_window_through_layer),
       cmocka_unit_test(test_half_open_probe_limit),
       cmocka_unit_test(test_timeout_counts_and_growth),
       cmocka_unit_test(test_force_disable_and_events),
