@@ -11,6 +11,8 @@
  * count, 5 timed passes, print the median (min/max on a '#' line); a fresh
  * runtime per pass for http_stack.
  *
+ * Diagnostics: HB_BARE=1 in the environment runs http_stack on the bare
+ * client service (no layers), to split layer cost from client cost.
  * Usage: call run_http_benchmarks() once. Needs -lcurl -luv -lpthread and
  * the bulwark libraries. */
 #ifndef BW_BENCH_HTTP_BENCH_H
@@ -372,7 +374,8 @@ static double hb_stack_pass(const char *url, int count) {
   double rate = -1;
   bw_error_t *err = bw_runtime_new(&s.rt, &o);
   if (!err) err = bw_http_client_new(&cli, s.rt, &co);
-  if (!err) err = hb_build_stack(cli, &s.svc);
+  if (!err && getenv("HB_BARE")) s.svc = bw_service_ref(bw_http_client_service(cli));
+  else if (!err) err = hb_build_stack(cli, &s.svc);
   if (!err) err = bw_http_request_new(&s.req, "GET", url);
   if (err) {
     char buf[512];
