@@ -194,18 +194,26 @@ static void drive(bw_runtime_t *rt, bw_task_t *until, uint64_t deadline_ns) {
   bw__reactor_t *r;
   uint32_t gqi = rt->opts.global_queue_interval, evi = rt->opts.event_interval;
   uint64_t tick = 0;
+  /* `until` can only finish when it is polled (or at shutdown), so the stop
+   * conditions are checked after polling it, after idling, and every
+   * event_interval ticks, not on every task */
+  bool check = true;
   for (;;) {
-    if (until ? bw_join_is_finished((bw_join_t *)until) : false) break;
-    if (atomic_load_explicit(&rt->state, memory_order_acquire) == BW__RT_SHUTDOWN) break;
-    if (!until) {
-      bw_runtime_metrics_t m;
-      bw_runtime_metrics(rt, &m);
-      if (m.tasks_alive == 0) break;
+    if (check || !until) {
+      check = false;
+      if (until ? bw_join_is_finished((bw_join_t *)until) : false) break;
+      if (atomic_load_explicit(&rt->state, memory_order_acquire) == BW__RT_SHUTDOWN) break;
+      if (!until) {
+        bw_runtime_metrics_t m;
+        bw_runtime_metrics(rt, &m);
+        if (m.tasks_alive == 0) break;
+      }
+      if (deadline_ns != UINT64_MAX && bw__mono_ns() >= deadline_ns) break;
     }
-    if (deadline_ns != UINT64_MAX && bw__mono_ns() >= deadline_ns) break;
     tick++;
     if (tick % gqi == 0) take_remote(c);
     if (tick % evi == 0) {
+      check = true;
       bw__wheel_fire(rt, 0);
       if ((r = bw__reactor_get_if_started(rt))) bw__reactor_turn(r, 0);
     }
@@ -216,9 +224,11 @@ static void drive(bw_runtime_t *rt, bw_task_t *until, uint64_t deadline_ns) {
     }
     if (t) {
       BW__INC(c->local.polls);
+      if (t == until) check = true;
       bw__task_run(t);
       continue;
     }
+    check = true;
     if (bw__wheel_fire(rt, 0)) continue;
     if ((r = bw__reactor_get_if_started(rt))) {
       bw__reactor_turn(r, 0);
