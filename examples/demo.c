@@ -10,19 +10,21 @@
  *   BW_DEMO_REDIS_PORT     port of redis-server on 127.0.0.1 (used by CONFIG)
  *   BW_DEMO_REDIS_PID      pid of that redis-server: the fault phase pauses it
  *                          with SIGSTOP (SIGCONT in recovery); unset: no pause
- *   BW_DEMO_PHASE_MS       length of each phase (default 4000, 6000, 5000 ms
- *                          scaled so the healthy phase lasts this long)
+ *   BW_DEMO_PHASE_MS       length of each phase (default 3500 ms; recovery
+ *                          lasts 1.5 times this)
  *
  * The config names two clients, `api` (HTTP) and `cache` (Redis), each
  * wrapped in its stack (fallback, timeouts, retry with a shared budget,
  * circuit breaker, and for HTTP a chaos layer that starts switched off).
- * A timer on the runtime sends a steady stream of calls to each. Faults:
- *   - Redis is paused (SIGSTOP): commands time out, the breaker opens,
- *     the fallback answers "default";
- *   - 70% of HTTP calls ask the test server for "503 + Retry-After: 1";
- *   - the chaos layer is switched on: 30% of HTTP attempts get 40-400 ms of
- *     added latency (some then hit the 250 ms attempt timeout).
- * Recovery undoes all three. Counters come from the calls' outcomes and
+ * A timer on the runtime sends a steady stream of calls to each. The fault
+ * phase has two steps:
+ *   degraded: 25% of HTTP calls ask the test server for "503 +
+ *     Retry-After: 1" on their first attempt only, and the chaos layer is switched on (20% of HTTP
+ *     attempts get 40-400 ms more latency; some then hit the 250 ms attempt
+ *     timeout): retries absorb most of it;
+ *   outage: Redis is paused (SIGSTOP), so commands time out, and 80% of
+ *     HTTP calls get the 503: the breakers open, the fallbacks answer.
+ * Recovery undoes all of it. Counters come from the calls' outcomes and
  * from the event hooks of bulwark/metrics.h (retries, fallbacks, breaker
  * rejections and state changes); latency is a bw_histogram_t.
  * Exit status 0 when the run completed (whatever the backends did). */
@@ -106,7 +108,7 @@ typedef struct timeline_entry {
 static bw_runtime_t *g_rt;
 static bw_registry_t *g_reg;
 static uint64_t g_t0;
-static atomic_int g_http_faults; /* 1: most HTTP calls ask for 503 */
+static atomic_int g_http_fault_pct; /* share of HTTP calls that ask for a 503 */
 static pthread_mutex_t g_tl_mu = PTHREAD_MUTEX_INITIALIZER;
 static timeline_entry_t g_timeline[MAX_TIMELINE];
 static size_t g_ntimeline;
@@ -213,17 +215,23 @@ static void on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
   atomic_fetch_sub_explicit(&st->in_flight, 1, memory_order_release);
 }
 
-/* Build one request: HTTP GET of the catalogue (asking the test server for
- * a 503 in the fault phase), or a Redis SET/GET pair on a few keys. */
+/* Build one request: HTTP GET of the catalogue, or a Redis SET/GET pair on
+ * a few keys. HTTP faults: the test server's query parameters. In the
+ * degraded step a faulty call's first attempt gets "503 + Retry-After: 1"
+ * and a retry of it succeeds (key=<unique>&fail_first=1); in the outage
+ * every attempt of a faulty call gets the 503. */
 static bw_error_t *make_request(stack_stats_t *st, uint64_t n, void **req, bw_destroy_fn *destroy) {
   if (!st->redis) {
-    bool fault = atomic_load_explicit(&g_http_faults, memory_order_relaxed) && n % 10 < 7;
-    char path[96];
-    snprintf(path, sizeof path, "/catalogue/%" PRIu64 "%s", n % 50,
-             fault ? "?status=503&retry_after=1" : "");
+    int pct = atomic_load_explicit(&g_http_fault_pct, memory_order_relaxed);
+    bool fault = (int)(n * 37 % 100) < pct; /* spreads faulty calls evenly over every 100 */
+    char path[128];
+    int len = snprintf(path, sizeof path, "/catalogue/%" PRIu64, n % 50);
+    if (fault && pct < 50)
+      snprintf(path + len, sizeof path - (size_t)len, "?key=c%" PRIu64 "&fail_first=1&retry_after=1", n);
+    else if (fault)
+      snprintf(path + len, sizeof path - (size_t)len, "?status=503&retry_after=1");
     *destroy = bw_http_request_destroy;
-    return bw_registry_http_request(g_reg, st->name, "GET", path,
-                                    (bw_http_request_t **)req);
+    return bw_registry_http_request(g_reg, st->name, "GET", path, (bw_http_request_t **)req);
   }
   char key[32], val[32];
   snprintf(key, sizeof key, "demo:item:%" PRIu64, (n / 2) % 100);
@@ -307,36 +315,39 @@ typedef struct progress {
   uint64_t last_calls[NSTACKS];
 } progress_t;
 
+/* Two rows (one per stack) under a header; on a terminal they are redrawn
+ * in place, otherwise printed once a second. Fits 80 columns. */
 static void progress_draw(progress_t *p, const char *phase, uint64_t phase_start_ns) {
   uint64_t now = bw_runtime_now_ns(g_rt);
   double dt = (double)(now - p->last_ns) / 1e9;
-  if (p->tty && p->drawn) printf("\033[%dA", NSTACKS); /* back to the first line */
+  if (p->tty && p->drawn) printf("\033[%dA", NSTACKS); /* back to the first row */
   for (int i = 0; i < NSTACKS; i++) {
     stack_stats_t *st = &g_stacks[i];
     uint64_t calls = ld(&st->calls);
     double rate = dt > 0 ? (double)(calls - p->last_calls[i]) / dt : 0;
     p->last_calls[i] = calls;
     const char *bs = st->breaker ? state_name(bw_circuit_breaker_state(st->breaker)) : "-";
-    printf("%s[%-8s %4.1fs] %-5s %4.0f calls/s  ok %6" PRIu64 "  retried %5" PRIu64
-           "  rejected by breaker %5" PRIu64 "  fallbacks %5" PRIu64 "  breaker %-9s%s",
+    printf("%s%-8s %5.1fs  %-5s %7.0f %6" PRIu64 " %8" PRIu64 " %9" PRIu64 " %9" PRIu64 "  %s\n",
            p->tty ? "\033[2K" : "", phase, (double)(now - phase_start_ns) / 1e9, st->name, rate,
-           ld(&st->ok), ld(&st->retried), ld(&st->rejected), ld(&st->fallback), bs,
-           p->tty ? "\n" : (i + 1 < NSTACKS ? "\n" : "\n\n"));
+           ld(&st->ok), ld(&st->retried), ld(&st->rejected), ld(&st->fallback), bs);
   }
   fflush(stdout);
   p->last_ns = now;
   p->drawn = true;
 }
 
-/* Run one phase for ms, redrawing the progress lines. */
+/* Run one phase for ms, showing the progress rows. */
 static void run_phase(progress_t *p, const char *phase, unsigned ms) {
   uint64_t start = bw_runtime_now_ns(g_rt);
   unsigned step = p->tty ? 250 : 1000;
+  printf("%-8s %6s  %-5s %7s %6s %8s %9s %9s  %s\n", "phase", "time", "stack", "calls/s", "ok",
+         "retried", "rejected", "fallbacks", "breaker");
   p->drawn = false;
   for (unsigned t = 0; t < ms; t += step) {
     sleep_ms(step < ms - t ? step : ms - t);
     progress_draw(p, phase, start);
   }
+  printf("\n");
 }
 
 static void print_ms(char *buf, size_t len, uint64_t ns) {
@@ -456,7 +467,7 @@ int main(int argc, char **argv) {
   const char *pid = getenv("BW_DEMO_REDIS_PID");
   g_redis_pid = pid ? (pid_t)atol(pid) : 0;
   const char *pms = getenv("BW_DEMO_PHASE_MS");
-  unsigned phase_ms = pms && atoi(pms) > 0 ? (unsigned)atoi(pms) : 4000;
+  unsigned phase_ms = pms && atoi(pms) > 0 ? (unsigned)atoi(pms) : 3500;
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   signal(SIGPIPE, SIG_IGN);
@@ -496,7 +507,9 @@ int main(int argc, char **argv) {
     }
     st->armed = true;
   }
-  printf("demo: sending %.0f calls/s to api and %.0f calls/s to cache\n\n", g_stacks[0].rate,
+  printf("demo: sending %.0f calls/s to api and %.0f calls/s to cache\n"
+         "      ok: answered by the backend; retried: calls that needed a retry;\n"
+         "      rejected: attempts the breaker refused; fallbacks: answered by the fallback\n\n", g_stacks[0].rate,
          g_stacks[1].rate);
 
   progress_t prog = {.tty = isatty(STDOUT_FILENO), .last_ns = bw_runtime_now_ns(g_rt)};
@@ -504,21 +517,27 @@ int main(int argc, char **argv) {
   timeline_mark("healthy");
   run_phase(&prog, "healthy", phase_ms);
 
-  printf("== phase 2: faults: Redis %s, 70%% of HTTP calls get 503 + Retry-After: 1, "
-         "chaos latency on ==\n",
-         g_redis_pid > 0 ? "paused (SIGSTOP)" : "not paused (no BW_DEMO_REDIS_PID)");
-  timeline_mark("faults");
-  redis_pause(true);
-  atomic_store(&g_http_faults, 1);
+  printf("== phase 2: faults ==\n"
+         "-- degraded: 25%% of HTTP calls get 503 + Retry-After: 1 once (a retry succeeds),\n"
+         "   chaos adds 40-400 ms to 20%% of HTTP attempts\n");
+  timeline_mark("faults: degraded");
+  atomic_store(&g_http_fault_pct, 25);
   if (g_stacks[0].chaos) bw_chaos_set_enabled(g_stacks[0].chaos, true);
-  run_phase(&prog, "faults", phase_ms * 3 / 2);
+  run_phase(&prog, "degraded", phase_ms);
 
-  printf("== phase 3: recovery: Redis resumed, HTTP healthy, chaos off ==\n");
+  printf("-- outage: Redis %s, 80%% of HTTP calls get 503 on every attempt\n",
+         g_redis_pid > 0 ? "paused (SIGSTOP)" : "NOT paused (BW_DEMO_REDIS_PID unset)");
+  timeline_mark("faults: outage");
+  redis_pause(true);
+  atomic_store(&g_http_fault_pct, 80);
+  run_phase(&prog, "outage", phase_ms);
+
+  printf("== phase 3: recovery: Redis resumed (SIGCONT), HTTP healthy, chaos off ==\n");
   timeline_mark("recovery");
   redis_pause(false);
-  atomic_store(&g_http_faults, 0);
+  atomic_store(&g_http_fault_pct, 0);
   if (g_stacks[0].chaos) bw_chaos_set_enabled(g_stacks[0].chaos, false);
-  run_phase(&prog, "recovery", phase_ms * 5 / 4);
+  run_phase(&prog, "recovery", phase_ms * 3 / 2);
   status = 0;
 
 out:
