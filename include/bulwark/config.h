@@ -224,6 +224,17 @@ size_t bw_registry_names(bw_registry_t *reg, bw_registry_section_t section,
 bw_error_t *bw_registry_build(bw_registry_t *reg, const char *stack, bw_service_t *inner,
                               bw_service_t **out);
 
+/* What the wrapped service answers, so a fallback answers the same type. */
+typedef enum bw_registry_flavor {
+  BW_REGISTRY_BYTES = 0, /* fallback value as bytes (bw_registry_build) */
+  BW_REGISTRY_HTTP = 1,  /* inner answers bw_http_response_t */
+  BW_REGISTRY_REDIS = 2  /* inner answers bw_redis_reply_t */
+} bw_registry_flavor_t;
+/* bw_registry_build for an inner service of the given flavor (e.g. your own
+ * HTTP client service). Same ownership and errors. */
+bw_error_t *bw_registry_build_ex(bw_registry_t *reg, const char *stack, bw_service_t *inner,
+                                 bw_registry_flavor_t flavor, bw_service_t **out);
+
 /* The client named `client` (made on first use on opts.rt, kept until
  * bw_registry_free or until a reload changes its settings) wrapped in its
  * `stack` (none: the bare client service). HTTP calls take a

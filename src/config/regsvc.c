@@ -193,12 +193,20 @@ static bw_error_t *regsvc_new(bw_registry_t *reg, const char *stack, bw_service_
   return bw_service_new(out, &kRegsvcOps, s); /* destroys s on error */
 }
 
-bw_error_t *bw_registry_build(bw_registry_t *reg, const char *stack, bw_service_t *inner,
-                              bw_service_t **out) {
+bw_error_t *bw_registry_build_ex(bw_registry_t *reg, const char *stack, bw_service_t *inner,
+                                 bw_registry_flavor_t flavor, bw_service_t **out) {
   if (reg == NULL || stack == NULL || inner == NULL || out == NULL)
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_registry_build: NULL argument");
   *out = NULL;
-  return regsvc_new(reg, stack, inner, BW__FLAVOR_BYTES, out);
+  int f = flavor == BW_REGISTRY_HTTP ? BW__FLAVOR_HTTP
+          : flavor == BW_REGISTRY_REDIS ? BW__FLAVOR_REDIS
+                                         : BW__FLAVOR_BYTES;
+  return regsvc_new(reg, stack, inner, f, out);
+}
+
+bw_error_t *bw_registry_build(bw_registry_t *reg, const char *stack, bw_service_t *inner,
+                              bw_service_t **out) {
+  return bw_registry_build_ex(reg, stack, inner, BW_REGISTRY_BYTES, out);
 }
 
 /* ---- clients -------------------------------------------------------------------------- */
