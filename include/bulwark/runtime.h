@@ -86,7 +86,11 @@ typedef enum bw_shutdown_mode {
 bw_error_t *bw_runtime_shutdown(bw_runtime_t *rt, bw_shutdown_mode_t mode, uint64_t timeout_ms);
 
 /* Shut down (cancel mode, no timeout) if not already, then free every byte.
- * NULL does nothing. Threads: not from a worker of rt. */
+ * NULL does nothing. Threads: not from a worker of rt (then it does nothing).
+ * Join handles and wakers still held may outlive the runtime: they keep
+ * working (joins report BW_ERR_RUNTIME_SHUTDOWN) and the last one released
+ * frees the remaining memory. In a fork() child it deliberately does
+ * nothing (the threads are gone and locks may be held): the memory leaks. */
 void bw_runtime_free(bw_runtime_t *rt);
 
 /* The runtime whose worker (or block_on thread) is running the caller, or NULL. */
@@ -113,8 +117,9 @@ typedef struct bw_task_spec {
 } bw_task_spec_t;
 
 /* Spawn a task. join may be NULL (detached). From a worker of rt the task
- * goes to that worker's local queue (LIFO slot), otherwise to the global
- * queue. Owns: *join is yours: consume it with bw_join_poll/bw_join_wait
+ * goes to that worker's LIFO slot (the task there moves to the local
+ * queue), otherwise to the global queue. While the runtime drains for
+ * shutdown only its own tasks may spawn. No malloc in steady state. Owns: *join is yours: consume it with bw_join_poll/bw_join_wait
  * until ready, or bw_join_detach.
  * Errors: BW_ERR_INVALID_ARGUMENT, BW_ERR_RUNTIME_SHUTDOWN, BW_ERR_FORKED,
  *         BW_ERR_OUT_OF_MEMORY. On error nothing was spawned and `drop` was
@@ -178,7 +183,10 @@ bool bw_join_is_finished(const bw_join_t *join);
 
 /* Run a task to completion and return its result. Multi-thread flavor: the
  * task runs on the workers and the caller blocks. Current-thread flavor: the
- * caller's thread runs the scheduler, timers and reactor until the task is done.
+ * caller's thread runs the scheduler, timers and reactor until the task is
+ * done; tasks spawned on a current-thread runtime run only while some thread
+ * is inside bw_block_on. Concurrent callers on one current-thread runtime
+ * take turns driving it (a waiting caller's task may run on the driver).
  * Errors: the task's error; BW_ERR_NESTED_RUNTIME when called from a worker
  * of any runtime (use bw_spawn + bw_join_poll there instead);
  * BW_ERR_RUNTIME_SHUTDOWN, BW_ERR_FORKED, BW_ERR_INVALID_ARGUMENT. */
@@ -211,11 +219,17 @@ typedef struct bw_timer bw_timer_t;
 typedef void (*bw_timer_fn)(bw_timer_t *t, void *arg);
 bw_error_t *bw_timer_new(bw_runtime_t *rt, bw_timer_fn cb, void *arg, bw_timer_t **out);
 /* Arm (or re-arm) to fire at deadline_ns. O(1), no syscall, no cross-thread
- * wake-up when called from a worker. Errors: BW_ERR_RUNTIME_SHUTDOWN. */
+ * wake-up when called from a worker (the timer goes to that worker's wheel;
+ * from other threads to a wheel picked round-robin, waking its worker only if
+ * the deadline is earlier than it sleeps). Fires no earlier than deadline_ns
+ * (rounded up to the 1 ms tick). Timers still armed at shutdown never fire.
+ * Errors: BW_ERR_RUNTIME_SHUTDOWN, BW_ERR_FORKED. */
 bw_error_t *bw_timer_arm(bw_timer_t *t, uint64_t deadline_ns);
 /* Cancel; true if it was armed and will now not fire. O(1). */
 bool bw_timer_cancel(bw_timer_t *t);
-/* Cancel and free; safe from inside its own callback. NULL-safe. */
+/* Cancel and free; safe from inside its own callback, and from another
+ * thread while the callback runs (waits for it to return). Also after the
+ * runtime is freed. NULL-safe. */
 void bw_timer_free(bw_timer_t *t);
 
 /* ---- Background services ------------------------------------------------ */

@@ -16,7 +16,9 @@ bool bw__runtime_on_worker(const bw_runtime_t *rt);
 bool bw__on_any_worker(void);
 
 /* Run fn(arg) soon on a worker of rt, no lock held. Cheap (a pooled task).
- * Returns 0, or -1 if rt is shut down (fn will not run). */
+ * Returns 0, or -1 if rt is shut down (fn will not run). Once accepted, fn
+ * runs exactly once: on a worker, or, if the runtime shuts down first, on
+ * the thread calling bw_runtime_shutdown (so completions are never lost). */
 int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg);
 
 /* ---- Reactor ---------------------------------------------------------- */
