@@ -172,6 +172,7 @@ bool bw_http_error_is_non_idempotent(const bw_error_t *err);
 bw_error_t *bw_http_response_new(bw_http_response_t **out, int status, const void *body,
                                  size_t len);
 /* Add a header to a response made with bw_http_response_new (copied).
+ * Header strings returned earlier for this response become invalid.
  * Errors: BW_ERR_INVALID_ARGUMENT, BW_ERR_OUT_OF_MEMORY. */
 bw_error_t *bw_http_response_add_header(bw_http_response_t *resp, const char *name,
                                         const char *value);

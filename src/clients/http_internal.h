@@ -33,8 +33,7 @@ struct bw_http_request {
 };
 
 typedef struct bw__http_header {
-  char *name; /* name and value share one allocation */
-  char *value;
+  size_t name_off, value_off; /* into the response's hbuf, NUL-terminated */
 } bw__http_header_t;
 
 struct bw_http_response {
@@ -44,6 +43,8 @@ struct bw_http_response {
   size_t body_len, body_cap;
   bw__http_header_t *headers;
   size_t nheaders, headers_cap;
+  char *hbuf; /* every header name and value, back to back */
+  size_t hlen, hcap;
 };
 
 /* Response building (loop thread). Return 0 or -1 (out of memory). */

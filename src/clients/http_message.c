@@ -125,8 +125,8 @@ bw_http_response_t *bw__http_response_new(void) {
 }
 
 void bw__http_response_clear_headers(bw_http_response_t *r) {
-  for (size_t i = 0; i < r->nheaders; i++) bw__free(r->headers[i].name);
   r->nheaders = 0;
+  r->hlen = 0;
 }
 
 int bw__http_response_add_header_line(bw_http_response_t *r, const char *line, size_t len) {
@@ -152,15 +152,25 @@ int bw__http_response_add_header_line(bw_http_response_t *r, const char *line, s
     r->headers = nh;
     r->headers_cap = ncap;
   }
-  char *buf = bw__malloc(nlen + vlen + 2);
-  if (!buf) return -1;
-  memcpy(buf, line, nlen);
-  buf[nlen] = 0;
-  memcpy(buf + nlen + 1, v, vlen);
-  buf[nlen + 1 + vlen] = 0;
-  r->headers[r->nheaders].name = buf;
-  r->headers[r->nheaders].value = buf + nlen + 1;
-  r->nheaders++;
+  /* one growing buffer for all names and values: one allocation per
+   * response in the common case instead of one per header */
+  size_t need = r->hlen + nlen + vlen + 2;
+  if (need > r->hcap) {
+    size_t ncap = r->hcap ? r->hcap : 512;
+    while (ncap < need) ncap *= 2;
+    char *nb = bw__realloc(r->hbuf, ncap);
+    if (!nb) return -1;
+    r->hbuf = nb;
+    r->hcap = ncap;
+  }
+  bw__http_header_t *h = &r->headers[r->nheaders++];
+  h->name_off = r->hlen;
+  memcpy(r->hbuf + r->hlen, line, nlen);
+  r->hbuf[r->hlen + nlen] = 0;
+  h->value_off = r->hlen + nlen + 1;
+  memcpy(r->hbuf + h->value_off, v, vlen);
+  r->hbuf[h->value_off + vlen] = 0;
+  r->hlen = need;
   return 0;
 }
 
@@ -220,7 +230,8 @@ const char *bw_http_response_body(const bw_http_response_t *r, size_t *len) {
 const char *bw_http_response_header(const bw_http_response_t *r, const char *name) {
   if (!r || !name) return NULL;
   for (size_t i = 0; i < r->nheaders; i++)
-    if (strcasecmp(r->headers[i].name, name) == 0) return r->headers[i].value;
+    if (strcasecmp(r->hbuf + r->headers[i].name_off, name) == 0)
+      return r->hbuf + r->headers[i].value_off;
   return NULL;
 }
 
@@ -229,8 +240,8 @@ size_t bw_http_response_header_count(const bw_http_response_t *r) { return r ? r
 bool bw_http_response_header_at(const bw_http_response_t *r, size_t i, const char **name,
                                 const char **value) {
   if (!r || i >= r->nheaders) return false;
-  if (name) *name = r->headers[i].name;
-  if (value) *value = r->headers[i].value;
+  if (name) *name = r->hbuf + r->headers[i].name_off;
+  if (value) *value = r->hbuf + r->headers[i].value_off;
   return true;
 }
 
@@ -251,8 +262,8 @@ void bw_http_body_free(char *body) { bw__free(body); }
 
 void bw_http_response_free(bw_http_response_t *r) {
   if (!r) return;
-  bw__http_response_clear_headers(r);
   bw__free(r->headers);
+  bw__free(r->hbuf);
   bw__free(r->body);
   r->magic = 0;
   bw__free(r);
