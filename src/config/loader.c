@@ -253,7 +253,16 @@ static char *expand_env(ctx_t *x, const bw__cnode_t *n, const char *path, bw__cv
   while (*s) {
     if (s[0] == '$' && s[1] == '{') {
       const char *end = strchr(s + 2, '}');
-      size_t nl = end ? (size_t)(end - s - 2) : 0;
+      const char *dflt = NULL; /* ${NAME:-default} */
+      size_t dlen = 0;
+      if (end != NULL) {
+        const char *sep = strstr(s + 2, ":-");
+        if (sep != NULL && sep < end) {
+          dflt = sep + 2;
+          dlen = (size_t)(end - dflt);
+        }
+      }
+      size_t nl = end ? (size_t)((dflt ? dflt - 2 : end) - s - 2) : 0;
       char name[128];
       bool ok = end != NULL && nl > 0 && nl < sizeof name;
       for (size_t i = 0; ok && i < nl; i++) {
@@ -262,13 +271,18 @@ static char *expand_env(ctx_t *x, const bw__cnode_t *n, const char *path, bw__cv
               (ch >= '0' && ch <= '9'));
       }
       if (!ok) {
-        ERR(x, BW_CFG_ENV, n, path, "malformed ${...}; expected ${NAME} with letters, digits and _");
+        ERR(x, BW_CFG_ENV, n, path, "malformed ${...}; expected ${NAME} or ${NAME:-default}, NAME of letters, digits and _");
         bw__free(out);
         return NULL;
       }
       memcpy(name, s + 2, nl);
       name[nl] = '\0';
       const char *val = getenv(name);
+      char dbuf[256];
+      if (val == NULL && dflt != NULL) {
+        snprintf(dbuf, sizeof dbuf, "%.*s", (int)(dlen < sizeof dbuf ? dlen : sizeof dbuf - 1), dflt);
+        val = dbuf;
+      }
       if (val == NULL) {
         ERR(x, BW_CFG_ENV, n, path, "environment variable %s is not set", name);
         bw__free(out);

@@ -253,9 +253,10 @@ static bw_error_t *make_client(bw_registry_t *reg, const bw__cclient_t *c, clien
     bw_redis_opts_init(&o);
     o.host = CV(c, "host")->s;
     o.port = (int)CV(c, "port")->i;
-    o.unix_path = CV(c, "unix_path")->has ? CV(c, "unix_path")->s : NULL;
-    o.username = CV(c, "username")->has ? CV(c, "username")->s : NULL;
-    o.password = CV(c, "password")->has ? CV(c, "password")->s : NULL;
+    /* empty (e.g. ${VAR:-} with VAR unset) means "not set" */
+    o.unix_path = CV(c, "unix_path")->has && *CV(c, "unix_path")->s ? CV(c, "unix_path")->s : NULL;
+    o.username = CV(c, "username")->has && *CV(c, "username")->s ? CV(c, "username")->s : NULL;
+    o.password = CV(c, "password")->has && *CV(c, "password")->s ? CV(c, "password")->s : NULL;
     o.db = (int)CV(c, "db")->i;
     uint64_t ct = CV(c, "connect_timeout")->u / 1000000u;
     o.connect_timeout_ms = (uint32_t)(ct ? ct : 1);
