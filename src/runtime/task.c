@@ -290,9 +290,15 @@ void bw__task_unref(bw_task_t *t) {
   if (atomic_fetch_sub_explicit(&t->refs, 1, memory_order_acq_rel) == 1) task_dealloc(t);
 }
 
+/* Drop n references at once (one RMW instead of n). */
+static void unref_n(bw_task_t *t, uint32_t n) {
+  if (atomic_fetch_sub_explicit(&t->refs, n, memory_order_acq_rel) == n) task_dealloc(t);
+}
+
 /* ---- completion ------------------------------------------------------------ */
 
-static void complete_common(bw_task_t *t) {
+/* Finish t; drops the owned reference plus `extra` more. */
+static void complete_common(bw_task_t *t, uint32_t extra) {
   bw_runtime_t *rt = t->rt;
   if (t->sleep_timer.rt) bw__timer_cancel_sync(&t->sleep_timer);
   if (t->drop) t->drop(t->arg);
@@ -311,7 +317,7 @@ static void complete_common(bw_task_t *t) {
     pthread_mutex_unlock(&jt->mu);
   }
   bw__sched_count_complete(rt);
-  bw__task_unref(t); /* the owned reference */
+  unref_n(t, 1 + extra); /* the owned reference (+ the caller's queue reference) */
 }
 
 void bw__task_finish_cancelled(bw_task_t *t, bw_error_t *err) {
@@ -330,7 +336,7 @@ void bw__task_finish_cancelled(bw_task_t *t, bw_error_t *err) {
     extern void bw__blocking_task_cancel(bw_task_t * t);
     bw__blocking_task_cancel(t);
   }
-  complete_common(t);
+  complete_common(t, 0);
 }
 
 void bw__task_drop_queued(bw_task_t *t) { bw__task_unref(t); }
@@ -402,8 +408,7 @@ void bw__task_run(bw_task_t *t) {
                                                 memory_order_acquire))
         break;
     }
-    complete_common(t);
-    bw__task_unref(t); /* the queue reference */
+    complete_common(t, 1); /* and the queue reference */
     return;
   }
   for (;;) {
