@@ -105,14 +105,18 @@ void bw__task_pool_init(bw__task_pool_t *p) {
   p->orphaned = false;
 }
 
+/* Task ids are unique in the process: each thread takes blocks of ids from
+ * one counter, so a spawn touches no shared cache line for its id. */
+static atomic_uint_fast64_t id_counter = 1;
+static _Thread_local uint64_t id_next, id_end;
+
 uint64_t bw__task_next_id(bw_runtime_t *rt) {
-  bw__task_cache_t *c = bw__ctx_cache(rt);
-  if (!c) return atomic_fetch_add_explicit(&rt->next_id, 1, memory_order_relaxed);
-  if (c->id_next == c->id_end) {
-    c->id_next = atomic_fetch_add_explicit(&rt->next_id, ID_BLOCK, memory_order_relaxed);
-    c->id_end = c->id_next + ID_BLOCK;
+  (void)rt;
+  if (id_next == id_end) {
+    id_next = atomic_fetch_add_explicit(&id_counter, ID_BLOCK, memory_order_relaxed);
+    id_end = id_next + ID_BLOCK;
   }
-  return c->id_next++;
+  return id_next++;
 }
 
 static void free_slabs(bw__task_pool_t *p) {
