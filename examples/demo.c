@@ -551,7 +551,8 @@ out:
       bw_timer_free(st->timer);
     } else {
       atomic_store_explicit(&st->stop, true, memory_order_release); /* pairs with on_tick */
-      while (!atomic_load_explicit(&st->stopped, memory_order_acquire)) sleep_ms(2);
+      for (int w = 0; w < 2500 && !atomic_load_explicit(&st->stopped, memory_order_acquire); w++)
+        sleep_ms(2); /* a tick comes every TICK_MS; 5 s means the runtime is stuck */
     }
     st->timer = NULL;
   }
