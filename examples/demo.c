@@ -10,7 +10,7 @@
  *   BW_DEMO_REDIS_PORT     port of redis-server on 127.0.0.1 (used by CONFIG)
  *   BW_DEMO_REDIS_PID      pid of that redis-server: the fault phase pauses it
  *                          with SIGSTOP (SIGCONT in recovery); unset: no pause
- *   BW_DEMO_PHASE_MS       length of each phase (default 3500 ms; recovery
+ *   BW_DEMO_PHASE_MS       length of each phase (default 3000 ms; recovery
  *                          lasts 1.5 times this)
  *
  * The config names two clients, `api` (HTTP) and `cache` (Redis), each
@@ -467,7 +467,7 @@ int main(int argc, char **argv) {
   const char *pid = getenv("BW_DEMO_REDIS_PID");
   g_redis_pid = pid ? (pid_t)atol(pid) : 0;
   const char *pms = getenv("BW_DEMO_PHASE_MS");
-  unsigned phase_ms = pms && atoi(pms) > 0 ? (unsigned)atoi(pms) : 3500;
+  unsigned phase_ms = pms && atoi(pms) > 0 ? (unsigned)atoi(pms) : 3000;
   signal(SIGINT, on_signal);
   signal(SIGTERM, on_signal);
   signal(SIGPIPE, SIG_IGN);
