@@ -2,6 +2,15 @@
  *
  * Design notes
  * ------------
+ * What is scheduled: tasks are poll functions with wakers (runtime.h), not
+ * callbacks and not stackful coroutines, because poll functions compose
+ * into state machines (a whole layer stack is one struct laid out up front,
+ * no malloc per call), need no stack per task (a task is a small pooled
+ * header), and make "a wake while running means run once more afterwards,
+ * never concurrently" a one-bit rule on the task's state word (task.c).
+ * A worker therefore only ever moves task pointers between queues and calls
+ * poll; it never has to save or restore an execution context.
+ *
  * Each worker owns: a bounded lock-free local queue (queue.c), a LIFO slot
  * holding the task it woke last, a timer wheel (timer.c) and a parker
  * (park.c). Shared: the inject queue (inject.c) and the idle accounting
