@@ -123,6 +123,17 @@ static void reset_window(bw__breaker_t *b) {
   b->last_epoch = 0;
   b->w_calls = b->w_fails = b->w_slow = 0;
   b->consec = 0;
+  atomic_store_explicit(&b->quiet, b->cfg.window == BW_BREAKER_WINDOW_CONSECUTIVE,
+                        memory_order_relaxed);
+}
+
+/* Lock held: recompute the quiet hint after the window changed. */
+static void update_quiet(bw__breaker_t *b) {
+  bool q = false;
+  if (b->cfg.window == BW_BREAKER_WINDOW_CONSECUTIVE) q = b->consec == 0;
+  else if (b->cfg.window == BW_BREAKER_WINDOW_COUNT)
+    q = b->ring_filled == b->cfg.window_size && b->w_fails == 0 && b->w_slow == 0;
+  atomic_store_explicit(&b->quiet, q, memory_order_relaxed);
 }
 
 int bw__breaker_init(bw__breaker_t *b, const bw__breaker_cfg_t *cfg) {
@@ -141,6 +152,8 @@ int bw__breaker_init(bw__breaker_t *b, const bw__breaker_cfg_t *cfg) {
     return -12;
   }
   atomic_init(&b->word, (uint64_t)BW_BREAKER_CLOSED);
+  atomic_init(&b->quiet, cfg->window == BW_BREAKER_WINDOW_CONSECUTIVE);
+  atomic_init(&b->n_quiet, 0);
   b->cur_open_ns = cfg->open_ns;
   return BW__BRK_OK;
 }
@@ -231,6 +244,7 @@ static bool window_add(bw__breaker_t *b, bool fail, bool slow, uint64_t now_ns) 
   switch (c->window) {
     case BW_BREAKER_WINDOW_CONSECUTIVE:
       b->consec = fail ? b->consec + 1 : 0;
+      update_quiet(b);
       return b->consec >= c->consecutive;
     case BW_BREAKER_WINDOW_COUNT: {
       uint8_t *slot = &b->ring[b->ring_idx];
@@ -259,6 +273,7 @@ static bool window_add(bw__breaker_t *b, bool fail, bool slow, uint64_t now_ns) 
       break;
     }
   }
+  update_quiet(b);
   if (b->w_calls < c->min_calls) return false;
   return rate_reached(b->w_fails, b->w_calls, c->failure_rate) ||
          rate_reached(b->w_slow, b->w_calls, c->slow_rate);
@@ -346,6 +361,15 @@ void bw__breaker_record(bw__breaker_t *b, uint64_t ticket, bw__outcome_t outcome
   if (outcome == BW__OUTCOME_IGNORED) atomic_fetch_add_explicit(&b->n_ignored, 1, memory_order_relaxed);
   /* An ignored outcome outside half-open changes nothing: skip the lock. */
   if (ts != BW_BREAKER_HALF_OPEN && outcome == BW__OUTCOME_IGNORED) return;
+  /* Healthy steady state: a fast success into a quiet closed window changes
+   * nothing either (a race with a concurrent failure at worst drops this one
+   * success from the window, which no window is exact about anyway). */
+  if (outcome == BW__OUTCOME_SUCCESS && !slow &&
+      (ts == BW_BREAKER_CLOSED || ts == BW_BREAKER_FORCED_CLOSED) &&
+      atomic_load_explicit(&b->quiet, memory_order_relaxed)) {
+    atomic_fetch_add_explicit(&b->n_quiet, 1, memory_order_relaxed);
+    return;
+  }
   pthread_mutex_lock(&b->lock);
   b->c_permitted += outcome != BW__OUTCOME_IGNORED;
   b->c_success += outcome == BW__OUTCOME_SUCCESS;
@@ -443,6 +467,9 @@ void bw__breaker_stats(bw__breaker_t *b, uint64_t now_ns, bw_breaker_stats_t *o)
   o->failures = b->c_failure;
   o->slow_calls = b->c_slow;
   pthread_mutex_unlock(&b->lock);
+  uint64_t q = atomic_load_explicit(&b->n_quiet, memory_order_relaxed);
+  o->calls_permitted += q;
+  o->successes += q;
   o->calls_rejected = atomic_load_explicit(&b->n_rejected, memory_order_relaxed);
   o->ignored = atomic_load_explicit(&b->n_ignored, memory_order_relaxed);
   o->transitions = atomic_load_explicit(&b->seq, memory_order_relaxed);

@@ -88,6 +88,12 @@ typedef struct bw__breaker {
    * takes it anyway); the rest relaxed atomics */
   uint64_t c_permitted, c_success, c_failure, c_slow;
   _Atomic uint64_t seq, n_rejected, n_ignored;
+  /* "quiet": recording one more fast success in the closed window would
+   * change nothing (COUNT: ring full of fast successes; CONSECUTIVE: no
+   * streak), so record() skips the lock and only counts it in n_quiet.
+   * Written under the lock, read without it (a hint: relaxed). */
+  _Atomic bool quiet;
+  _Atomic uint64_t n_quiet;
 } bw__breaker_t;
 
 /* opts may be NULL (defaults). Returns 0, BW__BRK_EINVAL, or -12 (no memory). */

@@ -152,13 +152,16 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
     run(st);
     return;
   }
+  /* Slow path: from here on a grant (or timer) on another thread may run
+   * and finish the call; our own reference keeps it valid until we return. */
+  bw_call_ref(call);
   uint64_t now = bw_runtime_now_ns(rt);
   uint64_t deadline = bh->max_wait_ns ? now + bh->max_wait_ns : 0;
   uint64_t cd = bw_call_deadline_ns(call);
   if (cd && (!deadline || cd < deadline)) deadline = cd;
   if (bh->p.max_queue > 0 && deadline && ensure_timer(st, rt) != 0) {
     bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_OUT_OF_MEMORY));
-    return;
+    goto out;
   }
   /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, PH_QUEUED);
@@ -168,7 +171,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
     bw_call_unref(call);
     if (phase_cas(st, PH_QUEUED, PH_RUNNING)) run(st);
     else bw__permits_release(&bh->p); /* cancelled meanwhile */
-    return;
+    goto out;
   }
   if (rc == BW__PERMITS_EFULL) {
     bw_call_unref(call);
@@ -177,7 +180,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
       emit_rejected(bh, call, e, "bulkhead_full");
       bw_call_complete(call, NULL, NULL, e);
     }
-    return;
+    goto out;
   }
   /* Queued. */
   if (deadline) {
@@ -198,6 +201,8 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
       if (st->timer && bw_timer_cancel(st->timer)) bw_call_unref(call);
     }
   }
+out:
+  bw_call_unref(call); /* ours */
 }
 
 static void bh_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {

@@ -207,15 +207,17 @@ static void arm(ch_call_t *st, uint64_t at_ns, int phase) {
   }
   /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, phase);
+  bw_call_ref(call); /* ours: the timer may finish the call on another thread */
   bw_call_ref(call); /* the timer's reference */
   bw_error_t *e = bw_timer_arm(st->timer, at_ns);
   if (e) {
     bw_call_unref(call);
     if (phase_cas(st, phase, PH_GAVE_UP)) bw_call_complete(call, NULL, NULL, e);
     else bw_error_unref(e);
-    return;
+  } else if (bw_call_is_done(call)) {
+    give_up(st);
   }
-  if (bw_call_is_done(call)) give_up(st);
+  bw_call_unref(call); /* ours */
 }
 
 static void ch_call(bw_service_t *svc, bw_call_t *call) {

@@ -174,6 +174,7 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
     st->ticket = ticket;
     st->start_ns = now;
   }
+  /* On failure the call was completed but not handed anywhere: st is ours. */
   if (bw__child_start(call, &st->slot, on_child, call) != 0 && st->store) {
     /* No child: the admitted slot must still be accounted for. */
     st->store->vt->record(st->store, st->ticket, BW__OUTCOME_IGNORED, 0,

@@ -202,12 +202,18 @@ int bw__child_start(bw_call_t *call, bw__child_slot_t *slot, bw_call_cb cb, void
   slot_lock(slot);
   slot->child = child;
   slot_unlock(slot);
-  bw_call_child_start(child, cb, arg);
   /* The parent may have been cancelled before the child was published, so
-   * ops->cancel saw no child: cancel it here (idempotent if both do). The
-   * parent's error is not read here (it is written by whoever completed the
-   * parent, unordered with us); the child gets a plain BW_ERR_CANCELLED. */
-  if (bw_call_is_cancelled(call) && bw_call_is_done(call)) bw__child_slot_cancel(slot, NULL);
+   * ops->cancel saw no child: cancel it here, before it starts (a child
+   * cancelled before its start completes with CANCELLED when started;
+   * idempotent if both do). Ordering: the cancel sets its flag before
+   * ops->cancel reads the slot under the slot lock, and we read the flag
+   * after publishing under that lock, so one of us sees the other. The check
+   * is made BEFORE the start: once the child runs, the parent may complete
+   * and be recycled on another thread, so nothing here touches `call` after
+   * bw_call_child_start. The parent's error is not read (its writer is not
+   * ordered with us); the child gets a plain BW_ERR_CANCELLED. */
+  if (bw_call_is_cancelled(call)) bw__child_slot_cancel(slot, NULL);
+  bw_call_child_start(child, cb, arg);
   return 0;
 }
 

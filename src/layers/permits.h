@@ -98,9 +98,11 @@ typedef struct bw__child_slot {
 } bw__child_slot_t;
 
 /* Make a child of `call` for the node's inner service, publish it in slot
- * and start it with cb(child, err, arg). If the parent is done already (a
- * cancel raced), the child is cancelled with the parent's error. If the
- * child cannot be made, the parent completes with that error; returns -1. */
+ * and start it with cb(child, err, arg). If the parent was cancelled before
+ * (a cancel raced), the child is cancelled too. If the child cannot be made,
+ * the parent completes with that error; returns -1.
+ * After it returns 0 the caller must not touch `call` unless it holds a
+ * reference: the child may already have completed it on another thread. */
 int bw__child_start(bw_call_t *call, bw__child_slot_t *slot, bw_call_cb cb, void *arg);
 /* In the child's callback: unpublish it (the caller then frees it). */
 void bw__child_slot_clear(bw__child_slot_t *slot);

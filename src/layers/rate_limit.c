@@ -150,6 +150,7 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
   }
   /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, PH_WAITING);
+  bw_call_ref(call); /* ours: the timer may finish the call on another thread */
   bw_call_ref(call); /* the timer's reference */
   bw_error_t *e = bw_timer_arm(st->timer, now + wait);
   if (e) {
@@ -160,10 +161,12 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
     } else {
       bw_error_unref(e);
     }
+    bw_call_unref(call); /* ours */
     return;
   }
   /* A cancel that ran before PH_WAITING was visible found nothing to undo. */
   if (bw_call_is_done(call)) give_up_waiting(st, call);
+  bw_call_unref(call); /* ours */
 }
 
 static void rl_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {

@@ -476,6 +476,41 @@ static void test_store_vtable(void **state) {
   s->vt->destroy(s);
 }
 
+
+/* The quiet fast path (no lock for successes into a window full of
+ * successes) keeps the window exact and the counters complete. */
+static void test_quiet_fast_path(void **state) {
+  (void)state;
+  bw_circuit_breaker_opts_t o;
+  bw_circuit_breaker_opts_init(&o);
+  o.window_size = 4;
+  o.minimum_calls = 4;
+  o.failure_rate_threshold = 50;
+  o.slow_call_duration_ms = 100;
+  o.slow_call_rate_threshold = 50;
+  bw__breaker_t *b = mk(&o);
+  for (int i = 0; i < 3; i++) assert_int_equal(call(b, T0, OK_, 0), 0);
+  assert_false(atomic_load(&b->quiet)); /* ring not full yet */
+  assert_int_equal(call(b, T0, OK_, 0), 0);
+  assert_true(atomic_load(&b->quiet));
+  for (int i = 0; i < 100; i++) assert_int_equal(call(b, T0, OK_, 0), 0);
+  assert_int_equal(atomic_load(&b->n_quiet), 100);
+  /* A slow success is not quiet: it goes into the window. */
+  assert_int_equal(call(b, T0, OK_, 200 * MS), 0);
+  assert_false(atomic_load(&b->quiet));
+  bw_breaker_stats_t s;
+  bw__breaker_stats(b, T0, &s);
+  assert_int_equal(s.successes, 105);
+  assert_int_equal(s.calls_permitted, 105);
+  assert_int_equal(s.window_calls, 4);
+  assert_true(s.slow_call_rate == 25.0);
+  assert_int_equal(call(b, T0, FAIL_, 0), 0);
+  assert_int_equal(st(b, T0), BW_BREAKER_CLOSED); /* 1 failure of 4 */
+  assert_int_equal(call(b, T0, FAIL_, 0), 0);
+  assert_int_equal(st(b, T0), BW_BREAKER_OPEN); /* 2 of 4 */
+  rm(b);
+}
+
 /* ---- concurrency: no stampede, never stuck -------------------------------- */
 #define GENS 4096 /* probes in flight counted per half-open period (generation) */
 
@@ -617,6 +652,7 @@ int main(void) {
       cmocka_unit_test(test_stale_tickets),
       cmocka_unit_test(test_force_and_disable),
       cmocka_unit_test(test_store_vtable),
+      cmocka_unit_test(test_quiet_fast_path),
       cmocka_unit_test(test_concurrent_no_stampede_never_stuck),
       cmocka_unit_test(test_half_open_race),
   };
