@@ -17,6 +17,12 @@
  * Manual states: forced open (reject all), forced closed (pass all, record,
  * never trip), disabled (pass all, record nothing).
  *
+ * Clock: when the slow-call duration and the time buckets are 100 ms or
+ * more (the defaults), a real-clock runtime's time is read with
+ * CLOCK_MONOTONIC_COARSE (a few ms resolution, ~5x cheaper here).
+ * A success recorded into a closed window that holds only fast successes
+ * takes no lock (it would change nothing).
+ *
  * Defaults follow resilience4j's documented CircuitBreakerConfig defaults
  * unless said otherwise.
  * Threads: everything here is safe from any thread; one breaker is meant to

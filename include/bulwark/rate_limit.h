@@ -16,6 +16,10 @@
  * time"), made through an internal store interface so a Redis-backed,
  * fleet-wide store can replace the in-memory one.
  *
+ * Clock: when the bucket holds at least 50 ms of tokens (burst / rate),
+ * a real-clock runtime's time is read with CLOCK_MONOTONIC_COARSE (a few ms
+ * resolution, ~5x cheaper here); the long-run rate is unchanged.
+ *
  * Defaults: resilience4j's RateLimiterConfig has no meaningful default rate
  * (50 permits per 500 ns), so rate_per_sec must be set; burst defaults to
  * one second's worth (Guava SmoothBursty, maxBurstSeconds = 1); mode WAIT
