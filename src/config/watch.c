@@ -26,6 +26,11 @@
 #include "core/alloc.h"
 #include "runtime/internal.h"
 
+typedef struct watch_op {
+  bw__reactor_op_t op; /* first: the reactor hands us &op */
+  struct bw__watch *w;
+} watch_op_t;
+
 struct bw__watch {
   atomic_int refs;
   bw_registry_t *reg; /* valid while !stopped (under mu) */
@@ -38,7 +43,7 @@ struct bw__watch {
   pthread_cond_t cv;
   bool stopped;
   uint64_t last_hash;
-  bw__reactor_op_t start_op, stop_op;
+  watch_op_t start_op, stop_op;
 };
 
 static uint64_t fnv(const char *p, size_t n) {
@@ -120,7 +125,7 @@ static void close_handle(struct bw__watch *w) {
 }
 
 static void start_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
-  struct bw__watch *w = (struct bw__watch *)((char *)op - offsetof(struct bw__watch, start_op));
+  struct bw__watch *w = ((watch_op_t *)op)->w;
   if (w->closing) return;
   if (uv_fs_event_init(loop, &w->handle) != 0) return;
   w->handle.data = w;
@@ -130,7 +135,7 @@ static void start_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
 
 static void stop_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
-  struct bw__watch *w = (struct bw__watch *)((char *)op - offsetof(struct bw__watch, stop_op));
+  struct bw__watch *w = ((watch_op_t *)op)->w;
   close_handle(w);
 }
 
@@ -177,8 +182,9 @@ bw_error_t *bw__registry_watch_start(bw_registry_t *reg) {
     watch_unref(w);
     return bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "registry: cannot watch, runtime is shut down");
   }
-  w->start_op.fn = start_on_loop;
-  if (bw__reactor_submit(w->rt, &w->start_op) != 0) {
+  w->start_op.op.fn = start_on_loop;
+  w->start_op.w = w;
+  if (bw__reactor_submit(w->rt, &w->start_op.op) != 0) {
     /* the hook keeps its reference and runs at reactor close */
     watch_unref(w);
     return bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "registry: cannot watch, runtime is shut down");
@@ -194,8 +200,9 @@ void bw__registry_watch_stop(bw_registry_t *reg) {
   pthread_mutex_lock(&w->mu);
   w->stopped = true; /* waits for a running reload (it holds mu) */
   pthread_mutex_unlock(&w->mu);
-  w->stop_op.fn = stop_on_loop;
-  if (bw__reactor_submit(w->rt, &w->stop_op) == 0) {
+  w->stop_op.op.fn = stop_on_loop;
+  w->stop_op.w = w;
+  if (bw__reactor_submit(w->rt, &w->stop_op.op) == 0) {
     pthread_mutex_lock(&w->mu);
     while (!w->closed) pthread_cond_wait(&w->cv, &w->mu);
     pthread_mutex_unlock(&w->mu);
