@@ -47,6 +47,7 @@ static atomic_uint fork_gen;
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;
 static void on_fork_child(void) {
   atomic_fetch_add_explicit(&fork_gen, 1, memory_order_relaxed);
+  bw__task_on_fork_child();
   bw__ctx = (bw__ctx_t){0};
 }
 static void register_atfork(void) { pthread_atfork(NULL, NULL, on_fork_child); }

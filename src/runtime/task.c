@@ -95,6 +95,48 @@ void bw__spin_unlock(atomic_uint *l) {
 
 /* ---- pool ---------------------------------------------------------------- */
 
+/* Threads that are not workers allocate from a per-thread cache too (one
+ * runtime at a time, keyed by the pool's serial), refilled a batch at a time,
+ * so a spawn from outside takes no pool lock either. When the thread moves
+ * to another runtime, the cached slots go back to their pool if it still
+ * exists (the registry, under reg_mu); if the runtime was freed, they were
+ * freed with its slabs and are simply forgotten. Frees on such threads
+ * still go to the pool under its lock (a freed runtime must see them). */
+static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
+static bw__task_pool_t *reg_head;
+static atomic_uint_fast64_t pool_serials = 1;
+static _Thread_local struct {
+  uint64_t serial;
+  bw__task_cache_t c;
+} rcache;
+
+void bw__task_on_fork_child(void) {
+  pthread_mutex_init(&reg_mu, NULL);
+  reg_head = NULL; /* parent runtimes are unusable here */
+  memset(&rcache, 0, sizeof rcache);
+}
+
+static void put_chain_locked(bw__task_pool_t *p, bw_task_t *x);
+
+static bw__task_cache_t *remote_cache(bw_runtime_t *rt) {
+  if (rcache.serial == rt->pool.serial) return &rcache.c;
+  if (rcache.c.list) {
+    pthread_mutex_lock(&reg_mu);
+    for (bw__task_pool_t *q = reg_head; q; q = q->reg_next) {
+      if (q->serial == rcache.serial) {
+        pthread_mutex_lock(&q->mu);
+        put_chain_locked(q, rcache.c.list);
+        pthread_mutex_unlock(&q->mu);
+        break;
+      }
+    }
+    pthread_mutex_unlock(&reg_mu);
+  }
+  memset(&rcache.c, 0, sizeof rcache.c);
+  rcache.serial = rt->pool.serial;
+  return &rcache.c;
+}
+
 void bw__task_pool_init(bw__task_pool_t *p) {
   bw__mutex_init_adaptive(&p->mu);
   p->batches = NULL;
@@ -103,6 +145,11 @@ void bw__task_pool_init(bw__task_pool_t *p) {
   p->slabs = NULL;
   atomic_init(&p->mallocs, 0);
   p->orphaned = false;
+  p->serial = atomic_fetch_add_explicit(&pool_serials, 1, memory_order_relaxed);
+  pthread_mutex_lock(&reg_mu);
+  p->reg_next = reg_head;
+  reg_head = p;
+  pthread_mutex_unlock(&reg_mu);
 }
 
 /* Task ids are unique in the process: each thread takes blocks of ids from
@@ -141,6 +188,7 @@ static void pool_put_locked(bw__task_pool_t *p, bw_task_t *t) {
 
 bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
   bw__task_cache_t *c = bw__ctx_cache(rt);
+  if (!c) c = remote_cache(rt);
   bw__task_pool_t *p = &rt->pool;
   bw_task_t *t = NULL;
   if (c) {
@@ -263,21 +311,27 @@ void bw__task_cache_flush(bw_runtime_t *rt, bw__task_cache_t *c) {
   pthread_mutex_unlock(&rt->pool.mu);
 }
 
-static size_t chain_len(bw_task_t *x) {
-  size_t n = 0;
-  for (; x; x = x->next) n++;
-  return n;
-}
-
 bool bw__task_pool_destroy(bw_runtime_t *rt) {
   bw__task_pool_t *p = &rt->pool;
+  pthread_mutex_lock(&reg_mu);
+  for (bw__task_pool_t **pp = &reg_head; *pp; pp = &(*pp)->reg_next) {
+    if (*pp == p) {
+      *pp = p->reg_next;
+      break;
+    }
+  }
+  pthread_mutex_unlock(&reg_mu);
+  if (rcache.serial == p->serial) memset(&rcache, 0, sizeof rcache);
   pthread_mutex_lock(&p->mu);
-  size_t n = chain_len(p->partial);
-  for (bw_task_t *b = p->batches; b; b = b->own_next) n += chain_len(b);
+  /* outstanding = headers still spawned (join handles, wakers held) */
+  size_t left = 0;
+  for (struct bw__slab *sl = p->slabs; sl; sl = sl->next)
+    for (unsigned i = 0; i < SLAB; i++)
+      if (atomic_load_explicit(&sl->t[i].in_use, memory_order_acquire)) left++;
   p->partial = NULL;
   p->npartial = 0;
   p->batches = NULL;
-  size_t left = atomic_fetch_sub_explicit(&p->mallocs, n, memory_order_relaxed) - n;
+  atomic_store_explicit(&p->mallocs, left, memory_order_relaxed);
   if (left != 0) p->orphaned = true; /* released by the last task_dealloc */
   pthread_mutex_unlock(&p->mu);
   if (left == 0) free_slabs(p);

@@ -98,7 +98,11 @@ typedef struct bw__task_pool {
   struct bw__slab *slabs; /* every slab ever allocated (prepended under mu) */
   atomic_size_t mallocs;  /* slots in slabs (after destroy: slots still referenced) */
   bool orphaned;          /* runtime freed while tasks were still referenced */
+  uint64_t serial;        /* unique per pool: keys the per-thread remote caches */
+  struct bw__task_pool *reg_next; /* registry of live pools (task.c) */
 } bw__task_pool_t;
+/* fork child: reset the registry lock and this thread's remote cache */
+void bw__task_on_fork_child(void);
 /* A new task id (blocks of ids per worker: no shared counter per spawn). */
 uint64_t bw__task_next_id(bw_runtime_t *rt);
 void bw__task_pool_init(bw__task_pool_t *p);

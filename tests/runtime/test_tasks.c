@@ -353,6 +353,32 @@ static void test_defer(void **state) {
   bw_runtime_free(rt);
 }
 
+/* ---- a non-worker thread spawning on several runtimes in turn (its
+ * allocation cache moves between them; freeing one must not break it) ---- */
+static void test_remote_spawn_alternating(void **state) {
+  (void)state;
+  bw_runtime_t *a = mk(BW_FLAVOR_MULTI_THREAD, 1), *b = mk(BW_FLAVOR_MULTI_THREAD, 1);
+  counter_t c;
+  counter_init(&c, 2 * 300 * 3);
+  for (int round = 0; round < 300; round++) {
+    for (int k = 0; k < 3; k++) assert_null(bw_spawn(a, dec_poll, &c, NULL));
+    for (int k = 0; k < 3; k++) assert_null(bw_spawn(b, dec_poll, &c, NULL));
+  }
+  counter_wait(&c);
+  bw_runtime_free(a); /* this thread's cache may point into a: forgotten */
+  counter_t c2;
+  counter_init(&c2, 100);
+  for (int k = 0; k < 100; k++) assert_null(bw_spawn(b, dec_poll, &c2, NULL));
+  counter_wait(&c2);
+  bw_runtime_t *d = mk(BW_FLAVOR_MULTI_THREAD, 1);
+  counter_t c3;
+  counter_init(&c3, 100);
+  for (int k = 0; k < 100; k++) assert_null(bw_spawn(d, dec_poll, &c3, NULL));
+  counter_wait(&c3);
+  bw_runtime_free(b);
+  bw_runtime_free(d);
+}
+
 /* ---- arguments ---- */
 static void test_bad_args(void **state) {
   (void)state;
@@ -400,6 +426,7 @@ int main(void) {
       cmocka_unit_test(test_wake_while_running),
       cmocka_unit_test(test_wake_from_other_thread),
       cmocka_unit_test(test_defer),
+      cmocka_unit_test(test_remote_spawn_alternating),
       cmocka_unit_test(test_bad_args),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
