@@ -50,7 +50,7 @@ typedef struct backend {
 } backend_t;
 
 typedef struct bstate { /* per-call scratch (bw_call_state) */
-  bw_timer_t *timer;
+  _Atomic(bw_timer_t *) timer; /* read by the cancel hook, maybe on another thread */
   bw_call_t *call;
   int outcome; /* 0 ok, 1 fail */
 } bstate_t;
@@ -88,11 +88,12 @@ static void backend_call(void *arg, bw_call_t *call) {
   st->outcome = roll >= 15 && roll < 50; /* 35% answer 503 */
   st->call = call;
   bw_call_ref(call); /* the timer's reference */
-  die(bw_timer_new(bw_call_runtime(call), answer, st, &st->timer), "timer");
-  bw_error_t *e =
-      bw_timer_arm(st->timer, bw_runtime_now_ns(bw_call_runtime(call)) + latency_ms * 1000000ull);
+  bw_timer_t *t;
+  die(bw_timer_new(bw_call_runtime(call), answer, st, &t), "timer");
+  atomic_store(&st->timer, t);
+  bw_error_t *e = bw_timer_arm(t, bw_runtime_now_ns(bw_call_runtime(call)) + latency_ms * 1000000ull);
   if (e) {
-    bw_timer_free(st->timer);
+    bw_timer_free(t);
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
   }
@@ -100,8 +101,9 @@ static void backend_call(void *arg, bw_call_t *call) {
 
 static void backend_cancel(void *arg, bw_call_t *call) {
   bstate_t *st = bw_call_state(call);
-  if (bw_timer_cancel(st->timer)) { /* it will not fire: clean up here */
-    bw_timer_free(st->timer);
+  bw_timer_t *t = atomic_load(&st->timer);
+  if (t && bw_timer_cancel(t)) { /* it will not fire: clean up here */
+    bw_timer_free(t);
     bw_call_unref(call);
   }
 }

@@ -35,7 +35,7 @@ typedef struct retry_impl {
 
 typedef struct rstate {
   bw_call_t *call;
-  bw_timer_t *timer;
+  _Atomic(bw_timer_t *) timer; /* release-stored once made; cancel loads it */
   bw_runtime_t *timer_rt;
   _Atomic(bw_call_t *) child;
   uint32_t attempt; /* attempts started */
@@ -137,10 +137,12 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
     start_attempt(im, st);
     return;
   }
-  if (!st->timer || st->timer_rt != rt) {
-    bw_timer_free(st->timer);
-    st->timer = NULL;
-    bw_error_t *e = bw_timer_new(rt, backoff_fired, st, &st->timer);
+  if (!atomic_load(&st->timer) || st->timer_rt != rt) {
+    bw_timer_free(atomic_exchange(&st->timer, NULL));
+    bw_timer_t *nt = NULL;
+    bw_error_t *e = bw_timer_new(rt, backoff_fired, st, &nt);
+    /* seq_cst store: pairs with the load in the cancel op */
+    atomic_store(&st->timer, nt);
     if (e) {
       drop_errs(st);
       bw_call_complete(call, NULL, NULL, e);
@@ -149,7 +151,7 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
     st->timer_rt = rt;
   }
   bw_call_ref(call); /* the timer's */
-  bw_error_t *e = bw_timer_arm(st->timer, now + delay);
+  bw_error_t *e = bw_timer_arm(atomic_load(&st->timer), now + delay);
   if (e) {
     bw_call_unref(call);
     drop_errs(st);
@@ -157,7 +159,7 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
     return;
   }
   /* seq_cst: a cancel that ran before the arm could not disarm it. */
-  if (bw_call_is_done(call) && bw_timer_cancel(st->timer)) {
+  if (bw_call_is_done(call) && bw_timer_cancel(atomic_load(&st->timer))) {
     drop_errs(st);
     bw_call_unref(call);
   }
@@ -209,7 +211,7 @@ static void retry_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *r
     bw_call_cancel_with(child, bw_error_ref(reason));
     bw_call_free(child);
     drop_errs(st);
-  } else if (st->timer && bw_timer_cancel(st->timer)) {
+  } else if (bw_timer_cancel(atomic_load(&st->timer))) {
     drop_errs(st);
     bw_call_unref(call);
   }
@@ -224,8 +226,7 @@ static int retry_state_init(bw_service_t *svc, void *state) {
 static void retry_state_fini(bw_service_t *svc, void *state) {
   rstate_t *st = state;
   drop_errs(st);
-  bw_timer_free(st->timer);
-  st->timer = NULL;
+  bw_timer_free(atomic_exchange(&st->timer, NULL));
 }
 
 static void retry_destroy(void *impl) {

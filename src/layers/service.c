@@ -13,13 +13,15 @@
  *     by bw_call_free;
  *   - "in flight": 1 from start until the delivery has run (the callback
  *     returned, or was skipped because the owner abandoned the call);
- *   - a child in flight holds 1 on its parent, dropped after the child's
- *     delivery, so a parent's state is alive while its children's callbacks
- *     run (and an abandoned child's chain of parents stays valid);
+ *   - a started child holds 1 on its parent until the child's memory is
+ *     recycled, so a parent's state is alive while its children's callbacks
+ *     run, and a late child (abandoned, or pinned by a timer) keeps the
+ *     chain up to the root, and so every service of the stack, alive;
  *   - layers add their own (timers, queues) with bw_call_ref/unref;
  *   - bw_call_cancel holds a temporary one.
  * A root call holds a reference on its service; children rely on the chain
- * (child -> parent -> ... -> root -> stack node -> inner nodes).
+ * (child -> parent -> ... -> root -> stack node -> inner nodes); a child
+ * for another service (fallback) relies on the layer holding that service.
  *
  * # Where completions run (the trampoline)
  * Per thread: `busy` counts nested library entries (a start, a delivery);
@@ -403,12 +405,18 @@ static void recycle(bw_call_t *c) {
   bw_error_unref(c->err);
   bw_error_unref(c->fallback_err);
   bool root = c->is_root;
+  bw_call_t *parent = c->holds_parent ? c->parent : NULL;
+  c->holds_parent = false;
   c->req = c->resp = NULL;
   c->req_free = c->resp_free = NULL;
   c->err = c->fallback_err = NULL;
   c->parent = NULL;
   pool_put(s, c);
   if (root) bw_service_release(s);
+  /* A child keeps its parent (and so the chain up to the root, which holds
+   * the stack and every inner service) alive until its own memory goes:
+   * refs a layer or client holds on a late child stay valid. */
+  if (parent) bw_call_unref(parent);
 }
 
 void bw_call_ref(bw_call_t *call) {
@@ -484,11 +492,9 @@ void bw_call_free(bw_call_t *call) {
 /* ---- completion and delivery ---------------------------------------------------------------- */
 
 static void run_delivery(bw_call_t *c) {
-  bw_call_t *parent = c->parent;
   if (!(atomic_load_explicit(&c->flags, memory_order_acquire) & BW__CF_ABANDONED) && c->cb)
     c->cb(c, c->err, c->cb_arg);
-  bw_call_unref(c);            /* the in-flight reference */
-  if (parent) bw_call_unref(parent); /* the child's hold on its parent */
+  bw_call_unref(c); /* the in-flight reference */
 }
 
 static void deferred_delivery(void *arg) {
@@ -659,6 +665,7 @@ void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   atomic_fetch_or_explicit(&child->flags, BW__CF_STARTED, memory_order_relaxed);
   atomic_fetch_add_explicit(&child->refs, 1, memory_order_relaxed);        /* in flight */
   atomic_fetch_add_explicit(&child->parent->refs, 1, memory_order_relaxed); /* hold parent */
+  child->holds_parent = true;
   if (tl.busy > 0) {
     start(child); /* completions queue; the outer entry drains them */
     return;

@@ -68,6 +68,7 @@ struct bw_call {
   atomic_int state;   /* BW__CALL_*; seq_cst (see cancel vs start) */
   atomic_int flags;   /* BW__CF_* */
   bool is_root;
+  bool holds_parent; /* started child: one ref on parent until recycled */
   uint32_t attempt;
   bw_call_cb cb;
   void *cb_arg;

@@ -31,7 +31,7 @@ typedef struct timeout_impl {
 
 typedef struct tstate {
   bw_call_t *call; /* the call this state belongs to (fixed per pooled object) */
-  bw_timer_t *timer;
+  _Atomic(bw_timer_t *) timer; /* release-stored once made; cancel loads it */
   bw_runtime_t *timer_rt;
   _Atomic(bw_call_t *) child;
   uint64_t armed_ns; /* the effective timeout of this call */
@@ -73,7 +73,7 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   tstate_t *st = arg;
   bw_call_t *call = st->call;
   if (atomic_exchange(&st->child, NULL) != child) return; /* timer/cancel owns it */
-  bool disarmed = bw_timer_cancel(st->timer);
+  bool disarmed = bw_timer_cancel(atomic_load(&st->timer));
   bw_call_complete_from_child(call, child);
   bw_call_free(child);
   if (disarmed) bw_call_unref(call);
@@ -84,10 +84,12 @@ static void timeout_call(bw_service_t *svc, bw_call_t *call) {
   tstate_t *st = bw_call_state(call);
   bw_runtime_t *rt = bw_call_runtime(call);
   st->call = call;
-  if (!st->timer || st->timer_rt != rt) {
-    bw_timer_free(st->timer);
-    st->timer = NULL;
-    bw_error_t *e = bw_timer_new(rt, timer_fired, st, &st->timer);
+  if (!atomic_load(&st->timer) || st->timer_rt != rt) {
+    bw_timer_free(atomic_exchange(&st->timer, NULL));
+    bw_timer_t *nt = NULL;
+    bw_error_t *e = bw_timer_new(rt, timer_fired, st, &nt);
+    /* seq_cst store: pairs with the load in the cancel op */
+    atomic_store(&st->timer, nt);
     if (e) {
       bw_call_complete(call, NULL, NULL, e);
       return;
@@ -110,7 +112,7 @@ static void timeout_call(bw_service_t *svc, bw_call_t *call) {
   bw_call_ref(child); /* keeps it valid through the start below */
   atomic_store(&st->child, child);
   bw_call_ref(call); /* the timer's */
-  e = bw_timer_arm(st->timer, dl);
+  e = bw_timer_arm(atomic_load(&st->timer), dl);
   if (e) {
     bw_call_unref(call);
     if (atomic_exchange(&st->child, NULL) == child) bw_call_free(child);
@@ -124,7 +126,7 @@ static void timeout_call(bw_service_t *svc, bw_call_t *call) {
   if (bw_call_is_done(call)) {
     bw_call_t *c = atomic_exchange(&st->child, NULL);
     if (c) bw_call_free(c);
-    if (bw_timer_cancel(st->timer)) bw_call_unref(call);
+    if (bw_timer_cancel(atomic_load(&st->timer))) bw_call_unref(call);
   }
   bw_call_unref(child);
 }
@@ -136,7 +138,7 @@ static void timeout_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t 
     bw_call_cancel_with(child, bw_error_ref(reason));
     bw_call_free(child);
   }
-  if (st->timer && bw_timer_cancel(st->timer)) bw_call_unref(call);
+  if (bw_timer_cancel(atomic_load(&st->timer))) bw_call_unref(call);
 }
 
 static int timeout_state_init(bw_service_t *svc, void *state) {
@@ -147,8 +149,7 @@ static int timeout_state_init(bw_service_t *svc, void *state) {
 
 static void timeout_state_fini(bw_service_t *svc, void *state) {
   tstate_t *st = state;
-  bw_timer_free(st->timer);
-  st->timer = NULL;
+  bw_timer_free(atomic_exchange(&st->timer, NULL));
 }
 
 static void timeout_destroy(void *impl) { bw__free(impl); }

@@ -148,7 +148,7 @@ typedef struct h4_sleep_req {
 } h4_sleep_req_t;
 
 typedef struct h4_sleep_state {
-  bw_timer_t *timer;
+  _Atomic(bw_timer_t *) timer; /* the cancel hook may run on another thread */
   bw_call_t *call;
 } h4_sleep_state_t;
 
@@ -176,11 +176,13 @@ static inline void h4_sleep_async(void *arg, bw_call_t *call) {
   atomic_fetch_add(&h4_sleep_starts, 1);
   st->call = call;
   bw_call_ref(call);
-  bw_error_t *e = bw_timer_new(bw_call_runtime(call), h4_sleep_fire, st, &st->timer);
+  bw_timer_t *t = NULL;
+  bw_error_t *e = bw_timer_new(bw_call_runtime(call), h4_sleep_fire, st, &t);
   assert_null(e);
-  e = bw_timer_arm(st->timer, bw_runtime_now_ns(bw_call_runtime(call)) + rq->delay_ns);
+  atomic_store(&st->timer, t);
+  e = bw_timer_arm(t, bw_runtime_now_ns(bw_call_runtime(call)) + rq->delay_ns);
   if (e) {
-    bw_timer_free(st->timer);
+    bw_timer_free(t);
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
   }
@@ -189,8 +191,9 @@ static inline void h4_sleep_async(void *arg, bw_call_t *call) {
 static inline void h4_sleep_cancel(void *arg, bw_call_t *call) {
   h4_sleep_state_t *st = bw_call_state(call);
   atomic_fetch_add(&h4_sleep_cancels, 1);
-  if (bw_timer_cancel(st->timer)) {
-    bw_timer_free(st->timer);
+  bw_timer_t *t = atomic_load(&st->timer);
+  if (t && bw_timer_cancel(t)) {
+    bw_timer_free(t);
     bw_call_unref(call);
   }
 }
