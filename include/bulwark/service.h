@@ -102,7 +102,8 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
 bw_error_t *bw_call_new(bw_call_t **out, bw_service_t *svc, bw_runtime_t *rt);
 
 /* Give the call back. Frees the request and an untaken response with their
- * destroy functions. If the call is still in flight it is cancelled first
+ * destroy functions (when its last reference goes: at once, or right after
+ * its callback returns if freed elsewhere during it). If the call is still in flight it is cancelled first
  * and its callback will NOT run. Safe inside the call's own callback.
  * NULL-safe. Do not touch the call afterwards. */
 void bw_call_free(bw_call_t *call);
