@@ -221,7 +221,7 @@ static uint64_t alive_tasks(const bw_runtime_t *rt) {
 static void drain_queues(bw_runtime_t *rt) {
   if (rt->ct)
     bw__ct_drain(rt);
-  else
+  else if (rt->sched)
     bw__sched_drain(rt);
 }
 
@@ -263,7 +263,7 @@ bw_error_t *bw_runtime_shutdown(bw_runtime_t *rt, bw_shutdown_mode_t mode, uint6
   if (rt->ct) {
     bw__ct_kick(rt);
     bw__ct_acquire_core(rt, NULL);
-  } else {
+  } else if (rt->sched) {
     bw__sched_stop(rt);
   }
   bw__tasks_cancel_all(rt);

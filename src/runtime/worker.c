@@ -102,12 +102,12 @@ int bw__sched_new(bw_runtime_t *rt) {
   bw__sched_t *s = bw__calloc(1, sizeof *s);
   if (!s) return -1;
   rt->sched = s;
-  s->workers = bw__calloc(rt->nworkers, sizeof *s->workers);
-  if (!s->workers) return -1;
   bw__inject_init(&s->inject);
   pthread_mutex_init(&s->start_mu, NULL);
   atomic_init(&s->started, false);
   atomic_init(&s->stop, false);
+  s->workers = bw__calloc(rt->nworkers, sizeof *s->workers);
+  if (!s->workers) return -1;
   if (bw__idle_init(&s->idle, rt->nworkers) != 0) return -1;
   for (unsigned i = 0; i < rt->nworkers; i++) {
     bw__worker_t *w = &s->workers[i];
@@ -368,6 +368,7 @@ void bw__sched_stop(bw_runtime_t *rt) {
   pthread_mutex_lock(&s->start_mu); /* no lazy start after this */
   atomic_store_explicit(&s->stop, true, memory_order_release);
   pthread_mutex_unlock(&s->start_mu);
+  if (!s->workers) return; /* creation failed half-way */
   for (unsigned i = 0; i < rt->nworkers; i++) bw__unpark(&s->workers[i].parker);
   for (unsigned i = 0; i < rt->nworkers; i++) {
     if (s->workers[i].started) {
@@ -379,7 +380,7 @@ void bw__sched_stop(bw_runtime_t *rt) {
 
 void bw__sched_drain(bw_runtime_t *rt) {
   bw__sched_t *s = rt->sched;
-  for (unsigned i = 0; i < rt->nworkers; i++) {
+  for (unsigned i = 0; s->workers && i < rt->nworkers; i++) {
     bw__worker_t *w = &s->workers[i];
     bw_task_t *t = atomic_exchange_explicit(&w->lifo, NULL, memory_order_relaxed);
     if (t) bw__task_drop_queued(t);
@@ -400,10 +401,10 @@ void bw__sched_free(bw_runtime_t *rt) {
       }
     }
     if (s->idle.sleepers) bw__idle_destroy(&s->idle);
-    bw__inject_destroy(&s->inject);
-    pthread_mutex_destroy(&s->start_mu);
     bw__free(s->workers);
   }
+  bw__inject_destroy(&s->inject);
+  pthread_mutex_destroy(&s->start_mu);
   bw__free(s);
   rt->sched = NULL;
 }
@@ -417,6 +418,7 @@ void bw__sched_kick(bw_runtime_t *rt, unsigned i) {
 void bw__sched_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m) {
   bw__sched_t *s = rt->sched;
   m->workers = rt->nworkers;
+  if (!s || !s->workers) return;
   for (unsigned i = 0; i < rt->nworkers; i++) {
     bw__local_t *l = &s->workers[i].local;
     m->tasks_spawned += BW__LOAD(l->spawned);

@@ -278,6 +278,61 @@ static void test_bad_options(void **state) {
   bw_runtime_free(rt);
 }
 
+/* ---- out of memory: every allocation point of new/spawn/block_on fails
+ * in turn; each must give an error (or work), never crash or leak ---- */
+#include "bulwark/alloc.h"
+static atomic_long fail_at; /* fail the n-th allocation from now; <0: never */
+static void *f_malloc(size_t n) {
+  if (atomic_fetch_sub(&fail_at, 1) == 0) return NULL;
+  return malloc(n);
+}
+static void *f_calloc(size_t c, size_t n) {
+  if (atomic_fetch_sub(&fail_at, 1) == 0) return NULL;
+  return calloc(c, n);
+}
+static void *f_realloc(void *p, size_t n) {
+  if (atomic_fetch_sub(&fail_at, 1) == 0) return NULL;
+  return realloc(p, n);
+}
+
+static void test_out_of_memory(void **state) {
+  (void)state;
+  bw_allocator_t a = {f_malloc, f_calloc, f_realloc, free};
+  atomic_store(&fail_at, -1000000000L);
+  assert_null(bw_set_allocator(&a));
+  int ok = 0, failed = 0;
+  for (long n = 0; n < 40; n++) {
+    for (int f = 0; f < 2; f++) {
+      bw_runtime_opts_t o;
+      bw_runtime_opts_init(&o);
+      o.flavor = (bw_flavor_t)f;
+      o.worker_threads = 2;
+      bw_runtime_t *rt = NULL;
+      atomic_store(&fail_at, n);
+      bw_error_t *e = bw_runtime_new(&rt, &o);
+      if (e) {
+        assert_null(rt);
+        assert_int_equal(bw_error_kind(e), BW_ERR_OUT_OF_MEMORY);
+        bw_error_unref(e);
+        failed++;
+        continue;
+      }
+      e = bw_block_on(rt, noop, NULL, NULL);
+      if (e) {
+        failed++;
+        bw_error_unref(e);
+      } else {
+        ok++;
+      }
+      atomic_store(&fail_at, -1000000000L);
+      bw_runtime_free(rt);
+    }
+  }
+  atomic_store(&fail_at, -1000000000L);
+  assert_null(bw_set_allocator(NULL));
+  assert_true(ok > 0 && failed > 0);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_nested_block_on),
@@ -285,6 +340,7 @@ int main(void) {
       cmocka_unit_test(test_use_after_shutdown),
       cmocka_unit_test(test_block_on_reactor_thread),
       cmocka_unit_test(test_bad_options),
+      cmocka_unit_test(test_out_of_memory),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
