@@ -42,6 +42,7 @@ struct bw__watch {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   bool stopped;
+  bool start_done; /* under mu: the start op ran */
   uint64_t last_hash;
   watch_op_t start_op, stop_op;
 };
@@ -126,11 +127,15 @@ static void close_handle(struct bw__watch *w) {
 
 static void start_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   struct bw__watch *w = ((watch_op_t *)op)->w;
-  if (w->closing) return;
-  if (uv_fs_event_init(loop, &w->handle) != 0) return;
-  w->handle.data = w;
-  w->started = true;
-  if (uv_fs_event_start(&w->handle, on_fs_event, w->dir, 0) != 0) close_handle(w);
+  if (!w->closing && uv_fs_event_init(loop, &w->handle) == 0) {
+    w->handle.data = w;
+    w->started = true;
+    if (uv_fs_event_start(&w->handle, on_fs_event, w->dir, 0) != 0) close_handle(w);
+  }
+  pthread_mutex_lock(&w->mu);
+  w->start_done = true;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
 }
 
 static void stop_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
@@ -188,6 +193,13 @@ bw_error_t *bw__registry_watch_start(bw_registry_t *reg) {
     /* the hook keeps its reference and runs at reactor close */
     watch_unref(w);
     return bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "registry: cannot watch, runtime is shut down");
+  }
+  /* Wait until the watch is active, so a change right after the load is
+   * seen (not on the loop thread itself: the op runs on its next turn). */
+  if (!bw__reactor_on_loop(w->rt)) {
+    pthread_mutex_lock(&w->mu);
+    while (!w->start_done) pthread_cond_wait(&w->cv, &w->mu);
+    pthread_mutex_unlock(&w->mu);
   }
   reg->watch = w;
   return NULL;
