@@ -111,9 +111,18 @@ static int cmd_check(int argc, char **argv) {
     bw_config_report_t *r = NULL;
     bw_error_t *e = bw_config_check_file(argv[i], &r);
     bw_config_report_print(r, stderr);
+    if (e == NULL) {
+      /* also build every layer (no runtime needed): a constructor may refuse
+       * a combination the schema cannot see */
+      bw_registry_t *reg = NULL;
+      e = bw_registry_load_file(&reg, argv[i], NULL);
+      bw_registry_free(reg);
+      if (e != NULL) bw__cli_print_error(argv[i], e);
+    }
     if (e != NULL) {
       rc = BW_CLI_FAILED;
       size_t n = bw_config_report_errors(r);
+      if (n == 0) n = 1; /* the build error printed above */
       fprintf(stderr, "%s: %zu error%s\n", argv[i], n, n == 1 ? "" : "s");
     } else if (!quiet) {
       size_t w = bw_config_report_count(r);

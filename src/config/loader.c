@@ -585,6 +585,58 @@ static void apply_default(const bw__key_t *k, bw__cval_t *v) {
   bw_config_report_free(tmp);
 }
 
+/* ---- cross-field rules (what a layer constructor would refuse) ----------- */
+
+static const bw__cval_t *kv(const bw__clayer_t *l, const char *key) {
+  int i = bw__schema_key(l->schema, key);
+  return &l->vals[i];
+}
+
+static void cross_error(ctx_t *x, const bw__clayer_t *l, const char *key, const bw__cval_t *v,
+                        const char *msg) {
+  char *kp = path_join(l->path ? l->path : "", key);
+  bw__report_add(x->r, BW_CFG_RANGE, false, v->line ? v->line : l->line, v->line ? v->col : l->col,
+                 kp ? kp : "", "%s", msg);
+  bw__free(kp);
+}
+
+static bool cross_check(ctx_t *x, const bw__clayer_t *l) {
+  switch (l->schema->kind) {
+    case BW_CFG_LAYER_RATE_LIMIT: {
+      const bw__cval_t *b = kv(l, "burst"), *t = kv(l, "tokens_per_call");
+      if (b->has && t->has && b->i < t->i) {
+        cross_error(x, l, "burst", b, "burst is smaller than tokens_per_call; no call could ever pass");
+        return false;
+      }
+      return true;
+    }
+    case BW_CFG_LAYER_RETRY: {
+      const bw__cval_t *b = kv(l, "base_delay"), *m = kv(l, "max_delay");
+      if (m->u != 0 && m->u < b->u) {
+        cross_error(x, l, "max_delay", m, "max_delay is smaller than base_delay; expected max_delay >= base_delay (or 0: no cap)");
+        return false;
+      }
+      return true;
+    }
+    case BW_CFG_LAYER_CHAOS: {
+      const bw__cval_t *d = kv(l, "latency_distribution"), *lo = kv(l, "latency"),
+                       *hi = kv(l, "latency_max");
+      if (d->s && strcmp(d->s, "uniform") == 0 && hi->u < lo->u) {
+        cross_error(x, l, "latency_max", hi, "latency_max is smaller than latency; a uniform delay needs latency <= latency_max");
+        return false;
+      }
+      return true;
+    }
+    case BW_CFG_LAYER_TIMEOUT:
+    case BW_CFG_LAYER_BULKHEAD:
+    case BW_CFG_LAYER_CIRCUIT_BREAKER:
+    case BW_CFG_LAYER_FALLBACK:
+    case BW_CFG_LAYER_RETRY_BUDGET:
+      return true;
+  }
+  return true;
+}
+
 /* ---- layers -------------------------------------------------------------- */
 
 static void free_layer(bw__clayer_t *l) {
@@ -751,6 +803,7 @@ static bool parse_one_layer(ctx_t *x, const bw__cnode_t *item, const char *path,
     ok = parse_settings(x, s, kn, val, lp, out);
   }
   out->path = lp;
+  if (ok && s != NULL) ok = cross_check(x, out);
   return ok;
 }
 

@@ -91,6 +91,11 @@ static const bad_case_t kBad[] = {
     /* found by fuzz/config_fuzz: libfyaml 0.7.12 hangs on these, we refuse them first */
     {"37_nul_byte.yaml", 4, 4, "", BW_CFG_SYNTAX, "NUL character"},
     {"38_bad_utf8_directive.yaml", 3, 5, "", BW_CFG_SYNTAX, "invalid UTF-8"},
+    /* settings valid one by one, refused together */
+    {"39_burst_below_tokens.yaml", 3, 40, "stacks.api[0].rate_limit.burst", BW_CFG_RANGE,
+     "smaller than tokens_per_call"},
+    {"40_max_delay_below_base.yaml", 5, 20, "stacks.api[0].retry.max_delay", BW_CFG_RANGE,
+     "max_delay >= base_delay"},
 };
 
 static void test_bad_files(void **state) {
