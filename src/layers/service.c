@@ -223,18 +223,68 @@ static bw_error_t *track_runtime(bw_runtime_t *rt) {
 
 static size_t call_header_size(void) { return offsetof(bw_call_t, state_mem); }
 
+/* Per-thread cache of free calls, one slot per pool (direct-mapped by the
+ * pool's unique id, which is sequential, so the nodes of one stack do not
+ * collide). The pool mutex is taken only to refill, overflow or evict.
+ * A slot whose pool is gone is recognised by its id (ids are never reused)
+ * and dropped without touching its objects (pool_fini freed them). */
+#define TCACHE_SLOTS 64
+#define TCACHE_MAX 64
+typedef struct tcache_slot {
+  uint64_t id;
+  bw_service_t *svc;
+  bw_call_t *head;
+  unsigned n;
+} tcache_slot_t;
+static _Thread_local tcache_slot_t tl_cache[TCACHE_SLOTS];
+static atomic_uint_fast64_t g_pool_ids = 1;
+
+static void pool_push_locked(bw__pool_t *p, bw_call_t *first, bw_call_t *last) {
+  last->pool_next = p->free_list;
+  p->free_list = first;
+}
+
+/* Hand a slot's objects back to their pool if it is still alive. */
+static void tcache_evict(tcache_slot_t *t) {
+  if (t->head) {
+    pthread_mutex_lock(&g_reg.mu);
+    bw_service_t *s;
+    for (s = g_reg.services; s; s = s->reg_next)
+      if (s->pool_id == t->id) break;
+    if (s) {
+      bw_call_t *last = t->head;
+      while (last->pool_next) last = last->pool_next;
+      pthread_mutex_lock(&s->pool.mu);
+      pool_push_locked(&s->pool, t->head, last);
+      pthread_mutex_unlock(&s->pool.mu);
+    }
+    pthread_mutex_unlock(&g_reg.mu);
+  }
+  t->id = 0;
+  t->svc = NULL;
+  t->head = NULL;
+  t->n = 0;
+}
+
 static bw_call_t *pool_get(bw_service_t *s) {
-  bw__pool_t *p = &s->pool;
-  pthread_mutex_lock(&p->mu);
-  bw_call_t *c = p->free_list;
-  if (c) {
-    p->free_list = c->pool_next;
+  tcache_slot_t *t = &tl_cache[s->pool_id % TCACHE_SLOTS];
+  bw_call_t *c = NULL;
+  if (t->id == s->pool_id && t->head) {
+    c = t->head;
+    t->head = c->pool_next;
+    t->n--;
+  } else {
+    bw__pool_t *p = &s->pool;
+    pthread_mutex_lock(&p->mu);
+    c = p->free_list;
+    if (c) p->free_list = c->pool_next;
     pthread_mutex_unlock(&p->mu);
+  }
+  if (c) {
     size_t st = s->ops->call_state_size;
     if (st && !s->ops->state_init) memset(c->state_mem, 0, st);
     return c;
   }
-  pthread_mutex_unlock(&p->mu);
   c = bw__calloc(1, s->call_size);
   if (!c) return NULL;
   c->svc = s;
@@ -242,6 +292,7 @@ static bw_call_t *pool_get(bw_service_t *s) {
     bw__free(c);
     return NULL;
   }
+  bw__pool_t *p = &s->pool;
   pthread_mutex_lock(&p->mu);
   c->all_next = p->all;
   p->all = c;
@@ -251,10 +302,21 @@ static bw_call_t *pool_get(bw_service_t *s) {
 }
 
 static void pool_put(bw_service_t *s, bw_call_t *c) {
+  tcache_slot_t *t = &tl_cache[s->pool_id % TCACHE_SLOTS];
+  if (t->id != s->pool_id) {
+    if (t->id) tcache_evict(t);
+    t->id = s->pool_id;
+    t->svc = s;
+  }
+  if (t->n < TCACHE_MAX) {
+    c->pool_next = t->head;
+    t->head = c;
+    t->n++;
+    return;
+  }
   bw__pool_t *p = &s->pool;
   pthread_mutex_lock(&p->mu);
-  c->pool_next = p->free_list;
-  p->free_list = c;
+  pool_push_locked(p, c, c);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -280,6 +342,7 @@ static bw_error_t *service_alloc(bw_service_t **out, const bw_service_ops_t *ops
   s->ops = ops;
   s->impl = impl;
   s->layer_index = -1;
+  s->pool_id = atomic_fetch_add_explicit(&g_pool_ids, 1, memory_order_relaxed);
   size_t h = (call_header_size() + 15) & ~(size_t)15;
   s->call_size = h + ((ops->call_state_size + 15) & ~(size_t)15);
   pthread_mutex_init(&s->pool.mu, NULL);

@@ -53,6 +53,7 @@ struct bw_service {
   int layer_index;     /* position in stack, -1 if none */
   size_t call_size;    /* sizeof(bw_call_t) rounded + state */
   bw__pool_t pool;
+  uint64_t pool_id; /* unique per service, never reused (thread caches) */
   bw_service_t *reg_prev, *reg_next; /* global list for the shutdown scan */
 };
 
