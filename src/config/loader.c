@@ -16,6 +16,7 @@
  * - Paths: "stacks.payments[2].retry.max_attempts" (indexes from 0),
  *   "shared.NAME.LAYER.KEY", "clients.NAME.http.KEY". */
 #include <errno.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdlib.h>
 #include <string.h>
@@ -188,15 +189,24 @@ static void names_of(const bw__layer_schema_t *s, const char **out) {
   for (size_t i = 0; i < s->nkeys; i++) out[i] = s->keys[i].name;
 }
 
+/* Name tables for suggestions, filled once (pthread_once: loads may run on
+ * several threads at once). */
 static const char *kind_names[BW_ERR__MAX];
 static size_t nkind_names;
+static const char *layer_names[16];
+static size_t nlayer_names;
+static pthread_once_t names_once = PTHREAD_ONCE_INIT;
 
-static void init_kind_names(void) {
-  if (nkind_names) return;
+static void fill_names(void) {
   size_t n = 0;
   for (int k = 1; k < BW_ERR__MAX; k++) kind_names[n++] = bw_error_kind_name((bw_error_kind_t)k);
-  nkind_names = n; /* benign race: every thread writes the same values */
+  nkind_names = n;
+  const bw__layer_schema_t *const *all = bw__schema_all(&n);
+  for (size_t i = 0; i < n && i < 16; i++) layer_names[i] = all[i]->name;
+  nlayer_names = n < 16 ? n : 16;
 }
+
+static void init_kind_names(void) { pthread_once(&names_once, fill_names); }
 
 static void expected_text(const bw__key_t *k, char *buf, size_t len) {
   switch (k->type) {
@@ -710,15 +720,7 @@ static bool parse_settings(ctx_t *x, const bw__layer_schema_t *s, const bw__cnod
   return ok;
 }
 
-static const char *layer_names[16];
-static size_t nlayer_names;
-
-static void init_layer_names(void) {
-  size_t n;
-  const bw__layer_schema_t *const *all = bw__schema_all(&n);
-  for (size_t i = 0; i < n && i < 16; i++) layer_names[i] = all[i]->name;
-  nlayer_names = n;
-}
+static void init_layer_names(void) { pthread_once(&names_once, fill_names); }
 
 static void report_unknown_layer(ctx_t *x, const bw__cnode_t *kn, const char *path) {
   init_layer_names();

@@ -487,6 +487,63 @@ static void test_http_client_through_stack(void **state) {
   bw_runtime_free(rt);
 }
 
+
+/* ---- reloads racing calls (run under TSan) ------------------------------------------ */
+
+typedef struct race {
+  bw_runtime_t *rt;
+  bw_service_t *svc;
+  int calls, ok;
+} race_t;
+
+static void *caller(void *arg) {
+  race_t *r = arg;
+  for (int i = 0; i < r->calls; i++) {
+    char resp[64];
+    bw_error_kind_t k = call_once(r->rt, r->svc, resp);
+    if (k == BW_ERR_NONE && (strcmp(resp, "v1") == 0 || strcmp(resp, "v2") == 0)) r->ok++;
+  }
+  return NULL;
+}
+
+static void test_reload_races_calls(void **state) {
+  (void)state;
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = 2;
+  bw_runtime_t *rt = NULL;
+  assert_null(bw_runtime_new(&rt, &o));
+  const char *v[2] = {"shared:\n  b: {circuit_breaker: {window: consecutive, consecutive_failures: 1000000}}\n"
+                      "stacks:\n  s:\n    - fallback: { value: v1 }\n    - shared: b\n",
+                      "shared:\n  b: {circuit_breaker: {window: consecutive, consecutive_failures: 1000000}}\n"
+                      "stacks:\n  s:\n    - fallback: { value: v2 }\n    - shared: b\n    - timeout: 1s\n"};
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, v[0], strlen(v[0]), "v.yaml", NULL));
+  backend_t b = {0, 1 << 30}; /* always fails: the fallback answers */
+  bw_service_t *inner = backend_service(&b);
+  bw_service_t *svc = NULL;
+  assert_null(bw_registry_build(reg, "s", inner, &svc));
+  const char *sc = getenv("BW_TEST_SCALE");
+  double scale = sc ? atof(sc) : 1.0;
+  int n = (int)(400 * (scale > 0 ? scale : 1.0));
+  if (n < 20) n = 20;
+  race_t r[2] = {{rt, svc, n, 0}, {rt, svc, n, 0}};
+  pthread_t th[2];
+  for (int i = 0; i < 2; i++) assert_int_equal(pthread_create(&th[i], NULL, caller, &r[i]), 0);
+  for (int i = 0; i < n / 4; i++) {
+    const char *y = v[(i + 1) & 1];
+    assert_null(bw_registry_reload_string(reg, y, strlen(y), "v.yaml"));
+  }
+  for (int i = 0; i < 2; i++) pthread_join(th[i], NULL);
+  assert_int_equal(r[0].ok, n);
+  assert_int_equal(r[1].ok, n);
+  assert_int_equal(bw_registry_generation(reg), (uint64_t)(1 + n / 4));
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+}
+
 /* ---- automatic reload ------------------------------------------------------------- */
 
 typedef struct reload_seen {
@@ -586,6 +643,7 @@ int main(void) {
       cmocka_unit_test(test_cancel_through_registry_service),
       cmocka_unit_test(test_http_request_and_clients),
       cmocka_unit_test(test_http_client_through_stack),
+      cmocka_unit_test(test_reload_races_calls),
       cmocka_unit_test(test_watch_reloads),
   };
   return cmocka_run_group_tests_name("config_registry", tests, NULL, NULL);
