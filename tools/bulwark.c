@@ -38,6 +38,7 @@ static const char kUsage[] =
     "                        effective value, where defaults apply, order warnings\n"
     "  http [OPTIONS] URL    one HTTP request, through a stack with -c FILE -s STACK\n"
     "  redis [OPTIONS] CMD [ARG...]  one Redis command, through a stack with -c/-s\n"
+    "  reference             every layer, key, unit, range and default (Markdown)\n"
     "\n"
     "Run 'bulwark COMMAND --help' for a command's options.\n"
     "\n"
@@ -175,6 +176,10 @@ int main(int argc, char **argv) {
   }
   if (strcmp(cmd, "check") == 0) return cmd_check(argc - 1, argv + 1);
   if (strcmp(cmd, "explain") == 0) return cmd_explain(argc - 1, argv + 1);
+  if (strcmp(cmd, "reference") == 0) {
+    bw_config_print_reference(stdout);
+    return BW_CLI_OK;
+  }
   if (strcmp(cmd, "http") == 0) return bw__cli_http(argc - 1, argv + 1);
   if (strcmp(cmd, "redis") == 0) return bw__cli_redis(argc - 1, argv + 1);
   fprintf(stderr, "bulwark: unknown command '%s'\n%s", cmd, kUsage);

@@ -129,6 +129,11 @@ bw_error_t *bw_config_explain_file(const char *path, const char *stack, FILE *ou
 bw_error_t *bw_config_explain_string(const char *text, size_t len, const char *name,
                                      const char *stack, FILE *out);
 
+/* Print the reference of every layer, shared-only entry and client: each
+ * key with its type/unit, allowed range, default and meaning, as Markdown
+ * tables (`bulwark reference`). */
+void bw_config_print_reference(FILE *out);
+
 /* Layer kinds the config knows. */
 typedef enum bw_config_layer_kind {
   BW_CFG_LAYER_TIMEOUT = 1,

@@ -248,3 +248,96 @@ bw_error_t *bw_config_explain_file(const char *path, const char *stack, FILE *ou
   bw__free(text);
   return e;
 }
+
+/* ---- reference -------------------------------------------------------------------- */
+
+static const char *type_name(const bw__key_t *k, char *buf, size_t len) {
+  switch (k->type) {
+    case BW__VT_INT: return "integer";
+    case BW__VT_DOUBLE: return "number";
+    case BW__VT_BOOL: return "true/false";
+    case BW__VT_DURATION: return "duration";
+    case BW__VT_RATIO: return "ratio";
+    case BW__VT_RATE: return "rate";
+    case BW__VT_SIZE: return "size";
+    case BW__VT_ENUM: {
+      snprintf(buf, len, "%s", k->enum_values);
+      for (char *p = buf; *p; p++)
+        if (*p == '|') *p = '/';
+      return buf;
+    }
+    case BW__VT_STRING: return "string";
+    case BW__VT_KINDS: return "list of error kinds";
+    case BW__VT_INTS: return "list of integers";
+    case BW__VT_STRINGS:
+      if (k->enum_values) {
+        snprintf(buf, len, "list of %s", k->enum_values);
+        for (char *p = buf; *p; p++)
+          if (*p == '|') *p = '/';
+        return buf;
+      }
+      return "list of strings";
+    case BW__VT_KIND: return "error kind";
+    case BW__VT_REF:
+      snprintf(buf, len, "name of a %s", k->enum_values);
+      return buf;
+  }
+  return "?";
+}
+
+static void print_schema(const bw__layer_schema_t *s, const char *title, FILE *out) {
+  fprintf(out, "### %s\n\n", title);
+  if (s->shorthand) fprintf(out, "Shorthand: `- %s: VALUE` sets `%s`.\n\n", s->name, s->shorthand);
+  fprintf(out, "| key | type | range | default | meaning |\n|---|---|---|---|---|\n");
+  for (size_t i = 0; i < s->nkeys; i++) {
+    const bw__key_t *k = &s->keys[i];
+    char tb[160], lo[48] = "", hi[48] = "", range[100] = "";
+    const char *t = type_name(k, tb, sizeof tb);
+    if (k->min != 0 || k->max != 0) {
+      switch (k->type) {
+        case BW__VT_DURATION:
+          bw__format_duration((uint64_t)k->min, lo, sizeof lo);
+          bw__format_duration((uint64_t)k->max, hi, sizeof hi);
+          break;
+        case BW__VT_SIZE:
+          bw__format_size((uint64_t)k->min, lo, sizeof lo);
+          bw__format_size((uint64_t)k->max, hi, sizeof hi);
+          break;
+        case BW__VT_RATIO:
+          bw__format_ratio(k->min, lo, sizeof lo);
+          bw__format_ratio(k->max, hi, sizeof hi);
+          break;
+        case BW__VT_RATE:
+          snprintf(lo, sizeof lo, "%g/s", k->min);
+          snprintf(hi, sizeof hi, "%g/s", k->max);
+          break;
+        default:
+          snprintf(lo, sizeof lo, "%.15g", k->min);
+          snprintf(hi, sizeof hi, "%.15g", k->max);
+          break;
+      }
+      snprintf(range, sizeof range, "%s..%s", lo, hi);
+    }
+    char dflt[160];
+    if (k->def) snprintf(dflt, sizeof dflt, "`%s`", k->def);
+    else snprintf(dflt, sizeof dflt, "%s", k->required ? "**required**" : "not set");
+    fprintf(out, "| `%s` | %s | %s | %s | %s |\n", k->name, t, range, dflt, k->help);
+  }
+  fprintf(out, "\n");
+}
+
+void bw_config_print_reference(FILE *out) {
+  if (out == NULL) return;
+  size_t n;
+  const bw__layer_schema_t *const *all = bw__schema_all(&n);
+  fprintf(out, "## Layers\n\n");
+  for (size_t i = 0; i < n; i++) {
+    char title[96];
+    snprintf(title, sizeof title, "`%s`%s", all[i]->name,
+             all[i]->is_layer ? (all[i]->shareable ? " (may be shared)" : "") : " (under shared: only)");
+    print_schema(all[i], title, out);
+  }
+  fprintf(out, "## Clients\n\n");
+  print_schema(bw__schema_client(false), "`http`", out);
+  print_schema(bw__schema_client(true), "`redis`", out);
+}
