@@ -98,6 +98,11 @@ static void test_version_and_help(void **state) {
     snprintf(want, sizeof want, "usage: bulwark %s", subs[i]);
     assert_non_null(strstr(R.out, want));
   }
+  RUN(&R, "reference");
+  assert_int_equal(R.code, 0);
+  assert_non_null(strstr(R.out, "### `circuit_breaker` (may be shared)"));
+  assert_non_null(strstr(R.out, "| `max_attempts` | integer | 1..100 | `3` |"));
+  assert_non_null(strstr(R.out, "| `rate` | rate | 1e-06/s..1e+09/s | **required** |"));
   RUN(&R, "frobnicate");
   assert_int_equal(R.code, 2);
   assert_non_null(strstr(R.err, "unknown command 'frobnicate'"));
