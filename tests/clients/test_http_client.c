@@ -259,6 +259,39 @@ static void test_transport_classification(void **state) {
   bw_call_free(c);
 }
 
+static void test_redirects(void **state) {
+  (void)state;
+  /* off by default: the 302 is the response */
+  bw_call_t *c = run(mkreq("GET", "/?redirect=/echo/target"));
+  assert_null(bw_call_error(c));
+  assert_int_equal(bw_http_response_status(bw_call_response(c)), 302);
+  assert_string_equal(bw_http_response_header(bw_call_response(c), "location"), "/echo/target");
+  bw_call_free(c);
+  /* followed when asked; headers are the final response's */
+  bw_http_request_t *r = mkreq("GET", "/?redirect=/echo/target");
+  bw_http_request_set_follow_redirects(r, true, 0);
+  c = run(r);
+  assert_null(bw_call_error(c));
+  assert_int_equal(bw_http_response_status(bw_call_response(c)), 200);
+  assert_null(bw_http_response_header(bw_call_response(c), "location"));
+  assert_true(strncmp(bw_http_response_body(bw_call_response(c), NULL), "GET /echo/target\n", 17) ==
+              0);
+  bw_call_free(c);
+  /* two hops with max_redirects 1: a protocol error; with 2: fine */
+  r = mkreq("GET", "/a?redirect=/b%3Fredirect%3D/c");
+  bw_http_request_set_follow_redirects(r, true, 1);
+  c = run(r);
+  assert_int_equal(kind_of_call(c), BW_ERR_PROTOCOL);
+  assert_int_equal(bw_error_detail(bw_call_error(c)), 47); /* CURLE_TOO_MANY_REDIRECTS */
+  bw_call_free(c);
+  r = mkreq("GET", "/a?redirect=/b%3Fredirect%3D/c");
+  bw_http_request_set_follow_redirects(r, true, 2);
+  c = run(r);
+  assert_null(bw_call_error(c));
+  assert_int_equal(bw_http_response_status(bw_call_response(c)), 200);
+  bw_call_free(c);
+}
+
 static void test_timeouts_and_deadline(void **state) {
   (void)state;
   bw_http_request_t *r = mkreq("GET", "/?hang=1");
@@ -618,6 +651,7 @@ int main(void) {
       cmocka_unit_test(test_status_classification),
       cmocka_unit_test(test_status_predicate_configurable),
       cmocka_unit_test(test_transport_classification),
+      cmocka_unit_test(test_redirects),
       cmocka_unit_test(test_timeouts_and_deadline),
       cmocka_unit_test(test_size_cap),
       cmocka_unit_test(test_secrets_redacted),
