@@ -91,9 +91,10 @@ bw_error_t *bw_http_client_new(bw_http_client_t **out, bw_runtime_t *rt,
 bw_service_t *bw_http_client_service(bw_http_client_t *c);
 
 /* Drop the client: its service reference is released; transfers still in
- * flight continue until their calls complete. The engine (connections) is
- * closed when the last call is done and the runtime's reactor shuts down.
- * Threads: any but the reactor thread. NULL-safe. */
+ * flight continue until their calls complete. When the service's last
+ * reference goes, the engine (curl multi, connections) is closed on the
+ * reactor thread. A few bytes of loop-side state stay registered with the
+ * runtime's reactor until it shuts down. Threads: any. NULL-safe. */
 void bw_http_client_free(bw_http_client_t *c);
 
 /* Counters (relaxed snapshots). Threads: any. */
@@ -178,8 +179,8 @@ bw_error_t *bw_http_response_add_header(bw_http_response_t *resp, const char *na
                                         const char *value);
 
 int bw_http_response_status(const bw_http_response_t *resp);
-/* The body (not NUL-terminated... but a NUL follows it for convenience);
- * lives as long as resp. *len may be NULL. */
+/* The body: *len bytes (may hold NULs), followed by one extra NUL so text
+ * bodies can be used as C strings; lives as long as resp. *len may be NULL. */
 const char *bw_http_response_body(const bw_http_response_t *resp, size_t *len);
 /* First header named `name` (case-insensitive), value trimmed; NULL if
  * absent. Headers are those of the final response (after redirects). */
@@ -188,7 +189,7 @@ size_t bw_http_response_header_count(const bw_http_response_t *resp);
 /* The i-th header; false if i is out of range. Borrowed strings. */
 bool bw_http_response_header_at(const bw_http_response_t *resp, size_t i, const char **name,
                                 const char **value);
-/* Take the body: *len set, the caller frees it with bw_free-compatible
+/* Take the body (NUL-terminated as above): *len set; free it with
  * bw_http_body_free. The response keeps an empty body. */
 char *bw_http_response_take_body(bw_http_response_t *resp, size_t *len);
 void bw_http_body_free(char *body);
