@@ -76,6 +76,14 @@ void bw__ct_push(bw_runtime_t *rt, bw_task_t *t, bool yield) {
       c->lhead = t;
     c->ltail = t;
     c->llen++;
+    /* Woken from a libuv callback inside our own idle reactor turn (e.g. a
+     * uv timer run at the start of uv_run, before it blocks in poll): make
+     * the turn return instead of sleeping with a runnable task. `sleeping`
+     * is only written by this same thread. */
+    if (c->sleeping) {
+      bw__reactor_t *r = bw__reactor_get_if_started(rt);
+      if (r) bw__reactor_wake(r);
+    }
     return;
   }
   pthread_mutex_lock(&c->mu);

@@ -202,10 +202,8 @@ static int arm(bw_timer_t *t, uint64_t deadline_ns) {
       bw__rt_forked(rt))
     return -1;
   unsigned idx;
-  bool local = false;
   if (bw__ctx.rt == rt) {
     idx = bw__ctx.worker ? bw__worker_index(bw__ctx.worker) : 0;
-    local = true;
   } else {
     idx = atomic_fetch_add_explicit(&rt->remote_wheel_rr, 1, memory_order_relaxed) % rt->nwheels;
   }
@@ -219,7 +217,10 @@ static int arm(bw_timer_t *t, uint64_t deadline_ns) {
   bw__timer_wheel_insert(&w->tw, &t->entry, tick);
   w->armed = bw__timer_wheel_count(&w->tw);
   atomic_store_explicit(&t->wheel, w, memory_order_release);
-  bool kick = !local && tick < w->parked_until_ms;
+  /* parked_until_ms is 0 while the owner runs, so an arm on the owner's
+   * own thread kicks only when the owner is inside a current-thread reactor
+   * turn (a libuv callback arming a timer): the turn must return early */
+  bool kick = tick < w->parked_until_ms;
   if (kick) w->parked_until_ms = tick;
   pthread_mutex_unlock(&w->mu);
   bw__spin_unlock(&t->lock);

@@ -284,11 +284,71 @@ static void test_reactor_echo(void **state) {
   }
 }
 
+/* Regression smoke test: a libuv timer that is already due when the
+ * block_on thread enters its idle reactor turn fires at the start of uv_run
+ * and wakes a task; the turn must then return instead of blocking in poll.
+ * (Timing-dependent: the window is between the driver's turn(0) and its
+ * idle turn; tests/clients' current-thread HTTP test hit it reliably.) */
+typedef struct uvt {
+  bw__reactor_op_t op;
+  uv_timer_t timer;
+  bw_waker_t *waker;
+  int step;
+  atomic_int fired;
+} uvt_t;
+
+static void uvt_closed(uv_handle_t *h) { (void)h; }
+static void uvt_fire(uv_timer_t *tm) {
+  uvt_t *u = tm->data;
+  atomic_store(&u->fired, 1);
+  bw_waker_t *w = u->waker;
+  u->waker = NULL;
+  bw_waker_wake(w);
+  uv_close((uv_handle_t *)&u->timer, uvt_closed);
+}
+static void uvt_start(bw__reactor_op_t *op, uv_loop_t *loop) {
+  uvt_t *u = (uvt_t *)op;
+  uv_timer_init(loop, &u->timer);
+  u->timer.data = u;
+  uv_timer_start(&u->timer, uvt_fire, 1, 0);
+}
+static bw_poll_t uvt_task(bw_task_t *self, void *arg) {
+  uvt_t *u = arg;
+  if (u->step == 0) {
+    u->step = 1;
+    u->waker = bw_task_waker(self);
+    u->op.fn = uvt_start;
+    assert_int_equal(bw__reactor_submit(bw_task_runtime(self), &u->op), 0);
+    return bw_task_yield(self); /* let the loop start the uv timer */
+  }
+  if (u->step == 1) {
+    u->step = 2;
+    /* stay busy past the uv timer's deadline, then go idle */
+    struct timespec ts = {0, 5000000};
+    nanosleep(&ts, NULL);
+    return BW_PENDING;
+  }
+  return atomic_load(&u->fired) ? BW_READY : BW_PENDING;
+}
+
+static void test_uv_timer_due_at_turn_start(void **state) {
+  (void)state;
+  for (int i = 0; i < 5; i++) {
+    bw_runtime_t *rt = mk(BW_FLAVOR_CURRENT_THREAD, BW_CLOCK_REAL);
+    uvt_t *u = calloc(1, sizeof *u);
+    assert_null(bw_block_on(rt, uvt_task, u, NULL));
+    assert_int_equal(atomic_load(&u->fired), 1);
+    bw_runtime_free(rt);
+    free(u);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_runs_on_caller),
       cmocka_unit_test(test_remote_spawn_wakes_driver),
       cmocka_unit_test(test_reactor_echo),
+      cmocka_unit_test(test_uv_timer_due_at_turn_start),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
