@@ -64,6 +64,10 @@ typedef struct tramp {
   bw_call_t *head, *tail;
 } tramp_t;
 static _Thread_local tramp_t tl;
+/* The call whose callback runs on this thread now, and whether that
+ * callback freed it (then run_delivery drops both references at once). */
+static _Thread_local bw_call_t *tl_delivering;
+static _Thread_local bool tl_freed_in_cb;
 
 static void run_delivery(bw_call_t *c);
 
@@ -486,11 +490,13 @@ void bw_call_ref(bw_call_t *call) {
   atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed);
 }
 
-void bw_call_unref(bw_call_t *call) {
+static void unref_n(bw_call_t *call, int n) {
   /* acq_rel: the final decrement sees every holder's writes before recycling
    * (pairs with the other holders' release decrements). */
-  if (atomic_fetch_sub_explicit(&call->refs, 1, memory_order_acq_rel) == 1) recycle(call);
+  if (atomic_fetch_sub_explicit(&call->refs, n, memory_order_acq_rel) == n) recycle(call);
 }
+
+void bw_call_unref(bw_call_t *call) { unref_n(call, 1); }
 
 static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   c->svc = svc;
@@ -534,6 +540,10 @@ bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *
   bw_call_t *c = pool_get(svc);
   if (!c) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   call_init(c, svc, parent->rt);
+  /* Marked started from birth (one relaxed store instead of an atomic OR at
+   * start): bw_call_free of a never-started child then just finds it IDLE,
+   * whose cancel is a no-op. */
+  atomic_store_explicit(&c->flags, BW__CF_STARTED, memory_order_relaxed);
   c->parent = parent;
   c->stack = parent->stack;
   c->deadline_ns = parent->deadline_ns;
@@ -546,6 +556,13 @@ bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *
 
 void bw_call_free(bw_call_t *call) {
   if (!call) return;
+  if (call == tl_delivering && !tl_freed_in_cb) {
+    /* Freed inside its own callback (the usual case): it is complete and
+     * being delivered, so no cancel, no abandon flag; run_delivery drops
+     * this reference together with the in-flight one. */
+    tl_freed_in_cb = true;
+    return;
+  }
   int fl = atomic_fetch_or(&call->flags, BW__CF_ABANDONED);
   if ((fl & BW__CF_STARTED) && atomic_load(&call->state) != BW__CALL_DONE)
     bw_call_cancel(call);
@@ -555,9 +572,18 @@ void bw_call_free(bw_call_t *call) {
 /* ---- completion and delivery ---------------------------------------------------------------- */
 
 static void run_delivery(bw_call_t *c) {
-  if (!(atomic_load_explicit(&c->flags, memory_order_acquire) & BW__CF_ABANDONED) && c->cb)
+  int n = 1; /* the in-flight reference */
+  if (!(atomic_load_explicit(&c->flags, memory_order_acquire) & BW__CF_ABANDONED) && c->cb) {
+    bw_call_t *prev = tl_delivering;
+    bool prev_freed = tl_freed_in_cb;
+    tl_delivering = c;
+    tl_freed_in_cb = false;
     c->cb(c, c->err, c->cb_arg);
-  bw_call_unref(c); /* the in-flight reference */
+    if (tl_freed_in_cb) n = 2; /* and the owner's, freed in the callback */
+    tl_delivering = prev;
+    tl_freed_in_cb = prev_freed;
+  }
+  unref_n(c, n);
 }
 
 static void deferred_delivery(void *arg) {
@@ -664,18 +690,23 @@ bool bw_call_is_cancelled(const bw_call_t *call) {
 
 /* ---- starting calls ---------------------------------------------------------------------------- */
 
+/* The caller added one "starting" reference, released here once ops->call
+ * returned: a cancel on another thread may complete and deliver the call
+ * (and its owner free it) while ops->call still runs. */
 static void start(bw_call_t *c) {
   /* seq_cst CAS then seq_cst load: pairs with fetch_or(CANCEL) then the
    * state CAS in bw_call_cancel_with; at least one side sees the other. */
   int expect = BW__CALL_IDLE;
-  if (!atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_RUNNING)) return;
-  if (atomic_load(&c->flags) & BW__CF_CANCEL) {
-    bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_CANCELLED));
-    return;
+  if (atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_RUNNING)) {
+    if (atomic_load(&c->flags) & BW__CF_CANCEL) {
+      bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_CANCELLED));
+    } else {
+      enter();
+      c->svc->ops->call(c->svc, c);
+      leave();
+    }
   }
-  enter();
-  c->svc->ops->call(c->svc, c);
-  leave();
+  unref_n(c, 1);
 }
 
 static void deferred_start(void *arg) {
@@ -693,13 +724,14 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
   call->cb = cb;
   call->cb_arg = arg;
   if (call->stack) call->start_ns = bw_runtime_now_ns(call->rt);
-  atomic_fetch_add_explicit(&call->refs, 1, memory_order_relaxed); /* in flight */
+  atomic_fetch_add_explicit(&call->refs, 2, memory_order_relaxed); /* in flight + starting */
   if (!bw__runtime_on_worker(call->rt)) {
     /* Service code runs on workers; the start itself moves there. */
     if (bw__runtime_defer(call->rt, deferred_start, call) != 0) {
       int expect = BW__CALL_IDLE;
       if (atomic_compare_exchange_strong(&call->state, &expect, BW__CALL_RUNNING))
         bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
+      unref_n(call, 1); /* the starting reference */
     }
     return NULL;
   }
@@ -725,8 +757,8 @@ static void deferred_list(void *arg) {
 void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   child->cb = cb;
   child->cb_arg = arg;
-  atomic_fetch_or_explicit(&child->flags, BW__CF_STARTED, memory_order_relaxed);
-  atomic_fetch_add_explicit(&child->refs, 1, memory_order_relaxed);        /* in flight */
+  /* BW__CF_STARTED was set by bw_call_child_new (see there) */
+  atomic_fetch_add_explicit(&child->refs, 2, memory_order_relaxed); /* in flight + starting */
   atomic_fetch_add_explicit(&child->parent->refs, 1, memory_order_relaxed); /* hold parent */
   child->holds_parent = true;
   if (tl.busy > 0) {
