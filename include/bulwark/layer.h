@@ -166,7 +166,13 @@ bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *
 /* Start a child. cb runs exactly once, on a worker (on the completing
  * thread if it is a worker of the call's runtime), on a bounded stack, and
  * never inside this function: a child completing synchronously has its cb
- * run right after the outermost start returns. */
+ * run right after the outermost library entry returns (from inside
+ * ops->call or a child callback), or, when started from outside any (a
+ * layer's own timer callback), from a deferred worker task.
+ * Memory: the child is owned by the caller, but once started it may
+ * complete at any time on another thread; take bw_call_ref(child) first if
+ * you touch it after this returns (and the parent's callback may then have
+ * run too if it completes the parent). */
 void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg);
 /* The parent of a child call, NULL for a root call (borrowed). */
 bw_call_t *bw_call_parent(const bw_call_t *call);
