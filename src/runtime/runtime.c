@@ -127,6 +127,7 @@ bw_error_t *bw_runtime_new(bw_runtime_t **out, const bw_runtime_opts_t *opts) {
   if (!out) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_runtime_new: NULL out");
   *out = NULL;
   pthread_once(&fork_once, register_atfork);
+  bw__task_global_init();
   bw_runtime_opts_t o;
   if (opts)
     o = *opts;
@@ -258,8 +259,9 @@ bw_error_t *bw_runtime_shutdown(bw_runtime_t *rt, bw_shutdown_mode_t mode, uint6
     }
     if (alive_tasks(rt) != 0) timed_out = true;
   }
-  /* release pairs with the acquire loads in bw__rt_check and the schedulers */
-  atomic_store_explicit(&rt->state, BW__RT_SHUTDOWN, memory_order_release);
+  /* SeqCst: the Dekker pair with bw__task_publish (task.c); also a release
+   * for the acquire loads in bw__rt_check and the schedulers */
+  atomic_store_explicit(&rt->state, BW__RT_SHUTDOWN, memory_order_seq_cst);
   if (rt->ct) {
     bw__ct_kick(rt);
     bw__ct_acquire_core(rt, NULL);

@@ -34,7 +34,15 @@
  *     spawn:    in_use = 1;  read state      (bw__task_publish)
  *     shutdown: state = SHUTDOWN;  read in_use of every slot
  * so either the spawner sees SHUTDOWN (and takes the task back, or finds it
- * already cancelled) or the walker sees the task.
+ * already cancelled) or the walker sees the task. The StoreLoad fence this
+ * needs costs the spawner a locked instruction that waits for its store
+ * buffer (the freshly cleared header) to drain; where the kernel offers
+ * membarrier(PRIVATE_EXPEDITED), the heavy half moves to the rare side: the
+ * spawner does a release store + compiler fence + load, and shutdown issues
+ * the process-wide barrier between its store and its loads (the asymmetric
+ * Dekker of userspace RCU / folly's asymmetricHeavyBarrier). The in_use
+ * store is a release that pairs with the walker's acquire load, so a walker
+ * that sees the flag also sees the initialised header.
  *
  * Join fields (output, join waker, blocked thread) are guarded by a tiny
  * spin lock: the only contenders are the completing worker and the joiner.
@@ -48,8 +56,11 @@
  * header is released. */
 #include "runtime/task.h"
 
+#include <linux/membarrier.h>
 #include <sched.h>
 #include <string.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include "core/alloc.h"
 #include "runtime/rt.h"
@@ -102,6 +113,7 @@ void bw__spin_unlock(atomic_uint *l) {
  * exists (the registry, under reg_mu); if the runtime was freed, they were
  * freed with its slabs and are simply forgotten. Frees on such threads
  * still go to the pool under its lock (a freed runtime must see them). */
+static int use_membarrier; /* set once before any runtime exists; 0 in fork children */
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static bw__task_pool_t *reg_head;
 static atomic_uint_fast64_t pool_serials = 1;
@@ -111,6 +123,7 @@ static _Thread_local struct {
 } rcache;
 
 void bw__task_on_fork_child(void) {
+  use_membarrier = 0; /* the child's address space is not registered */
   pthread_mutex_init(&reg_mu, NULL);
   reg_head = NULL; /* parent runtimes are unusable here */
   memset(&rcache, 0, sizeof rcache);
@@ -216,6 +229,9 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
       t = c->list;
       c->list = t->next;
       c->count--;
+      /* the next header was last written by another core (freed there):
+       * start moving its line here now, for the next spawn */
+      if (c->list) __builtin_prefetch(c->list, 1, 3);
     }
   } else {
     pthread_mutex_lock(&p->mu);
@@ -411,13 +427,31 @@ static bool claim_complete(bw_task_t *t) {
   }
 }
 
+static pthread_once_t mb_once = PTHREAD_ONCE_INIT;
+static void mb_init(void) {
+#ifndef BW_TSAN /* keep the plain SeqCst pairing where TSan can see it */
+  use_membarrier =
+      syscall(SYS_membarrier, MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED, 0, 0) == 0 ? 1 : 0;
+#endif
+}
+void bw__task_global_init(void) { pthread_once(&mb_once, mb_init); }
+
 int bw__task_publish(bw_runtime_t *rt, bw_task_t *t) {
-  atomic_store_explicit(&t->in_use, 1, memory_order_seq_cst); /* Dekker with cancel_all */
-  if (atomic_load_explicit(&rt->state, memory_order_seq_cst) != BW__RT_SHUTDOWN) return 0;
+  if (use_membarrier) {
+    /* light side of the asymmetric Dekker (heavy side: cancel_all) */
+    atomic_store_explicit(&t->in_use, 1, memory_order_release);
+    atomic_signal_fence(memory_order_seq_cst);
+    if (atomic_load_explicit(&rt->state, memory_order_acquire) != BW__RT_SHUTDOWN) return 0;
+  } else {
+    atomic_store_explicit(&t->in_use, 1, memory_order_seq_cst); /* Dekker with cancel_all */
+    if (atomic_load_explicit(&rt->state, memory_order_seq_cst) != BW__RT_SHUTDOWN) return 0;
+  }
   return claim_complete(t) ? -1 : 1;
 }
 
 void bw__tasks_cancel_all(bw_runtime_t *rt) {
+  /* state = SHUTDOWN was stored (SeqCst) by the caller; heavy side: */
+  if (use_membarrier) syscall(SYS_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
   pthread_mutex_lock(&rt->pool.mu);
   struct bw__slab *head = rt->pool.slabs; /* only ever prepended: stable from here */
   pthread_mutex_unlock(&rt->pool.mu);

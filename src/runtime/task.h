@@ -101,6 +101,8 @@ typedef struct bw__task_pool {
   uint64_t serial;        /* unique per pool: keys the per-thread remote caches */
   struct bw__task_pool *reg_next; /* registry of live pools (task.c) */
 } bw__task_pool_t;
+/* Once per process, before the first runtime (membarrier registration). */
+void bw__task_global_init(void);
 /* fork child: reset the registry lock and this thread's remote cache */
 void bw__task_on_fork_child(void);
 /* A new task id (blocks of ids per worker: no shared counter per spawn). */
