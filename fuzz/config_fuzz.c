@@ -41,6 +41,20 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
       fclose(devnull);
     }
   }
+#ifdef BW_FUZZ_BUILD_LAYERS
+  /* config_build_fuzz: a valid file must also build every layer (layer
+   * constructors, shared instances, predicates) without crashing or leaking. */
+  if (e == NULL) {
+    bw_registry_t *reg = NULL;
+    bw_error_t *be = bw_registry_load_string(&reg, text, size, "fuzz.yaml", NULL);
+    if (be == NULL) {
+      bw_error_t *re = bw_registry_reload_string(reg, text, size, "fuzz.yaml");
+      bw_error_unref(re);
+    }
+    bw_error_unref(be);
+    bw_registry_free(reg);
+  }
+#endif
   bw_error_unref(e);
   bw_config_report_free(r);
   free(text);
