@@ -45,7 +45,11 @@ typedef struct bw__ctx {
   bw_timer_t *firing;   /* timer whose callback is running, or NULL */
   bool io_thread;       /* a reactor loop thread (blocking there is an error too) */
 } bw__ctx_t;
-extern _Thread_local bw__ctx_t bw__ctx;
+/* initial-exec: the library is built -fPIC, and the default (global-
+ * dynamic) model would call __tls_get_addr on every access of this hot
+ * variable; initial-exec is a single %fs-relative load. */
+#define BW__TLS _Thread_local __attribute__((tls_model("initial-exec")))
+extern BW__TLS bw__ctx_t bw__ctx;
 
 /* A wheel (timers of one worker, or of the current-thread core). */
 struct bw__wheel {

@@ -41,7 +41,7 @@
 #include "core/alloc.h"
 #include "runtime/rt.h"
 
-_Thread_local bw__ctx_t bw__ctx;
+BW__TLS bw__ctx_t bw__ctx;
 
 static atomic_uint fork_gen;
 static pthread_once_t fork_once = PTHREAD_ONCE_INIT;

@@ -117,7 +117,7 @@ static int use_membarrier; /* set once before any runtime exists; 0 in fork chil
 static pthread_mutex_t reg_mu = PTHREAD_MUTEX_INITIALIZER;
 static bw__task_pool_t *reg_head;
 static atomic_uint_fast64_t pool_serials = 1;
-static _Thread_local struct {
+static BW__TLS struct {
   uint64_t serial;
   bw__task_cache_t c;
 } rcache;
@@ -168,7 +168,7 @@ void bw__task_pool_init(bw__task_pool_t *p) {
 /* Task ids are unique in the process: each thread takes blocks of ids from
  * one counter, so a spawn touches no shared cache line for its id. */
 static atomic_uint_fast64_t id_counter = 1;
-static _Thread_local uint64_t id_next, id_end;
+static BW__TLS uint64_t id_next, id_end;
 
 uint64_t bw__task_next_id(bw_runtime_t *rt) {
   (void)rt;
@@ -248,7 +248,7 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
     pthread_mutex_unlock(&p->mu);
   }
   if (!t) {
-    struct bw__slab *sl = bw__malloc(sizeof *sl);
+    struct bw__slab *sl = bw__calloc(1, sizeof *sl);
     if (!sl) return NULL;
     for (unsigned i = 0; i < SLAB; i++) atomic_init(&sl->t[i].in_use, 0);
     pthread_mutex_lock(&p->mu);
@@ -262,9 +262,24 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
     pthread_mutex_unlock(&p->mu);
     t = &sl->t[0];
   }
-  /* everything but in_use (read by a concurrent shutdown walk) */
-  memset((char *)t + offsetof(bw_task_t, state), 0, sizeof *t - offsetof(bw_task_t, state));
+  /* No memset: a header leaves the pool clean (task_dealloc, and slabs are
+   * zeroed when made), so only the fields a spawn does not set are reset.
+   * The embedded sleep timer stays initialised (same task, same runtime)
+   * and is idle after complete_common's cancel. in_use is not touched (a
+   * shutdown walk may read it). */
   t->rt = rt;
+  t->kind = 0;
+  t->output_ready = false;
+  t->output_taken = false;
+  t->drop = NULL;
+  t->aux_fn = NULL;
+  t->aux = NULL;
+  t->name = NULL;
+  t->out_value = NULL;
+  t->out_free = NULL;
+  t->out_err = NULL;
+  t->join_waker = NULL;
+  t->join_thread = NULL;
   return t;
 }
 
