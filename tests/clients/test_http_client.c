@@ -625,13 +625,6 @@ static bw_poll_t ct_poll(bw_task_t *self, void *arg) {
 
 static void test_current_thread_runtime(void **state) {
   (void)state;
-  /* Opt-in: on the current runtime this hangs after a few rounds (the task
-   * is woken from a reactor callback but the block_on thread goes back to
-   * an endless bw__reactor_turn(-1)); reported to the runtime owners. */
-  if (!getenv("BW_TEST_HTTP_CURRENT_THREAD")) {
-    skip();
-    return;
-  }
   bw_runtime_t *crt;
   bw_runtime_opts_t o;
   bw_runtime_opts_init(&o);
