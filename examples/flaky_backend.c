@@ -74,7 +74,8 @@ static void answer(bw_timer_t *t, void *arg) {
     snprintf(body, 32, "fresh #%d", *(int *)bw_call_request(call));
     bw_call_complete(call, body, free, NULL);
   }
-  bw_timer_free(t);
+  /* whoever takes st->timer out frees it (the cancel hook may have) */
+  if (atomic_exchange(&st->timer, NULL) == t) bw_timer_free(t);
   bw_call_unref(call);
 }
 
@@ -93,7 +94,7 @@ static void backend_call(void *arg, bw_call_t *call) {
   atomic_store(&st->timer, t);
   bw_error_t *e = bw_timer_arm(t, bw_runtime_now_ns(bw_call_runtime(call)) + latency_ms * 1000000ull);
   if (e) {
-    bw_timer_free(t);
+    if (atomic_exchange(&st->timer, NULL) == t) bw_timer_free(t);
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
   }
@@ -101,10 +102,11 @@ static void backend_call(void *arg, bw_call_t *call) {
 
 static void backend_cancel(void *arg, bw_call_t *call) {
   bstate_t *st = bw_call_state(call);
-  bw_timer_t *t = atomic_load(&st->timer);
-  if (t && bw_timer_cancel(t)) { /* it will not fire: clean up here */
-    bw_timer_free(t);
-    bw_call_unref(call);
+  bw_timer_t *t = atomic_exchange(&st->timer, NULL);
+  if (t) {
+    bool stopped = bw_timer_cancel(t);
+    bw_timer_free(t); /* waits for a callback already running */
+    if (stopped) bw_call_unref(call); /* it will not fire: drop its reference */
   }
 }
 

@@ -154,6 +154,8 @@ typedef struct h4_sleep_state {
 
 static atomic_int h4_sleep_cancels, h4_sleep_starts;
 
+/* Timer ownership: whoever takes st->timer out (exchange) frees it; the
+ * cancel hook's bw_timer_free waits for a callback already running. */
 static inline void h4_sleep_fire(bw_timer_t *t, void *arg) {
   h4_sleep_state_t *st = arg;
   bw_call_t *call = st->call;
@@ -166,7 +168,7 @@ static inline void h4_sleep_fire(bw_timer_t *t, void *arg) {
   } else {
     bw_call_complete(call, h4_int(1), h4_resp_free, NULL);
   }
-  bw_timer_free(t);
+  if (atomic_exchange(&st->timer, NULL) == t) bw_timer_free(t);
   bw_call_unref(call);
 }
 
@@ -182,7 +184,7 @@ static inline void h4_sleep_async(void *arg, bw_call_t *call) {
   atomic_store(&st->timer, t);
   e = bw_timer_arm(t, bw_runtime_now_ns(bw_call_runtime(call)) + rq->delay_ns);
   if (e) {
-    bw_timer_free(t);
+    if (atomic_exchange(&st->timer, NULL) == t) bw_timer_free(t);
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
   }
@@ -191,10 +193,11 @@ static inline void h4_sleep_async(void *arg, bw_call_t *call) {
 static inline void h4_sleep_cancel(void *arg, bw_call_t *call) {
   h4_sleep_state_t *st = bw_call_state(call);
   atomic_fetch_add(&h4_sleep_cancels, 1);
-  bw_timer_t *t = atomic_load(&st->timer);
-  if (t && bw_timer_cancel(t)) {
-    bw_timer_free(t);
-    bw_call_unref(call);
+  bw_timer_t *t = atomic_exchange(&st->timer, NULL);
+  if (t) {
+    bool stopped = bw_timer_cancel(t);
+    bw_timer_free(t); /* waits for a callback already running */
+    if (stopped) bw_call_unref(call);
   }
 }
 
