@@ -188,7 +188,7 @@ static double rb_raw_pass(int port, int count) {
   double dt = rb_now_s() - t0;
   uv_loop_close(&loop);
   if (r.failed || r.done != count) {
-    fprintf(stderr, "# redis_raw: %d of %d failed\n", r.failed + (count - r.done), count);
+    printf("# redis_raw: %d of %d failed\n", r.failed + (count - r.done), count);
     return -1;
   }
   return count / dt;
@@ -201,6 +201,7 @@ typedef struct rb_stack {
   bw_service_t *svc;
   bw_redis_request_t *set, *get; /* shared, borrowed by every call */
   atomic_int started, failed;
+  _Atomic(bw_error_t *) first_err; /* for the report */
   int target;
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -217,7 +218,11 @@ static void rb_stack_finish_one(rb_stack_t *s) {
 
 static void rb_stack_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
   rb_stack_t *s = arg;
-  if (err || !bw_call_response(call)) atomic_fetch_add(&s->failed, 1);
+  if (err || !bw_call_response(call)) {
+    atomic_fetch_add(&s->failed, 1);
+    bw_error_t *mine = bw_error_ref(err), *none = NULL;
+    if (!atomic_compare_exchange_strong(&s->first_err, &none, mine)) bw_error_unref(mine);
+  }
   bw_call_free(call);
   rb_stack_start(s); /* keep RB_IN_FLIGHT going */
   rb_stack_finish_one(s);
@@ -297,7 +302,7 @@ static double rb_stack_pass(int port, int count) {
   if (err) {
     char buf[512];
     bw_error_format(err, buf, sizeof buf, 0);
-    fprintf(stderr, "# redis_stack: setup failed: %s\n", buf);
+    printf("# redis_stack: setup failed: %s\n", buf);
     bw_error_unref(err);
   } else {
     double t0 = rb_now_s();
@@ -307,9 +312,11 @@ static double rb_stack_pass(int port, int count) {
     pthread_mutex_unlock(&s.mu);
     double dt = rb_now_s() - t0;
     int failed = atomic_load(&s.failed);
-    if (failed)
-      fprintf(stderr, "# redis_stack: %d of %d commands failed\n", failed, count);
-    else
+    if (failed) {
+      char buf[512] = "";
+      bw_error_format(atomic_load(&s.first_err), buf, sizeof buf, BW_ERROR_FMT_KIND);
+      printf("# redis_stack: %d of %d commands failed, first: %s\n", failed, count, buf);
+    } else
       rate = count / dt;
   }
   bw_service_release(s.svc);
@@ -317,6 +324,7 @@ static double rb_stack_pass(int port, int count) {
   bw_runtime_free(s.rt);
   bw_redis_request_free(s.set);
   bw_redis_request_free(s.get);
+  bw_error_unref(atomic_load(&s.first_err));
   pthread_mutex_destroy(&s.mu);
   pthread_cond_destroy(&s.cv);
   return rate;

@@ -81,10 +81,16 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
                      bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "redis service: no request"));
     return;
   }
-  /* The service reference keeps the call's pool alive until our unref:
-   * a child call does not hold its service, and the caller may release
-   * everything as soon as its callback ran. */
-  bw_service_ref(svc);
+  /* Two call references: one for the request (dropped in on_done), one for
+   * the rest of this function, which may still touch the call after the
+   * reply came, was delivered on a worker and the caller freed the call
+   * (without it the pooled call could be reused under us). The service
+   * reference keeps the call's pool alive until our unref: a child call
+   * does not hold its service, and the caller may release everything as
+   * soon as its callback ran. */
+  bw_service_ref(svc); /* for the request, released in on_done */
+  bw_service_ref(svc); /* for this function */
+  bw_call_ref(call);
   bw_call_ref(call);
   bw__redis_req_t *hold = NULL;
   bw_error_t *e = bw__redis_submit(client, rq->argc, (const char *const *)rq->argv, rq->lens,
@@ -92,6 +98,8 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
   if (e) {
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
+    bw_call_unref(call);
+    bw_service_release(svc);
     bw_service_release(svc);
     return;
   }
@@ -103,6 +111,8 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
       bw__redis_req_release(r);
     }
   }
+  bw_call_unref(call);
+  bw_service_release(svc);
 }
 
 static void svc_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
