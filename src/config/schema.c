@@ -152,6 +152,14 @@ static const bw__key_t kRedisClient[] = {
 
 #define N(a) (sizeof(a) / sizeof(a)[0])
 
+/* the model keeps BW__MAX_KEYS values per layer */
+_Static_assert(N(kTimeout) <= BW__MAX_KEYS && N(kRetry) <= BW__MAX_KEYS &&
+                   N(kBudget) <= BW__MAX_KEYS && N(kRateLimit) <= BW__MAX_KEYS &&
+                   N(kBulkhead) <= BW__MAX_KEYS && N(kBreaker) <= BW__MAX_KEYS &&
+                   N(kFallback) <= BW__MAX_KEYS && N(kChaos) <= BW__MAX_KEYS &&
+                   N(kHttpClient) <= BW__MAX_KEYS && N(kRedisClient) <= BW__MAX_KEYS,
+               "a layer has more keys than BW__MAX_KEYS");
+
 static const bw__layer_schema_t kLayers[] = {
     {"timeout", BW_CFG_LAYER_TIMEOUT, "duration", false, true, kTimeout, N(kTimeout)},
     {"retry", BW_CFG_LAYER_RETRY, "max_attempts", false, true, kRetry, N(kRetry)},
