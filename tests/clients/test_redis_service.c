@@ -14,6 +14,8 @@
 #include <bulwark/service.h>
 #include <bulwark/timeout.h>
 #include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -346,6 +348,73 @@ static void test_timeout_layer_cancels_inner(void **state) {
   bw_runtime_free(rt);
 }
 
+/* Many calls, 64 in flight, each completion starting the next from the
+ * worker: exercises replies beating ops->call's bookkeeping and pooled
+ * calls being reused at once. A leaked reference would make
+ * bw_redis_free() hang (ctest's timeout catches it). */
+typedef struct stress {
+  bw_runtime_t *rt;
+  bw_service_t *svc;
+  bw_redis_request_t *req;
+  atomic_int started, failed;
+  int target;
+  waiter_t w;
+} stress_t;
+
+static void stress_start(stress_t *s);
+
+static void stress_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  stress_t *s = arg;
+  if (err || !bw_call_response(call)) atomic_fetch_add(&s->failed, 1);
+  bw_call_free(call);
+  stress_start(s);
+  pthread_mutex_lock(&s->w.mu);
+  if (++s->w.calls == s->target) {
+    s->w.done = true;
+    pthread_cond_broadcast(&s->w.cv);
+  }
+  pthread_mutex_unlock(&s->w.mu);
+}
+
+static void stress_start(stress_t *s) {
+  if (atomic_fetch_add(&s->started, 1) >= s->target) return;
+  bw_call_t *call;
+  assert_null(bw_call_new(&call, s->svc, s->rt));
+  bw_call_set_request(call, s->req, NULL);
+  assert_null(bw_service_call(s->svc, call, stress_done, s));
+}
+
+static void test_stress_64_in_flight(void **state) {
+  (void)state;
+  static stress_t s;
+  memset(&s, 0, sizeof s);
+  s.rt = runtime_new(false);
+  bw_redis_t *c = client_new(s.rt);
+  assert_null(bw_redis_service_new(&s.svc, c));
+  const char *argv[3] = {"SET", "stress", "v"};
+  s.req = request(3, argv);
+  const char *e = getenv("BW_TEST_SCALE");
+  double scale = e ? atof(e) : 1.0;
+  s.target = (int)(50000 * (scale > 0 ? scale : 1.0));
+  if (s.target < 1000) s.target = 1000;
+  pthread_mutex_init(&s.w.mu, NULL);
+  pthread_cond_init(&s.w.cv, NULL);
+  for (int i = 0; i < 64; i++) stress_start(&s);
+  pthread_mutex_lock(&s.w.mu);
+  while (!s.w.done) pthread_cond_wait(&s.w.cv, &s.w.mu);
+  pthread_mutex_unlock(&s.w.mu);
+  assert_int_equal(atomic_load(&s.failed), 0);
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  assert_int_equal(st.replies, (uint64_t)s.target);
+  bw_service_release(s.svc);
+  bw_redis_free(c);
+  bw_runtime_free(s.rt);
+  bw_redis_request_free(s.req);
+  pthread_mutex_destroy(&s.w.mu);
+  pthread_cond_destroy(&s.w.cv);
+}
+
 static int group_setup(void **state) {
   (void)state;
   return bw_test_redis_start(&server, NULL);
@@ -363,6 +432,7 @@ int main(void) {
       cmocka_unit_test(test_breaker_opens_on_dead_redis_and_closes),
       cmocka_unit_test(test_retry_default_predicate),
       cmocka_unit_test(test_timeout_layer_cancels_inner),
+      cmocka_unit_test(test_stress_64_in_flight),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
