@@ -7,11 +7,15 @@
 #include <cmocka.h>
 #include <fcntl.h>
 #include <spawn.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/wait.h>
 #include <unistd.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
 
 extern char **environ;
 
@@ -253,11 +257,78 @@ static void test_redis(void **state) {
   assert_int_equal(R.code, 2);
 }
 
+
+/* ---- against a real redis-server on a free loopback port ------------------------------ */
+
+static int free_port(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  a.sin_port = 0;
+  socklen_t len = sizeof a;
+  if (fd < 0 || bind(fd, (struct sockaddr *)&a, sizeof a) != 0 ||
+      getsockname(fd, (struct sockaddr *)&a, &len) != 0) {
+    if (fd >= 0) close(fd);
+    return -1;
+  }
+  close(fd);
+  return ntohs(a.sin_port);
+}
+
+static void test_redis_server(void **state) {
+  (void)state;
+  if (access("/usr/bin/redis-server", X_OK) != 0) skip();
+  int port = free_port();
+  assert_true(port > 0);
+  char ps[16];
+  snprintf(ps, sizeof ps, "%d", port);
+  const char *const sargs[] = {"redis-server", "--port", ps, "--bind", "127.0.0.1", "--save", "",
+                               "--appendonly", "no", NULL};
+  posix_spawn_file_actions_t fa;
+  posix_spawn_file_actions_init(&fa);
+  posix_spawn_file_actions_addopen(&fa, 1, "/dev/null", O_WRONLY, 0);
+  pid_t pid;
+  assert_int_equal(posix_spawn(&pid, "/usr/bin/redis-server", &fa, NULL, (char *const *)sargs, environ), 0);
+  posix_spawn_file_actions_destroy(&fa);
+  /* until the server accepts: each try fails at once while nothing listens */
+  bool up = false;
+  for (int i = 0; i < 2000 && !up; i++) {
+    RUN(&R, "redis", "-p", ps, "-t", "1s", "PING");
+    up = R.code == 0;
+  }
+  if (up) {
+    assert_string_equal(R.out, "PONG\n");
+    RUN(&R, "redis", "-p", ps, "SET", "k", "hello world");
+    assert_int_equal(R.code, 0);
+    assert_string_equal(R.out, "OK\n");
+    RUN(&R, "redis", "-p", ps, "-n", "0", "GET", "k");
+    assert_string_equal(R.out, "\"hello world\"\n");
+    RUN(&R, "redis", "-p", ps, "RPUSH", "l", "a", "b");
+    assert_string_equal(R.out, "(integer) 2\n");
+    RUN(&R, "redis", "-p", ps, "LRANGE", "l", "0", "-1");
+    assert_string_equal(R.out, "1) \"a\"\n2) \"b\"\n");
+    RUN(&R, "redis", "-p", ps, "GET", "nothing");
+    assert_string_equal(R.out, "(nil)\n");
+    RUN(&R, "redis", "-p", ps, "HGET", "k", "f"); /* an error reply fails the call */
+    assert_int_equal(R.code, 1);
+    assert_non_null(strstr(R.err, "WRONGTYPE"));
+    /* through a stack, with events */
+    RUN(&R, "redis", "-v", "-c", src("examples/stacks.yaml"), "-s", "cache", "-p", ps, "GET", "k");
+    assert_int_equal(R.code, 0);
+    assert_string_equal(R.out, "\"hello world\"\n");
+  }
+  kill(pid, SIGTERM);
+  waitpid(pid, NULL, 0);
+  assert_true(up);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_version_and_help), cmocka_unit_test(test_check),
       cmocka_unit_test(test_explain),          cmocka_unit_test(test_http),
-      cmocka_unit_test(test_redis),
+      cmocka_unit_test(test_redis),            cmocka_unit_test(test_redis_server),
   };
   return cmocka_run_group_tests_name("config_cli", tests, NULL, NULL);
 }
