@@ -313,6 +313,7 @@ bw_task_t *bw__spawn_task(bw_runtime_t *rt, bw_task_fn poll, void *arg, void (*d
   t->name = name;
   t->kind = (uint8_t)kind;
   t->id = bw__task_next_id(rt);
+  t->has_join = want_join;
   atomic_init(&t->state, schedule ? BW__T_NOTIFIED : 0u);
   /* owned + queue (+ join) */
   atomic_init(&t->refs, (want_join ? 2u : 1u) + (schedule ? 1u : 0u));

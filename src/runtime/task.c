@@ -271,6 +271,7 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
   t->kind = 0;
   t->output_ready = false;
   t->output_taken = false;
+  t->has_join = false;
   t->drop = NULL;
   t->aux_fn = NULL;
   t->aux = NULL;
@@ -391,13 +392,19 @@ static void complete_common(bw_task_t *t, uint32_t extra) {
   bw_runtime_t *rt = t->rt;
   if (t->sleep_timer.rt) bw__timer_cancel_sync(&t->sleep_timer);
   if (t->drop) t->drop(t->arg);
-  bw__spin_lock(&t->lock);
-  t->output_ready = true;
-  bw_waker_t *jw = t->join_waker;
-  bw__thread_waiter_t *jt = t->join_thread;
-  t->join_waker = NULL;
-  t->join_thread = NULL;
-  bw__spin_unlock(&t->lock);
+  bw_waker_t *jw = NULL;
+  bw__thread_waiter_t *jt = NULL;
+  if (!t->has_join) {
+    t->output_ready = true; /* spawned without a join handle: nobody looks */
+  } else {
+    bw__spin_lock(&t->lock);
+    t->output_ready = true;
+    jw = t->join_waker;
+    jt = t->join_thread;
+    t->join_waker = NULL;
+    t->join_thread = NULL;
+    bw__spin_unlock(&t->lock);
+  }
   if (jw) bw_waker_wake(jw);
   if (jt) {
     pthread_mutex_lock(&jt->mu);

@@ -47,6 +47,7 @@ struct bw_task {
   uint8_t kind;
   bool output_ready; /* guarded by lock */
   bool output_taken; /* guarded by lock */
+  bool has_join;     /* a join handle was handed out (else completion skips the lock) */
   bw_task_t *next;     /* run-queue / pool link */
   bw_task_t *own_next; /* pool: next batch */
   bw_runtime_t *rt;

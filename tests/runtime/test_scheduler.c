@@ -13,6 +13,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sched.h>
+#include <time.h>
 
 #include "bulwark/runtime.h"
 
@@ -62,11 +64,33 @@ static void latch_wait(latch_t *l) {
 }
 
 /* ---- stealing ---- */
+/* Every task of the flood sits in one worker's local queue (it fits, so
+ * nothing overflows to the inject queue): the only way another worker can
+ * run one is to steal it. Tasks on the first worker wait (bounded, 10 s of
+ * real time, for an overloaded machine) until another thread has run one. */
+static atomic_int other_seen;
+static pthread_t first_thread;
+static atomic_int first_set;
+
 static bw_poll_t spin_task(bw_task_t *self, void *arg) {
   (void)self;
-  volatile unsigned x = 0;
-  for (unsigned i = 0; i < 20000; i++) x += i;
-  (void)x;
+  pthread_t me = pthread_self();
+  int exp = 0;
+  if (atomic_compare_exchange_strong(&first_set, &exp, 1)) {
+    first_thread = me;
+    atomic_store(&first_set, 2);
+  }
+  while (atomic_load(&first_set) != 2) sched_yield();
+  if (!pthread_equal(me, first_thread)) {
+    atomic_store(&other_seen, 1);
+  } else {
+    struct timespec a, b;
+    clock_gettime(CLOCK_MONOTONIC, &a);
+    do {
+      sched_yield();
+      clock_gettime(CLOCK_MONOTONIC, &b);
+    } while (!atomic_load(&other_seen) && b.tv_sec - a.tv_sec < 10);
+  }
   latch_hit(arg);
   return BW_READY;
 }
@@ -87,6 +111,8 @@ static void test_stealing_happens(void **state) {
   bw_runtime_t *rt = mk(2, 256);
   latch_t l;
   latch_init(&l, 200);
+  atomic_store(&other_seen, 0);
+  atomic_store(&first_set, 0);
   flood_t f = {&l, 200}; /* fits the local queue: the other worker can only steal */
   assert_null(bw_spawn(rt, flood_poll, &f, NULL));
   latch_wait(&l);
