@@ -36,7 +36,10 @@ typedef enum bw_flavor {
 typedef enum bw_clock_mode {
   BW_CLOCK_REAL = 0,  /* default: CLOCK_MONOTONIC */
   BW_CLOCK_PAUSED = 1 /* time stands still until every task is idle, then jumps
-                         to the next timer; bw_runtime_advance() moves it too */
+                         to the next timer; bw_runtime_advance() moves it too.
+                         "Idle" means no runnable task and no blocking job in
+                         flight; a task waiting for real I/O counts as idle,
+                         so pair the paused clock with simulated services. */
 } bw_clock_mode_t;
 
 typedef enum bw_start {
