@@ -4,6 +4,7 @@
  *   yaml.c     libfyaml event stream -> a small node tree with line:col marks
  *   schema.c   the table of layers and their settings (type, unit, range, default)
  *   loader.c   node tree -> validated model + diagnostics (nothing half loaded)
+ *   report.c   diagnostics reports, file reading, bw_config_check_*
  *   explain.c  printing a model: effective values, defaults, warnings
  *   registry.c the public registry: build stacks, clients, reload, watch
  */
@@ -72,7 +73,7 @@ int bw__yaml_parse(const char *text, size_t len, const char *fname, bw_config_re
                    bw__cdoc_t **doc, bw__cnode_t **root);
 void bw__cdoc_free(bw__cdoc_t *doc);
 
-/* ---- report (loader.c) ------------------------------------------------- */
+/* ---- report (report.c) ------------------------------------------------- */
 
 /* Append a diagnostic; path and message are copied. */
 void bw__report_add(bw_config_report_t *r, bw_config_problem_t problem, bool warning,
