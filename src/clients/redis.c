@@ -147,12 +147,28 @@ static size_t resp_size(int argc, const char *const *argv, const size_t *lens) {
   return n;
 }
 
+static char *put_uint(char *p, size_t v) {
+  size_t n = digits(v);
+  for (size_t i = n; i > 0; i--) {
+    p[i - 1] = (char)('0' + v % 10);
+    v /= 10;
+  }
+  return p + n;
+}
+
+/* Hand-rolled (no printf): this runs once per command on the caller. */
 static size_t resp_write(char *out, int argc, const char *const *argv, const size_t *lens) {
   char *p = out;
-  p += sprintf(p, "*%d\r\n", argc);
+  *p++ = '*';
+  p = put_uint(p, (size_t)argc);
+  *p++ = '\r';
+  *p++ = '\n';
   for (int i = 0; i < argc; i++) {
     size_t l = lens ? lens[i] : strlen(argv[i]);
-    p += sprintf(p, "$%zu\r\n", l);
+    *p++ = '$';
+    p = put_uint(p, l);
+    *p++ = '\r';
+    *p++ = '\n';
     if (l) memcpy(p, argv[i], l);
     p += l;
     *p++ = '\r';

@@ -29,10 +29,8 @@ static bool atexit_done;
 
 static void remove_dir(const char *dir) {
   char path[200];
-  snprintf(path, sizeof path, "%s/redis.log", dir);
-  unlink(path);
-  snprintf(path, sizeof path, "%s/redis.sock", dir);
-  unlink(path);
+  if (snprintf(path, sizeof path, "%s/redis.log", dir) < (int)sizeof path) unlink(path);
+  if (snprintf(path, sizeof path, "%s/redis.sock", dir) < (int)sizeof path) unlink(path);
   rmdir(dir);
 }
 
