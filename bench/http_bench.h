@@ -3,7 +3,8 @@
  *   http_raw    20,000 GETs of a small body, 64 in flight, plain libcurl
  *               multi socket API on a libuv loop (written here, no bulwark)
  *   http_stack  the same through bulwark: fallback + timeout(1 s) + retry(3)
- *               + circuit breaker around the HTTP client, 2-worker runtime
+ *               + circuit breaker + rate limit (never throttles) + bulkhead
+ *               (1024) around the HTTP client, 2-worker runtime
  *
  * Both against nginx (nginx-light) started here on a free loopback port with
  * a temporary config (`return 200` of a 12-byte body, keep-alive), stopped
@@ -36,10 +37,12 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "bulwark/bulkhead.h"
 #include "bulwark/circuit_breaker.h"
 #include "bulwark/fallback.h"
 #include "bulwark/http.h"
 #include "bulwark/layer.h"
+#include "bulwark/rate_limit.h"
 #include "bulwark/retry.h"
 #include "bulwark/runtime.h"
 #include "bulwark/service.h"
@@ -334,7 +337,8 @@ static void hb_stack_start(hb_stack_t *s) {
 }
 
 static bw_error_t *hb_build_stack(bw_http_client_t *cli, bw_service_t **out) {
-  bw_layer_t *layers[4] = {0};
+  /* BENCH.md's full stack, in layer.h's recommended order */
+  bw_layer_t *layers[6] = {0};
   bw_fallback_opts_t fo;
   bw_fallback_opts_init(&fo);
   fo.kind = BW_FALLBACK_VALUE;
@@ -349,11 +353,19 @@ static bw_error_t *hb_build_stack(bw_http_client_t *cli, bw_service_t **out) {
   ro.max_attempts = 3;
   bw_circuit_breaker_opts_t bo;
   bw_circuit_breaker_opts_init(&bo);
+  bw_rate_limit_opts_t lo;
+  bw_rate_limit_opts_init(&lo);
+  lo.rate_per_sec = 1e8; /* never throttles */
+  lo.burst = 1000000;
+  bw_bulkhead_opts_t ho;
+  bw_bulkhead_opts_init(&ho);
+  ho.max_concurrent = 1024;
   bw_error_t *err;
   if (!(err = bw_fallback_new(&layers[0], &fo)) && !(err = bw_timeout_new(&layers[1], &to)) &&
-      !(err = bw_retry_new(&layers[2], &ro)) && !(err = bw_circuit_breaker_new(&layers[3], &bo)))
-    err = bw_stack_build(out, NULL, layers, 4, bw_http_client_service(cli), NULL);
-  for (int i = 0; i < 4; i++) bw_layer_release(layers[i]);
+      !(err = bw_retry_new(&layers[2], &ro)) && !(err = bw_circuit_breaker_new(&layers[3], &bo)) &&
+      !(err = bw_rate_limit_new(&layers[4], &lo)) && !(err = bw_bulkhead_new(&layers[5], &ho)))
+    err = bw_stack_build(out, NULL, layers, 6, bw_http_client_service(cli), NULL);
+  for (int i = 0; i < 6; i++) bw_layer_release(layers[i]);
   return err;
 }
 
