@@ -128,9 +128,43 @@ static void test_paused_server_times_out_on_virtual_time(void **state) {
   bw_test_redis_destroy(&server);
 }
 
+/* The runtime shuts down with commands in flight (server stopped): every
+ * callback still runs exactly once (cancelled), then the client is freed
+ * after bw_runtime_shutdown and before bw_runtime_free. */
+static void test_runtime_shutdown_with_commands_in_flight(void **state) {
+  (void)state;
+  assert_int_equal(bw_test_redis_start(&server, NULL), 0);
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = 2;
+  bw_runtime_t *rt;
+  assert_null(bw_runtime_new(&rt, &o));
+  bw_redis_opts_t ro;
+  bw_redis_opts_init(&ro);
+  ro.port = server.port;
+  bw_redis_t *c;
+  assert_null(bw_redis_new(rt, &ro, &c));
+  ping_until_ok(c);
+  bw_test_redis_pause(&server);
+  waiter_t w;
+  waiter_init(&w, 50);
+  const char *argv[1] = {"PING"};
+  for (int i = 0; i < 50; i++) assert_null(bw_redis_command(c, 1, argv, NULL, NULL, on_cb, &w));
+  bw_error_t *e = bw_runtime_shutdown(rt, BW_SHUTDOWN_CANCEL, 0);
+  bw_error_unref(e);
+  assert_true(waiter_wait(&w));
+  assert_int_equal(w.got, 50);
+  assert_int_equal(w.ok, 0);
+  assert_int_equal(bw_redis_state(c), BW_REDIS_CLOSED);
+  bw_redis_free(c);
+  bw_runtime_free(rt);
+  bw_test_redis_destroy(&server);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_paused_server_times_out_on_virtual_time),
+      cmocka_unit_test(test_runtime_shutdown_with_commands_in_flight),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
