@@ -6,7 +6,11 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
 #include <pthread.h>
+#include <sys/socket.h>
+#include <unistd.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -290,6 +294,39 @@ static void test_redirects(void **state) {
   assert_null(bw_call_error(c));
   assert_int_equal(bw_http_response_status(bw_call_response(c)), 200);
   bw_call_free(c);
+}
+
+/* Connect timeout: a listener whose accept queue is full drops new SYNs,
+ * so the connect never completes. */
+static void test_connect_timeout(void **state) {
+  (void)state;
+  int lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a;
+  memset(&a, 0, sizeof a);
+  a.sin_family = AF_INET;
+  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t alen = sizeof a;
+  assert_int_equal(bind(lfd, (struct sockaddr *)&a, sizeof a), 0);
+  assert_int_equal(listen(lfd, 0), 0);
+  assert_int_equal(getsockname(lfd, (struct sockaddr *)&a, &alen), 0);
+  int fill[4];
+  for (int i = 0; i < 4; i++) {
+    fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    (void)connect(fill[i], (struct sockaddr *)&a, sizeof a);
+  }
+  char url[64];
+  snprintf(url, sizeof url, "http://127.0.0.1:%d/", ntohs(a.sin_port));
+  bw_http_request_t *r;
+  assert_null(bw_http_request_new(&r, "GET", url));
+  bw_http_request_set_connect_timeout_ms(r, 200);
+  bw_call_t *c = run(r);
+  const bw_error_t *e = bw_call_error(c);
+  assert_int_equal(bw_error_kind(e), BW_ERR_CONNECT);
+  assert_true(bw_error_is(e, BW_ERR_TIMEOUT));
+  assert_int_equal(bw_error_detail(e), 28);
+  bw_call_free(c);
+  for (int i = 0; i < 4; i++) close(fill[i]);
+  close(lfd);
 }
 
 static void test_timeouts_and_deadline(void **state) {
@@ -652,6 +689,7 @@ int main(void) {
       cmocka_unit_test(test_status_predicate_configurable),
       cmocka_unit_test(test_transport_classification),
       cmocka_unit_test(test_redirects),
+      cmocka_unit_test(test_connect_timeout),
       cmocka_unit_test(test_timeouts_and_deadline),
       cmocka_unit_test(test_size_cap),
       cmocka_unit_test(test_secrets_redacted),
