@@ -13,6 +13,7 @@
 #include <bulwark/redis.h>
 #include <bulwark/runtime.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
@@ -161,10 +162,75 @@ static void test_runtime_shutdown_with_commands_in_flight(void **state) {
   bw_test_redis_destroy(&server);
 }
 
+/* A current-thread runtime: the loop runs inside bw_block_on. */
+typedef struct ct_task {
+  bw_redis_t *c;
+  bw_waker_t *waker;
+  atomic_int done;
+  int ok;
+  bool sent;
+} ct_task_t;
+
+static void ct_cb(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  ct_task_t *t = arg;
+  t->ok = !err && reply && reply->type == BW_REDIS_REPLY_STATUS;
+  bw_redis_reply_free(reply);
+  atomic_store(&t->done, 1);
+  bw_waker_t *w = t->waker;
+  t->waker = NULL;
+  bw_waker_wake(w);
+}
+
+static bw_poll_t ct_poll(bw_task_t *self, void *arg) {
+  ct_task_t *t = arg;
+  if (!t->sent) {
+    t->sent = true;
+    t->waker = bw_task_waker(self);
+    const char *argv[1] = {"PING"};
+    bw_error_t *e = bw_redis_command(t->c, 1, argv, NULL, NULL, ct_cb, t);
+    if (e) {
+      bw_waker_drop(t->waker);
+      bw_task_set_output(self, NULL, NULL, e);
+      return BW_READY;
+    }
+    return BW_PENDING;
+  }
+  return atomic_load(&t->done) ? BW_READY : BW_PENDING;
+}
+
+static void test_current_thread_runtime(void **state) {
+  (void)state;
+  assert_int_equal(bw_test_redis_start(&server, NULL), 0);
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.flavor = BW_FLAVOR_CURRENT_THREAD;
+  bw_runtime_t *rt;
+  assert_null(bw_runtime_new(&rt, &o));
+  bw_redis_opts_t ro;
+  bw_redis_opts_init(&ro);
+  ro.port = server.port;
+  bw_redis_t *c;
+  assert_null(bw_redis_new(rt, &ro, &c));
+  int ok = 0;
+  for (int i = 0; i < 100 && !ok; i++) { /* the first may race the connect */
+    ct_task_t t;
+    memset(&t, 0, sizeof t);
+    t.c = c;
+    assert_null(bw_block_on(rt, ct_poll, &t, NULL));
+    ok = t.ok;
+  }
+  assert_true(ok);
+  assert_null(bw_runtime_shutdown(rt, BW_SHUTDOWN_CANCEL, 0));
+  bw_redis_free(c);
+  bw_runtime_free(rt);
+  bw_test_redis_destroy(&server);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_paused_server_times_out_on_virtual_time),
       cmocka_unit_test(test_runtime_shutdown_with_commands_in_flight),
+      cmocka_unit_test(test_current_thread_runtime),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
