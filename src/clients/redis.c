@@ -13,6 +13,12 @@
  *   cancel (any thread) and the close path race for it with a CAS; the
  *   winner owns the result and delivers it once. A loser's reply is
  *   dropped; hiredis frees its own reply object after our callback.
+ * - Delivery: completions on the loop that happen while the glue hands one
+ *   read to hiredis are collected and passed to a worker in ONE deferral
+ *   (bw__runtime_defer), so 64 pipelined replies cost one wake-up, not 64.
+ *   Completions elsewhere (timeouts, cancels, close) defer one by one.
+ *   Measured on 2 cores: 22% -> ~90% of raw hiredis throughput, together
+ *   with the glue's write coalescing.
  * - Request references: one for delivery (dropped after done() ran), one for
  *   the loop (dropped when hiredis gave its callback, or when the loop
  *   rejected it), optional ones for holders (the service's call state).
