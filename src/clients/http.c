@@ -21,6 +21,10 @@
  * - Deadline: curl's CURLOPT_TIMEOUT_MS is the smaller of the request's, the
  *   client's and the call's remaining budget (computed on the loop thread
  *   just before the transfer starts).
+ * - Completions are batched: every call that finished during one loop
+ *   event (socket or timer) is completed by one deferred function on a
+ *   worker, so 64 responses read in one wake-up cost one worker wake-up, not
+ *   64. The transfer (easy handle) is released before, on the loop thread.
  * - Shutdown: the reactor close hook closes the engine; transfers still
  *   active are aborted and their calls complete with BW_ERR_RUNTIME_SHUTDOWN.
  *   After that, new calls complete with BW_ERR_RUNTIME_SHUTDOWN at once. */
@@ -42,6 +46,8 @@ typedef struct loopside {
   bw__curlm_t *engine; /* loop thread only; NULL until first use */
   bool closed;         /* loop thread only: no more transfers */
   bw__curlm_limits_t limits;
+  bw_runtime_t *rt;
+  struct hstate *batch; /* loop thread only: finished calls to complete */
   atomic_uint_fast64_t started, completed, cancelled, active;
 } loopside_t;
 
@@ -72,6 +78,9 @@ typedef struct hstate {
   uint64_t timeout_ms, connect_timeout_ms;
   bool started, finished, cancel_seen, too_large, deadline_capped, oom;
   atomic_bool published; /* seq_cst: pairs with the load in http_cancel */
+  struct hstate *bnext;  /* loopside batch link */
+  bw_http_response_t *out_resp;
+  bw_error_t *out_err;
   char errbuf[CURL_ERROR_SIZE];
 } hstate_t;
 
@@ -209,9 +218,45 @@ static void on_done(bw__curl_xfer_t *x, CURLcode rc) {
   bw_http_response_t *resp = err ? NULL : st->resp;
   if (resp) st->resp = NULL;
   release_transfer(st);
+  if (bw_call_runtime(call) == ls->rt) {
+    /* batched: flush_batch hands every call finished in this loop event to
+     * one worker at once (one wake-up instead of one per call) */
+    st->out_resp = resp;
+    st->out_err = err;
+    st->bnext = ls->batch;
+    ls->batch = st;
+    return;
+  }
   if (!err) bw_call_complete(call, resp, bw_http_response_destroy, NULL);
   else bw_call_complete(call, NULL, NULL, err);
   drop(call);
+}
+
+/* On a worker (or inline if the runtime refuses deferred work): complete
+ * each call of a batch and drop the reference its transfer held. */
+static void complete_batch(void *arg) {
+  hstate_t *next;
+  for (hstate_t *st = arg; st; st = next) {
+    next = st->bnext; /* st may be recycled once the call is dropped */
+    bw_call_t *call = st->call;
+    bw_http_response_t *resp = st->out_resp;
+    bw_error_t *err = st->out_err;
+    st->out_resp = NULL;
+    st->out_err = NULL;
+    st->bnext = NULL;
+    if (!err) bw_call_complete(call, resp, bw_http_response_destroy, NULL);
+    else bw_call_complete(call, NULL, NULL, err);
+    drop(call);
+  }
+}
+
+/* Engine "after" hook (loop thread): after each batch of done callbacks. */
+static void flush_batch(void *arg) {
+  loopside_t *ls = arg;
+  hstate_t *head = ls->batch;
+  if (!head) return;
+  ls->batch = NULL;
+  if (bw__runtime_defer(ls->rt, complete_batch, head) != 0) complete_batch(head);
 }
 
 /* ---- reactor ops (loop thread) ----------------------------------------------- */
@@ -237,9 +282,12 @@ static void start_op(bw__reactor_op_t *op, uv_loop_t *loop) {
                                 req->method, req->url_redacted));
     return;
   }
-  if (!ls->engine && bw__curlm_new(&ls->engine, loop, &ls->limits) != 0) {
-    fail_start(st, bw_error_new(BW_ERR_INTERNAL, 0, "http: cannot create the curl multi handle"));
-    return;
+  if (!ls->engine) {
+    if (bw__curlm_new(&ls->engine, loop, &ls->limits) != 0) {
+      fail_start(st, bw_error_new(BW_ERR_INTERNAL, 0, "http: cannot create the curl multi handle"));
+      return;
+    }
+    bw__curlm_set_after(ls->engine, flush_batch, ls);
   }
   /* deadline: remaining budget caps curl's timeout */
   st->timeout_ms = pick(req->timeout_ms, cc->timeout_ms);
@@ -438,6 +486,7 @@ bw_error_t *bw_http_client_new(bw_http_client_t **out, bw_runtime_t *rt,
   ls->limits.max_total_connections = o.max_total_connections;
   cc->rt = rt;
   cc->ls = ls;
+  ls->rt = rt;
   cc->connect_timeout_ms = o.connect_timeout_ms ? o.connect_timeout_ms : 10000;
   cc->timeout_ms = o.timeout_ms;
   cc->max_response_bytes = o.max_response_bytes ? o.max_response_bytes : BW_HTTP_DEFAULT_MAX_RESPONSE;

@@ -47,6 +47,8 @@ struct bw__curlm {
   CURL **pool;
   size_t npool;
   bool closing;
+  void (*after)(void *arg);
+  void *after_arg;
 };
 
 static pthread_once_t global_once = PTHREAD_ONCE_INIT;
@@ -125,6 +127,7 @@ static void on_poll(uv_poll_t *p, int status, int events) {
   int running;
   curl_multi_socket_action(m->multi, s->fd, flags, &running);
   check_done(m);
+  if (m->after) m->after(m->after_arg);
 }
 
 static void on_sock_closed(uv_handle_t *h) { bw__free(h->data); }
@@ -163,6 +166,7 @@ static void on_timer(uv_timer_t *t) {
   int running;
   curl_multi_socket_action(m->multi, CURL_SOCKET_TIMEOUT, 0, &running);
   check_done(m);
+  if (m->after) m->after(m->after_arg);
 }
 
 static int timer_cb(CURLM *multi, long timeout_ms, void *userp) {
@@ -243,6 +247,11 @@ void bw__curlm_easy_put(bw__curlm_t *m, CURL *easy) {
 
 size_t bw__curlm_active(const bw__curlm_t *m) { return m->nactive; }
 
+void bw__curlm_set_after(bw__curlm_t *m, void (*fn)(void *arg), void *arg) {
+  m->after = fn;
+  m->after_arg = arg;
+}
+
 static void on_timer_closed(uv_handle_t *h) {
   bw__curlm_t *m = h->data;
   bw__free(m->pool);
@@ -258,6 +267,7 @@ void bw__curlm_close(bw__curlm_t *m) {
     curl_multi_remove_handle(m->multi, x->easy);
     x->done(x, CURLE_ABORTED_BY_CALLBACK);
   }
+  if (m->after) m->after(m->after_arg);
   while (m->npool > 0) curl_easy_cleanup(m->pool[--m->npool]);
   curl_multi_cleanup(m->multi); /* REMOVE for every watched socket */
   m->multi = NULL;
