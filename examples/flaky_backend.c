@@ -51,6 +51,7 @@ typedef struct backend {
 
 typedef struct bstate { /* per-call scratch (bw_call_state) */
   _Atomic(bw_timer_t *) timer; /* read by the cancel hook, maybe on another thread */
+  atomic_int claimed;          /* 0 armed; 1 the answer or the cancel hook owns the end */
   bw_call_t *call;
   int outcome; /* 0 ok, 1 fail */
 } bstate_t;
@@ -63,19 +64,24 @@ static unsigned next_rand(backend_t *b) {
   return r;
 }
 
+/* The first of the answer and the cancel hook to claim the call decides;
+ * nobody waits on a timer (a cancel may run inside another timer callback
+ * of the same batch). */
 static void answer(bw_timer_t *t, void *arg) {
   bstate_t *st = arg;
   bw_call_t *call = st->call;
-  if (st->outcome) {
-    bw_call_complete(call, NULL, NULL,
-                     bw_error_new(BW_ERR_HTTP_STATUS, 503, "backend: 503 Service Unavailable"));
-  } else {
-    char *body = malloc(32);
-    snprintf(body, 32, "fresh #%d", *(int *)bw_call_request(call));
-    bw_call_complete(call, body, free, NULL);
+  int zero = 0;
+  if (atomic_compare_exchange_strong(&st->claimed, &zero, 1)) {
+    if (st->outcome) {
+      bw_call_complete(call, NULL, NULL,
+                       bw_error_new(BW_ERR_HTTP_STATUS, 503, "backend: 503 Service Unavailable"));
+    } else {
+      char *body = malloc(32);
+      snprintf(body, 32, "fresh #%d", *(int *)bw_call_request(call));
+      bw_call_complete(call, body, free, NULL);
+    }
   }
-  /* whoever takes st->timer out frees it (the cancel hook may have) */
-  if (atomic_exchange(&st->timer, NULL) == t) bw_timer_free(t);
+  bw_timer_free(t); /* allowed inside its own callback */
   bw_call_unref(call);
 }
 
@@ -94,7 +100,7 @@ static void backend_call(void *arg, bw_call_t *call) {
   atomic_store(&st->timer, t);
   bw_error_t *e = bw_timer_arm(t, bw_runtime_now_ns(bw_call_runtime(call)) + latency_ms * 1000000ull);
   if (e) {
-    if (atomic_exchange(&st->timer, NULL) == t) bw_timer_free(t);
+    bw_timer_free(t); /* never armed */
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
   }
@@ -102,12 +108,13 @@ static void backend_call(void *arg, bw_call_t *call) {
 
 static void backend_cancel(void *arg, bw_call_t *call) {
   bstate_t *st = bw_call_state(call);
-  bw_timer_t *t = atomic_exchange(&st->timer, NULL);
-  if (t) {
-    bool stopped = bw_timer_cancel(t);
-    bw_timer_free(t); /* waits for a callback already running */
-    if (stopped) bw_call_unref(call); /* it will not fire: drop its reference */
-  }
+  int zero = 0;
+  if (!atomic_compare_exchange_strong(&st->claimed, &zero, 1)) return;
+  bw_timer_t *t = atomic_load(&st->timer);
+  if (t && bw_timer_cancel(t)) { /* stopped: it will not fire, clean up here */
+    bw_timer_free(t);
+    bw_call_unref(call);
+  } /* else the pending answer() frees it */
 }
 
 /* ---- events ------------------------------------------------------------------ */

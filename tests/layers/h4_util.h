@@ -148,43 +148,49 @@ typedef struct h4_sleep_req {
 } h4_sleep_req_t;
 
 typedef struct h4_sleep_state {
-  _Atomic(bw_timer_t *) timer; /* the cancel hook may run on another thread */
+  _Atomic(bw_timer_t *) timer; /* set before arming */
+  atomic_int claimed;          /* 0: armed; 1: the fire or the cancel hook owns the end */
   bw_call_t *call;
 } h4_sleep_state_t;
 
 static atomic_int h4_sleep_cancels, h4_sleep_starts;
 
-/* Timer ownership: whoever takes st->timer out (exchange) frees it; the
- * cancel hook's bw_timer_free waits for a callback already running. */
+/* End-of-call protocol without waiting on a timer: the first of the fire
+ * and the cancel hook to claim (CAS) decides. The fire always frees its
+ * own timer (allowed inside its callback); the cancel hook frees it only
+ * when bw_timer_cancel stopped it, otherwise the pending fire does. */
 static inline void h4_sleep_fire(bw_timer_t *t, void *arg) {
   h4_sleep_state_t *st = arg;
   bw_call_t *call = st->call;
-  const h4_sleep_req_t *rq = bw_call_request(call);
-  if (rq->fail) {
-    bw_error_hints_t h = {rq->retry_after_ms};
-    bw_call_complete(call, NULL, NULL,
-                     bw_error_make(rq->fail, rq->detail, NULL, &h, NULL, 0, __FILE__, __LINE__,
-                                   "sleeper failed"));
-  } else {
-    bw_call_complete(call, h4_int(1), h4_resp_free, NULL);
+  int zero = 0;
+  if (atomic_compare_exchange_strong(&st->claimed, &zero, 1)) {
+    const h4_sleep_req_t *rq = bw_call_request(call);
+    if (rq->fail) {
+      bw_error_hints_t h = {rq->retry_after_ms};
+      bw_call_complete(call, NULL, NULL,
+                       bw_error_make(rq->fail, rq->detail, NULL, &h, NULL, 0, __FILE__, __LINE__,
+                                     "sleeper failed"));
+    } else {
+      bw_call_complete(call, h4_int(1), h4_resp_free, NULL);
+    }
   }
-  if (atomic_exchange(&st->timer, NULL) == t) bw_timer_free(t);
+  bw_timer_free(t);
   bw_call_unref(call);
 }
 
 static inline void h4_sleep_async(void *arg, bw_call_t *call) {
-  h4_sleep_state_t *st = bw_call_state(call);
+  h4_sleep_state_t *st = bw_call_state(call); /* zeroed per call */
   const h4_sleep_req_t *rq = bw_call_request(call);
   atomic_fetch_add(&h4_sleep_starts, 1);
   st->call = call;
-  bw_call_ref(call);
+  bw_call_ref(call); /* the timer's */
   bw_timer_t *t = NULL;
   bw_error_t *e = bw_timer_new(bw_call_runtime(call), h4_sleep_fire, st, &t);
   assert_null(e);
   atomic_store(&st->timer, t);
   e = bw_timer_arm(t, bw_runtime_now_ns(bw_call_runtime(call)) + rq->delay_ns);
   if (e) {
-    if (atomic_exchange(&st->timer, NULL) == t) bw_timer_free(t);
+    bw_timer_free(t); /* never armed: the cancel hook cannot have stopped it */
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
   }
@@ -193,11 +199,12 @@ static inline void h4_sleep_async(void *arg, bw_call_t *call) {
 static inline void h4_sleep_cancel(void *arg, bw_call_t *call) {
   h4_sleep_state_t *st = bw_call_state(call);
   atomic_fetch_add(&h4_sleep_cancels, 1);
-  bw_timer_t *t = atomic_exchange(&st->timer, NULL);
-  if (t) {
-    bool stopped = bw_timer_cancel(t);
-    bw_timer_free(t); /* waits for a callback already running */
-    if (stopped) bw_call_unref(call);
+  int zero = 0;
+  if (!atomic_compare_exchange_strong(&st->claimed, &zero, 1)) return;
+  bw_timer_t *t = atomic_load(&st->timer);
+  if (t && bw_timer_cancel(t)) {
+    bw_timer_free(t);
+    bw_call_unref(call);
   }
 }
 
