@@ -34,7 +34,9 @@ struct bw_timer {
   _Atomic(bw__wheel_t *) wheel; /* wheel holding it while armed; guarded by that wheel's lock */
   uint64_t deadline_ns;
   atomic_uint lock;     /* serialises arm/cancel/free of this timer */
-  atomic_uint firing;   /* 1 while cb runs; pairs: release after cb / acquire in free */
+  atomic_uint firing;   /* 0 idle, 1 taken out to fire, 2 cb running, 3 cancelled
+                           while taken out; release to 0 after / acquire in free */
+  _Atomic(const void *) batch_owner; /* &bw__ctx of the thread whose batch holds it */
   bool free_pending;    /* bw_timer_free called from inside cb */
   bool embedded;        /* inside a task: never freed on its own */
 };

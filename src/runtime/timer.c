@@ -15,13 +15,18 @@
  * only under the lock of the wheel concerned; readers that do not hold that
  * lock load it with acquire and re-check it under the lock.
  *
- * Firing: the owner takes due entries out of its wheel under the lock
- * (bw__timer_wheel_expire, in deadline order), marks each `firing` and then
- * clears t->wheel with release (pairs with the acquire load in
- * bw_timer_free/cancel: whoever sees wheel == NULL also sees firing == 1),
- * drops the lock and runs the callbacks. After a callback, firing is stored
- * 0 with release (pairs with the acquire spin in bw_timer_free), unless the
- * callback freed its own timer, in which case the free happens here.
+ * Firing: the owner takes a batch of due entries out of its wheel under the
+ * lock (bw__timer_wheel_expire, in deadline order), marks each TAKEN (and
+ * records itself as the batch owner) and then clears t->wheel with release
+ * (pairs with the acquire load in cancel/free: whoever sees wheel == NULL
+ * also sees TAKEN), drops the lock and runs the callbacks one by one, each
+ * after a CAS TAKEN -> RUNNING. Timers of one batch share a tick, so a
+ * callback may cancel, re-arm or free a later timer of the same batch (a
+ * timeout and the response it races): cancel/re-arm CAS it TAKEN ->
+ * CANCELLED and it does not run; bw_timer_free from the batch owner's own
+ * thread defers the free to the loop instead of waiting for itself (that
+ * wait was a self-deadlock). After each entry the loop CASes it back to
+ * IDLE with release (pairs with the acquire spin in free/cancel_sync).
  *
  * Deadlines are rounded UP to the 1 ms tick, so a timer never fires early.
  * The paused clock (BW_CLOCK_PAUSED) only moves by bw_runtime_advance or
@@ -34,6 +39,23 @@
 #include "runtime/rt.h"
 
 #define FIRE_BATCH 64
+
+/* bw_timer.firing */
+enum { FS_IDLE = 0, FS_TAKEN = 1, FS_RUNNING = 2, FS_CANCELLED = 3 };
+
+/* Cancel a fire that was taken out of a wheel but whose callback has not
+ * started (TAKEN -> CANCELLED). */
+static bool cancel_taken(bw_timer_t *t) {
+  unsigned st = FS_TAKEN;
+  return atomic_compare_exchange_strong_explicit(&t->firing, &st, FS_CANCELLED,
+                                                 memory_order_acq_rel, memory_order_acquire);
+}
+
+/* True if t sits, not yet run, in the batch this thread is firing now. */
+static bool in_my_batch(bw_timer_t *t) {
+  return atomic_load_explicit(&t->firing, memory_order_acquire) != FS_IDLE &&
+         atomic_load_explicit(&t->batch_owner, memory_order_relaxed) == (const void *)&bw__ctx;
+}
 
 static bw_timer_t *timer_of(bw__timer_entry_t *e) {
   return (bw_timer_t *)(void *)((char *)e - offsetof(bw_timer_t, entry));
@@ -89,28 +111,48 @@ static size_t fire(bw_runtime_t *rt, unsigned i) {
       pthread_mutex_unlock(&w->mu);
       break;
     }
-    size_t n = bw__timer_wheel_expire(&w->tw, now, batch, FIRE_BATCH);
-    for (size_t k = 0; k < n; k++) {
+    size_t got = bw__timer_wheel_expire(&w->tw, now, batch, FIRE_BATCH);
+    size_t n = 0;
+    for (size_t k = 0; k < got; k++) {
       bw_timer_t *t = timer_of(batch[k]);
-      atomic_store_explicit(&t->firing, 1, memory_order_relaxed);
+      if (atomic_load_explicit(&t->firing, memory_order_acquire) != FS_IDLE) {
+        /* re-armed here while another thread still holds its last fire
+         * (callback running, or a cancelled entry not yet released): put
+         * it back as overdue, so one timer never runs on two threads */
+        bw__timer_wheel_insert(&w->tw, batch[k], now);
+        continue;
+      }
+      atomic_store_explicit(&t->batch_owner, (const void *)&bw__ctx, memory_order_relaxed);
+      atomic_store_explicit(&t->firing, FS_TAKEN, memory_order_relaxed);
       /* release: pairs with acquire loads of t->wheel in cancel/free */
       atomic_store_explicit(&t->wheel, NULL, memory_order_release);
+      batch[n++] = batch[k];
     }
     w->armed = bw__timer_wheel_count(&w->tw);
     pthread_mutex_unlock(&w->mu);
     for (size_t k = 0; k < n; k++) {
       bw_timer_t *t = timer_of(batch[k]);
-      bw_timer_t *prev = bw__ctx.firing;
-      bw__ctx.firing = t;
-      t->cb(t, t->arg);
-      bw__ctx.firing = prev;
-      if (t->free_pending)
+      unsigned st = FS_TAKEN;
+      /* an earlier callback of this batch (or another thread) may have
+       * cancelled, re-armed or freed this one: TAKEN -> CANCELLED */
+      if (atomic_compare_exchange_strong_explicit(&t->firing, &st, FS_RUNNING,
+                                                  memory_order_acq_rel, memory_order_acquire)) {
+        bw_timer_t *prev = bw__ctx.firing;
+        bw__ctx.firing = t;
+        t->cb(t, t->arg);
+        bw__ctx.firing = prev;
+      }
+      if (t->free_pending) {
         bw__free(t);
-      else
-        atomic_store_explicit(&t->firing, 0, memory_order_release); /* pairs with free's spin */
+      } else {
+        /* release pairs with the acquire spin in free/cancel_sync */
+        atomic_store_explicit(&t->firing, FS_IDLE, memory_order_release);
+      }
     }
     total += n;
-    if (n < FIRE_BATCH) break;
+    /* a short batch means nothing else is due; a batch of only busy
+     * entries means retrying now would spin: both wait for a later call */
+    if (got < FIRE_BATCH || n == 0) break;
   }
   return total;
 }
@@ -209,6 +251,7 @@ static int arm(bw_timer_t *t, uint64_t deadline_ns) {
   }
   uint64_t tick = ns_to_tick(deadline_ns);
   bw__spin_lock(&t->lock);
+  cancel_taken(t); /* re-arming replaces a fire not yet started */
   bw__wheel_t *cur = atomic_load_explicit(&t->wheel, memory_order_acquire);
   if (cur && cur != &rt->wheels[idx]) detach_locked(t);
   bw__wheel_t *w = &rt->wheels[idx];
@@ -245,23 +288,26 @@ bw_error_t *bw_timer_arm(bw_timer_t *t, uint64_t deadline_ns) {
 bool bw_timer_cancel(bw_timer_t *t) {
   if (!t) return false;
   bw__spin_lock(&t->lock);
-  bool r = detach_locked(t);
+  bool r = detach_locked(t) || cancel_taken(t);
   bw__spin_unlock(&t->lock);
   return r;
 }
 
 void bw__timer_cancel_sync(bw_timer_t *t) {
   bw_timer_cancel(t);
-  if (bw__ctx.firing == t) return;
-  /* acquire pairs with the release store of firing after the callback */
+  if (bw__ctx.firing == t || in_my_batch(t)) return; /* our firing loop finishes it */
+  /* acquire pairs with the release CAS to FS_IDLE after the callback */
   while (atomic_load_explicit(&t->firing, memory_order_acquire)) sched_yield();
 }
 
 void bw_timer_free(bw_timer_t *t) {
   if (!t) return;
   bw_timer_cancel(t);
-  if (bw__ctx.firing == t) {
-    t->free_pending = true; /* freed by the firing loop after cb returns */
+  if (bw__ctx.firing == t || in_my_batch(t)) {
+    /* inside its own callback, or taken out in the batch this thread is
+     * firing (a same-tick timer's callback frees it): waiting would wait
+     * for ourselves, so the firing loop frees it when it gets there */
+    t->free_pending = true;
     return;
   }
   while (atomic_load_explicit(&t->firing, memory_order_acquire)) sched_yield();

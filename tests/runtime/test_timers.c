@@ -290,6 +290,86 @@ static void test_timers_at_shutdown(void **state) {
   bw_runtime_free(rt);
 }
 
+/* Same tick: the first timer's callback frees / cancels / re-arms the
+ * second, which was already taken out of the wheel in the same batch (a
+ * timeout racing its response). No self-deadlock; a freed or cancelled
+ * timer does not fire; a re-armed one fires once, later. */
+typedef struct pair {
+  bw_timer_t *a, *b;
+  int mode; /* 0 free b, 1 cancel b, 2 re-arm b */
+  atomic_int a_fired, b_fired;
+  bool cancel_result;
+  uint64_t b_fired_at;
+  bw_runtime_t *rt;
+} pair_t;
+
+static void pair_b(bw_timer_t *t, void *arg) {
+  (void)t;
+  pair_t *p = arg;
+  p->b_fired_at = bw_runtime_now_ns(p->rt);
+  atomic_fetch_add(&p->b_fired, 1);
+}
+
+static void pair_a(bw_timer_t *t, void *arg) {
+  (void)t;
+  pair_t *p = arg;
+  atomic_fetch_add(&p->a_fired, 1);
+  if (p->mode == 0) {
+    bw_timer_free(p->b);
+    p->b = NULL;
+  } else if (p->mode == 1) {
+    p->cancel_result = bw_timer_cancel(p->b);
+  } else {
+    assert_null(bw_timer_arm(p->b, bw_runtime_now_ns(p->rt) + 50 * MS));
+  }
+}
+
+typedef struct pair_task {
+  pair_t *p;
+  uint64_t end;
+} pair_task_t;
+
+static bw_poll_t pair_poll(bw_task_t *self, void *arg) {
+  pair_task_t *pt = arg;
+  pair_t *p = pt->p;
+  if (!pt->end) {
+    uint64_t now = bw_runtime_now_ns(p->rt);
+    assert_null(bw_timer_new(p->rt, pair_a, p, &p->a));
+    assert_null(bw_timer_new(p->rt, pair_b, p, &p->b));
+    assert_null(bw_timer_arm(p->a, now + 10 * MS));
+    assert_null(bw_timer_arm(p->b, now + 10 * MS)); /* same tick, after a */
+    pt->end = now + 200 * MS;
+  }
+  return bw_task_sleep_until(self, pt->end);
+}
+
+static void test_same_tick_interplay(void **state) {
+  (void)state;
+  for (int f = 0; f < 2; f++) {
+    for (int mode = 0; mode < 3; mode++) {
+      bw_runtime_t *rt = mk((bw_flavor_t)f, BW_CLOCK_PAUSED);
+      pair_t p = {.mode = mode, .rt = rt};
+      pair_task_t pt = {&p, 0};
+      uint64_t t0 = bw_runtime_now_ns(rt);
+      assert_null(bw_block_on(rt, pair_poll, &pt, NULL));
+      assert_int_equal(atomic_load(&p.a_fired), 1);
+      if (mode == 0) {
+        assert_int_equal(atomic_load(&p.b_fired), 0);
+        assert_null(p.b);
+      } else if (mode == 1) {
+        assert_true(p.cancel_result); /* it was pending: now it never fires */
+        assert_int_equal(atomic_load(&p.b_fired), 0);
+      } else {
+        assert_int_equal(atomic_load(&p.b_fired), 1);
+        assert_true(p.b_fired_at >= t0 + 60 * MS);
+      }
+      bw_timer_free(p.a);
+      bw_timer_free(p.b);
+      bw_runtime_free(rt);
+    }
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sleep_paused),
@@ -299,6 +379,7 @@ int main(void) {
       cmocka_unit_test(test_advance_and_remote_arm),
       cmocka_unit_test(test_free_inside_callback),
       cmocka_unit_test(test_timers_at_shutdown),
+      cmocka_unit_test(test_same_tick_interplay),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
