@@ -14,6 +14,11 @@ for p in "${presets[@]}"; do
   ctest --preset "$p"
 done
 if [[ " ${presets[*]} " == *" dev "* ]]; then
+  echo "=== fuzz: config loader, fixed time, fails on any crash or leak ==="
+  cmake --preset fuzz >/dev/null
+  cmake --build --preset fuzz
+  ctest --preset fuzz
+
   echo "=== valgrind on the examples ==="
   bash scripts/valgrind-examples.sh build/dev
 fi
