@@ -437,17 +437,42 @@ static bw_poll_t slow_poll(bw_task_t *self, void *arg) {
   return BW_READY;
 }
 
+static bw_poll_t never_done(bw_task_t *self, void *arg) {
+  (void)self;
+  (void)arg;
+  return BW_PENDING;
+}
+
 static void test_drain_shutdown(void **state) {
   (void)state;
-  bw_runtime_t *rt = mk(2, 0);
-  atomic_int finished = 0;
-  slow_t s[20];
-  for (int i = 0; i < 20; i++) {
-    s[i] = (slow_t){0, &finished};
-    assert_null(bw_spawn(rt, slow_poll, &s[i], NULL));
+  for (int f = 0; f < 2; f++) {
+    bw_runtime_opts_t o;
+    bw_runtime_opts_init(&o);
+    o.flavor = (bw_flavor_t)f;
+    o.worker_threads = 2;
+    bw_runtime_t *rt = mk_opts(&o);
+    atomic_int finished = 0;
+    slow_t s[20];
+    for (int i = 0; i < 20; i++) {
+      s[i] = (slow_t){0, &finished};
+      assert_null(bw_spawn(rt, slow_poll, &s[i], NULL));
+    }
+    /* drain runs everything (a current-thread runtime is driven by the
+     * shutting-down thread) */
+    assert_null(bw_runtime_shutdown(rt, BW_SHUTDOWN_DRAIN, 10000));
+    assert_int_equal(atomic_load(&finished), 20);
+    bw_runtime_free(rt);
   }
-  assert_null(bw_runtime_shutdown(rt, BW_SHUTDOWN_DRAIN, 10000));
-  assert_int_equal(atomic_load(&finished), 20);
+  /* a task that never finishes: drain times out, then it is cancelled */
+  bw_runtime_t *rt = mk(2, 0);
+  bw_join_t *j;
+  assert_null(bw_spawn(rt, never_done, NULL, &j));
+  bw_error_t *e = bw_runtime_shutdown(rt, BW_SHUTDOWN_DRAIN, 20);
+  assert_int_equal(bw_error_kind(e), BW_ERR_TIMEOUT);
+  bw_error_unref(e);
+  e = bw_join_wait(j, NULL);
+  assert_int_equal(bw_error_kind(e), BW_ERR_RUNTIME_SHUTDOWN);
+  bw_error_unref(e);
   bw_runtime_free(rt);
 }
 
