@@ -51,7 +51,8 @@ typedef struct backend {
 
 typedef struct bstate { /* per-call scratch (bw_call_state) */
   _Atomic(bw_timer_t *) timer; /* read by the cancel hook, maybe on another thread */
-  atomic_int claimed;          /* 0 armed; 1 the answer or the cancel hook owns the end */
+  atomic_int claimed;          /* 0 open; 1 the answer or the cancel hook owns the end */
+  atomic_int hand;             /* frees the timer when the cancel hook won but could not stop it */
   bw_call_t *call;
   int outcome; /* 0 ok, 1 fail */
 } bstate_t;
@@ -64,9 +65,14 @@ static unsigned next_rand(backend_t *b) {
   return r;
 }
 
-/* The first of the answer and the cancel hook to claim the call decides;
- * nobody waits on a timer (a cancel may run inside another timer callback
- * of the same batch). */
+/* The first of the answer and the cancel hook to claim the call decides.
+ * Nobody waits on a timer (a cancel may run inside another timer callback
+ * of the same batch): when the cancel hook won but could not stop the
+ * timer, whichever of the two finishes last frees it (hand: +2, -1 each). */
+static void free_timer_last(bstate_t *st, bw_timer_t *t) {
+  if (atomic_fetch_sub(&st->hand, 1) == 1) bw_timer_free(t);
+}
+
 static void answer(bw_timer_t *t, void *arg) {
   bstate_t *st = arg;
   bw_call_t *call = st->call;
@@ -80,8 +86,10 @@ static void answer(bw_timer_t *t, void *arg) {
       snprintf(body, 32, "fresh #%d", *(int *)bw_call_request(call));
       bw_call_complete(call, body, free, NULL);
     }
+    bw_timer_free(t); /* allowed inside its own callback */
+  } else {
+    free_timer_last(st, t);
   }
-  bw_timer_free(t); /* allowed inside its own callback */
   bw_call_unref(call);
 }
 
@@ -97,10 +105,13 @@ static void backend_call(void *arg, bw_call_t *call) {
   bw_call_ref(call); /* the timer's reference */
   bw_timer_t *t;
   die(bw_timer_new(bw_call_runtime(call), answer, st, &t), "timer");
+  atomic_fetch_add(&st->hand, 2);
   atomic_store(&st->timer, t);
   bw_error_t *e = bw_timer_arm(t, bw_runtime_now_ns(bw_call_runtime(call)) + latency_ms * 1000000ull);
   if (e) {
-    bw_timer_free(t); /* never armed */
+    int zero = 0;
+    if (atomic_compare_exchange_strong(&st->claimed, &zero, 1)) bw_timer_free(t);
+    else free_timer_last(st, t);
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
   }
@@ -111,10 +122,14 @@ static void backend_cancel(void *arg, bw_call_t *call) {
   int zero = 0;
   if (!atomic_compare_exchange_strong(&st->claimed, &zero, 1)) return;
   bw_timer_t *t = atomic_load(&st->timer);
-  if (t && bw_timer_cancel(t)) { /* stopped: it will not fire, clean up here */
+  if (!t) {
+    atomic_fetch_sub(&st->hand, 1); /* not armed yet: answer() finds the claim */
+  } else if (bw_timer_cancel(t)) { /* stopped: it will not fire, clean up here */
     bw_timer_free(t);
     bw_call_unref(call);
-  } /* else the pending answer() frees it */
+  } else {
+    free_timer_last(st, t);
+  }
 }
 
 /* ---- events ------------------------------------------------------------------ */

@@ -149,16 +149,23 @@ typedef struct h4_sleep_req {
 
 typedef struct h4_sleep_state {
   _Atomic(bw_timer_t *) timer; /* set before arming */
-  atomic_int claimed;          /* 0: armed; 1: the fire or the cancel hook owns the end */
+  atomic_int claimed;          /* 0: open; 1: the fire or the cancel hook owns the end */
+  atomic_int hand;             /* who frees the timer when the cancel hook lost the race */
   bw_call_t *call;
 } h4_sleep_state_t;
 
 static atomic_int h4_sleep_cancels, h4_sleep_starts;
 
-/* End-of-call protocol without waiting on a timer: the first of the fire
- * and the cancel hook to claim (CAS) decides. The fire always frees its
- * own timer (allowed inside its callback); the cancel hook frees it only
- * when bw_timer_cancel stopped it, otherwise the pending fire does. */
+/* End-of-call protocol (state zeroed per call):
+ *  - claimed: the first of the fire and the cancel hook to CAS 0->1 decides
+ *    the outcome (a cancel hook that loses never touches the timer);
+ *  - a cancel hook that wins but cannot stop the timer (it is firing or
+ *    pending in the same batch) must not wait for it: the timer is freed by
+ *    whichever of the two finishes last (hand: +2 at arm, -1 each). */
+static inline void h4_sleep_free_timer(h4_sleep_state_t *st, bw_timer_t *t) {
+  if (atomic_fetch_sub(&st->hand, 1) == 1) bw_timer_free(t);
+}
+
 static inline void h4_sleep_fire(bw_timer_t *t, void *arg) {
   h4_sleep_state_t *st = arg;
   bw_call_t *call = st->call;
@@ -173,9 +180,11 @@ static inline void h4_sleep_fire(bw_timer_t *t, void *arg) {
     } else {
       bw_call_complete(call, h4_int(1), h4_resp_free, NULL);
     }
+    bw_timer_free(t); /* the cancel hook will not touch it: allowed in its own callback */
+  } else {
+    h4_sleep_free_timer(st, t);
   }
-  bw_timer_free(t);
-  bw_call_unref(call);
+  bw_call_unref(call); /* the timer's reference */
 }
 
 static inline void h4_sleep_async(void *arg, bw_call_t *call) {
@@ -187,10 +196,13 @@ static inline void h4_sleep_async(void *arg, bw_call_t *call) {
   bw_timer_t *t = NULL;
   bw_error_t *e = bw_timer_new(bw_call_runtime(call), h4_sleep_fire, st, &t);
   assert_null(e);
+  atomic_fetch_add(&st->hand, 2);
   atomic_store(&st->timer, t);
   e = bw_timer_arm(t, bw_runtime_now_ns(bw_call_runtime(call)) + rq->delay_ns);
   if (e) {
-    bw_timer_free(t); /* never armed: the cancel hook cannot have stopped it */
+    int zero = 0;
+    if (atomic_compare_exchange_strong(&st->claimed, &zero, 1)) bw_timer_free(t);
+    else h4_sleep_free_timer(st, t);
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
   }
@@ -202,9 +214,16 @@ static inline void h4_sleep_cancel(void *arg, bw_call_t *call) {
   int zero = 0;
   if (!atomic_compare_exchange_strong(&st->claimed, &zero, 1)) return;
   bw_timer_t *t = atomic_load(&st->timer);
-  if (t && bw_timer_cancel(t)) {
-    bw_timer_free(t);
+  if (!t) {
+    /* not armed yet: the fire (or the arm error path) will find the claim */
+    atomic_fetch_sub(&st->hand, 1);
+    return;
+  }
+  if (bw_timer_cancel(t)) {
+    bw_timer_free(t); /* stopped: the fire will never run */
     bw_call_unref(call);
+  } else {
+    h4_sleep_free_timer(st, t);
   }
 }
 
