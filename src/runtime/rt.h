@@ -125,8 +125,10 @@ size_t bw__wheel_fire(bw_runtime_t *rt, unsigned i);
 uint64_t bw__wheel_next_ms(bw_runtime_t *rt, unsigned i);
 /* Disarm every timer (shutdown). */
 void bw__wheels_clear(bw_runtime_t *rt);
-/* Cancel and wait for a running callback (tasks' sleep timers). */
-void bw__timer_cancel_sync(bw_timer_t *t);
+/* Cancel and wait for a running callback (tasks' sleep timers). Returns
+ * false if this thread's own firing loop still holds t (then t must not be
+ * reused yet); true if nothing refers to t any more. */
+bool bw__timer_cancel_sync(bw_timer_t *t);
 void bw__timer_init_embedded(bw_runtime_t *rt, bw_timer_t *t, bw_timer_fn cb, void *arg);
 /* Paused clock: under clock_mu, if idle(rt) (NULL: assume idle) and no
  * blocking job is in flight, jump to the earliest timer and fire every

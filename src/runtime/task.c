@@ -281,19 +281,15 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
   t->out_err = NULL;
   t->join_waker = NULL;
   t->join_thread = NULL;
+  t->sleep = NULL;
+  atomic_store_explicit(&t->lock, 0, memory_order_relaxed); /* may have held a timer */
   return t;
 }
 
-static void task_dealloc(bw_task_t *t) {
-  bw_runtime_t *rt = t->rt;
+/* Return a header to the calling thread's cache or the pool. `counted`:
+ * it was a spawned task (in_use), which an orphaned pool counts down. */
+static void pool_return(bw_runtime_t *rt, bw_task_t *t, bool counted) {
   bw__task_pool_t *p = &rt->pool;
-  if (!t->output_taken) {
-    if (t->out_value && t->out_free) t->out_free(t->out_value);
-    bw_error_unref(t->out_err);
-  }
-  t->out_value = NULL;
-  t->out_err = NULL;
-  atomic_store_explicit(&t->in_use, 0, memory_order_release);
   bw__task_cache_t *c = bw__ctx_cache(rt);
   if (c) {
     if (c->count == BATCH) {
@@ -314,9 +310,10 @@ static void task_dealloc(bw_task_t *t) {
   }
   pthread_mutex_lock(&p->mu);
   if (p->orphaned) {
-    size_t left = atomic_fetch_sub_explicit(&p->mallocs, 1, memory_order_relaxed) - 1;
+    size_t left = atomic_load_explicit(&p->mallocs, memory_order_relaxed);
+    if (counted) atomic_store_explicit(&p->mallocs, --left, memory_order_relaxed);
     pthread_mutex_unlock(&p->mu);
-    if (left == 0) {
+    if (counted && left == 0) {
       free_slabs(p);
       bw__runtime_release_memory(rt);
     }
@@ -324,6 +321,36 @@ static void task_dealloc(bw_task_t *t) {
   }
   pool_put_locked(p, t);
   pthread_mutex_unlock(&p->mu);
+}
+
+static void task_dealloc(bw_task_t *t) {
+  bw_runtime_t *rt = t->rt;
+  if (!t->output_taken) {
+    if (t->out_value && t->out_free) t->out_free(t->out_value);
+    bw_error_unref(t->out_err);
+  }
+  t->out_value = NULL;
+  t->out_err = NULL;
+  atomic_store_explicit(&t->in_use, 0, memory_order_release);
+  pool_return(rt, t, true);
+}
+
+/* Slot storage for a timer: placed after in_use, which must stay 0. */
+#define SLOT_OFF 8u
+_Static_assert(SLOT_OFF + sizeof(struct bw_timer) <= sizeof(bw_task_t),
+               "a header slot must hold a timer");
+_Static_assert(offsetof(bw_task_t, in_use) == 0 && sizeof(atomic_uint) <= SLOT_OFF,
+               "in_use must stay outside the timer storage");
+
+struct bw_timer *bw__task_slot_alloc(bw_runtime_t *rt) {
+  bw_task_t *t = bw__task_alloc(rt);
+  return t ? (struct bw_timer *)(void *)((char *)t + SLOT_OFF) : NULL;
+}
+
+void bw__task_slot_free(bw_runtime_t *rt, struct bw_timer *tm) {
+  bw_task_t *t = (bw_task_t *)(void *)((char *)tm - SLOT_OFF);
+  t->rt = rt;
+  pool_return(rt, t, false);
 }
 
 static void put_chain_locked(bw__task_pool_t *p, bw_task_t *x) {
@@ -390,7 +417,14 @@ static void unref_n(bw_task_t *t, uint32_t n) {
 /* Finish t; drops the owned reference plus `extra` more. */
 static void complete_common(bw_task_t *t, uint32_t extra) {
   bw_runtime_t *rt = t->rt;
-  if (t->sleep_timer.rt) bw__timer_cancel_sync(&t->sleep_timer);
+  if (t->sleep) {
+    struct bw_timer *st = t->sleep;
+    t->sleep = NULL;
+    /* (false only if this thread's firing loop still holds it, which
+     * cannot happen here: tasks complete outside timer callbacks; then the
+     * slot is simply not reused) */
+    if (bw__timer_cancel_sync(st)) bw__task_slot_free(rt, st);
+  }
   if (t->drop) t->drop(t->arg);
   bw_waker_t *jw = NULL;
   bw__thread_waiter_t *jt = NULL;

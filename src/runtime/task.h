@@ -50,16 +50,20 @@ struct bw_task {
   bool output_ready; /* guarded by lock */
   bool output_taken; /* guarded by lock */
   bool has_join;     /* a join handle was handed out (else completion skips the lock) */
-  bw_task_t *next;     /* run-queue / pool link */
-  bw_task_t *own_next; /* pool: next batch */
+  bw_task_t *next; /* run-queue / pool link */
+  union {
+    bw_task_t *own_next; /* in the pool: next batch */
+    bw_task_fn poll;     /* spawned */
+  };
   bw_runtime_t *rt;
   uint64_t id;
-  bw_task_fn poll;
   void *arg;
   void (*drop)(void *arg);
-  void (*aux_fn)(void *arg); /* defer: the function */
+  union {
+    void (*aux_fn)(void *arg); /* defer: the function */
+    void *aux;                 /* background: its cancellation token */
+  };
   const char *name;
-  void *aux; /* blocking job / background token */
   /* output */
   void *out_value;
   void (*out_free)(void *);
@@ -67,8 +71,17 @@ struct bw_task {
   /* joiner */
   bw_waker_t *join_waker;
   bw__thread_waiter_t *join_thread;
-  struct bw_timer sleep_timer;
+  /* The task's sleep timer (bw_task_sleep_until), made on first use in a
+   * pooled header slot (bw__task_slot_alloc), released at completion: a
+   * header that never sleeps stays small (2 cache lines and a bit). */
+  struct bw_timer *sleep;
 };
+
+/* A pooled header slot used as raw storage for one struct bw_timer (its
+ * in_use flag stays 0, so shutdown's walk ignores it). No malloc in steady
+ * state. NULL on allocation failure. */
+struct bw_timer *bw__task_slot_alloc(bw_runtime_t *rt);
+void bw__task_slot_free(bw_runtime_t *rt, struct bw_timer *t);
 
 /* A mutex that spins briefly before sleeping (glibc adaptive): the hot
  * runtime locks are held for a few instructions, and on 2 cores a futex

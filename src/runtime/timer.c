@@ -293,11 +293,12 @@ bool bw_timer_cancel(bw_timer_t *t) {
   return r;
 }
 
-void bw__timer_cancel_sync(bw_timer_t *t) {
+bool bw__timer_cancel_sync(bw_timer_t *t) {
   bw_timer_cancel(t);
-  if (bw__ctx.firing == t || in_my_batch(t)) return; /* our firing loop finishes it */
-  /* acquire pairs with the release CAS to FS_IDLE after the callback */
+  if (bw__ctx.firing == t || in_my_batch(t)) return false; /* our firing loop finishes it */
+  /* acquire pairs with the release store of FS_IDLE after the callback */
   while (atomic_load_explicit(&t->firing, memory_order_acquire)) sched_yield();
+  return true;
 }
 
 void bw_timer_free(bw_timer_t *t) {
@@ -323,8 +324,13 @@ bw_poll_t bw_task_sleep_until(bw_task_t *self, uint64_t deadline_ns) {
   if (!self) return BW_READY;
   bw_runtime_t *rt = self->rt;
   if (bw_runtime_now_ns(rt) >= deadline_ns) return BW_READY;
-  bw_timer_t *t = &self->sleep_timer;
-  if (!t->rt) bw__timer_init_embedded(rt, t, sleep_wake, self);
+  bw_timer_t *t = self->sleep;
+  if (!t) {
+    t = bw__task_slot_alloc(rt);
+    if (!t) return bw_task_yield(self); /* out of memory: poll until the deadline */
+    bw__timer_init_embedded(rt, t, sleep_wake, self);
+    self->sleep = t;
+  }
   if (atomic_load_explicit(&t->wheel, memory_order_acquire) && t->deadline_ns == deadline_ns)
     return BW_PENDING; /* already armed for this deadline */
   if (arm(t, deadline_ns) != 0) return BW_READY; /* shut down: do not hang */
