@@ -157,7 +157,8 @@ bw_task_t *bw_task_current(void);
 
 /* From inside poll: sleep until the runtime clock reaches deadline_ns
  * (bw_runtime_now_ns scale). READY once it has; otherwise arms the task's own
- * timer (no allocation) and returns PENDING. Call it again on every poll
+ * timer (taken from the task pool on the first sleep, no malloc in steady
+ * state) and returns PENDING. Call it again on every poll
  * until READY; a task has one built-in sleep timer. */
 bw_poll_t bw_task_sleep_until(bw_task_t *self, uint64_t deadline_ns);
 
