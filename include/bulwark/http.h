@@ -112,7 +112,12 @@ void bw_http_client_stats(const bw_http_client_t *c, bw_http_client_stats_t *out
  * copied. The request is immutable once a call using it has started (retries
  * and hedges replay it, possibly concurrently, read-only).
  * Owns: *out is yours (bw_http_request_free), or the call's after
- * bw_call_set_request(call, req, bw_http_request_destroy).
+ * bw_call_set_request(call, req, bw_http_request_destroy). The request is
+ * reference counted: free drops your reference, and the client holds its
+ * own while an attempt uses it, so a request set borrowed (req_free NULL)
+ * may be freed as soon as its call completed, even if an attempt the
+ * timeout cancelled is still being torn down (a BW_HTTP_BODY_BORROW body
+ * must then still outlive that attempt).
  * Errors: BW_ERR_INVALID_ARGUMENT (NULL/empty method or url, method with
  * spaces or control characters), BW_ERR_OUT_OF_MEMORY. */
 bw_error_t *bw_http_request_new(bw_http_request_t **out, const char *method, const char *url);

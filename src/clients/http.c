@@ -13,6 +13,12 @@
  *   held for each reactor op in flight and for the curl transfer while it is
  *   active (layer.h "Memory safety rule"), so the scratch stays valid while
  *   the loop can touch it.
+ * - The request is only borrowed from the call, and a borrowed one may be
+ *   freed by its owner as soon as the (parent) call completed, e.g. by a
+ *   timeout while the start op is still queued on the loop. So ops->call
+ *   takes a reference on the request (it is refcounted, http_message.c)
+ *   and the loop thread drops it when the transfer is released or the
+ *   start gives up; the loop never reads a request it does not hold.
  * - Everything that touches an easy handle runs on the loop thread: the start
  *   op, curl's callbacks, done, and the cancel op. Ops from one runtime run
  *   in submission order on that thread, so the loop-side flags (started,
@@ -72,7 +78,7 @@ typedef struct hstate {
   bw__reactor_op_t start_op, cancel_op;
   bw_call_t *call;
   core_t *core;
-  const bw_http_request_t *req;
+  bw_http_request_t *req; /* a reference of ours (put_req) */
   bw_http_response_t *resp;
   size_t cap;
   uint64_t timeout_ms, connect_timeout_ms;
@@ -154,6 +160,12 @@ static size_t on_header(char *data, size_t size, size_t n, void *ud) {
   return len;
 }
 
+/* Drop our request reference (loop thread, or http_call's early exits). */
+static void put_req(hstate_t *st) {
+  bw_http_request_free(st->req);
+  st->req = NULL;
+}
+
 /* Release the transfer's resources: easy handle back to the pool, partial
  * response freed. Done before completing the call, so a caller that sees
  * the completion also sees the transfer gone (stats.active). */
@@ -165,6 +177,7 @@ static void release_transfer(hstate_t *st) {
   st->x.easy = NULL;
   bw_http_response_free(st->resp);
   st->resp = NULL;
+  put_req(st);
   atomic_fetch_sub_explicit(&ls->active, 1, memory_order_relaxed);
 }
 
@@ -262,6 +275,7 @@ static void flush_batch(void *arg) {
 /* ---- reactor ops (loop thread) ----------------------------------------------- */
 
 static void fail_start(hstate_t *st, bw_error_t *err) {
+  put_req(st);
   bw_call_complete(st->call, NULL, NULL, err);
   drop(st->call);
 }
@@ -274,6 +288,7 @@ static void start_op(bw__reactor_op_t *op, uv_loop_t *loop) {
   loopside_t *ls = cc->ls;
   const bw_http_request_t *req = st->req;
   if (st->cancel_seen) { /* the cancel op ran first: nothing to start */
+    put_req(st);
     drop(st->call);
     return;
   }
@@ -387,7 +402,7 @@ static void cancel_op(bw__reactor_op_t *op, uv_loop_t *loop) {
 static void http_call(bw_service_t *svc, bw_call_t *call) {
   core_t *cc = bw_service_impl(svc);
   hstate_t *st = bw_call_state(call);
-  const bw_http_request_t *req = bw_call_request(call);
+  bw_http_request_t *req = bw_call_request(call);
   if (!req || req->magic != BW_HTTP_REQUEST_MAGIC) {
     bw_call_complete(call, NULL, NULL,
                      bw_error_new(BW_ERR_INVALID_ARGUMENT, 0,
@@ -397,6 +412,7 @@ static void http_call(bw_service_t *svc, bw_call_t *call) {
   memset(st, 0, sizeof *st);
   st->call = call;
   st->core = cc;
+  bw__http_request_ref(req); /* dropped on the loop thread (put_req) */
   st->req = req;
   st->start_op.fn = start_op;
   hold(call); /* for the start op, then the transfer */
@@ -405,6 +421,7 @@ static void http_call(bw_service_t *svc, bw_call_t *call) {
    * see it queues a cancel op, which the loop orders with the start op. */
   atomic_store(&st->published, true);
   if (bw_call_is_done(call)) {
+    put_req(st);
     drop(call);
     return;
   }
@@ -412,6 +429,7 @@ static void http_call(bw_service_t *svc, bw_call_t *call) {
     bw_call_complete(call, NULL, NULL,
                      bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0, "http: %s %s: runtime shut down",
                                   req->method, req->url_redacted));
+    put_req(st);
     drop(call);
   }
 }

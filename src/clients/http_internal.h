@@ -4,6 +4,7 @@
 #define BW_CLIENTS_HTTP_INTERNAL_H
 
 #include <curl/curl.h>
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -16,6 +17,11 @@
 
 struct bw_http_request {
   uint32_t magic; /* first: bw_http_call_is_idempotent checks it */
+  /* The owner's reference (bw_http_request_free drops it) plus one per
+   * client call using it (bw__http_request_ref), so a caller may free a
+   * borrowed request once its call completed while an attempt cancelled
+   * by a timeout is still being torn down on the loop thread. */
+  atomic_int refs;
   bool idempotent;
   bool follow_redirects;
   bool tls_verify;
@@ -46,6 +52,10 @@ struct bw_http_response {
   char *hbuf; /* every header name and value, back to back */
   size_t hlen, hcap;
 };
+
+/* Take one more reference on a request (bw_http_request_free drops one;
+ * the last one frees it). Threads: any. */
+void bw__http_request_ref(bw_http_request_t *r);
 
 /* Response building (loop thread). Return 0 or -1 (out of memory). */
 bw_http_response_t *bw__http_response_new(void);

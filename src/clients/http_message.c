@@ -4,6 +4,10 @@
  * - A request is built by one thread, then read-only while calls use it
  *   (retries and hedges replay it from the reactor thread); nothing in it is
  *   mutated by a transfer, so concurrent attempts need no lock.
+ * - It is reference counted: the owner's reference, plus one per client
+ *   call from ops->call until its transfer is released on the loop thread
+ *   (the caller may free the request as soon as its call completed, e.g. by
+ *   a timeout, while the attempt is still being torn down).
  * - The header list is a curl_slist handed to CURLOPT_HTTPHEADER as is.
  * - A response is built on the reactor thread by one transfer and handed
  *   whole to the caller; header name and value share one allocation.
@@ -29,6 +33,7 @@ bw_error_t *bw_http_request_new(bw_http_request_t **out, const char *method, con
   bw_http_request_t *r = bw__calloc(1, sizeof *r);
   if (!r) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   r->magic = BW_HTTP_REQUEST_MAGIC;
+  atomic_init(&r->refs, 1);
   r->tls_verify = true;
   r->method = bw__strdup(method);
   r->url = bw__strdup(url);
@@ -45,8 +50,15 @@ bw_error_t *bw_http_request_new(bw_http_request_t **out, const char *method, con
   return NULL;
 }
 
+void bw__http_request_ref(bw_http_request_t *r) {
+  atomic_fetch_add_explicit(&r->refs, 1, memory_order_relaxed);
+}
+
 void bw_http_request_free(bw_http_request_t *r) {
   if (!r) return;
+  /* acq_rel pairs with the other holders' decrements: the last one sees
+   * every reader done before freeing */
+  if (atomic_fetch_sub_explicit(&r->refs, 1, memory_order_acq_rel) != 1) return;
   r->magic = 0;
   bw__free(r->method);
   bw__free(r->url);
