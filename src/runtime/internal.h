@@ -41,5 +41,12 @@ uv_loop_t *bw__reactor_loop(bw_runtime_t *rt);
  * down (before closing the loop), so clients can close their handles.
  * Returns 0 or -1. */
 int bw__reactor_on_close(bw_runtime_t *rt, void (*fn)(void *arg, uv_loop_t *loop), void *arg);
+/* Remove a hook added with bw__reactor_on_close (same fn and arg), so a
+ * client freed before the runtime does not leave it registered. True if it
+ * was removed (it will not run); false if not found: the reactor never
+ * started, or shutdown already took the hooks (it runs or ran). Reliable
+ * from an op on the loop thread: ops accepted before shutdown run before
+ * the hooks are taken. Threads: any. */
+bool bw__reactor_off_close(bw_runtime_t *rt, void (*fn)(void *arg, uv_loop_t *loop), void *arg);
 
 #endif

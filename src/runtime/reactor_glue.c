@@ -71,6 +71,12 @@ int bw__reactor_on_close(bw_runtime_t *rt, void (*fn)(void *arg, uv_loop_t *loop
   return bw__reactor_add_close_hook(r, fn, arg) == 0 ? 0 : -1;
 }
 
+bool bw__reactor_off_close(bw_runtime_t *rt, void (*fn)(void *arg, uv_loop_t *loop), void *arg) {
+  if (!rt || !fn) return false;
+  bw__reactor_t *r = bw__reactor_get_if_started(rt); /* never starts one */
+  return r && bw__reactor_remove_close_hook(r, fn, arg);
+}
+
 void bw__reactor_glue_shutdown(bw_runtime_t *rt) {
   pthread_mutex_lock(&rt->reactor_mu); /* no start() can race past the SHUTDOWN state now */
   bw__reactor_t *r = atomic_load_explicit(pub(rt), memory_order_relaxed);
