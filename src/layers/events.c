@@ -94,11 +94,12 @@ void bw_layer_emit(bw_layer_t *layer, bw_call_t *call, bw_event_t *ev) {
       ev->layer_index = call->svc->layer_index;
       bw__stack_count_event(st, ev->layer_index, ev->type);
     }
-    if (st) ev->stack = st->name[0] ? st->name : NULL;
-    /* the root call's service is the stack */
-    const bw_call_t *r = call;
-    while (r->parent) r = r->parent;
-    if (r->svc->owns_stack) stack_svc = r->svc;
+    if (st) {
+      ev->stack = st->name[0] ? st->name : NULL;
+      /* the stack the call runs in, whatever wraps it (a registry service,
+       * an outer layer, another stack) */
+      stack_svc = st->svc;
+    }
   }
   if (atomic_load_explicit(&g_nhooks, memory_order_relaxed) == 0) return;
   for (int i = 0; i < MAX_HOOKS; i++) {

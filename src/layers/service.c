@@ -19,9 +19,17 @@
  *     chain up to the root, and so every service of the stack, alive;
  *   - layers add their own (timers, queues) with bw_call_ref/unref;
  *   - bw_call_cancel holds a temporary one.
- * A root call holds a reference on its service; children rely on the chain
- * (child -> parent -> ... -> root -> stack node -> inner nodes); a child
- * for another service (fallback) relies on the layer holding that service.
+ * A root call holds a reference on its service; a child for its parent
+ * node's inner service relies on the chain (child -> parent -> ... -> root
+ * -> stack node -> inner nodes); a child for any other service (fallback's,
+ * a registry's current stack) holds a reference on that service itself
+ * (holds_svc), so a pool always outlives every call taken from it.
+ *
+ * # Stack metrics
+ * A call on a built stack's outermost node (stack_root) records the
+ * stack's outcome and latency, root or child: a stack wrapped by a
+ * registry service, a layer or another stack still counts its own calls;
+ * descendants inherit the stack for events.
  *
  * # Where completions run (the trampoline)
  * Per thread: `busy` counts nested library entries (a start, a delivery);
@@ -471,15 +479,18 @@ static void recycle(bw_call_t *c) {
   if (c->resp_free && c->resp) c->resp_free(c->resp);
   bw_error_unref(c->err);
   bw_error_unref(c->fallback_err);
-  bool root = c->is_root;
+  bool holds_svc = c->holds_svc;
   bw_call_t *parent = c->holds_parent ? c->parent : NULL;
   c->holds_parent = false;
+  c->holds_svc = false;
   c->req = c->resp = NULL;
   c->req_free = c->resp_free = NULL;
   c->err = c->fallback_err = NULL;
   c->parent = NULL;
   pool_put(s, c);
-  if (root) bw_service_release(s);
+  /* After pool_put: if this was the last reference on s, pool_fini frees
+   * c with the pool (the thread cache slot is dropped by its stale id). */
+  if (holds_svc) bw_service_release(s);
   /* A child keeps its parent (and so the chain up to the root, which holds
    * the stack and every inner service) alive until its own memory goes:
    * refs a layer or client holds on a late child stay valid. */
@@ -508,6 +519,8 @@ static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   atomic_store_explicit(&c->state, BW__CALL_IDLE, memory_order_relaxed);
   atomic_store_explicit(&c->flags, 0, memory_order_relaxed);
   c->is_root = false;
+  c->holds_svc = false;
+  c->stack_root = svc->owns_stack;
   c->attempt = 0;
   c->cb = NULL;
   c->cb_arg = NULL;
@@ -528,6 +541,7 @@ bw_error_t *bw_call_new(bw_call_t **out, bw_service_t *svc, bw_runtime_t *rt) {
   call_init(c, svc, rt);
   c->is_root = true;
   c->stack = svc->owns_stack ? svc->stack : NULL;
+  c->holds_svc = true;
   bw_service_ref(svc);
   *out = c;
   return NULL;
@@ -545,7 +559,19 @@ bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *
    * whose cancel is a no-op. */
   atomic_store_explicit(&c->flags, BW__CF_STARTED, memory_order_relaxed);
   c->parent = parent;
-  c->stack = parent->stack;
+  /* A built stack's outermost node starts its own stack here, whatever
+   * wraps it (a registry service, a layer, another stack): its metrics and
+   * events are recorded for this call and its descendants. */
+  c->stack = svc->owns_stack ? svc->stack : parent->stack;
+  /* The inner service of the parent's node is kept alive by that node,
+   * which the parent's own service chain keeps alive (the child pins the
+   * parent). Any other service (fallback's, a registry's current stack)
+   * may be released by its holder while this child still lives: the child
+   * then holds it itself, so the pool outlives every call from it. */
+  if (svc != parent->svc->inner) {
+    c->holds_svc = true;
+    bw_service_ref(svc);
+  }
   c->deadline_ns = parent->deadline_ns;
   c->ctx = parent->ctx;
   c->req = parent->req; /* borrowed */
@@ -612,7 +638,7 @@ static void deliver(bw_call_t *c) {
 }
 
 static void record_root(bw_call_t *c) {
-  if (c->is_root && c->stack) {
+  if (c->stack_root) {
     uint64_t now = bw_runtime_now_ns(c->rt);
     bw__stack_record(c->stack, c->err, now > c->start_ns ? now - c->start_ns : 0);
   }
@@ -723,7 +749,7 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_service_call: call already started");
   call->cb = cb;
   call->cb_arg = arg;
-  if (call->stack) call->start_ns = bw_runtime_now_ns(call->rt);
+  if (call->stack_root) call->start_ns = bw_runtime_now_ns(call->rt);
   atomic_fetch_add_explicit(&call->refs, 2, memory_order_relaxed); /* in flight + starting */
   if (!bw__runtime_on_worker(call->rt)) {
     /* Service code runs on workers; the start itself moves there. */
@@ -761,6 +787,7 @@ void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   atomic_fetch_add_explicit(&child->refs, 2, memory_order_relaxed); /* in flight + starting */
   atomic_fetch_add_explicit(&child->parent->refs, 1, memory_order_relaxed); /* hold parent */
   child->holds_parent = true;
+  if (child->stack_root) child->start_ns = bw_runtime_now_ns(child->rt);
   if (tl.busy > 0) {
     start(child); /* completions queue; the outer entry drains them */
     return;

@@ -70,6 +70,8 @@ struct bw_call {
   atomic_int flags;   /* BW__CF_* */
   bool is_root;
   bool holds_parent; /* started child: one ref on parent until recycled */
+  bool holds_svc;    /* one ref on svc until recycled (roots, foreign children) */
+  bool stack_root;   /* svc is a built stack's outermost node: record its metrics */
   uint32_t attempt;
   bw_call_cb cb;
   void *cb_arg;
@@ -88,6 +90,7 @@ struct bw_call {
 /* Stack info, owned by the outermost node of a built stack. */
 struct bw__stack {
   char *name;
+  bw_service_t *svc; /* the outermost node owning this (not a reference) */
   size_t nlayers;
   bw_layer_t **layers;
   _Atomic uint64_t outcomes[BW_ERR__MAX];

@@ -272,6 +272,7 @@ bw_error_t *bw_stack_build(bw_service_t **out, const char *name, bw_layer_t *con
     }
   }
   cur->owns_stack = true;
+  st->svc = cur;
   *out = cur;
   return NULL;
 }

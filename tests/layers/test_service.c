@@ -359,6 +359,61 @@ static void test_child_deadline(void **state) {
   h4_wait_fini(&w);
 }
 
+/* ---- a child on a service its holder releases in the child's callback ----------
+ * (what the registry service does when it drops its reference on the stack
+ * a call ran on): the child's memory goes back to that service's pool after
+ * the callback returned, so the child must keep the service alive. */
+static bw_service_t *g_other; /* one reference, dropped by fwd_other_done */
+
+static void fwd_other_done(bw_call_t *child, const bw_error_t *err, void *arg) {
+  bw_call_t *parent = arg;
+  bw_service_t *other = g_other;
+  g_other = NULL;
+  bw_call_complete_from_child(parent, child);
+  bw_call_free(child);
+  bw_service_release(other); /* the holder's last reference */
+}
+
+static void fwd_other_async(void *arg, bw_call_t *call) {
+  bw_call_t *child = NULL;
+  bw_error_t *e = bw_call_child_new(&child, call, g_other);
+  if (e) {
+    bw_call_complete(call, NULL, NULL, e);
+    return;
+  }
+  bw_call_child_start(child, fwd_other_done, call);
+}
+
+static void test_child_outlives_released_service(void **state) {
+  bw_runtime_t *rt = h4_rt(false, 2);
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  o.async = fwd_other_async;
+  bw_service_t *outer;
+  assert_null(bw_service_from_fn(&outer, &o));
+  h4_wait_t w;
+  h4_wait_init(&w);
+  atomic_store(&h4_resp_freed, 0);
+  enum { N = 20 };
+  for (int i = 0; i < N; i++) {
+    g_other = echo_service(); /* the only reference */
+    h4_result_t r = {.wait = &w, .rt = rt};
+    bw_call_t *c;
+    assert_null(bw_call_new(&c, outer, rt));
+    bw_call_set_request(c, h4_int(i), req_free);
+    assert_null(h4_submit(outer, c, h4_on_done, &r));
+    assert_int_equal(h4_wait_for(&w, i + 1), i + 1);
+    assert_int_equal(r.kind, BW_ERR_NONE);
+    assert_int_equal(*(int *)r.resp, 2 * i);
+    assert_null(g_other);
+    bw_call_free(c);
+  }
+  assert_int_equal(eventually(&h4_resp_freed, N), N);
+  bw_service_release(outer);
+  bw_runtime_free(rt);
+  h4_wait_fini(&w);
+}
+
 static void test_bad_args(void **state) {
   bw_service_t *s = NULL;
   bw_error_t *e = bw_service_from_fn(&s, NULL);
@@ -390,6 +445,7 @@ int main(void) {
       cmocka_unit_test(test_callbacks_off_submit_stack),
       cmocka_unit_test(test_async_and_cancel),
       cmocka_unit_test(test_child_deadline),
+      cmocka_unit_test(test_child_outlives_released_service),
       cmocka_unit_test(test_bad_args),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);

@@ -251,11 +251,89 @@ static void test_empty_stack(void **state) {
   h4_wait_fini(&wt);
 }
 
+/* A stack wrapped by something else (a registry service forwarding to it
+ * as a child call; an outer stack) still records its own metrics and
+ * events. */
+static bw_service_t *g_wrapped;
+static void fwd_stack_async(void *arg, bw_call_t *call) {
+  bw_call_t *child;
+  bw_error_t *e = bw_call_child_new(&child, call, g_wrapped);
+  if (e) {
+    bw_call_complete(call, NULL, NULL, e);
+    return;
+  }
+  bw_call_child_start(child, pass_done, call);
+}
+
+static void test_wrapped_stack_metrics(void **state) {
+  bw_runtime_t *rt = h4_rt(true, 2);
+  atomic_int n = 0;
+  bw_fn_service_opts_t fo;
+  bw_fn_service_opts_init(&fo);
+  fo.sync = sometimes;
+  fo.arg = &n;
+  bw_service_t *leaf;
+  assert_null(bw_service_from_fn(&leaf, &fo));
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 1;
+  bw_layer_t *retry, *pass = fake(&ops_chaos, 0);
+  assert_null(bw_retry_new(&retry, &ro));
+  bw_service_t *inner, *outer, *fwd;
+  assert_null(bw_stack_build(&inner, "inner", &retry, 1, leaf, NULL));
+  assert_null(bw_stack_build(&outer, "outer", &pass, 1, inner, NULL));
+  g_wrapped = inner;
+  bw_fn_service_opts_init(&fo);
+  fo.async = fwd_stack_async;
+  assert_null(bw_service_from_fn(&fwd, &fo));
+
+  h4_events_t evs = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  bw_event_hook_t *hook;
+  assert_null(bw_event_hook_add(&hook, inner, NULL, h4_record_event, &evs));
+  h4_wait_t wt;
+  h4_wait_init(&wt);
+  enum { N = 16 };
+  h4_result_t res[2 * N];
+  for (int i = 0; i < 2 * N; i++) {
+    bw_service_t *via = i < N ? fwd : outer;
+    res[i] = (h4_result_t){.wait = &wt, .rt = rt, .free_in_cb = true};
+    bw_call_t *c;
+    assert_null(bw_call_new(&c, via, rt));
+    assert_null(h4_submit(via, c, h4_on_done, &res[i]));
+    assert_int_equal(h4_wait_for(&wt, i + 1), i + 1);
+  }
+  for (int i = 0; i < 2 * N; i++) bw_error_unref(res[i].err);
+  assert_int_equal(bw_stack_call_count(inner), 2 * N);
+  assert_int_equal(bw_stack_outcome_count(inner, BW_ERR_NONE), 2 * N - 2 * N / 4);
+  assert_int_equal(bw_stack_outcome_count(inner, BW_ERR_RETRIES_EXHAUSTED), 2 * N / 4);
+  assert_int_equal(bw_histogram_count(bw_stack_latency(inner)), 2 * N);
+  assert_int_equal(bw_stack_event_count(inner, 0, BW_EVENT_GIVE_UP), 2 * N / 4);
+  assert_int_equal(bw_stack_call_count(outer), N);
+  assert_int_equal(h4_count_events(&evs, BW_EVENT_GIVE_UP), 2 * N / 4);
+  assert_true(evs.n > 0);
+  for (int i = 0; i < evs.n; i++) {
+    assert_non_null(evs.ev[i].stack);
+    assert_string_equal(evs.ev[i].stack, "inner");
+    assert_int_equal(evs.ev[i].layer_index, 0);
+  }
+  bw_event_hook_remove(hook);
+  bw_service_release(fwd);
+  bw_service_release(outer);
+  bw_service_release(inner);
+  bw_layer_release(retry);
+  bw_layer_release(pass);
+  bw_service_release(leaf);
+  bw_runtime_free(rt);
+  h4_wait_fini(&wt);
+  pthread_mutex_destroy(&evs.mu);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_order_check),
       cmocka_unit_test(test_named_stack_metrics),
       cmocka_unit_test(test_empty_stack),
+      cmocka_unit_test(test_wrapped_stack_metrics),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
