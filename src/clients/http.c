@@ -31,6 +31,8 @@
  *   event (socket or timer) is completed by one deferred function on a
  *   worker, so 64 responses read in one wake-up cost one worker wake-up, not
  *   64. The transfer (easy handle) is released before, on the loop thread.
+ * - Freeing the client (last service reference) closes the engine on the
+ *   loop and removes the close hook there (bw__reactor_off_close).
  * - Shutdown: the reactor close hook closes the engine; transfers still
  *   active are aborted and their calls complete with BW_ERR_RUNTIME_SHUTDOWN.
  *   After that, new calls complete with BW_ERR_RUNTIME_SHUTDOWN at once. */
@@ -448,8 +450,13 @@ static void http_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *re
 static void destroy_op(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
   core_t *cc = CONTAINER_OF(op, core_t, destroy_op);
-  loopside_close(cc->ls);
-  loopside_unref(cc->ls);
+  loopside_t *ls = cc->ls;
+  loopside_close(ls);
+  /* An op runs before shutdown takes the hooks, so removing ours works
+   * here (a client freed before its runtime leaves nothing registered);
+   * the hook's loopside reference is then ours to drop. */
+  if (bw__reactor_off_close(cc->rt, on_reactor_close, ls)) loopside_unref(ls);
+  loopside_unref(ls);
   bw__free(cc->user_agent);
   bw__free(cc);
 }

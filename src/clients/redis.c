@@ -42,7 +42,8 @@
  *   wait until only the caller's client reference is left, free the tick
  *   timer (bw_timer_free waits for a running callback), wait again (a tick
  *   op queued by that callback holds a reference), free. If the runtime's
- *   reactor closes first, its on_close hook runs the same close on the loop.
+ *   reactor closes first, its on_close hook runs the same close on the loop;
+ *   otherwise the close op removes the hook (bw__reactor_off_close).
  * - Secrets: the password is only ever formatted into the AUTH command
  *   buffer (wiped after hiredis copied it) and scrubbed from server text. */
 #include <errno.h>
@@ -666,10 +667,16 @@ static void close_now(bw_redis_t *c) {
   c->tick_at_ns = 0;
 }
 
+static void reactor_closing(void *arg, uv_loop_t *loop);
+
 static void close_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
   bw_redis_t *c = (bw_redis_t *)(void *)((char *)op - offsetof(bw_redis_t, close_op));
-  close_now(c);
+  hook_box_t *box = c->box;
+  close_now(c); /* clears box->client */
+  /* An op runs before shutdown takes the hooks: remove ours so a client
+   * freed before its runtime leaves nothing registered. */
+  if (box && bw__reactor_off_close(c->rt, reactor_closing, box)) bw__free(box);
   client_unref(c);
 }
 
