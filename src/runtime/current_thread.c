@@ -201,7 +201,7 @@ static void drive(bw_runtime_t *rt, bw_task_t *until, uint64_t deadline_ns) {
   bw__ct_core_t *c = rt->ct;
   bw__reactor_t *r;
   uint32_t gqi = rt->opts.global_queue_interval, evi = rt->opts.event_interval;
-  uint64_t tick = 0;
+  uint32_t gq_left = gqi, ev_left = evi;
   /* `until` can only finish when it is polled (or at shutdown), so the stop
    * conditions are checked after polling it, after idling, and every
    * event_interval ticks, not on every task */
@@ -218,9 +218,12 @@ static void drive(bw_runtime_t *rt, bw_task_t *until, uint64_t deadline_ns) {
       }
       if (deadline_ns != UINT64_MAX && bw__mono_ns() >= deadline_ns) break;
     }
-    tick++;
-    if (tick % gqi == 0) take_remote(c);
-    if (tick % evi == 0) {
+    if (--gq_left == 0) { /* countdowns: no division per task */
+      gq_left = gqi;
+      take_remote(c);
+    }
+    if (--ev_left == 0) {
+      ev_left = evi;
       check = true;
       bw__wheel_fire(rt, 0);
       if ((r = bw__reactor_get_if_started(rt))) bw__reactor_turn(r, 0);

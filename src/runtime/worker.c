@@ -80,6 +80,7 @@ struct bw__worker {
   bool is_searching;
   bool started;
   uint32_t tick;
+  uint32_t gq_left, ev_left; /* countdowns to the next global-queue / event check */
   uint32_t rng;
   pthread_t thread;
   bw__parker_t parker;
@@ -188,7 +189,8 @@ static bw_task_t *take_inject(bw__worker_t *w) {
 static bw_task_t *next_task(bw__worker_t *w) {
   bw__sched_t *s = w->rt->sched;
   bw_task_t *t;
-  if (w->tick % w->rt->opts.global_queue_interval == 0) {
+  if (--w->gq_left == 0) { /* countdowns, not `tick % n`: no division per task */
+    w->gq_left = w->rt->opts.global_queue_interval;
     t = bw__inject_pop(&s->inject);
     if (t) return t;
   }
@@ -320,9 +322,14 @@ static void *worker_main(void *arg) {
   bw__ctx.worker = w;
   bw__ctx.local = &w->local;
   uint32_t evi = rt->opts.event_interval;
+  w->ev_left = evi;
+  w->gq_left = rt->opts.global_queue_interval;
   while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
     w->tick++;
-    if (w->tick % evi == 0) bw__wheel_fire(rt, w->index);
+    if (--w->ev_left == 0) {
+      w->ev_left = evi;
+      bw__wheel_fire(rt, w->index);
+    }
     bw_task_t *t = next_task(w);
     if (!t) t = steal_work(w);
     if (t) {
