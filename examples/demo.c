@@ -3,7 +3,7 @@
 /* demo: HTTP and Redis traffic through config-built resilience stacks, in
  * three phases: healthy, faults, recovery.
  *
- *   demo [CONFIG]          CONFIG default: examples/demo.yaml
+ *   demo [CONFIG]          CONFIG default: examples/stacks.yaml
  *
  * Environment (scripts/demo.sh sets all of it):
  *   BW_DEMO_HTTP_PORT      port of bw-test-httpd on 127.0.0.1 (used by CONFIG)
@@ -454,7 +454,7 @@ static void teardown_stack(stack_stats_t *st) {
 }
 
 int main(int argc, char **argv) {
-  const char *config = argc > 1 ? argv[1] : "examples/demo.yaml";
+  const char *config = argc > 1 ? argv[1] : "examples/stacks.yaml";
   if (argc > 2 || (argc == 2 && argv[1][0] == '-')) {
     fprintf(stderr, "usage: demo [CONFIG]   (run it through scripts/demo.sh)\n");
     return 2;

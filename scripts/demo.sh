@@ -5,7 +5,7 @@
 # three phases (healthy, faults, recovery). Everything it started is stopped
 # on exit, also on failure or Ctrl-C.
 #
-#   bash scripts/demo.sh             config: $BW_DEMO_CONFIG or examples/demo.yaml
+#   bash scripts/demo.sh             config: $BW_DEMO_CONFIG or examples/stacks.yaml
 #   BW_DEMO_PHASE_MS=2000 bash scripts/demo.sh   shorter phases
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,7 +17,7 @@ cmake --preset release >/dev/null
 cmake --build --preset release --target example_demo example_runtime_tour bw-test-httpd
 
 bin=$root/build/release
-config=${BW_DEMO_CONFIG:-examples/demo.yaml}
+config=${BW_DEMO_CONFIG:-examples/stacks.yaml}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-demo.XXXXXX")
 redis_pid="" httpd_pid="" demo_pid=""
 
