@@ -262,7 +262,7 @@ static void free_val(bw__cval_t *v) {
 /* One scalar item into v (lists call it per element). Returns success. */
 static bool parse_scalar(ctx_t *x, const bw__key_t *k, bw__vtype_t t, const bw__cnode_t *n,
                          const char *path, bw__cval_t *v, const char *text) {
-  int rc;
+  int rc = BW__UNIT_UNIT; /* every path below sets it; initialised for -O2 -Wmaybe-uninitialized */
   switch (t) {
     case BW__VT_INT: {
       int64_t i;
