@@ -76,6 +76,15 @@ static _Thread_local tramp_t tl;
  * callback freed it (then run_delivery drops both references at once). */
 static _Thread_local bw_call_t *tl_delivering;
 static _Thread_local bool tl_freed_in_cb;
+/* The call whose ops->call runs on this thread now, and whether its
+ * delivery was queued here meanwhile (then the starting reference is folded
+ * into that delivery instead of an atomic decrement in start()). */
+static _Thread_local bw_call_t *tl_starting;
+static _Thread_local bool tl_start_folded;
+/* Shared clock reading of the current start chain (see
+ * bw__call_now_ns_shared); valid while tl_now_rt is set. */
+static _Thread_local bw_runtime_t *tl_now_rt;
+static _Thread_local uint64_t tl_now;
 
 static void run_delivery(bw_call_t *c);
 
@@ -93,7 +102,10 @@ static void drain(void) {
 
 static inline void enter(void) { tl.busy++; }
 static inline void leave(void) {
-  if (--tl.busy == 0 && tl.head) drain();
+  if (--tl.busy == 0) {
+    tl_now_rt = NULL;
+    if (tl.head) drain();
+  }
 }
 
 /* ---- global registry: services (for the sweep) and runtime trackers ----------- */
@@ -493,8 +505,16 @@ static void recycle(bw_call_t *c) {
   if (holds_svc) bw_service_release(s);
   /* A child keeps its parent (and so the chain up to the root, which holds
    * the stack and every inner service) alive until its own memory goes:
-   * refs a layer or client holds on a late child stay valid. */
-  if (parent) bw_call_unref(parent);
+   * refs a layer or client holds on a late child stay valid. When the
+   * parent's delivery is pending in this thread's queue (the usual case:
+   * the layer completed it from this child's callback), the reference is
+   * dropped with that delivery instead: no atomic here. */
+  if (parent) {
+    if (atomic_load_explicit(&parent->queued_on, memory_order_relaxed) == (void *)&tl)
+      parent->fold++;
+    else
+      bw_call_unref(parent);
+  }
 }
 
 void bw_call_ref(bw_call_t *call) {
@@ -515,6 +535,8 @@ static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   c->parent = NULL;
   c->stack = NULL;
   c->qnext = NULL;
+  atomic_store_explicit(&c->queued_on, NULL, memory_order_relaxed);
+  c->fold = 0;
   atomic_store_explicit(&c->refs, 1, memory_order_relaxed);
   atomic_store_explicit(&c->state, BW__CALL_IDLE, memory_order_relaxed);
   atomic_store_explicit(&c->flags, 0, memory_order_relaxed);
@@ -598,14 +620,18 @@ void bw_call_free(bw_call_t *call) {
 /* ---- completion and delivery ---------------------------------------------------------------- */
 
 static void run_delivery(bw_call_t *c) {
-  int n = 1; /* the in-flight reference */
+  /* the in-flight reference, and those folded into this delivery */
+  int n = 1 + c->fold;
+  c->fold = 0;
+  atomic_store_explicit(&c->queued_on, NULL, memory_order_relaxed);
+  tl_now_rt = NULL; /* a callback is not part of a start chain */
   if (!(atomic_load_explicit(&c->flags, memory_order_acquire) & BW__CF_ABANDONED) && c->cb) {
     bw_call_t *prev = tl_delivering;
     bool prev_freed = tl_freed_in_cb;
     tl_delivering = c;
     tl_freed_in_cb = false;
     c->cb(c, c->err, c->cb_arg);
-    if (tl_freed_in_cb) n = 2; /* and the owner's, freed in the callback */
+    if (tl_freed_in_cb) n++; /* and the owner's, freed in the callback */
     tl_delivering = prev;
     tl_freed_in_cb = prev_freed;
   }
@@ -630,6 +656,11 @@ static void deliver(bw_call_t *c) {
     if (tl.tail) tl.tail->qnext = c;
     else tl.head = c;
     tl.tail = c;
+    atomic_store_explicit(&c->queued_on, (void *)&tl, memory_order_relaxed);
+    if (c == tl_starting) {
+      c->fold++; /* start() leaves its starting reference to this delivery */
+      tl_start_folded = true;
+    }
     return;
   }
   enter();
@@ -727,9 +758,19 @@ static void start(bw_call_t *c) {
     if (atomic_load(&c->flags) & BW__CF_CANCEL) {
       bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_CANCELLED));
     } else {
+      bw_call_t *prev = tl_starting;
+      bool prev_folded = tl_start_folded;
+      tl_starting = c;
+      tl_start_folded = false;
       enter();
       c->svc->ops->call(c->svc, c);
+      bool folded = tl_start_folded;
+      tl_starting = prev;
+      tl_start_folded = prev_folded;
       leave();
+      /* folded: the delivery queued here drops the starting reference (c
+       * may already be recycled by leave()'s drain: not touched again) */
+      if (folded) return;
     }
   }
   unref_n(c, 1);
@@ -749,7 +790,16 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_service_call: call already started");
   call->cb = cb;
   call->cb_arg = arg;
-  if (call->stack_root) call->start_ns = bw_runtime_now_ns(call->rt);
+  bool seeded = false;
+  if (call->stack_root) {
+    call->start_ns = bw_runtime_now_ns(call->rt);
+    if (bw__runtime_on_worker(call->rt)) {
+      /* the layers starting below share this reading */
+      tl_now = call->start_ns;
+      tl_now_rt = call->rt;
+      seeded = true;
+    }
+  }
   atomic_fetch_add_explicit(&call->refs, 2, memory_order_relaxed); /* in flight + starting */
   if (!bw__runtime_on_worker(call->rt)) {
     /* Service code runs on workers; the start itself moves there. */
@@ -764,6 +814,7 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
   tl.submitting++;
   start(call);
   tl.submitting--;
+  if (seeded) tl_now_rt = NULL;
   return NULL;
 }
 
@@ -787,7 +838,7 @@ void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   atomic_fetch_add_explicit(&child->refs, 2, memory_order_relaxed); /* in flight + starting */
   atomic_fetch_add_explicit(&child->parent->refs, 1, memory_order_relaxed); /* hold parent */
   child->holds_parent = true;
-  if (child->stack_root) child->start_ns = bw_runtime_now_ns(child->rt);
+  if (child->stack_root) child->start_ns = bw__call_now_ns_shared(child);
   if (tl.busy > 0) {
     start(child); /* completions queue; the outer entry drains them */
     return;
@@ -800,10 +851,25 @@ void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   tl.busy = 1;
   start(child);
   tl.busy = 0;
+  tl_now_rt = NULL;
   bw_call_t *list = tl.head;
   if (!list) return;
   tl.head = tl.tail = NULL;
+  /* they leave this thread's queue: no more folding into them here (the
+   * fold counts already made travel with them) */
+  for (bw_call_t *q = list; q; q = q->qnext)
+    atomic_store_explicit(&q->queued_on, NULL, memory_order_relaxed);
   if (bw__runtime_defer(rt, deferred_list, list) != 0) deferred_list(list);
+}
+
+uint64_t bw__call_now_ns_shared(const bw_call_t *call) {
+  if (tl_now_rt == call->rt) return tl_now;
+  uint64_t now = bw_runtime_now_ns(call->rt);
+  if (tl.busy > 0 && bw__runtime_on_worker(call->rt)) {
+    tl_now = now;
+    tl_now_rt = call->rt;
+  }
+  return now;
 }
 
 /* ---- accessors ----------------------------------------------------------------------------------- */

@@ -65,6 +65,12 @@ struct bw_call {
   bw_call_t *pool_next;
   bw_call_t *all_next;
   bw_call_t *qnext;   /* trampoline queue */
+  /* The trampoline (thread) whose queue holds this call's pending delivery,
+   * else NULL. Relaxed: only that thread stores &its own queue and clears
+   * it, so another thread never reads its own queue's address here. */
+  _Atomic(void *) queued_on;
+  int fold; /* extra references the pending local delivery drops (owned by
+               the thread in queued_on) */
   atomic_int refs;
   atomic_int state;   /* BW__CALL_*; seq_cst (see cancel vs start) */
   atomic_int flags;   /* BW__CF_* */
@@ -104,6 +110,12 @@ void bw__stack_record(bw__stack_t *st, const bw_error_t *err, uint64_t elapsed_n
 void bw__stack_free(bw__stack_t *st);
 /* events.c: count an event for layer_index of st. */
 void bw__stack_count_event(bw__stack_t *st, int layer_index, bw_event_type_t type);
+
+/* service.c: the runtime clock for layer decisions made while a call
+ * starts. Inside one synchronous start chain (bw_service_call down through
+ * every layer's ops->call on this thread) all layers share one reading;
+ * otherwise (timer callbacks, deliveries) it reads the clock. */
+uint64_t bw__call_now_ns_shared(const bw_call_t *call);
 
 /* service.c: a node service for a layer (stack.c uses it). */
 bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out);

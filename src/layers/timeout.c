@@ -22,6 +22,7 @@
 #include "bulwark/metrics.h"
 #include "bulwark/timeout.h"
 #include "core/alloc.h"
+#include "layers/service_internal.h"
 
 typedef struct timeout_impl {
   uint64_t timeout_ns;
@@ -96,7 +97,9 @@ static void timeout_call(bw_service_t *svc, bw_call_t *call) {
     }
     st->timer_rt = rt;
   }
-  uint64_t now = bw_runtime_now_ns(rt);
+  /* the start chain's shared reading (at most a start chain early: the
+   * deadline is never late) */
+  uint64_t now = bw__call_now_ns_shared(call);
   uint64_t dl = now + im->timeout_ns;
   uint64_t parent_dl = bw_call_deadline_ns(call);
   if (parent_dl && parent_dl < dl) dl = parent_dl;
