@@ -7,284 +7,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
-/* ---- harness (same block in each H5 layer test) ------------------------------- */
-#include <pthread.h>
-#include <sched.h>
-#include <stdatomic.h>
-#include <stdlib.h>
-#include <string.h>
-#include <time.h>
-
-#include "bulwark/layer.h"
-#include "bulwark/metrics.h"
-#include "bulwark/runtime.h"
-#include "bulwark/service.h"
-
-static inline __attribute__((unused)) double h5_scale(void) {
-  const char *s = getenv("BW_TEST_SCALE");
-  double v = s ? atof(s) : 1.0;
-  return v > 0 ? v : 1.0;
-}
-static inline __attribute__((unused)) int h5_scaled(int n) {
-  int v = (int)(n * h5_scale());
-  return v < 1 ? 1 : v;
-}
-
-#define MS_ (UINT64_C(1000000))
-
-static inline __attribute__((unused)) bw_runtime_t *h5_rt(bool paused, unsigned workers) {
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = workers;
-  if (paused) o.clock = BW_CLOCK_PAUSED;
-  bw_runtime_t *rt = NULL;
-  assert_null(bw_runtime_new(&rt, &o));
-  return rt;
-}
-
-/* One mutex/cond for every completion in the test binary. */
-static pthread_mutex_t h5_mu = PTHREAD_MUTEX_INITIALIZER;
-static pthread_cond_t h5_cv = PTHREAD_COND_INITIALIZER;
-
-/* The backend: async function service. HOLD keeps calls pending until the
- * test completes them; otherwise each call completes at once with the
- * scripted kind for its number (BW_ERR_NONE = success, past the script:
- * `dflt`). */
-typedef struct h5_backend {
-  bool hold;
-  bw_error_kind_t script[4096];
-  int nscript;
-  bw_error_kind_t dflt;
-  int64_t detail;
-  atomic_int calls, cancels;
-  bw_call_t *pending[4096];
-  int npending; /* under h5_mu */
-} h5_backend_t;
-
-static inline __attribute__((unused)) void h5_resp_free(void *p) { free(p); }
-
-static inline __attribute__((unused)) void h5_backend_fn(void *arg, bw_call_t *call) {
-  h5_backend_t *b = arg;
-  int n = atomic_fetch_add(&b->calls, 1);
-  if (b->hold) {
-    pthread_mutex_lock(&h5_mu);
-    b->pending[b->npending++] = call;
-    pthread_cond_broadcast(&h5_cv);
-    pthread_mutex_unlock(&h5_mu);
-    return;
-  }
-  bw_error_kind_t k = n < b->nscript ? b->script[n] : b->dflt;
-  if (k == BW_ERR_NONE) {
-    int *v = malloc(sizeof *v);
-    *v = n;
-    bw_call_complete(call, v, h5_resp_free, NULL);
-  } else {
-    bw_call_complete(call, NULL, NULL, bw_error_new(k, b->detail, "backend failure %d", n));
-  }
-}
-
-static inline __attribute__((unused)) void h5_backend_cancel(void *arg, bw_call_t *call) {
-  h5_backend_t *b = arg;
-  atomic_fetch_add(&b->cancels, 1);
-  pthread_mutex_lock(&h5_mu);
-  for (int i = 0; i < b->npending; i++)
-    if (b->pending[i] == call) {
-      b->pending[i] = b->pending[--b->npending];
-      break;
-    }
-  pthread_mutex_unlock(&h5_mu);
-}
-
-static inline __attribute__((unused)) bw_service_t *h5_backend_svc(h5_backend_t *b) {
-  bw_fn_service_opts_t o;
-  bw_fn_service_opts_init(&o);
-  o.async = h5_backend_fn;
-  o.cancel = h5_backend_cancel;
-  o.arg = b;
-  bw_service_t *svc = NULL;
-  assert_null(bw_service_from_fn(&svc, &o));
-  return svc;
-}
-
-/* Wait (real time, 30 s safety) until the backend holds n pending calls. */
-static inline __attribute__((unused)) int h5_wait_pending(h5_backend_t *b, int n) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += 30;
-  pthread_mutex_lock(&h5_mu);
-  while (b->npending < n)
-    if (pthread_cond_timedwait(&h5_cv, &h5_mu, &ts) != 0) break;
-  int got = b->npending;
-  pthread_mutex_unlock(&h5_mu);
-  return got;
-}
-
-/* Complete the oldest pending call (kind NONE = success). */
-static inline __attribute__((unused)) void h5_finish_one(h5_backend_t *b, bw_error_kind_t k) {
-  pthread_mutex_lock(&h5_mu);
-  assert_true(b->npending > 0);
-  bw_call_t *c = b->pending[0];
-  memmove(&b->pending[0], &b->pending[1], sizeof b->pending[0] * (size_t)(b->npending - 1));
-  b->npending--;
-  pthread_mutex_unlock(&h5_mu);
-  if (k == BW_ERR_NONE) bw_call_complete(c, NULL, NULL, NULL);
-  else bw_call_complete(c, NULL, NULL, bw_error_new(k, b->detail, "held call failed"));
-}
-
-/* A call from the test thread and its recorded completion. */
-typedef struct h5_res {
-  bw_call_t *call;
-  bw_runtime_t *rt;
-  atomic_int done;
-  bw_error_kind_t kind;
-  int64_t retry_after_ms;
-  bool injected;
-  uint64_t at_ns;
-  int resp;
-} h5_res_t;
-
-static inline __attribute__((unused)) void h5_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
-  h5_res_t *r = arg;
-  r->kind = bw_error_kind(err);
-  r->retry_after_ms = bw_error_retry_after_ms(err);
-  r->injected = bw_error_is(err, BW_ERR_INJECTED);
-  r->at_ns = bw_runtime_now_ns(r->rt);
-  int *v = err ? NULL : bw_call_response(call);
-  r->resp = v ? *v : -1;
-  pthread_mutex_lock(&h5_mu);
-  atomic_fetch_add(&r->done, 1);
-  pthread_cond_broadcast(&h5_cv);
-  pthread_mutex_unlock(&h5_mu);
-}
-
-/* Start a call; timeout_ms 0: no deadline. */
-static inline __attribute__((unused)) void h5_start(h5_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms) {
-  memset(r, 0, sizeof *r);
-  r->rt = rt;
-  assert_null(bw_call_new(&r->call, svc, rt));
-  if (timeout_ms) bw_call_set_timeout_ms(r->call, timeout_ms);
-  assert_null(bw_service_call(svc, r->call, h5_on_done, r));
-}
-
-static inline __attribute__((unused)) void h5_wait(h5_res_t *r) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += 30;
-  pthread_mutex_lock(&h5_mu);
-  while (atomic_load(&r->done) == 0)
-    if (pthread_cond_timedwait(&h5_cv, &h5_mu, &ts) != 0) break;
-  pthread_mutex_unlock(&h5_mu);
-  assert_int_equal(atomic_load(&r->done), 1);
-}
-
-/* Wait until at least `want` of the n results are done; returns how many. */
-static inline __attribute__((unused)) int h5_wait_done(h5_res_t *r, int n, int want) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += 30;
-  int d = 0;
-  pthread_mutex_lock(&h5_mu);
-  for (;;) {
-    d = 0;
-    for (int i = 0; i < n; i++) d += atomic_load(&r[i].done);
-    if (d >= want || pthread_cond_timedwait(&h5_cv, &h5_mu, &ts) != 0) break;
-  }
-  pthread_mutex_unlock(&h5_mu);
-  return d;
-}
-
-/* Run one call to completion; returns its kind. */
-static inline __attribute__((unused)) bw_error_kind_t h5_call(bw_service_t *svc, bw_runtime_t *rt, h5_res_t *r) {
-  h5_start(r, svc, rt, 0);
-  h5_wait(r);
-  bw_call_free(r->call);
-  r->call = NULL;
-  return r->kind;
-}
-
-static inline __attribute__((unused)) void h5_free(h5_res_t *r) {
-  bw_call_free(r->call);
-  r->call = NULL;
-}
-
-/* Recorded events of one layer. */
-typedef struct h5_events {
-  pthread_mutex_t mu;
-  int n;
-  struct {
-    bw_event_type_t type;
-    int from, to;
-    const char *reason;
-    uint64_t delay_ns;
-  } ev[512];
-} h5_events_t;
-
-static inline __attribute__((unused)) void h5_on_event(const bw_event_t *ev, void *arg) {
-  h5_events_t *e = arg;
-  pthread_mutex_lock(&e->mu);
-  if (e->n < 512) {
-    e->ev[e->n].type = ev->type;
-    e->ev[e->n].from = ev->from_state;
-    e->ev[e->n].to = ev->to_state;
-    e->ev[e->n].reason = ev->reason;
-    e->ev[e->n].delay_ns = ev->delay_ns;
-    e->n++;
-  }
-  pthread_mutex_unlock(&e->mu);
-}
-
-static inline __attribute__((unused)) int h5_count_events(h5_events_t *e, bw_event_type_t type) {
-  pthread_mutex_lock(&e->mu);
-  int c = 0;
-  for (int i = 0; i < e->n; i++) c += e->ev[i].type == type;
-  pthread_mutex_unlock(&e->mu);
-  return c;
-}
-
-static inline __attribute__((unused)) bw_service_t *h5_stack(bw_layer_t **layers, size_t n, bw_service_t *inner) {
-  bw_service_t *s = NULL;
-  assert_null(bw_stack_build(&s, NULL, layers, n, inner, NULL));
-  return s;
-}
-/* Spin (yielding, no sleep) until expr holds or 30 s of real time pass. */
-static inline __attribute__((unused)) uint64_t h5_real_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-#define H5_UNTIL(expr)                                                   \
-  do {                                                                   \
-    uint64_t h5_end_ = h5_real_ms() + 30000;                             \
-    while (!(expr) && h5_real_ms() < h5_end_) sched_yield();             \
-  } while (0)
-
-/* Start n calls from inside one task on a worker, so they all reach the
- * stack in this order before the paused clock can move. */
-typedef struct h5_batch {
-  h5_res_t *r;
-  int n;
-  bw_service_t *svc;
-  bw_runtime_t *rt;
-  uint64_t timeout_ms;
-} h5_batch_t;
-static inline __attribute__((unused)) bw_poll_t h5_batch_poll(bw_task_t *self, void *arg) {
-  (void)self;
-  h5_batch_t *b = arg;
-  for (int i = 0; i < b->n; i++) {
-    memset(&b->r[i], 0, sizeof b->r[i]);
-    b->r[i].rt = b->rt;
-    if (bw_call_new(&b->r[i].call, b->svc, b->rt) != NULL) abort();
-    if (b->timeout_ms) bw_call_set_timeout_ms(b->r[i].call, b->timeout_ms);
-    if (bw_service_call(b->svc, b->r[i].call, h5_on_done, &b->r[i]) != NULL) abort();
-  }
-  return BW_READY;
-}
-static inline __attribute__((unused)) void h5_start_batch(h5_res_t *r, int n, bw_service_t *svc,
-                                                          bw_runtime_t *rt, uint64_t timeout_ms) {
-  h5_batch_t b = {r, n, svc, rt, timeout_ms};
-  assert_null(bw_block_on(rt, h5_batch_poll, &b, NULL));
-}
-/* ---- end of harness ----------------------------------------------------------- */
+#include "support/layer_harness.h"
 
 #include "bulwark/alloc.h"
 #include "bulwark/circuit_breaker.h"
@@ -292,24 +15,24 @@ static inline __attribute__((unused)) void h5_start_batch(h5_res_t *r, int n, bw
 
 typedef struct fx {
   bw_runtime_t *rt;
-  h5_backend_t *be;
+  lh_backend_t *be;
   bw_service_t *inner, *svc;
   bw_layer_t *brk;
-  h5_events_t ev;
+  lh_events_t ev;
   bw_event_hook_t *hook;
 } fx_t;
 
 static fx_t *fx_new(bw_circuit_breaker_opts_t *o, bool hold) {
   fx_t *f = calloc(1, sizeof *f);
-  f->rt = h5_rt(true, 2);
+  f->rt = lh_rt(true, 2);
   f->be = calloc(1, sizeof *f->be);
   f->be->hold = hold;
-  f->inner = h5_backend_svc(f->be);
+  f->inner = lh_backend_svc(f->be);
   o->runtime = f->rt;
   assert_null(bw_circuit_breaker_new(&f->brk, o));
-  f->svc = h5_stack(&f->brk, 1, f->inner);
+  f->svc = lh_stack(&f->brk, 1, f->inner);
   pthread_mutex_init(&f->ev.mu, NULL);
-  assert_null(bw_event_hook_add(&f->hook, NULL, f->brk, h5_on_event, &f->ev));
+  assert_null(bw_event_hook_add(&f->hook, NULL, f->brk, lh_on_event, &f->ev));
   return f;
 }
 
@@ -340,24 +63,24 @@ static void test_open_reject_half_open_close(void **state) {
   bw_circuit_breaker_opts_t o = consecutive_opts(3);
   fx_t *f = fx_new(&o, false);
   f->be->dflt = BW_ERR_CONNECT;
-  h5_res_t r;
-  for (int i = 0; i < 3; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
+  lh_res_t r;
+  for (int i = 0; i < 3; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
-  assert_int_equal(h5_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 1);
+  assert_int_equal(lh_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 1);
   /* Rejected without reaching the backend, with the retry-after hint. */
   assert_null(bw_runtime_advance(f->rt, 250));
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CIRCUIT_OPEN);
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CIRCUIT_OPEN);
   assert_int_equal(r.retry_after_ms, 750);
   assert_int_equal(atomic_load(&f->be->calls), 3);
-  assert_int_equal(h5_count_events(&f->ev, BW_EVENT_REJECTED), 1);
+  assert_int_equal(lh_count_events(&f->ev, BW_EVENT_REJECTED), 1);
   /* After the open duration: one probe; success closes. */
   assert_null(bw_runtime_advance(f->rt, 750));
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_HALF_OPEN);
   f->be->dflt = BW_ERR_NONE;
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_NONE);
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
   /* open, half_open, closed */
-  assert_int_equal(h5_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 3);
+  assert_int_equal(lh_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 3);
   assert_int_equal(f->ev.ev[0].to, BW_BREAKER_OPEN);
   assert_string_equal(f->ev.ev[0].reason, "tripped");
   bw_breaker_stats_t s;
@@ -379,13 +102,13 @@ static void test_predicates(void **state) {
   /* Default predicate: HTTP 500 counts, invalid_argument does not. */
   bw_circuit_breaker_opts_t o = consecutive_opts(2);
   fx_t *f = fx_new(&o, false);
-  h5_res_t r;
+  lh_res_t r;
   f->be->dflt = BW_ERR_INVALID_ARGUMENT;
-  for (int i = 0; i < 5; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_INVALID_ARGUMENT);
+  for (int i = 0; i < 5; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_INVALID_ARGUMENT);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
   f->be->dflt = BW_ERR_HTTP_STATUS;
   f->be->detail = 500;
-  for (int i = 0; i < 2; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
+  for (int i = 0; i < 2; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
   fx_free(f);
   /* Default: timeouts and transport errors count; 404 does not. */
@@ -407,10 +130,10 @@ static void test_predicates(void **state) {
   f = fx_new(&o, false);
   f->be->dflt = BW_ERR_HTTP_STATUS;
   f->be->detail = 500;
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
   f->be->detail = 503;
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
   fx_free(f);
 }
@@ -424,24 +147,24 @@ static void test_slow_calls_through_layer(void **state) {
   o.slow_call_duration_ms = 100;
   o.slow_call_rate_threshold = 50;
   fx_t *f = fx_new(&o, true);
-  h5_res_t a, b;
-  h5_start(&a, f->svc, f->rt, 0);
-  assert_int_equal(h5_wait_pending(f->be, 1), 1);
+  lh_res_t a, b;
+  lh_start(&a, f->svc, f->rt, 0);
+  assert_int_equal(lh_wait_pending(f->be, 1), 1);
   assert_null(bw_runtime_advance(f->rt, 150)); /* the held call is now slow */
-  h5_finish_one(f->be, BW_ERR_NONE);
-  h5_wait(&a);
+  lh_finish_one(f->be, BW_ERR_NONE);
+  lh_wait(&a);
   assert_int_equal(a.kind, BW_ERR_NONE);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
-  h5_start(&b, f->svc, f->rt, 0);
-  assert_int_equal(h5_wait_pending(f->be, 1), 1);
-  h5_finish_one(f->be, BW_ERR_NONE); /* fast */
-  h5_wait(&b);
+  lh_start(&b, f->svc, f->rt, 0);
+  assert_int_equal(lh_wait_pending(f->be, 1), 1);
+  lh_finish_one(f->be, BW_ERR_NONE); /* fast */
+  lh_wait(&b);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN); /* 1 of 2 slow */
   bw_breaker_stats_t s;
   assert_null(bw_circuit_breaker_stats(f->brk, &s));
   assert_int_equal(s.slow_calls, 1);
-  h5_free(&a);
-  h5_free(&b);
+  lh_free(&a);
+  lh_free(&b);
   fx_free(f);
 }
 
@@ -456,12 +179,12 @@ static void test_half_open_probe_limit(void **state) {
   fx_t *f = fx_new(&o, true);
   assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_OPEN));
   assert_null(bw_runtime_advance(f->rt, 1000));
-  static h5_res_t r[CALLERS];
-  for (int i = 0; i < CALLERS; i++) h5_start(&r[i], f->svc, f->rt, 0);
-  assert_int_equal(h5_wait_pending(f->be, PROBES), PROBES);
+  static lh_res_t r[CALLERS];
+  for (int i = 0; i < CALLERS; i++) lh_start(&r[i], f->svc, f->rt, 0);
+  assert_int_equal(lh_wait_pending(f->be, PROBES), PROBES);
   /* Every other caller is rejected (starts from this thread are deferred
    * to the workers, so wait for all of them to have run). */
-  assert_int_equal(h5_wait_done(r, CALLERS, CALLERS - PROBES), CALLERS - PROBES);
+  assert_int_equal(lh_wait_done(r, CALLERS, CALLERS - PROBES), CALLERS - PROBES);
   for (int i = 0; i < CALLERS; i++)
     if (atomic_load(&r[i].done)) assert_int_equal(r[i].kind, BW_ERR_CIRCUIT_OPEN);
   assert_int_equal(atomic_load(&f->be->calls), PROBES);
@@ -472,23 +195,23 @@ static void test_half_open_probe_limit(void **state) {
     if (!atomic_load(&r[i].done)) {
       bw_call_t *c = r[i].call;
       bool is_probe = false;
-      pthread_mutex_lock(&h5_mu);
+      pthread_mutex_lock(&lh_mu);
       for (int j = 0; j < f->be->npending; j++)
         if (bw_call_parent(f->be->pending[j]) == c) is_probe = true;
-      pthread_mutex_unlock(&h5_mu);
+      pthread_mutex_unlock(&lh_mu);
       if (is_probe) {
         bw_call_cancel(c);
-        h5_wait(&r[i]);
+        lh_wait(&r[i]);
         assert_int_equal(r[i].kind, BW_ERR_CANCELLED);
         probes_seen++;
       }
     }
   }
   assert_int_equal(probes_seen, PROBES);
-  for (int i = 0; i < CALLERS; i++) h5_wait(&r[i]);
-  for (int i = 0; i < CALLERS; i++) h5_free(&r[i]);
+  for (int i = 0; i < CALLERS; i++) lh_wait(&r[i]);
+  for (int i = 0; i < CALLERS; i++) lh_free(&r[i]);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_HALF_OPEN);
-  assert_int_equal(h5_wait_pending(f->be, 0), 0);
+  assert_int_equal(lh_wait_pending(f->be, 0), 0);
   /* The callers saw CANCELLED at once; the probes' own completions (which
    * give the slots back) follow on the workers. */
   bw_breaker_stats_t s;
@@ -500,17 +223,17 @@ static void test_half_open_probe_limit(void **state) {
   assert_int_equal(s.half_open_in_flight, 0);
   assert_int_equal(s.ignored, PROBES);
   /* Fresh probes are admitted again (not stuck); all succeed -> closed. */
-  for (int i = 0; i < CALLERS; i++) h5_start(&r[i], f->svc, f->rt, 0);
-  assert_int_equal(h5_wait_pending(f->be, PROBES), PROBES);
-  assert_int_equal(h5_wait_done(r, CALLERS, CALLERS - PROBES), CALLERS - PROBES);
+  for (int i = 0; i < CALLERS; i++) lh_start(&r[i], f->svc, f->rt, 0);
+  assert_int_equal(lh_wait_pending(f->be, PROBES), PROBES);
+  assert_int_equal(lh_wait_done(r, CALLERS, CALLERS - PROBES), CALLERS - PROBES);
   assert_int_equal(atomic_load(&f->be->calls), 2 * PROBES);
-  for (int i = 0; i < PROBES; i++) h5_finish_one(f->be, BW_ERR_NONE);
-  for (int i = 0; i < CALLERS; i++) h5_wait(&r[i]);
+  for (int i = 0; i < PROBES; i++) lh_finish_one(f->be, BW_ERR_NONE);
+  for (int i = 0; i < CALLERS; i++) lh_wait(&r[i]);
   int ok = 0, rej = 0;
   for (int i = 0; i < CALLERS; i++) {
     ok += r[i].kind == BW_ERR_NONE;
     rej += r[i].kind == BW_ERR_CIRCUIT_OPEN;
-    h5_free(&r[i]);
+    lh_free(&r[i]);
   }
   assert_int_equal(ok, PROBES);
   assert_int_equal(rej, CALLERS - PROBES);
@@ -533,16 +256,16 @@ static void test_timeout_counts_and_growth(void **state) {
   bw_layer_t *tl = NULL;
   assert_null(bw_timeout_new(&tl, &to));
   bw_layer_t *layers[2] = {tl, f->brk};
-  bw_service_t *svc = h5_stack(layers, 2, f->inner);
-  h5_res_t r;
-  assert_int_equal(h5_call(svc, f->rt, &r), BW_ERR_TIMEOUT); /* clock jumps 100 ms */
+  bw_service_t *svc = lh_stack(layers, 2, f->inner);
+  lh_res_t r;
+  assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_TIMEOUT); /* clock jumps 100 ms */
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
   uint64_t expect_ms[] = {1000, 2000, 3000, 3000};
   for (int i = 0; i < 4; i++) {
-    assert_int_equal(h5_call(svc, f->rt, &r), BW_ERR_CIRCUIT_OPEN);
+    assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_CIRCUIT_OPEN);
     assert_int_equal(r.retry_after_ms, (int64_t)expect_ms[i]);
     assert_null(bw_runtime_advance(f->rt, expect_ms[i]));
-    assert_int_equal(h5_call(svc, f->rt, &r), BW_ERR_TIMEOUT); /* the probe times out */
+    assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_TIMEOUT); /* the probe times out */
     assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
   }
   assert_int_equal(atomic_load(&f->be->cancels), 5);
@@ -555,27 +278,27 @@ static void test_force_disable_and_events(void **state) {
   (void)state;
   bw_circuit_breaker_opts_t o = consecutive_opts(1);
   fx_t *f = fx_new(&o, false);
-  h5_res_t r;
+  lh_res_t r;
   assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_FORCED_OPEN));
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CIRCUIT_OPEN);
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CIRCUIT_OPEN);
   assert_int_equal(r.retry_after_ms, 0);
   assert_null(bw_runtime_advance(f->rt, 3600 * 1000));
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_FORCED_OPEN);
   assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_DISABLED));
   f->be->dflt = BW_ERR_CONNECT;
-  for (int i = 0; i < 5; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
+  for (int i = 0; i < 5; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_DISABLED);
   assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_FORCED_CLOSED));
-  for (int i = 0; i < 5; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
+  for (int i = 0; i < 5; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_FORCED_CLOSED);
   assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_CLOSED));
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
   bw_error_t *e = bw_circuit_breaker_force(f->brk, BW_BREAKER_HALF_OPEN);
   assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
   bw_error_unref(e);
   /* forced_open, disabled, forced_closed, closed (manual) + open (tripped) */
-  assert_int_equal(h5_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 5);
+  assert_int_equal(lh_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 5);
   assert_string_equal(f->ev.ev[0].reason, "manual");
   /* Not a breaker. */
   e = bw_circuit_breaker_force(NULL, BW_BREAKER_OPEN);
@@ -609,14 +332,14 @@ static void test_shared_between_stacks(void **state) {
   (void)state;
   bw_circuit_breaker_opts_t o = consecutive_opts(2);
   fx_t *f = fx_new(&o, false);
-  h5_backend_t *be2 = calloc(1, sizeof *be2);
-  bw_service_t *inner2 = h5_backend_svc(be2);
-  bw_service_t *svc2 = h5_stack(&f->brk, 1, inner2);
-  h5_res_t r;
+  lh_backend_t *be2 = calloc(1, sizeof *be2);
+  bw_service_t *inner2 = lh_backend_svc(be2);
+  bw_service_t *svc2 = lh_stack(&f->brk, 1, inner2);
+  lh_res_t r;
   f->be->dflt = BW_ERR_CONNECT;
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
-  assert_int_equal(h5_call(svc2, f->rt, &r), BW_ERR_CIRCUIT_OPEN); /* the other stack */
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
+  assert_int_equal(lh_call(svc2, f->rt, &r), BW_ERR_CIRCUIT_OPEN); /* the other stack */
   assert_int_equal(atomic_load(&be2->calls), 0);
   bw_service_release(svc2);
   bw_service_release(inner2);
@@ -630,7 +353,7 @@ typedef struct mt {
   bw_service_t *svc;
   bw_runtime_t *rt;
   int n;
-  h5_res_t *r;
+  lh_res_t *r;
 } mt_t;
 
 static void test_many_calls_two_workers(void **state) {
@@ -642,22 +365,22 @@ static void test_many_calls_two_workers(void **state) {
   o.open_duration_ms = 1;
   o.half_open_calls = 2;
   fx_t *f = fx_new(&o, false);
-  int n = h5_scaled(20000);
+  int n = lh_scaled(20000);
   for (int i = 0; i < 4096; i++) f->be->script[i] = (i * 7919) % 3 == 0 ? BW_ERR_CONNECT : BW_ERR_NONE;
   f->be->nscript = 4096;
-  h5_res_t *r = calloc((size_t)n, sizeof *r);
+  lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++) {
-    h5_start(&r[i], f->svc, f->rt, 0);
+    lh_start(&r[i], f->svc, f->rt, 0);
     if (i % 64 == 63) bw_runtime_advance(f->rt, 1);
   }
   int ok = 0, fail = 0, rej = 0;
   for (int i = 0; i < n; i++) {
-    h5_wait(&r[i]);
+    lh_wait(&r[i]);
     assert_int_equal(atomic_load(&r[i].done), 1);
     ok += r[i].kind == BW_ERR_NONE;
     fail += r[i].kind == BW_ERR_CONNECT;
     rej += r[i].kind == BW_ERR_CIRCUIT_OPEN;
-    h5_free(&r[i]);
+    lh_free(&r[i]);
   }
   assert_int_equal(ok + fail + rej, n);
   bw_breaker_stats_t s;
@@ -683,20 +406,20 @@ static void test_time_window_through_layer(void **state) {
   o.minimum_calls = 4;
   o.failure_rate_threshold = 50;
   fx_t *f = fx_new(&o, false);
-  h5_res_t r;
+  lh_res_t r;
   f->be->dflt = BW_ERR_CONNECT;
-  for (int i = 0; i < 3; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
+  for (int i = 0; i < 3; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED); /* under minimum */
   assert_null(bw_runtime_advance(f->rt, 11000)); /* they leave the window */
   f->be->dflt = BW_ERR_NONE;
-  for (int i = 0; i < 3; i++) assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_NONE);
+  for (int i = 0; i < 3; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
   f->be->dflt = BW_ERR_CONNECT;
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 1 of 4 */
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 1 of 4 */
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
   assert_null(bw_runtime_advance(f->rt, 3000));
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 2 of 5 */
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 2 of 5 */
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
-  assert_int_equal(h5_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 3 of 6 = 50% */
+  assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 3 of 6 = 50% */
   assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
   bw_breaker_stats_t s;
   assert_null(bw_circuit_breaker_stats(f->brk, &s));
@@ -728,10 +451,10 @@ static void chain_done(bw_call_t *call, const bw_error_t *err, void *arg) {
   if (--c->left > 0) {
     chain_next(c);
   } else {
-    pthread_mutex_lock(&h5_mu);
+    pthread_mutex_lock(&lh_mu);
     atomic_store(&c->done, 1);
-    pthread_cond_broadcast(&h5_cv);
-    pthread_mutex_unlock(&h5_mu);
+    pthread_cond_broadcast(&lh_cv);
+    pthread_mutex_unlock(&lh_mu);
   }
 }
 static void chain_next(chain_t *c) {
@@ -746,12 +469,12 @@ static void test_rejections_do_not_allocate(void **state) {
   assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_OPEN));
   chain_t warm = {f->svc, f->rt, 200, 0, 0};
   chain_next(&warm);
-  H5_UNTIL(atomic_load(&warm.done));
-  int n = h5_scaled(5000);
+  LH_UNTIL(atomic_load(&warm.done));
+  int n = lh_scaled(5000);
   chain_t c = {f->svc, f->rt, n, 0, 0};
   long before = atomic_load(&n_allocs);
   chain_next(&c);
-  H5_UNTIL(atomic_load(&c.done));
+  LH_UNTIL(atomic_load(&c.done));
   long allocs = atomic_load(&n_allocs) - before;
   assert_int_equal(atomic_load(&c.done), 1);
   assert_int_equal(c.wrong, 0);

@@ -1,0 +1,228 @@
+/* Shared harness of the layer tests; see layer_harness.h.
+ *
+ * Design: one process-wide mutex/cond (lh_mu/lh_cv) guards the backend's
+ * pending list and signals every completion, so a test thread can wait for
+ * "n calls pending" or "call done" without polling. Completion counters are
+ * atomics as well so LH_UNTIL spins may read them without the lock. The
+ * backend allocates responses with malloc (they are freed through the
+ * call's response destructor). */
+#include <stdarg.h>
+#include <stddef.h>
+#include <setjmp.h>
+#include <cmocka.h>
+
+#include "layer_harness.h"
+
+double lh_scale(void) {
+  const char *s = getenv("BW_TEST_SCALE");
+  double v = s ? atof(s) : 1.0;
+  return v > 0 ? v : 1.0;
+}
+
+int lh_scaled(int n) {
+  int v = (int)(n * lh_scale());
+  return v < 1 ? 1 : v;
+}
+
+bw_runtime_t *lh_rt(bool paused, unsigned workers) {
+  bw_runtime_opts_t o;
+  bw_runtime_opts_init(&o);
+  o.worker_threads = workers;
+  if (paused) o.clock = BW_CLOCK_PAUSED;
+  bw_runtime_t *rt = NULL;
+  assert_null(bw_runtime_new(&rt, &o));
+  return rt;
+}
+
+pthread_mutex_t lh_mu = PTHREAD_MUTEX_INITIALIZER;
+pthread_cond_t lh_cv = PTHREAD_COND_INITIALIZER;
+
+static void resp_free(void *p) { free(p); }
+
+static void backend_fn(void *arg, bw_call_t *call) {
+  lh_backend_t *b = arg;
+  int n = atomic_fetch_add(&b->calls, 1);
+  if (b->hold) {
+    pthread_mutex_lock(&lh_mu);
+    b->pending[b->npending++] = call;
+    pthread_cond_broadcast(&lh_cv);
+    pthread_mutex_unlock(&lh_mu);
+    return;
+  }
+  bw_error_kind_t k = n < b->nscript ? b->script[n] : b->dflt;
+  if (k == BW_ERR_NONE) {
+    int *v = malloc(sizeof *v);
+    *v = n;
+    bw_call_complete(call, v, resp_free, NULL);
+  } else {
+    bw_call_complete(call, NULL, NULL, bw_error_new(k, b->detail, "backend failure %d", n));
+  }
+}
+
+static void backend_cancel(void *arg, bw_call_t *call) {
+  lh_backend_t *b = arg;
+  atomic_fetch_add(&b->cancels, 1);
+  pthread_mutex_lock(&lh_mu);
+  for (int i = 0; i < b->npending; i++)
+    if (b->pending[i] == call) {
+      b->pending[i] = b->pending[--b->npending];
+      break;
+    }
+  pthread_mutex_unlock(&lh_mu);
+}
+
+bw_service_t *lh_backend_svc(lh_backend_t *b) {
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  o.async = backend_fn;
+  o.cancel = backend_cancel;
+  o.arg = b;
+  bw_service_t *svc = NULL;
+  assert_null(bw_service_from_fn(&svc, &o));
+  return svc;
+}
+
+int lh_wait_pending(lh_backend_t *b, int n) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 30;
+  pthread_mutex_lock(&lh_mu);
+  while (b->npending < n)
+    if (pthread_cond_timedwait(&lh_cv, &lh_mu, &ts) != 0) break;
+  int got = b->npending;
+  pthread_mutex_unlock(&lh_mu);
+  return got;
+}
+
+void lh_finish_one(lh_backend_t *b, bw_error_kind_t k) {
+  pthread_mutex_lock(&lh_mu);
+  assert_true(b->npending > 0);
+  bw_call_t *c = b->pending[0];
+  memmove(&b->pending[0], &b->pending[1], sizeof b->pending[0] * (size_t)(b->npending - 1));
+  b->npending--;
+  pthread_mutex_unlock(&lh_mu);
+  if (k == BW_ERR_NONE) bw_call_complete(c, NULL, NULL, NULL);
+  else bw_call_complete(c, NULL, NULL, bw_error_new(k, b->detail, "held call failed"));
+}
+
+void lh_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  lh_res_t *r = arg;
+  r->kind = bw_error_kind(err);
+  r->retry_after_ms = bw_error_retry_after_ms(err);
+  r->injected = bw_error_is(err, BW_ERR_INJECTED);
+  r->at_ns = bw_runtime_now_ns(r->rt);
+  int *v = err ? NULL : bw_call_response(call);
+  r->resp = v ? *v : -1;
+  pthread_mutex_lock(&lh_mu);
+  atomic_fetch_add(&r->done, 1);
+  pthread_cond_broadcast(&lh_cv);
+  pthread_mutex_unlock(&lh_mu);
+}
+
+void lh_start(lh_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms) {
+  memset(r, 0, sizeof *r);
+  r->rt = rt;
+  assert_null(bw_call_new(&r->call, svc, rt));
+  if (timeout_ms) bw_call_set_timeout_ms(r->call, timeout_ms);
+  assert_null(bw_service_call(svc, r->call, lh_on_done, r));
+}
+
+void lh_wait(lh_res_t *r) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 30;
+  pthread_mutex_lock(&lh_mu);
+  while (atomic_load(&r->done) == 0)
+    if (pthread_cond_timedwait(&lh_cv, &lh_mu, &ts) != 0) break;
+  pthread_mutex_unlock(&lh_mu);
+  assert_int_equal(atomic_load(&r->done), 1);
+}
+
+int lh_wait_done(lh_res_t *r, int n, int want) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 30;
+  int d = 0;
+  pthread_mutex_lock(&lh_mu);
+  for (;;) {
+    d = 0;
+    for (int i = 0; i < n; i++) d += atomic_load(&r[i].done);
+    if (d >= want || pthread_cond_timedwait(&lh_cv, &lh_mu, &ts) != 0) break;
+  }
+  pthread_mutex_unlock(&lh_mu);
+  return d;
+}
+
+bw_error_kind_t lh_call(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r) {
+  lh_start(r, svc, rt, 0);
+  lh_wait(r);
+  bw_call_free(r->call);
+  r->call = NULL;
+  return r->kind;
+}
+
+void lh_free(lh_res_t *r) {
+  bw_call_free(r->call);
+  r->call = NULL;
+}
+
+void lh_on_event(const bw_event_t *ev, void *arg) {
+  lh_events_t *e = arg;
+  pthread_mutex_lock(&e->mu);
+  if (e->n < 512) {
+    e->ev[e->n].type = ev->type;
+    e->ev[e->n].from = ev->from_state;
+    e->ev[e->n].to = ev->to_state;
+    e->ev[e->n].reason = ev->reason;
+    e->ev[e->n].delay_ns = ev->delay_ns;
+    e->n++;
+  }
+  pthread_mutex_unlock(&e->mu);
+}
+
+int lh_count_events(lh_events_t *e, bw_event_type_t type) {
+  pthread_mutex_lock(&e->mu);
+  int c = 0;
+  for (int i = 0; i < e->n; i++) c += e->ev[i].type == type;
+  pthread_mutex_unlock(&e->mu);
+  return c;
+}
+
+bw_service_t *lh_stack(bw_layer_t **layers, size_t n, bw_service_t *inner) {
+  bw_service_t *s = NULL;
+  assert_null(bw_stack_build(&s, NULL, layers, n, inner, NULL));
+  return s;
+}
+
+uint64_t lh_real_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+typedef struct batch {
+  lh_res_t *r;
+  int n;
+  bw_service_t *svc;
+  bw_runtime_t *rt;
+  uint64_t timeout_ms;
+} batch_t;
+
+static bw_poll_t batch_poll(bw_task_t *self, void *arg) {
+  (void)self;
+  batch_t *b = arg;
+  for (int i = 0; i < b->n; i++) {
+    memset(&b->r[i], 0, sizeof b->r[i]);
+    b->r[i].rt = b->rt;
+    if (bw_call_new(&b->r[i].call, b->svc, b->rt) != NULL) abort();
+    if (b->timeout_ms) bw_call_set_timeout_ms(b->r[i].call, b->timeout_ms);
+    if (bw_service_call(b->svc, b->r[i].call, lh_on_done, &b->r[i]) != NULL) abort();
+  }
+  return BW_READY;
+}
+
+void lh_start_batch(lh_res_t *r, int n, bw_service_t *svc, bw_runtime_t *rt,
+                    uint64_t timeout_ms) {
+  batch_t b = {r, n, svc, rt, timeout_ms};
+  assert_null(bw_block_on(rt, batch_poll, &b, NULL));
+}

@@ -1,0 +1,122 @@
+/* Shared harness of the layer tests (circuit breaker, keyed breaker, rate
+ * limit, bulkhead, chaos): a scriptable async backend service, recorded
+ * call results, recorded layer events, and helpers to start and wait for
+ * calls from the test thread.
+ *
+ * layer_harness.c is linked into every test of tests/layers, so all its
+ * names carry the lh_ prefix; only tests that include this header use it.
+ * Include after <cmocka.h>. Waits use real time only as a 30 s safety
+ * limit (they return as soon as the awaited thing happens). */
+#ifndef BW_TESTS_LAYER_HARNESS_H
+#define BW_TESTS_LAYER_HARNESS_H
+
+#include <pthread.h>
+#include <sched.h>
+#include <stdatomic.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bulwark/layer.h"
+#include "bulwark/metrics.h"
+#include "bulwark/runtime.h"
+#include "bulwark/service.h"
+
+#define MS_ (UINT64_C(1000000))
+
+/* BW_TEST_SCALE (default 1) and n scaled by it, at least 1. */
+double lh_scale(void);
+int lh_scaled(int n);
+
+/* A new runtime (asserts success); paused: BW_CLOCK_PAUSED. */
+bw_runtime_t *lh_rt(bool paused, unsigned workers);
+
+/* One mutex/cond for every completion in the test binary: the backend's
+ * pending list and every lh_res_t's done count change under lh_mu, with a
+ * broadcast on lh_cv. */
+extern pthread_mutex_t lh_mu;
+extern pthread_cond_t lh_cv;
+
+/* The backend: async function service. HOLD keeps calls pending until the
+ * test completes them; otherwise each call completes at once with the
+ * scripted kind for its number (BW_ERR_NONE = success with an int response
+ * holding the call number, past the script: `dflt`). */
+typedef struct lh_backend {
+  bool hold;
+  bw_error_kind_t script[4096];
+  int nscript;
+  bw_error_kind_t dflt;
+  int64_t detail;
+  atomic_int calls, cancels;
+  bw_call_t *pending[4096];
+  int npending; /* under lh_mu */
+} lh_backend_t;
+
+/* A function service over b (asserts success); the caller frees it. */
+bw_service_t *lh_backend_svc(lh_backend_t *b);
+/* Wait until the backend holds n pending calls; returns how many it holds. */
+int lh_wait_pending(lh_backend_t *b, int n);
+/* Complete the oldest pending call (kind NONE = success). */
+void lh_finish_one(lh_backend_t *b, bw_error_kind_t k);
+
+/* A call from the test thread and its recorded completion. */
+typedef struct lh_res {
+  bw_call_t *call;
+  bw_runtime_t *rt;
+  atomic_int done;
+  bw_error_kind_t kind;
+  int64_t retry_after_ms;
+  bool injected;
+  uint64_t at_ns;
+  int resp;
+} lh_res_t;
+
+/* Completion callback recording into the lh_res_t `arg`. */
+void lh_on_done(bw_call_t *call, const bw_error_t *err, void *arg);
+/* Start a call; timeout_ms 0: no deadline. */
+void lh_start(lh_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms);
+/* Wait for r's completion and assert it completed exactly once. */
+void lh_wait(lh_res_t *r);
+/* Wait until at least `want` of the n results are done; returns how many. */
+int lh_wait_done(lh_res_t *r, int n, int want);
+/* Run one call to completion (the call is freed); returns its kind. */
+bw_error_kind_t lh_call(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r);
+/* Free r's call (NULL is fine). */
+void lh_free(lh_res_t *r);
+
+/* Recorded events of one layer (the test initialises mu). */
+typedef struct lh_events {
+  pthread_mutex_t mu;
+  int n;
+  struct {
+    bw_event_type_t type;
+    int from, to;
+    const char *reason;
+    uint64_t delay_ns;
+  } ev[512];
+} lh_events_t;
+
+/* Event hook recording into the lh_events_t `arg` (first 512 events). */
+void lh_on_event(const bw_event_t *ev, void *arg);
+int lh_count_events(lh_events_t *e, bw_event_type_t type);
+
+/* bw_stack_build of the n layers over inner (asserts success). */
+bw_service_t *lh_stack(bw_layer_t **layers, size_t n, bw_service_t *inner);
+
+/* Monotonic real time in ms. */
+uint64_t lh_real_ms(void);
+/* Spin (yielding, no sleep) until expr holds or 30 s of real time pass. */
+#define LH_UNTIL(expr)                                                   \
+  do {                                                                   \
+    uint64_t lh_end_ = lh_real_ms() + 30000;                             \
+    while (!(expr) && lh_real_ms() < lh_end_) sched_yield();             \
+  } while (0)
+
+/* Start n calls from inside one task on a worker, so they all reach the
+ * stack in this order before the paused clock can move. */
+void lh_start_batch(lh_res_t *r, int n, bw_service_t *svc, bw_runtime_t *rt,
+                    uint64_t timeout_ms);
+
+#endif
