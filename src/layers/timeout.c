@@ -2,6 +2,8 @@
  *
  * Per call: one child (the attempt) and one runtime timer (created once per
  * pooled call object, re-armed per call; no allocation in steady state).
+ * The timer is armed after the attempt started, and only if it did not
+ * finish during its start (synchronous answers cost no timer at all).
  *
  * Ownership of the child: st->child is an atomic slot. Whoever takes the
  * pointer out of it with an exchange (on_child when the attempt finishes,
@@ -114,16 +116,30 @@ static void timeout_call(bw_service_t *svc, bw_call_t *call) {
   bw_call_set_deadline_ns(child, dl);
   bw_call_ref(child); /* keeps it valid through the start below */
   atomic_store(&st->child, child);
-  bw_call_ref(call); /* the timer's */
-  e = bw_timer_arm(atomic_load(&st->timer), dl);
-  if (e) {
-    bw_call_unref(call);
-    if (atomic_exchange(&st->child, NULL) == child) bw_call_free(child);
-    bw_call_unref(child);
-    bw_call_complete(call, NULL, NULL, e);
-    return;
-  }
   bw_call_child_start(child, on_child, st);
+  /* The timer is armed only if the attempt did not finish during its own
+   * start (a synchronous or cached answer needs no timer: no wheel lock,
+   * no reference). `call` is still alive here: start() holds it for all of
+   * ops->call. */
+  if (!bw_call_is_done(child)) {
+    bw_call_ref(call); /* the timer's */
+    e = bw_timer_arm(atomic_load(&st->timer), dl);
+    if (e) {
+      bw_call_unref(call);
+      bw_call_t *c = atomic_exchange(&st->child, NULL);
+      if (c) {
+        bw_call_cancel_with(c, bw_error_ref(e));
+        bw_call_free(c);
+      }
+      bw_call_complete(call, NULL, NULL, e);
+    } else if (atomic_load(&st->child) == NULL) {
+      /* on_child or ops->cancel took the child before the timer was
+       * armed, so their timer cancel found nothing: disarm it here. seq_cst:
+       * their exchange precedes their timer cancel; our arm precedes this
+       * load. */
+      if (bw_timer_cancel(atomic_load(&st->timer))) bw_call_unref(call);
+    }
+  }
   /* seq_cst: our store of st->child above, then this load of the call's
    * state; ops->cancel does the reverse (state CAS, then exchange). */
   if (bw_call_is_done(call)) {
