@@ -21,18 +21,9 @@ static size_t key_of(bw_call_t *call, void *arg, char *buf, size_t len) {
   return strlen(buf);
 }
 
-typedef struct kfx {
-  bw_runtime_t *rt;
-  lh_backend_t *be;
-  bw_service_t *inner, *svc;
-  bw_layer_t *kb;
-} kfx_t;
-
-static kfx_t *kfx_new(uint32_t max_keys) {
-  kfx_t *f = calloc(1, sizeof *f);
-  f->rt = lh_rt(true, 2);
-  f->be = calloc(1, sizeof *f->be);
-  f->inner = lh_backend_svc(f->be);
+/* f->layer is the keyed breaker (events not recorded). */
+static lh_fx_t *kfx_new(uint32_t max_keys) {
+  lh_fx_t *f = lh_fx_new(true, false);
   bw_circuit_breaker_keyed_opts_t o;
   bw_circuit_breaker_keyed_opts_init(&o);
   assert_int_equal(o.max_keys, 1024);
@@ -44,21 +35,13 @@ static kfx_t *kfx_new(uint32_t max_keys) {
   o.breaker.runtime = f->rt;
   o.key = key_of;
   o.max_keys = max_keys;
-  assert_null(bw_circuit_breaker_keyed_new(&f->kb, &o));
-  f->svc = lh_stack(&f->kb, 1, f->inner);
+  bw_layer_t *kb = NULL;
+  assert_null(bw_circuit_breaker_keyed_new(&kb, &o));
+  lh_fx_stack(f, kb, false);
   return f;
 }
 
-static void kfx_free(kfx_t *f) {
-  bw_service_release(f->svc);
-  bw_service_release(f->inner);
-  bw_layer_release(f->kb);
-  bw_runtime_free(f->rt);
-  free(f->be);
-  free(f);
-}
-
-static bw_error_kind_t kcall(kfx_t *f, const char *key, bw_error_kind_t backend) {
+static bw_error_kind_t kcall(lh_fx_t *f, const char *key, bw_error_kind_t backend) {
   f->be->dflt = backend;
   lh_res_t r;
   memset(&r, 0, sizeof r);
@@ -73,67 +56,67 @@ static bw_error_kind_t kcall(kfx_t *f, const char *key, bw_error_kind_t backend)
 
 static void test_keys_are_isolated(void **state) {
   (void)state;
-  kfx_t *f = kfx_new(16);
+  lh_fx_t *f = kfx_new(16);
   bw_breaker_state_t s;
-  assert_false(bw_circuit_breaker_keyed_state(f->kb, "a.example", &s));
+  assert_false(bw_circuit_breaker_keyed_state(f->layer, "a.example", &s));
   assert_int_equal(kcall(f, "a.example", BW_ERR_CONNECT), BW_ERR_CONNECT);
   assert_int_equal(kcall(f, "a.example", BW_ERR_CONNECT), BW_ERR_CONNECT);
-  assert_true(bw_circuit_breaker_keyed_state(f->kb, "a.example", &s));
+  assert_true(bw_circuit_breaker_keyed_state(f->layer, "a.example", &s));
   assert_int_equal(s, BW_BREAKER_OPEN);
   assert_int_equal(kcall(f, "a.example", BW_ERR_NONE), BW_ERR_CIRCUIT_OPEN);
   /* Another host is unaffected. */
   assert_int_equal(kcall(f, "b.example", BW_ERR_NONE), BW_ERR_NONE);
-  assert_true(bw_circuit_breaker_keyed_state(f->kb, "b.example", &s));
+  assert_true(bw_circuit_breaker_keyed_state(f->layer, "b.example", &s));
   assert_int_equal(s, BW_BREAKER_CLOSED);
   /* No key: passes unguarded, makes no breaker. */
   for (int i = 0; i < 5; i++) assert_int_equal(kcall(f, NULL, BW_ERR_CONNECT), BW_ERR_CONNECT);
-  assert_int_equal(bw_circuit_breaker_keyed_count(f->kb), 2);
+  assert_int_equal(bw_circuit_breaker_keyed_count(f->layer), 2);
   /* a.example recovers after its open duration. */
   assert_null(bw_runtime_advance(f->rt, 1000));
   assert_int_equal(kcall(f, "a.example", BW_ERR_NONE), BW_ERR_NONE);
-  assert_true(bw_circuit_breaker_keyed_state(f->kb, "a.example", &s));
+  assert_true(bw_circuit_breaker_keyed_state(f->layer, "a.example", &s));
   assert_int_equal(s, BW_BREAKER_CLOSED);
-  kfx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_lru_eviction(void **state) {
   (void)state;
-  kfx_t *f = kfx_new(3);
+  lh_fx_t *f = kfx_new(3);
   bw_breaker_state_t s;
   assert_int_equal(kcall(f, "k1", BW_ERR_NONE), BW_ERR_NONE);
   assert_int_equal(kcall(f, "k2", BW_ERR_NONE), BW_ERR_NONE);
   assert_int_equal(kcall(f, "k3", BW_ERR_NONE), BW_ERR_NONE);
   assert_int_equal(kcall(f, "k1", BW_ERR_NONE), BW_ERR_NONE); /* k1 recent again */
   assert_int_equal(kcall(f, "k4", BW_ERR_NONE), BW_ERR_NONE); /* evicts k2 */
-  assert_int_equal(bw_circuit_breaker_keyed_count(f->kb), 3);
-  assert_false(bw_circuit_breaker_keyed_state(f->kb, "k2", &s));
-  assert_true(bw_circuit_breaker_keyed_state(f->kb, "k1", &s));
-  assert_true(bw_circuit_breaker_keyed_state(f->kb, "k3", &s));
-  assert_true(bw_circuit_breaker_keyed_state(f->kb, "k4", &s));
+  assert_int_equal(bw_circuit_breaker_keyed_count(f->layer), 3);
+  assert_false(bw_circuit_breaker_keyed_state(f->layer, "k2", &s));
+  assert_true(bw_circuit_breaker_keyed_state(f->layer, "k1", &s));
+  assert_true(bw_circuit_breaker_keyed_state(f->layer, "k3", &s));
+  assert_true(bw_circuit_breaker_keyed_state(f->layer, "k4", &s));
   /* Many distinct keys never grow it past the bound. */
   char key[32];
   for (int i = 0; i < 200; i++) {
     snprintf(key, sizeof key, "host-%d", i);
     assert_int_equal(kcall(f, key, BW_ERR_NONE), BW_ERR_NONE);
   }
-  assert_int_equal(bw_circuit_breaker_keyed_count(f->kb), 3);
-  kfx_free(f);
+  assert_int_equal(bw_circuit_breaker_keyed_count(f->layer), 3);
+  lh_fx_free(f);
 }
 
 static void test_force_per_key(void **state) {
   (void)state;
-  kfx_t *f = kfx_new(8);
-  assert_null(bw_circuit_breaker_keyed_force(f->kb, "down", BW_BREAKER_FORCED_OPEN));
+  lh_fx_t *f = kfx_new(8);
+  assert_null(bw_circuit_breaker_keyed_force(f->layer, "down", BW_BREAKER_FORCED_OPEN));
   assert_int_equal(kcall(f, "down", BW_ERR_NONE), BW_ERR_CIRCUIT_OPEN);
   assert_int_equal(kcall(f, "up", BW_ERR_NONE), BW_ERR_NONE);
-  assert_null(bw_circuit_breaker_keyed_force(f->kb, "down", BW_BREAKER_CLOSED));
+  assert_null(bw_circuit_breaker_keyed_force(f->layer, "down", BW_BREAKER_CLOSED));
   assert_int_equal(kcall(f, "down", BW_ERR_NONE), BW_ERR_NONE);
-  bw_error_t *e = bw_circuit_breaker_keyed_force(f->kb, "down", BW_BREAKER_HALF_OPEN);
+  bw_error_t *e = bw_circuit_breaker_keyed_force(f->layer, "down", BW_BREAKER_HALF_OPEN);
   assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
   bw_error_unref(e);
   /* A plain breaker is not keyed and vice versa. */
   assert_int_equal(bw_circuit_breaker_keyed_count(NULL), 0);
-  e = bw_circuit_breaker_force(f->kb, BW_BREAKER_OPEN);
+  e = bw_circuit_breaker_force(f->layer, BW_BREAKER_OPEN);
   assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
   bw_error_unref(e);
   /* No key function: refused. */
@@ -143,7 +126,7 @@ static void test_force_per_key(void **state) {
   e = bw_circuit_breaker_keyed_new(&l, &o);
   assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
   bw_error_unref(e);
-  kfx_free(f);
+  lh_fx_free(f);
 }
 
 /* Two workers, many keys, a small bound: evictions race with calls in
@@ -152,7 +135,7 @@ static const char *const KEYS[] = {"h0", "h1", "h2", "h3", "h4", "h5", "h6", "h7
 
 static void test_many_calls_evicting(void **state) {
   (void)state;
-  kfx_t *f = kfx_new(3);
+  lh_fx_t *f = kfx_new(3);
   int n = lh_scaled(10000);
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < 4096; i++) f->be->script[i] = i % 5 == 0 ? BW_ERR_CONNECT : BW_ERR_NONE;
@@ -171,9 +154,9 @@ static void test_many_calls_evicting(void **state) {
     lh_free(&r[i]);
   }
   assert_int_equal(ok + bad, n);
-  assert_true(bw_circuit_breaker_keyed_count(f->kb) <= 3);
+  assert_true(bw_circuit_breaker_keyed_count(f->layer) <= 3);
   free(r);
-  kfx_free(f);
+  lh_fx_free(f);
 }
 
 int main(void) {

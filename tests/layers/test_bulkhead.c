@@ -209,43 +209,19 @@ static void test_stress_threads(void **state) {
 #include "bulwark/bulkhead.h"
 #include "bulwark/timeout.h"
 
-typedef struct bfx {
-  bw_runtime_t *rt;
-  lh_backend_t *be;
-  bw_service_t *inner, *svc;
-  bw_layer_t *bh;
-  lh_events_t ev;
-  bw_event_hook_t *hook;
-} bfx_t;
-
-static bfx_t *bfx_new(uint32_t max, uint32_t queue, uint64_t wait_ms, bool hold) {
-  bfx_t *f = calloc(1, sizeof *f);
-  f->rt = lh_rt(true, 2);
-  f->be = calloc(1, sizeof *f->be);
-  f->be->hold = hold;
-  f->inner = lh_backend_svc(f->be);
+/* f->layer is the bulkhead. */
+static lh_fx_t *bfx_new(uint32_t max, uint32_t queue, uint64_t wait_ms, bool hold) {
+  lh_fx_t *f = lh_fx_new(true, hold);
   bw_bulkhead_opts_t o;
   bw_bulkhead_opts_init(&o);
   o.name = "bh";
   o.max_concurrent = max;
   o.max_queue = queue;
   o.max_queue_wait_ms = wait_ms;
-  assert_null(bw_bulkhead_new(&f->bh, &o));
-  f->svc = lh_stack(&f->bh, 1, f->inner);
-  pthread_mutex_init(&f->ev.mu, NULL);
-  assert_null(bw_event_hook_add(&f->hook, NULL, f->bh, lh_on_event, &f->ev));
+  bw_layer_t *bh = NULL;
+  assert_null(bw_bulkhead_new(&bh, &o));
+  lh_fx_stack(f, bh, true);
   return f;
-}
-
-static void bfx_free(bfx_t *f) {
-  bw_event_hook_remove(f->hook);
-  bw_service_release(f->svc);
-  bw_service_release(f->inner);
-  bw_layer_release(f->bh);
-  bw_runtime_free(f->rt);
-  pthread_mutex_destroy(&f->ev.mu);
-  free(f->be);
-  free(f);
 }
 
 /* Is the backend holding the child of `call`? */
@@ -260,12 +236,12 @@ static bool holding(lh_backend_t *be, bw_call_t *call) {
 
 static void test_layer_limit_and_reject(void **state) {
   (void)state;
-  bfx_t *f = bfx_new(2, 0, 0, true);
+  lh_fx_t *f = bfx_new(2, 0, 0, true);
   lh_res_t r[3];
   lh_start(&r[0], f->svc, f->rt, 0);
   lh_start(&r[1], f->svc, f->rt, 0);
   assert_int_equal(lh_wait_pending(f->be, 2), 2);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 2);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 2);
   lh_start(&r[2], f->svc, f->rt, 0);
   lh_wait(&r[2]);
   assert_int_equal(r[2].kind, BW_ERR_BULKHEAD_FULL);
@@ -275,8 +251,8 @@ static void test_layer_limit_and_reject(void **state) {
   lh_finish_one(f->be, BW_ERR_CONNECT);
   lh_wait(&r[0]);
   lh_wait(&r[1]);
-  LH_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
+  LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
   assert_int_equal(r[0].kind + r[1].kind, BW_ERR_CONNECT); /* one ok, one failed */
   for (int i = 0; i < 3; i++) lh_free(&r[i]);
   char *text = NULL;
@@ -284,20 +260,20 @@ static void test_layer_limit_and_reject(void **state) {
   assert_null(bw_metrics_prometheus_text(&text, &len));
   assert_non_null(strstr(text, "bulwark_bulkhead_limit{bulkhead=\"bh\"} 2"));
   bw_metrics_text_free(text);
-  bfx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_layer_fifo_queue(void **state) {
   (void)state;
   enum { Q = 4 };
-  bfx_t *f = bfx_new(1, Q, 0, true);
+  lh_fx_t *f = bfx_new(1, Q, 0, true);
   lh_res_t a, q[Q], extra;
   lh_start(&a, f->svc, f->rt, 0);
   assert_int_equal(lh_wait_pending(f->be, 1), 1);
   for (int i = 0; i < Q; i++) {
     lh_start(&q[i], f->svc, f->rt, 0);
-    LH_UNTIL(bw_bulkhead_queued(f->bh) == (uint32_t)(i + 1)); /* arrival order */
-    assert_int_equal(bw_bulkhead_queued(f->bh), i + 1);
+    LH_UNTIL(bw_bulkhead_queued(f->layer) == (uint32_t)(i + 1)); /* arrival order */
+    assert_int_equal(bw_bulkhead_queued(f->layer), i + 1);
   }
   lh_start(&extra, f->svc, f->rt, 0);
   lh_wait(&extra);
@@ -307,23 +283,23 @@ static void test_layer_fifo_queue(void **state) {
   for (int i = 0; i < Q; i++) {
     assert_int_equal(lh_wait_pending(f->be, 1), 1);
     assert_true(holding(f->be, q[i].call));
-    assert_int_equal(bw_bulkhead_in_use(f->bh), 1);
+    assert_int_equal(bw_bulkhead_in_use(f->layer), 1);
     lh_finish_one(f->be, BW_ERR_NONE);
     lh_wait(&q[i]);
     assert_int_equal(q[i].kind, BW_ERR_NONE);
   }
   lh_wait(&a);
-  LH_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
+  LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
   lh_free(&a);
   lh_free(&extra);
   for (int i = 0; i < Q; i++) lh_free(&q[i]);
-  bfx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_layer_queue_timeout(void **state) {
   (void)state;
-  bfx_t *f = bfx_new(1, 4, 500, true);
+  lh_fx_t *f = bfx_new(1, 4, 500, true);
   lh_res_t a, b, c;
   lh_start(&a, f->svc, f->rt, 0);
   assert_int_equal(lh_wait_pending(f->be, 1), 1);
@@ -338,39 +314,39 @@ static void test_layer_queue_timeout(void **state) {
   lh_wait(&c);
   assert_int_equal(c.kind, BW_ERR_BULKHEAD_FULL);
   assert_int_equal(c.at_ns - t1, 200 * MS_);
-  assert_int_equal(bw_bulkhead_queued(f->bh), 0);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 1);
+  assert_int_equal(bw_bulkhead_queued(f->layer), 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 1);
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_REJECTED), 2);
   assert_string_equal(f->ev.ev[0].reason, "queue_timeout");
   lh_finish_one(f->be, BW_ERR_NONE);
   lh_wait(&a);
-  LH_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
+  LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
   assert_int_equal(atomic_load(&f->be->calls), 1);
   lh_free(&a);
   lh_free(&b);
   lh_free(&c);
-  bfx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_layer_cancel_queued_and_running(void **state) {
   (void)state;
-  bfx_t *f = bfx_new(1, 4, 0, true);
+  lh_fx_t *f = bfx_new(1, 4, 0, true);
   lh_res_t a, b;
   lh_start(&a, f->svc, f->rt, 0);
   assert_int_equal(lh_wait_pending(f->be, 1), 1);
   lh_start(&b, f->svc, f->rt, 0);
-  LH_UNTIL(bw_bulkhead_queued(f->bh) == 1);
+  LH_UNTIL(bw_bulkhead_queued(f->layer) == 1);
   bw_call_cancel(b.call);
   lh_wait(&b);
   assert_int_equal(b.kind, BW_ERR_CANCELLED);
-  assert_int_equal(bw_bulkhead_queued(f->bh), 0);
+  assert_int_equal(bw_bulkhead_queued(f->layer), 0);
   /* Cancel the running call: its permit comes back exactly once. */
   bw_call_cancel(a.call);
   lh_wait(&a);
   assert_int_equal(a.kind, BW_ERR_CANCELLED);
-  LH_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
+  LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
   assert_int_equal(atomic_load(&f->be->cancels), 1);
   assert_int_equal(atomic_load(&f->be->calls), 1); /* b never ran */
   lh_free(&a);
@@ -379,43 +355,43 @@ static void test_layer_cancel_queued_and_running(void **state) {
   f->be->hold = false;
   lh_res_t c;
   assert_int_equal(lh_call(f->svc, f->rt, &c), BW_ERR_NONE);
-  bfx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_layer_timeout_returns_permit(void **state) {
   (void)state;
-  bfx_t *f = bfx_new(1, 0, 0, true);
+  lh_fx_t *f = bfx_new(1, 0, 0, true);
   bw_timeout_opts_t to;
   bw_timeout_opts_init(&to);
   to.timeout_ms = 100;
   bw_layer_t *tl = NULL;
   assert_null(bw_timeout_new(&tl, &to));
-  bw_layer_t *layers[2] = {tl, f->bh};
+  bw_layer_t *layers[2] = {tl, f->layer};
   bw_service_t *svc = lh_stack(layers, 2, f->inner);
   for (int i = 0; i < 3; i++) {
     lh_res_t r;
     assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_TIMEOUT);
-    LH_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
-    assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
+    LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+    assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
   }
   assert_int_equal(atomic_load(&f->be->cancels), 3);
   bw_service_release(svc);
   bw_layer_release(tl);
-  bfx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_layer_set_limit(void **state) {
   (void)state;
-  bfx_t *f = bfx_new(1, 8, 0, true);
+  lh_fx_t *f = bfx_new(1, 8, 0, true);
   lh_res_t r[4];
   for (int i = 0; i < 4; i++) lh_start(&r[i], f->svc, f->rt, 0);
   assert_int_equal(lh_wait_pending(f->be, 1), 1);
-  LH_UNTIL(bw_bulkhead_queued(f->bh) == 3);
-  assert_null(bw_bulkhead_set_limit(f->bh, 3));
+  LH_UNTIL(bw_bulkhead_queued(f->layer) == 3);
+  assert_null(bw_bulkhead_set_limit(f->layer, 3));
   assert_int_equal(lh_wait_pending(f->be, 3), 3);
-  assert_int_equal(bw_bulkhead_queued(f->bh), 1);
-  assert_int_equal(bw_bulkhead_limit(f->bh), 3);
-  bw_error_t *e = bw_bulkhead_set_limit(f->bh, 0);
+  assert_int_equal(bw_bulkhead_queued(f->layer), 1);
+  assert_int_equal(bw_bulkhead_limit(f->layer), 3);
+  bw_error_t *e = bw_bulkhead_set_limit(f->layer, 0);
   assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
   bw_error_unref(e);
   for (int i = 0; i < 4; i++) {
@@ -427,16 +403,16 @@ static void test_layer_set_limit(void **state) {
     assert_int_equal(r[i].kind, BW_ERR_NONE);
     lh_free(&r[i]);
   }
-  LH_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
-  bfx_free(f);
+  LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
+  lh_fx_free(f);
 }
 
 /* Many concurrent calls on two workers through a small bulkhead with a
  * queue: every call completes once, permits all come back. */
 static void test_layer_many_calls(void **state) {
   (void)state;
-  bfx_t *f = bfx_new(4, 64, 0, false);
+  lh_fx_t *f = bfx_new(4, 64, 0, false);
   int n = lh_scaled(20000);
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++) lh_start(&r[i], f->svc, f->rt, 0);
@@ -449,11 +425,11 @@ static void test_layer_many_calls(void **state) {
   }
   assert_int_equal(ok + full, n);
   assert_int_equal(atomic_load(&f->be->calls), ok);
-  LH_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
-  assert_int_equal(bw_bulkhead_queued(f->bh), 0);
+  LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
+  assert_int_equal(bw_bulkhead_queued(f->layer), 0);
   free(r);
-  bfx_free(f);
+  lh_fx_free(f);
 }
 
 
@@ -488,7 +464,7 @@ static bool finish_any(lh_backend_t *be) {
 
 static void test_layer_cancel_storm(void **state) {
   (void)state;
-  bfx_t *f = bfx_new(2, 4096, 0, true);
+  lh_fx_t *f = bfx_new(2, 4096, 0, true);
   bw_runtime_free(f->rt);
   f->rt = lh_rt(false, 2); /* real clock */
   int n = lh_scaled(3000);
@@ -510,12 +486,12 @@ static void test_layer_cancel_storm(void **state) {
     cancelled += r[i].kind == BW_ERR_CANCELLED;
   }
   assert_int_equal(ok + cancelled, n);
-  LH_UNTIL(bw_bulkhead_in_use(f->bh) == 0);
-  assert_int_equal(bw_bulkhead_in_use(f->bh), 0);
-  assert_int_equal(bw_bulkhead_queued(f->bh), 0);
+  LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
+  assert_int_equal(bw_bulkhead_queued(f->layer), 0);
   for (int i = 0; i < n; i++) lh_free(&r[i]);
   free(r);
-  bfx_free(f);
+  lh_fx_free(f);
 }
 
 int main(void) {

@@ -11,36 +11,13 @@
 
 #include "bulwark/chaos.h"
 
-typedef struct cfx {
-  bw_runtime_t *rt;
-  lh_backend_t *be;
-  bw_service_t *inner, *svc;
-  bw_layer_t *ch;
-  lh_events_t ev;
-  bw_event_hook_t *hook;
-} cfx_t;
-
-static cfx_t *cfx_new(const bw_chaos_opts_t *o) {
-  cfx_t *f = calloc(1, sizeof *f);
-  f->rt = lh_rt(true, 2);
-  f->be = calloc(1, sizeof *f->be);
-  f->inner = lh_backend_svc(f->be);
-  assert_null(bw_chaos_new(&f->ch, o));
-  f->svc = lh_stack(&f->ch, 1, f->inner);
-  pthread_mutex_init(&f->ev.mu, NULL);
-  assert_null(bw_event_hook_add(&f->hook, NULL, f->ch, lh_on_event, &f->ev));
+/* f->layer is the chaos layer. */
+static lh_fx_t *cfx_new(const bw_chaos_opts_t *o) {
+  lh_fx_t *f = lh_fx_new(true, false);
+  bw_layer_t *ch = NULL;
+  assert_null(bw_chaos_new(&ch, o));
+  lh_fx_stack(f, ch, true);
   return f;
-}
-
-static void cfx_free(cfx_t *f) {
-  bw_event_hook_remove(f->hook);
-  bw_service_release(f->svc);
-  bw_service_release(f->inner);
-  bw_layer_release(f->ch);
-  bw_runtime_free(f->rt);
-  pthread_mutex_destroy(&f->ev.mu);
-  free(f->be);
-  free(f);
 }
 
 static bw_chaos_opts_t base_opts(void) {
@@ -135,22 +112,22 @@ static void test_replay_through_layer(void **state) {
   bw_chaos_opts_t o = base_opts();
   o.rate = 0.5;
   o.seed = 7;
-  cfx_t *f = cfx_new(&o);
+  lh_fx_t *f = cfx_new(&o);
   bw_error_kind_t first[40];
   lh_res_t r;
   int injected = 0;
   for (int i = 0; i < 40; i++) {
     first[i] = lh_call(f->svc, f->rt, &r);
     injected += first[i] == BW_ERR_INJECTED;
-    assert_int_equal(first[i] == BW_ERR_INJECTED, bw_chaos_decide(f->ch, (uint64_t)i, NULL));
+    assert_int_equal(first[i] == BW_ERR_INJECTED, bw_chaos_decide(f->layer, (uint64_t)i, NULL));
   }
   assert_true(injected > 5 && injected < 35);
-  assert_int_equal(bw_chaos_injected(f->ch), (uint64_t)injected);
+  assert_int_equal(bw_chaos_injected(f->layer), (uint64_t)injected);
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_CHAOS_INJECTED), injected);
-  bw_chaos_restart(f->ch);
+  bw_chaos_restart(f->layer);
   for (int i = 0; i < 40; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), first[i]);
   assert_int_equal(atomic_load(&f->be->calls), 2 * (40 - injected));
-  cfx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_first_n_and_every_nth(void **state) {
@@ -158,14 +135,14 @@ static void test_first_n_and_every_nth(void **state) {
   bw_chaos_opts_t o = base_opts();
   o.first_n = 3;
   o.error_kind = BW_ERR_TRANSPORT; /* marked as injected by default */
-  cfx_t *f = cfx_new(&o);
+  lh_fx_t *f = cfx_new(&o);
   lh_res_t r;
   for (int i = 0; i < 3; i++) {
     assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_TRANSPORT);
     assert_true(r.injected);
   }
   for (int i = 0; i < 5; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
-  cfx_free(f);
+  lh_fx_free(f);
   o = base_opts();
   o.every_nth = 3;
   o.error_kind = BW_ERR_HTTP_STATUS;
@@ -177,7 +154,7 @@ static void test_first_n_and_every_nth(void **state) {
     assert_int_equal(k, i % 3 == 0 ? BW_ERR_HTTP_STATUS : BW_ERR_NONE);
     if (k) assert_false(r.injected);
   }
-  cfx_free(f);
+  lh_fx_free(f);
 }
 
 static bool pick_ctx(bw_call_t *call, void *arg) {
@@ -189,7 +166,7 @@ static void test_predicate_and_switch(void **state) {
   (void)state;
   bw_chaos_opts_t o = base_opts();
   o.predicate = pick_ctx;
-  cfx_t *f = cfx_new(&o);
+  lh_fx_t *f = cfx_new(&o);
   lh_res_t r;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
   memset(&r, 0, sizeof r);
@@ -201,9 +178,9 @@ static void test_predicate_and_switch(void **state) {
   assert_int_equal(r.kind, BW_ERR_INJECTED);
   lh_free(&r);
   /* Off: nothing injected, no sequence numbers taken. */
-  bw_chaos_set_enabled(f->ch, false);
-  assert_false(bw_chaos_enabled(f->ch));
-  uint64_t seen = bw_chaos_seen(f->ch);
+  bw_chaos_set_enabled(f->layer, false);
+  assert_false(bw_chaos_enabled(f->layer));
+  uint64_t seen = bw_chaos_seen(f->layer);
   memset(&r, 0, sizeof r);
   r.rt = f->rt;
   assert_null(bw_call_new(&r.call, f->svc, f->rt));
@@ -212,10 +189,10 @@ static void test_predicate_and_switch(void **state) {
   lh_wait(&r);
   assert_int_equal(r.kind, BW_ERR_NONE);
   lh_free(&r);
-  assert_int_equal(bw_chaos_seen(f->ch), seen);
-  bw_chaos_set_enabled(f->ch, true);
-  assert_true(bw_chaos_enabled(f->ch));
-  cfx_free(f);
+  assert_int_equal(bw_chaos_seen(f->layer), seen);
+  bw_chaos_set_enabled(f->layer, true);
+  assert_true(bw_chaos_enabled(f->layer));
+  lh_fx_free(f);
 }
 
 static void test_latency_on_paused_clock(void **state) {
@@ -227,10 +204,10 @@ static void test_latency_on_paused_clock(void **state) {
   o.latency_ms = 100;
   o.latency_max_ms = 300;
   o.seed = 99;
-  cfx_t *f = cfx_new(&o);
+  lh_fx_t *f = cfx_new(&o);
   for (uint64_t k = 0; k < 5; k++) {
     uint64_t want;
-    assert_true(bw_chaos_decide(f->ch, k, &want));
+    assert_true(bw_chaos_decide(f->layer, k, &want));
     uint64_t t0 = bw_runtime_now_ns(f->rt);
     lh_res_t r;
     assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE); /* then the backend answers */
@@ -240,7 +217,7 @@ static void test_latency_on_paused_clock(void **state) {
   assert_int_equal(atomic_load(&f->be->calls), 5);
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_CHAOS_INJECTED), 5);
   assert_string_equal(f->ev.ev[0].reason, "latency");
-  cfx_free(f);
+  lh_fx_free(f);
   /* Latency then an error. */
   o = base_opts();
   o.first_n = 1;
@@ -252,7 +229,7 @@ static void test_latency_on_paused_clock(void **state) {
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_INJECTED);
   assert_int_equal(r.at_ns - t0, 250 * MS_);
   assert_int_equal(atomic_load(&f->be->calls), 0);
-  cfx_free(f);
+  lh_fx_free(f);
 }
 
 static void free_int(void *p) { free(p); }
@@ -271,14 +248,14 @@ static void test_outcome_and_hang(void **state) {
   o.first_n = 1;
   o.faults = BW_CHAOS_OUTCOME;
   o.outcome = answer_42;
-  cfx_t *f = cfx_new(&o);
+  lh_fx_t *f = cfx_new(&o);
   lh_res_t r;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
   assert_int_equal(r.resp, 42);
   assert_int_equal(atomic_load(&f->be->calls), 0);
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
   assert_int_equal(r.resp, 0); /* the backend's first call */
-  cfx_free(f);
+  lh_fx_free(f);
   /* Hang until the deadline; without one, until cancelled. */
   o = base_opts();
   o.first_n = 2;
@@ -291,14 +268,14 @@ static void test_outcome_and_hang(void **state) {
   assert_int_equal(r.at_ns - t0, 300 * MS_);
   lh_free(&r);
   lh_start(&r, f->svc, f->rt, 0);
-  LH_UNTIL(bw_chaos_seen(f->ch) == 2);
+  LH_UNTIL(bw_chaos_seen(f->layer) == 2);
   assert_int_equal(atomic_load(&r.done), 0);
   bw_call_cancel(r.call);
   lh_wait(&r);
   assert_int_equal(r.kind, BW_ERR_CANCELLED);
   lh_free(&r);
   assert_int_equal(atomic_load(&f->be->calls), 0);
-  cfx_free(f);
+  lh_fx_free(f);
 }
 
 /* Cancel during injected latency: the call ends at once, the backend is
@@ -309,17 +286,17 @@ static void test_cancel_during_latency(void **state) {
   o.first_n = 1;
   o.faults = BW_CHAOS_LATENCY;
   o.latency_ms = 3600 * 1000;
-  cfx_t *f = cfx_new(&o);
+  lh_fx_t *f = cfx_new(&o);
   bw_runtime_t *real = lh_rt(false, 2); /* real clock: the hour never passes */
   lh_res_t r;
   lh_start(&r, f->svc, real, 0);
-  LH_UNTIL(bw_chaos_seen(f->ch) == 1);
+  LH_UNTIL(bw_chaos_seen(f->layer) == 1);
   bw_call_cancel(r.call);
   lh_wait(&r);
   assert_int_equal(r.kind, BW_ERR_CANCELLED);
   lh_free(&r);
   assert_int_equal(atomic_load(&f->be->calls), 0);
-  cfx_free(f);
+  lh_fx_free(f);
   bw_runtime_free(real);
 }
 

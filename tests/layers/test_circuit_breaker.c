@@ -13,38 +13,14 @@
 #include "bulwark/circuit_breaker.h"
 #include "bulwark/timeout.h"
 
-typedef struct fx {
-  bw_runtime_t *rt;
-  lh_backend_t *be;
-  bw_service_t *inner, *svc;
-  bw_layer_t *brk;
-  lh_events_t ev;
-  bw_event_hook_t *hook;
-} fx_t;
-
-static fx_t *fx_new(bw_circuit_breaker_opts_t *o, bool hold) {
-  fx_t *f = calloc(1, sizeof *f);
-  f->rt = lh_rt(true, 2);
-  f->be = calloc(1, sizeof *f->be);
-  f->be->hold = hold;
-  f->inner = lh_backend_svc(f->be);
+/* f->layer is the breaker. */
+static lh_fx_t *fx_new(bw_circuit_breaker_opts_t *o, bool hold) {
+  lh_fx_t *f = lh_fx_new(true, hold);
   o->runtime = f->rt;
-  assert_null(bw_circuit_breaker_new(&f->brk, o));
-  f->svc = lh_stack(&f->brk, 1, f->inner);
-  pthread_mutex_init(&f->ev.mu, NULL);
-  assert_null(bw_event_hook_add(&f->hook, NULL, f->brk, lh_on_event, &f->ev));
+  bw_layer_t *brk = NULL;
+  assert_null(bw_circuit_breaker_new(&brk, o));
+  lh_fx_stack(f, brk, true);
   return f;
-}
-
-static void fx_free(fx_t *f) {
-  bw_event_hook_remove(f->hook);
-  bw_service_release(f->svc);
-  bw_service_release(f->inner);
-  bw_layer_release(f->brk);
-  bw_runtime_free(f->rt);
-  pthread_mutex_destroy(&f->ev.mu);
-  free(f->be);
-  free(f);
 }
 
 static bw_circuit_breaker_opts_t consecutive_opts(uint32_t n) {
@@ -61,11 +37,11 @@ static bw_circuit_breaker_opts_t consecutive_opts(uint32_t n) {
 static void test_open_reject_half_open_close(void **state) {
   (void)state;
   bw_circuit_breaker_opts_t o = consecutive_opts(3);
-  fx_t *f = fx_new(&o, false);
+  lh_fx_t *f = fx_new(&o, false);
   f->be->dflt = BW_ERR_CONNECT;
   lh_res_t r;
   for (int i = 0; i < 3; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 1);
   /* Rejected without reaching the backend, with the retry-after hint. */
   assert_null(bw_runtime_advance(f->rt, 250));
@@ -75,20 +51,20 @@ static void test_open_reject_half_open_close(void **state) {
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_REJECTED), 1);
   /* After the open duration: one probe; success closes. */
   assert_null(bw_runtime_advance(f->rt, 750));
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_HALF_OPEN);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_HALF_OPEN);
   f->be->dflt = BW_ERR_NONE;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_CLOSED);
   /* open, half_open, closed */
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 3);
   assert_int_equal(f->ev.ev[0].to, BW_BREAKER_OPEN);
   assert_string_equal(f->ev.ev[0].reason, "tripped");
   bw_breaker_stats_t s;
-  assert_null(bw_circuit_breaker_stats(f->brk, &s));
+  assert_null(bw_circuit_breaker_stats(f->layer, &s));
   assert_int_equal(s.calls_rejected, 1);
   assert_int_equal(s.failures, 3);
   assert_int_equal(s.successes, 1);
-  fx_free(f);
+  lh_fx_free(f);
 }
 
 static bool only_503(const bw_error_t *e, void *arg) {
@@ -101,16 +77,16 @@ static void test_predicates(void **state) {
   (void)state;
   /* Default predicate: HTTP 500 counts, invalid_argument does not. */
   bw_circuit_breaker_opts_t o = consecutive_opts(2);
-  fx_t *f = fx_new(&o, false);
+  lh_fx_t *f = fx_new(&o, false);
   lh_res_t r;
   f->be->dflt = BW_ERR_INVALID_ARGUMENT;
   for (int i = 0; i < 5; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_INVALID_ARGUMENT);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_CLOSED);
   f->be->dflt = BW_ERR_HTTP_STATUS;
   f->be->detail = 500;
   for (int i = 0; i < 2; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
-  fx_free(f);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
+  lh_fx_free(f);
   /* Default: timeouts and transport errors count; 404 does not. */
   bw_error_t *e404 = bw_error_new(BW_ERR_HTTP_STATUS, 404, "not found");
   bw_error_t *e504 = bw_error_new(BW_ERR_HTTP_STATUS, 504, "gateway timeout");
@@ -131,11 +107,11 @@ static void test_predicates(void **state) {
   f->be->dflt = BW_ERR_HTTP_STATUS;
   f->be->detail = 500;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_CLOSED);
   f->be->detail = 503;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_HTTP_STATUS);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
-  fx_free(f);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
+  lh_fx_free(f);
 }
 
 static void test_slow_calls_through_layer(void **state) {
@@ -146,7 +122,7 @@ static void test_slow_calls_through_layer(void **state) {
   o.minimum_calls = 2;
   o.slow_call_duration_ms = 100;
   o.slow_call_rate_threshold = 50;
-  fx_t *f = fx_new(&o, true);
+  lh_fx_t *f = fx_new(&o, true);
   lh_res_t a, b;
   lh_start(&a, f->svc, f->rt, 0);
   assert_int_equal(lh_wait_pending(f->be, 1), 1);
@@ -154,18 +130,18 @@ static void test_slow_calls_through_layer(void **state) {
   lh_finish_one(f->be, BW_ERR_NONE);
   lh_wait(&a);
   assert_int_equal(a.kind, BW_ERR_NONE);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_CLOSED);
   lh_start(&b, f->svc, f->rt, 0);
   assert_int_equal(lh_wait_pending(f->be, 1), 1);
   lh_finish_one(f->be, BW_ERR_NONE); /* fast */
   lh_wait(&b);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN); /* 1 of 2 slow */
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN); /* 1 of 2 slow */
   bw_breaker_stats_t s;
-  assert_null(bw_circuit_breaker_stats(f->brk, &s));
+  assert_null(bw_circuit_breaker_stats(f->layer, &s));
   assert_int_equal(s.slow_calls, 1);
   lh_free(&a);
   lh_free(&b);
-  fx_free(f);
+  lh_fx_free(f);
 }
 
 /* Many concurrent callers when the breaker half-opens: exactly N probes
@@ -176,8 +152,8 @@ static void test_half_open_probe_limit(void **state) {
   enum { CALLERS = 40, PROBES = 3 };
   bw_circuit_breaker_opts_t o = consecutive_opts(1);
   o.half_open_calls = PROBES;
-  fx_t *f = fx_new(&o, true);
-  assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_OPEN));
+  lh_fx_t *f = fx_new(&o, true);
+  assert_null(bw_circuit_breaker_force(f->layer, BW_BREAKER_OPEN));
   assert_null(bw_runtime_advance(f->rt, 1000));
   static lh_res_t r[CALLERS];
   for (int i = 0; i < CALLERS; i++) lh_start(&r[i], f->svc, f->rt, 0);
@@ -188,7 +164,7 @@ static void test_half_open_probe_limit(void **state) {
   for (int i = 0; i < CALLERS; i++)
     if (atomic_load(&r[i].done)) assert_int_equal(r[i].kind, BW_ERR_CIRCUIT_OPEN);
   assert_int_equal(atomic_load(&f->be->calls), PROBES);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_HALF_OPEN);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_HALF_OPEN);
   /* Cancel every probe's caller: the slots come back. */
   int probes_seen = 0;
   for (int i = 0; i < CALLERS; i++) {
@@ -210,13 +186,13 @@ static void test_half_open_probe_limit(void **state) {
   assert_int_equal(probes_seen, PROBES);
   for (int i = 0; i < CALLERS; i++) lh_wait(&r[i]);
   for (int i = 0; i < CALLERS; i++) lh_free(&r[i]);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_HALF_OPEN);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_HALF_OPEN);
   assert_int_equal(lh_wait_pending(f->be, 0), 0);
   /* The callers saw CANCELLED at once; the probes' own completions (which
    * give the slots back) follow on the workers. */
   bw_breaker_stats_t s;
   for (long spin = 0;; spin++) {
-    assert_null(bw_circuit_breaker_stats(f->brk, &s));
+    assert_null(bw_circuit_breaker_stats(f->layer, &s));
     if (s.half_open_in_flight == 0 || spin > 200000000L) break;
     sched_yield();
   }
@@ -237,8 +213,8 @@ static void test_half_open_probe_limit(void **state) {
   }
   assert_int_equal(ok, PROBES);
   assert_int_equal(rej, CALLERS - PROBES);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
-  fx_free(f);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_CLOSED);
+  lh_fx_free(f);
 }
 
 /* A timeout outside the breaker cancels the probe with its timeout error:
@@ -249,52 +225,52 @@ static void test_timeout_counts_and_growth(void **state) {
   bw_circuit_breaker_opts_t o = consecutive_opts(1);
   o.open_duration_multiplier = 2;
   o.max_open_duration_ms = 3000;
-  fx_t *f = fx_new(&o, true);
+  lh_fx_t *f = fx_new(&o, true);
   bw_timeout_opts_t to;
   bw_timeout_opts_init(&to);
   to.timeout_ms = 100;
   bw_layer_t *tl = NULL;
   assert_null(bw_timeout_new(&tl, &to));
-  bw_layer_t *layers[2] = {tl, f->brk};
+  bw_layer_t *layers[2] = {tl, f->layer};
   bw_service_t *svc = lh_stack(layers, 2, f->inner);
   lh_res_t r;
   assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_TIMEOUT); /* clock jumps 100 ms */
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
   uint64_t expect_ms[] = {1000, 2000, 3000, 3000};
   for (int i = 0; i < 4; i++) {
     assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_CIRCUIT_OPEN);
     assert_int_equal(r.retry_after_ms, (int64_t)expect_ms[i]);
     assert_null(bw_runtime_advance(f->rt, expect_ms[i]));
     assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_TIMEOUT); /* the probe times out */
-    assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
+    assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
   }
   assert_int_equal(atomic_load(&f->be->cancels), 5);
   bw_service_release(svc);
   bw_layer_release(tl);
-  fx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_force_disable_and_events(void **state) {
   (void)state;
   bw_circuit_breaker_opts_t o = consecutive_opts(1);
-  fx_t *f = fx_new(&o, false);
+  lh_fx_t *f = fx_new(&o, false);
   lh_res_t r;
-  assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_FORCED_OPEN));
+  assert_null(bw_circuit_breaker_force(f->layer, BW_BREAKER_FORCED_OPEN));
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CIRCUIT_OPEN);
   assert_int_equal(r.retry_after_ms, 0);
   assert_null(bw_runtime_advance(f->rt, 3600 * 1000));
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_FORCED_OPEN);
-  assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_DISABLED));
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_FORCED_OPEN);
+  assert_null(bw_circuit_breaker_force(f->layer, BW_BREAKER_DISABLED));
   f->be->dflt = BW_ERR_CONNECT;
   for (int i = 0; i < 5; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_DISABLED);
-  assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_FORCED_CLOSED));
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_DISABLED);
+  assert_null(bw_circuit_breaker_force(f->layer, BW_BREAKER_FORCED_CLOSED));
   for (int i = 0; i < 5; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_FORCED_CLOSED);
-  assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_CLOSED));
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_FORCED_CLOSED);
+  assert_null(bw_circuit_breaker_force(f->layer, BW_BREAKER_CLOSED));
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
-  bw_error_t *e = bw_circuit_breaker_force(f->brk, BW_BREAKER_HALF_OPEN);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
+  bw_error_t *e = bw_circuit_breaker_force(f->layer, BW_BREAKER_HALF_OPEN);
   assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
   bw_error_unref(e);
   /* forced_open, disabled, forced_closed, closed (manual) + open (tripped) */
@@ -310,7 +286,7 @@ static void test_force_disable_and_events(void **state) {
   assert_null(bw_metrics_prometheus_text(&text, &len));
   assert_non_null(strstr(text, "bulwark_breaker_state{breaker=\"test\"} 1"));
   bw_metrics_text_free(text);
-  fx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_bad_options(void **state) {
@@ -331,10 +307,10 @@ static void test_bad_options(void **state) {
 static void test_shared_between_stacks(void **state) {
   (void)state;
   bw_circuit_breaker_opts_t o = consecutive_opts(2);
-  fx_t *f = fx_new(&o, false);
+  lh_fx_t *f = fx_new(&o, false);
   lh_backend_t *be2 = calloc(1, sizeof *be2);
   bw_service_t *inner2 = lh_backend_svc(be2);
-  bw_service_t *svc2 = lh_stack(&f->brk, 1, inner2);
+  bw_service_t *svc2 = lh_stack(&f->layer, 1, inner2);
   lh_res_t r;
   f->be->dflt = BW_ERR_CONNECT;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
@@ -344,7 +320,7 @@ static void test_shared_between_stacks(void **state) {
   bw_service_release(svc2);
   bw_service_release(inner2);
   free(be2);
-  fx_free(f);
+  lh_fx_free(f);
 }
 
 /* Many calls from two workers through one breaker, random outcomes: every
@@ -364,7 +340,7 @@ static void test_many_calls_two_workers(void **state) {
   o.minimum_calls = 10;
   o.open_duration_ms = 1;
   o.half_open_calls = 2;
-  fx_t *f = fx_new(&o, false);
+  lh_fx_t *f = fx_new(&o, false);
   int n = lh_scaled(20000);
   for (int i = 0; i < 4096; i++) f->be->script[i] = (i * 7919) % 3 == 0 ? BW_ERR_CONNECT : BW_ERR_NONE;
   f->be->nscript = 4096;
@@ -384,12 +360,12 @@ static void test_many_calls_two_workers(void **state) {
   }
   assert_int_equal(ok + fail + rej, n);
   bw_breaker_stats_t s;
-  assert_null(bw_circuit_breaker_stats(f->brk, &s));
+  assert_null(bw_circuit_breaker_stats(f->layer, &s));
   assert_int_equal(s.calls_rejected, (uint64_t)rej);
   assert_int_equal(s.calls_permitted, (uint64_t)(ok + fail));
   assert_int_equal(atomic_load(&f->be->calls), ok + fail);
   free(r);
-  fx_free(f);
+  lh_fx_free(f);
 }
 
 
@@ -405,86 +381,50 @@ static void test_time_window_through_layer(void **state) {
   o.window_buckets = 10;
   o.minimum_calls = 4;
   o.failure_rate_threshold = 50;
-  fx_t *f = fx_new(&o, false);
+  lh_fx_t *f = fx_new(&o, false);
   lh_res_t r;
   f->be->dflt = BW_ERR_CONNECT;
   for (int i = 0; i < 3; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED); /* under minimum */
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_CLOSED); /* under minimum */
   assert_null(bw_runtime_advance(f->rt, 11000)); /* they leave the window */
   f->be->dflt = BW_ERR_NONE;
   for (int i = 0; i < 3; i++) assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
   f->be->dflt = BW_ERR_CONNECT;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 1 of 4 */
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_CLOSED);
   assert_null(bw_runtime_advance(f->rt, 3000));
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 2 of 5 */
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_CLOSED);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_CLOSED);
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT); /* 3 of 6 = 50% */
-  assert_int_equal(bw_circuit_breaker_state(f->brk), BW_BREAKER_OPEN);
+  assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
   bw_breaker_stats_t s;
-  assert_null(bw_circuit_breaker_stats(f->brk, &s));
+  assert_null(bw_circuit_breaker_stats(f->layer, &s));
   assert_int_equal(s.failures, 6);
-  fx_free(f);
+  lh_fx_free(f);
 }
 
 /* Counting allocator: a burst of rejections by an open breaker allocates
  * nothing (rejections sharing a retry-after hint share one error; calls are
  * pooled). Calls are chained from completion callbacks so each starts on a
  * worker, as in a server. */
-static atomic_long n_allocs;
-static void *c_malloc(size_t n) { atomic_fetch_add(&n_allocs, 1); return malloc(n); }
-static void *c_calloc(size_t a, size_t b) { atomic_fetch_add(&n_allocs, 1); return calloc(a, b); }
-static void *c_realloc(void *p, size_t n) { atomic_fetch_add(&n_allocs, 1); return realloc(p, n); }
-
-typedef struct chain {
-  bw_service_t *svc;
-  bw_runtime_t *rt;
-  int left, wrong;
-  atomic_int done;
-} chain_t;
-
-static void chain_next(chain_t *c);
-static void chain_done(bw_call_t *call, const bw_error_t *err, void *arg) {
-  chain_t *c = arg;
-  if (bw_error_kind(err) != BW_ERR_CIRCUIT_OPEN || bw_error_retry_after_ms(err) != 1000) c->wrong++;
-  bw_call_free(call);
-  if (--c->left > 0) {
-    chain_next(c);
-  } else {
-    pthread_mutex_lock(&lh_mu);
-    atomic_store(&c->done, 1);
-    pthread_cond_broadcast(&lh_cv);
-    pthread_mutex_unlock(&lh_mu);
-  }
-}
-static void chain_next(chain_t *c) {
-  bw_call_t *call = NULL;
-  if (bw_call_new(&call, c->svc, c->rt) || bw_service_call(c->svc, call, chain_done, c)) abort();
-}
 
 static void test_rejections_do_not_allocate(void **state) {
   (void)state;
   bw_circuit_breaker_opts_t o = consecutive_opts(1);
-  fx_t *f = fx_new(&o, false);
-  assert_null(bw_circuit_breaker_force(f->brk, BW_BREAKER_OPEN));
-  chain_t warm = {f->svc, f->rt, 200, 0, 0};
-  chain_next(&warm);
-  LH_UNTIL(atomic_load(&warm.done));
+  lh_fx_t *f = fx_new(&o, false);
+  assert_null(bw_circuit_breaker_force(f->layer, BW_BREAKER_OPEN));
+  (void)lh_reject_chain(f->svc, f->rt, 200, BW_ERR_CIRCUIT_OPEN, 1000); /* warm-up */
   int n = lh_scaled(5000);
-  chain_t c = {f->svc, f->rt, n, 0, 0};
-  long before = atomic_load(&n_allocs);
-  chain_next(&c);
-  LH_UNTIL(atomic_load(&c.done));
-  long allocs = atomic_load(&n_allocs) - before;
-  assert_int_equal(atomic_load(&c.done), 1);
-  assert_int_equal(c.wrong, 0);
+  long before = lh_allocs();
+  int wrong = lh_reject_chain(f->svc, f->rt, n, BW_ERR_CIRCUIT_OPEN, 1000);
+  long allocs = lh_allocs() - before;
+  assert_int_equal(wrong, 0);
   assert_true(allocs <= 2); /* the chain's first start, from this thread */
-  fx_free(f);
+  lh_fx_free(f);
 }
 
 int main(void) {
-  bw_allocator_t a = {c_malloc, c_calloc, c_realloc, free};
-  if (bw_set_allocator(&a) != NULL) return 1;
+  if (lh_count_allocs_install() != 0) return 1;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rejections_do_not_allocate),
       cmocka_unit_test(test_open_reject_half_open_close),

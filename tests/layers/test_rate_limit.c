@@ -13,21 +13,10 @@
 #include "bulwark/rate_limit.h"
 #include "bulwark/timeout.h"
 
-typedef struct rfx {
-  bw_runtime_t *rt;
-  lh_backend_t *be;
-  bw_service_t *inner, *svc;
-  bw_layer_t *rl;
-  lh_events_t ev;
-  bw_event_hook_t *hook;
-} rfx_t;
-
-static rfx_t *rfx_new(bool paused, double rate, uint64_t burst, bw_rate_limit_mode_t mode,
-                      uint64_t max_wait_ms) {
-  rfx_t *f = calloc(1, sizeof *f);
-  f->rt = lh_rt(paused, 2);
-  f->be = calloc(1, sizeof *f->be);
-  f->inner = lh_backend_svc(f->be);
+/* f->layer is the rate limiter. */
+static lh_fx_t *rfx_new(bool paused, double rate, uint64_t burst, bw_rate_limit_mode_t mode,
+                        uint64_t max_wait_ms) {
+  lh_fx_t *f = lh_fx_new(paused, false);
   bw_rate_limit_opts_t o;
   bw_rate_limit_opts_init(&o);
   o.name = "rl";
@@ -35,22 +24,10 @@ static rfx_t *rfx_new(bool paused, double rate, uint64_t burst, bw_rate_limit_mo
   o.burst = burst;
   o.mode = mode;
   o.max_wait_ms = max_wait_ms;
-  assert_null(bw_rate_limit_new(&f->rl, &o));
-  f->svc = lh_stack(&f->rl, 1, f->inner);
-  pthread_mutex_init(&f->ev.mu, NULL);
-  assert_null(bw_event_hook_add(&f->hook, NULL, f->rl, lh_on_event, &f->ev));
+  bw_layer_t *rl = NULL;
+  assert_null(bw_rate_limit_new(&rl, &o));
+  lh_fx_stack(f, rl, true);
   return f;
-}
-
-static void rfx_free(rfx_t *f) {
-  bw_event_hook_remove(f->hook);
-  bw_service_release(f->svc);
-  bw_service_release(f->inner);
-  bw_layer_release(f->rl);
-  bw_runtime_free(f->rt);
-  pthread_mutex_destroy(&f->ev.mu);
-  free(f->be);
-  free(f);
 }
 
 static void test_options(void **state) {
@@ -80,7 +57,7 @@ static void test_options(void **state) {
 
 static void test_reject_mode_hint(void **state) {
   (void)state;
-  rfx_t *f = rfx_new(true, 10, 2, BW_RATE_LIMIT_REJECT, 0);
+  lh_fx_t *f = rfx_new(true, 10, 2, BW_RATE_LIMIT_REJECT, 0);
   lh_res_t r;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
@@ -100,14 +77,14 @@ static void test_reject_mode_hint(void **state) {
   assert_null(bw_metrics_prometheus_text(&text, &len));
   assert_non_null(strstr(text, "bulwark_rate_limit_tokens{rate_limit=\"rl\"}"));
   bw_metrics_text_free(text);
-  rfx_free(f);
+  lh_fx_free(f);
 }
 
 /* Waiters are served one token interval apart, first come first served. */
 static void test_wait_mode_fifo(void **state) {
   (void)state;
   enum { N = 6 };
-  rfx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_WAIT, 5000);
+  lh_fx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_WAIT, 5000);
   uint64_t t0 = bw_runtime_now_ns(f->rt);
   lh_res_t r[N];
   lh_start_batch(r, N, f->svc, f->rt, 0);
@@ -121,12 +98,12 @@ static void test_wait_mode_fifo(void **state) {
   }
   for (int i = 0; i < N; i++) lh_free(&r[i]);
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_REJECTED), 0);
-  rfx_free(f);
+  lh_fx_free(f);
 }
 
 static void test_max_wait_and_deadline(void **state) {
   (void)state;
-  rfx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_WAIT, 250);
+  lh_fx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_WAIT, 250);
   uint64_t t0 = bw_runtime_now_ns(f->rt);
   lh_res_t a, b, c;
   lh_start(&a, f->svc, f->rt, 0);
@@ -160,19 +137,19 @@ static void test_max_wait_and_deadline(void **state) {
   lh_free(&b);
   lh_free(&c);
   for (int i = 0; i < 3; i++) lh_free(&w[i]);
-  rfx_free(f);
+  lh_fx_free(f);
 }
 
 /* Through a real timeout layer: its deadline reaches the limiter. */
 static void test_deadline_from_timeout_layer(void **state) {
   (void)state;
-  rfx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_WAIT, 5000);
+  lh_fx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_WAIT, 5000);
   bw_timeout_opts_t to;
   bw_timeout_opts_init(&to);
   to.timeout_ms = 50;
   bw_layer_t *tl = NULL;
   assert_null(bw_timeout_new(&tl, &to));
-  bw_layer_t *layers[2] = {tl, f->rl};
+  bw_layer_t *layers[2] = {tl, f->layer};
   bw_service_t *svc = lh_stack(layers, 2, f->inner);
   lh_res_t r;
   assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_NONE);
@@ -181,32 +158,32 @@ static void test_deadline_from_timeout_layer(void **state) {
   assert_int_equal(r.at_ns, t1);
   bw_service_release(svc);
   bw_layer_release(tl);
-  rfx_free(f);
+  lh_fx_free(f);
 }
 
 /* A waiting call that is cancelled gives its token back (real clock, one
  * token per 10 s, so nothing fires during the test). */
 static void test_cancel_waiter_refunds(void **state) {
   (void)state;
-  rfx_t *f = rfx_new(false, 0.1, 1, BW_RATE_LIMIT_WAIT, 60000);
+  lh_fx_t *f = rfx_new(false, 0.1, 1, BW_RATE_LIMIT_WAIT, 60000);
   lh_res_t a, b;
   assert_int_equal(lh_call(f->svc, f->rt, &a), BW_ERR_NONE);
   lh_start(&b, f->svc, f->rt, 0);
-  LH_UNTIL(bw_rate_limit_tokens(f->rl, NULL) < -0.5); /* b reserved the next token */
-  assert_true(bw_rate_limit_tokens(f->rl, NULL) < -0.5);
+  LH_UNTIL(bw_rate_limit_tokens(f->layer, NULL) < -0.5); /* b reserved the next token */
+  assert_true(bw_rate_limit_tokens(f->layer, NULL) < -0.5);
   bw_call_cancel(b.call);
   lh_wait(&b);
   assert_int_equal(b.kind, BW_ERR_CANCELLED);
-  double t = bw_rate_limit_tokens(f->rl, NULL);
+  double t = bw_rate_limit_tokens(f->layer, NULL);
   assert_true(t > -0.5 && t < 0.5);
   assert_int_equal(atomic_load(&f->be->calls), 1);
   lh_free(&b);
-  rfx_free(f); /* the cancelled timer leaves nothing behind */
+  lh_fx_free(f); /* the cancelled timer leaves nothing behind */
 }
 
 static void test_many_calls_two_workers(void **state) {
   (void)state;
-  rfx_t *f = rfx_new(false, 1e8, 1000000, BW_RATE_LIMIT_REJECT, 0);
+  lh_fx_t *f = rfx_new(false, 1e8, 1000000, BW_RATE_LIMIT_REJECT, 0);
   int n = lh_scaled(20000);
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++) lh_start(&r[i], f->svc, f->rt, 0);
@@ -217,7 +194,7 @@ static void test_many_calls_two_workers(void **state) {
   }
   assert_int_equal(atomic_load(&f->be->calls), n);
   free(r);
-  rfx_free(f);
+  lh_fx_free(f);
 }
 
 
@@ -237,7 +214,7 @@ static void *canceller(void *arg) {
 
 static void test_cancel_storm(void **state) {
   (void)state;
-  rfx_t *f = rfx_new(false, 4000, 1, BW_RATE_LIMIT_WAIT, 10000);
+  lh_fx_t *f = rfx_new(false, 4000, 1, BW_RATE_LIMIT_WAIT, 10000);
   int n = lh_scaled(600);
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++) lh_start(&r[i], f->svc, f->rt, 0);
@@ -255,73 +232,35 @@ static void test_cancel_storm(void **state) {
   }
   assert_int_equal(ok + cancelled, n);
   assert_int_equal(atomic_load(&f->be->calls), ok);
-  assert_true(bw_rate_limit_tokens(f->rl, NULL) > -1.5);
+  assert_true(bw_rate_limit_tokens(f->layer, NULL) > -1.5);
   free(r);
-  rfx_free(f);
+  lh_fx_free(f);
 }
 
 
 /* Counting allocator: rejections in a burst that share one retry-after hint
  * allocate nothing (the error is shared, calls are pooled). */
-static atomic_long n_allocs;
-static void *c_malloc(size_t n) { atomic_fetch_add(&n_allocs, 1); return malloc(n); }
-static void *c_calloc(size_t a, size_t b) { atomic_fetch_add(&n_allocs, 1); return calloc(a, b); }
-static void *c_realloc(void *p, size_t n) { atomic_fetch_add(&n_allocs, 1); return realloc(p, n); }
-
-/* Calls chained from completion callbacks, so every call starts on a worker
- * (as in a server), not deferred from this thread. */
-typedef struct chain {
-  bw_service_t *svc;
-  bw_runtime_t *rt;
-  int left, wrong;
-  atomic_int done;
-} chain_t;
-
-static void chain_next(chain_t *c);
-static void chain_done(bw_call_t *call, const bw_error_t *err, void *arg) {
-  chain_t *c = arg;
-  if (bw_error_kind(err) != BW_ERR_RATE_LIMITED || bw_error_retry_after_ms(err) != 100) c->wrong++;
-  bw_call_free(call);
-  if (--c->left > 0) {
-    chain_next(c);
-  } else {
-    pthread_mutex_lock(&lh_mu);
-    atomic_store(&c->done, 1);
-    pthread_cond_broadcast(&lh_cv);
-    pthread_mutex_unlock(&lh_mu);
-  }
-}
-static void chain_next(chain_t *c) {
-  bw_call_t *call = NULL;
-  if (bw_call_new(&call, c->svc, c->rt) || bw_service_call(c->svc, call, chain_done, c)) abort();
-}
-static void chain_run(chain_t *c) {
-  chain_next(c);
-  LH_UNTIL(atomic_load(&c->done));
-  assert_int_equal(atomic_load(&c->done), 1);
-}
+/* Calls are chained from completion callbacks (lh_reject_chain), so every
+ * call starts on a worker (as in a server), not deferred from this thread. */
 
 static void test_rejections_do_not_allocate(void **state) {
   (void)state;
-  rfx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_REJECT, 0);
+  lh_fx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_REJECT, 0);
   lh_res_t r;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
-  chain_t warm = {f->svc, f->rt, 200, 0, 0};
-  chain_run(&warm);
+  (void)lh_reject_chain(f->svc, f->rt, 200, BW_ERR_RATE_LIMITED, 100); /* warm-up */
   int n = lh_scaled(5000);
-  chain_t c = {f->svc, f->rt, n, 0, 0};
-  long before = atomic_load(&n_allocs);
-  chain_run(&c);
-  long allocs = atomic_load(&n_allocs) - before;
-  assert_int_equal(c.wrong, 0);
+  long before = lh_allocs();
+  int wrong = lh_reject_chain(f->svc, f->rt, n, BW_ERR_RATE_LIMITED, 100);
+  long allocs = lh_allocs() - before;
+  assert_int_equal(wrong, 0);
   /* The first call of the chain starts from this thread (one deferral). */
   assert_true(allocs <= 2);
-  rfx_free(f);
+  lh_fx_free(f);
 }
 
 int main(void) {
-  bw_allocator_t a = {c_malloc, c_calloc, c_realloc, free};
-  if (bw_set_allocator(&a) != NULL) return 1;
+  if (lh_count_allocs_install() != 0) return 1;
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rejections_do_not_allocate),
       cmocka_unit_test(test_options),

@@ -13,6 +13,8 @@
 
 #include "layer_harness.h"
 
+#include "bulwark/alloc.h"
+
 double lh_scale(void) {
   const char *s = getenv("BW_TEST_SCALE");
   double v = s ? atof(s) : 1.0;
@@ -225,4 +227,92 @@ void lh_start_batch(lh_res_t *r, int n, bw_service_t *svc, bw_runtime_t *rt,
                     uint64_t timeout_ms) {
   batch_t b = {r, n, svc, rt, timeout_ms};
   assert_null(bw_block_on(rt, batch_poll, &b, NULL));
+}
+
+lh_fx_t *lh_fx_new(bool paused, bool hold) {
+  lh_fx_t *f = calloc(1, sizeof *f);
+  assert_non_null(f);
+  f->rt = lh_rt(paused, 2);
+  f->be = calloc(1, sizeof *f->be);
+  assert_non_null(f->be);
+  f->be->hold = hold;
+  f->inner = lh_backend_svc(f->be);
+  pthread_mutex_init(&f->ev.mu, NULL);
+  return f;
+}
+
+void lh_fx_stack(lh_fx_t *f, bw_layer_t *layer, bool events) {
+  f->layer = layer;
+  f->svc = lh_stack(&f->layer, 1, f->inner);
+  if (events) assert_null(bw_event_hook_add(&f->hook, NULL, f->layer, lh_on_event, &f->ev));
+}
+
+void lh_fx_free(lh_fx_t *f) {
+  if (f->hook) bw_event_hook_remove(f->hook);
+  bw_service_release(f->svc);
+  bw_service_release(f->inner);
+  bw_layer_release(f->layer);
+  bw_runtime_free(f->rt);
+  pthread_mutex_destroy(&f->ev.mu);
+  free(f->be);
+  free(f);
+}
+
+static atomic_long n_allocs;
+static void *count_malloc(size_t n) {
+  atomic_fetch_add(&n_allocs, 1);
+  return malloc(n);
+}
+static void *count_calloc(size_t a, size_t b) {
+  atomic_fetch_add(&n_allocs, 1);
+  return calloc(a, b);
+}
+static void *count_realloc(void *p, size_t n) {
+  atomic_fetch_add(&n_allocs, 1);
+  return realloc(p, n);
+}
+
+int lh_count_allocs_install(void) {
+  bw_allocator_t a = {count_malloc, count_calloc, count_realloc, free};
+  return bw_set_allocator(&a) == NULL ? 0 : -1;
+}
+
+long lh_allocs(void) { return atomic_load(&n_allocs); }
+
+typedef struct chain {
+  bw_service_t *svc;
+  bw_runtime_t *rt;
+  int left, wrong;
+  bw_error_kind_t kind;
+  int64_t retry_after_ms;
+  atomic_int done;
+} chain_t;
+
+static void chain_next(chain_t *c);
+static void chain_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  chain_t *c = arg;
+  if (bw_error_kind(err) != c->kind || bw_error_retry_after_ms(err) != c->retry_after_ms) c->wrong++;
+  bw_call_free(call);
+  if (--c->left > 0) {
+    chain_next(c);
+  } else {
+    pthread_mutex_lock(&lh_mu);
+    atomic_store(&c->done, 1);
+    pthread_cond_broadcast(&lh_cv);
+    pthread_mutex_unlock(&lh_mu);
+  }
+}
+static void chain_next(chain_t *c) {
+  bw_call_t *call = NULL;
+  if (bw_call_new(&call, c->svc, c->rt) || bw_service_call(c->svc, call, chain_done, c)) abort();
+}
+
+int lh_reject_chain(bw_service_t *svc, bw_runtime_t *rt, int n, bw_error_kind_t kind,
+                    int64_t retry_after_ms) {
+  chain_t c = {.svc = svc, .rt = rt, .left = n, .kind = kind, .retry_after_ms = retry_after_ms};
+  chain_next(&c);
+  LH_UNTIL(atomic_load(&c.done));
+  /* Not done after 30 s: a worker may still use c, so do not return. */
+  if (!atomic_load(&c.done)) abort();
+  return c.wrong;
 }

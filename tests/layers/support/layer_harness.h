@@ -119,4 +119,37 @@ uint64_t lh_real_ms(void);
 void lh_start_batch(lh_res_t *r, int n, bw_service_t *svc, bw_runtime_t *rt,
                     uint64_t timeout_ms);
 
+/* The usual fixture: a runtime with 2 workers, a backend, and svc = one
+ * layer over the backend, with the layer's events recorded in ev. */
+typedef struct lh_fx {
+  bw_runtime_t *rt;
+  lh_backend_t *be;
+  bw_service_t *inner, *svc;
+  bw_layer_t *layer;
+  lh_events_t ev;
+  bw_event_hook_t *hook; /* NULL: events not recorded */
+} lh_fx_t;
+
+/* Runtime (paused: BW_CLOCK_PAUSED) and backend (hold: keep calls pending);
+ * the layer is added with lh_fx_stack. */
+lh_fx_t *lh_fx_new(bool paused, bool hold);
+/* Build svc = layer over the backend; the fixture takes the layer's
+ * reference. events: record the layer's events in f->ev. */
+void lh_fx_stack(lh_fx_t *f, bw_layer_t *layer, bool events);
+/* Free everything lh_fx_new / lh_fx_stack made. */
+void lh_fx_free(lh_fx_t *f);
+
+/* A counting allocator for allocation-free checks: install it once at the
+ * start of main (returns 0 on success); lh_allocs counts every malloc,
+ * calloc and realloc through it since. */
+int lh_count_allocs_install(void);
+long lh_allocs(void);
+
+/* Run n calls through svc one after another, each started from the previous
+ * one's completion callback (so on a worker, as in a server), and wait for
+ * the last (asserts it finished). Returns how many did not fail with `kind`
+ * and retry-after hint `retry_after_ms`. */
+int lh_reject_chain(bw_service_t *svc, bw_runtime_t *rt, int n, bw_error_kind_t kind,
+                    int64_t retry_after_ms);
+
 #endif
