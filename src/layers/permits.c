@@ -16,6 +16,7 @@
  *
  * Lock order: p->lock is a leaf; nothing is called with it held. */
 #include "layers/permits.h"
+#include "layers/service_internal.h"
 
 #include <stddef.h>
 
@@ -267,12 +268,15 @@ bw_error_t *bw__reject_error(bw__reject_cache_t *rc, bw_error_kind_t kind, const
 }
 
 uint64_t bw__call_now_ns(const bw_call_t *call) {
-  return bw_runtime_now_ns(bw_call_runtime(call));
+  /* one reading shared by the layers of a start chain (service.c) */
+  return bw__call_now_ns_shared(call);
 }
 
 uint64_t bw__call_now_cheap_ns(const bw_call_t *call) {
   bw_runtime_t *rt = bw_call_runtime(call);
   if (bw_runtime_clock_paused(rt)) return bw_runtime_now_ns(rt);
+  uint64_t shared;
+  if (bw__call_now_peek(call, &shared)) return shared; /* fresher, and free */
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
   return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;

@@ -112,6 +112,13 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   }
   bw_runtime_t *rt = bw_call_runtime(call);
   const bw_error_t *last = st->errs[st->nerrs - 1];
+  if (st->rng == 0) {
+    /* one draw of the per-layer sequence per call that backs off */
+    uint64_t k = atomic_fetch_add_explicit(&im->calls, 1, memory_order_relaxed);
+    uint64_t seed = im->o.seed ^ (k * 0xd1b54a32d192ed03ull);
+    st->rng = bw_backoff_rand(&seed);
+    if (st->rng == 0) st->rng = 1;
+  }
   uint64_t delay = bw_backoff_delay_ns(&im->o.backoff, st->attempt, st->prev_delay_ns, &st->rng);
   int64_t hint_ms = im->o.honor_retry_after ? bw_error_retry_after_ms(last) : 0;
   if (hint_ms > 0) {
@@ -197,9 +204,7 @@ static void retry_call(bw_service_t *svc, bw_call_t *call) {
   st->attempt = 0;
   st->nerrs = 0;
   st->prev_delay_ns = 0;
-  uint64_t k = atomic_fetch_add_explicit(&im->calls, 1, memory_order_relaxed);
-  uint64_t seed = im->o.seed ^ (k * 0xd1b54a32d192ed03ull);
-  st->rng = bw_backoff_rand(&seed);
+  st->rng = 0; /* seeded at the first backoff: no shared counter per call */
   if (im->o.budget) bw_retry_budget_deposit(im->o.budget, bw_runtime_now_ns(bw_call_runtime(call)));
   start_attempt(im, st);
 }

@@ -862,6 +862,12 @@ void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   if (bw__runtime_defer(rt, deferred_list, list) != 0) deferred_list(list);
 }
 
+bool bw__call_now_peek(const bw_call_t *call, uint64_t *now) {
+  if (tl_now_rt != call->rt) return false;
+  *now = tl_now;
+  return true;
+}
+
 uint64_t bw__call_now_ns_shared(const bw_call_t *call) {
   if (tl_now_rt == call->rt) return tl_now;
   uint64_t now = bw_runtime_now_ns(call->rt);

@@ -116,6 +116,9 @@ void bw__stack_count_event(bw__stack_t *st, int layer_index, bw_event_type_t typ
  * every layer's ops->call on this thread) all layers share one reading;
  * otherwise (timer callbacks, deliveries) it reads the clock. */
 uint64_t bw__call_now_ns_shared(const bw_call_t *call);
+/* The shared reading if this thread has one for call's runtime now (then
+ * true and *now set), without reading the clock. */
+bool bw__call_now_peek(const bw_call_t *call, uint64_t *now);
 
 /* service.c: a node service for a layer (stack.c uses it). */
 bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out);
