@@ -46,6 +46,11 @@ static bool should_notify(bw__idle_t *id) {
   return n_searching(s) == 0 && n_unparked(s) < id->num_workers;
 }
 
+bool bw__idle_may_notify(bw__idle_t *id) {
+  uint32_t s = atomic_load_explicit(&id->state, memory_order_relaxed);
+  return n_searching(s) == 0 && n_unparked(s) < id->num_workers;
+}
+
 int bw__idle_worker_to_notify(bw__idle_t *id) {
   if (!should_notify(id)) return -1;
   pthread_mutex_lock(&id->mu);
