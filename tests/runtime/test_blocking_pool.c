@@ -19,89 +19,17 @@
 #include "bulwark/alloc.h"
 #include "core/alloc.h"
 #include "runtime/blocking.h"
-
-#define WAIT_MS 30000 /* upper bound for anything we wait for */
-
-static double test_scale(void) {
-  const char *s = getenv("BW_TEST_SCALE");
-  double v = s ? atof(s) : 1.0;
-  return v > 0 ? v : 1.0;
-}
-
-/* ---- a counter you can wait on -------------------------------------- */
-typedef struct counter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  long value;
-} counter_t;
-
-static void counter_init(counter_t *c) {
-  pthread_mutex_init(&c->mu, NULL);
-  pthread_cond_init(&c->cv, NULL);
-  c->value = 0;
-}
-static void counter_destroy(counter_t *c) {
-  pthread_mutex_destroy(&c->mu);
-  pthread_cond_destroy(&c->cv);
-}
-static void counter_add(counter_t *c, long d) {
-  pthread_mutex_lock(&c->mu);
-  c->value += d;
-  pthread_cond_broadcast(&c->cv);
-  pthread_mutex_unlock(&c->mu);
-}
-static long counter_get(counter_t *c) {
-  pthread_mutex_lock(&c->mu);
-  long v = c->value;
-  pthread_mutex_unlock(&c->mu);
-  return v;
-}
-/* Wait until value >= want; false on timeout. */
-static bool counter_wait(counter_t *c, long want) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += WAIT_MS / 1000;
-  pthread_mutex_lock(&c->mu);
-  int rc = 0;
-  while (c->value < want && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&c->cv, &c->mu, &ts);
-  bool ok = c->value >= want;
-  pthread_mutex_unlock(&c->mu);
-  return ok;
-}
-
-
-/* ---- failing allocator: the n-th allocation from now on fails ---------- */
-static atomic_long alloc_budget = -1; /* < 0: unlimited */
-static bool take_budget(void) {
-  long b = atomic_load(&alloc_budget);
-  while (b >= 0) {
-    if (b == 0) return false;
-    if (atomic_compare_exchange_weak(&alloc_budget, &b, b - 1)) return true;
-  }
-  return true;
-}
-static void *f_malloc(size_t n) { return take_budget() ? malloc(n) : NULL; }
-static void *f_calloc(size_t c, size_t n) { return take_budget() ? calloc(c, n) : NULL; }
-static void *f_realloc(void *p, size_t n) { return take_budget() ? realloc(p, n) : NULL; }
-static void use_failing_allocator(long budget) {
-  static const bw_allocator_t a = {f_malloc, f_calloc, f_realloc, free};
-  atomic_store(&alloc_budget, budget);
-  assert_null(bw_set_allocator(&a));
-}
-static void restore_allocator(void) {
-  assert_null(bw_set_allocator(NULL));
-  atomic_store(&alloc_budget, -1);
-}
+#include "support/rt_helpers.h"
 
 /* ---- jobs -------------------------------------------------------------- */
 typedef struct tjob {
   bw__blocking_job_t job;
   int id;
   atomic_int ran, cancelled;
-  counter_t *done;   /* +1 when run or cancelled */
-  counter_t *gate;   /* if set, run waits until gate >= 1 */
-  counter_t *entered;
-  int *order;        /* run order log (single thread pools only) */
+  rh_counter_t *done;    /* +1 when run or cancelled */
+  rh_counter_t *gate;    /* if set, run waits until gate >= 1 */
+  rh_counter_t *entered;
+  int *order;           /* run order log (single thread pools only) */
   atomic_int *order_n;
 } tjob_t;
 
@@ -113,21 +41,21 @@ static void job_run(void *arg) {
   int m = atomic_load(&running_max);
   while (r > m && !atomic_compare_exchange_weak(&running_max, &m, r)) {
   }
-  if (j->entered) counter_add(j->entered, 1);
-  if (j->gate) (void)counter_wait(j->gate, 1); /* no cmocka asserts off the main thread */
+  if (j->entered) rh_counter_add(j->entered, 1);
+  if (j->gate) (void)rh_counter_wait(j->gate, 1); /* no cmocka asserts off the main thread */
   if (j->order) j->order[atomic_fetch_add(j->order_n, 1)] = j->id;
   atomic_fetch_add(&j->ran, 1);
   atomic_fetch_sub(&running_now, 1);
-  if (j->done) counter_add(j->done, 1);
+  if (j->done) rh_counter_add(j->done, 1);
 }
 
 static void job_cancelled(void *arg) {
   tjob_t *j = arg;
   atomic_fetch_add(&j->cancelled, 1);
-  if (j->done) counter_add(j->done, 1);
+  if (j->done) rh_counter_add(j->done, 1);
 }
 
-static void tjob_init(tjob_t *j, int id, counter_t *done) {
+static void tjob_init(tjob_t *j, int id, rh_counter_t *done) {
   memset(j, 0, sizeof *j);
   j->job.run = job_run;
   j->job.cancelled = job_cancelled;
@@ -160,30 +88,30 @@ static void test_lazy_start(void **state) {
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
   assert_int_equal(metrics(p).live, 0);
   assert_int_equal(metrics(p).threads_started, 0);
-  counter_t done;
-  counter_init(&done);
+  rh_counter_t done;
+  rh_counter_init(&done);
   tjob_t j;
   tjob_init(&j, 1, &done);
   assert_int_equal(bw__blocking_pool_submit(p, &j.job), 0);
-  assert_true(counter_wait(&done, 1));
+  assert_true(rh_counter_wait(&done, 1));
   assert_int_equal(atomic_load(&j.ran), 1);
   assert_int_equal(metrics(p).threads_started, 1);
   assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
   assert_int_equal(metrics(p).live, 0);
   assert_int_equal(bw__blocking_pool_submit(p, &j.job), -ESHUTDOWN);
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
+  rh_counter_destroy(&done);
 }
 
 static void test_cap_many_jobs(void **state) {
   (void)state;
-  int n = (int)(10000 * test_scale());
+  int n = (int)(10000 * rh_scale());
   if (n < 500) n = 500;
   bw__blocking_pool_t *p;
   bw__blocking_opts_t o = opts_lazy(8, 10000);
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  counter_t done;
-  counter_init(&done);
+  rh_counter_t done;
+  rh_counter_init(&done);
   tjob_t *jobs = bw__malloc((size_t)n * sizeof *jobs);
   assert_non_null(jobs);
   atomic_store(&running_now, 0);
@@ -194,7 +122,7 @@ static void test_cap_many_jobs(void **state) {
     bw__blocking_metrics_t m = metrics(p);
     assert_true(m.live <= 8);
   }
-  assert_true(counter_wait(&done, n));
+  assert_true(rh_counter_wait(&done, n));
   for (int i = 0; i < n; i++) assert_int_equal(atomic_load(&jobs[i].ran), 1);
   bw__blocking_metrics_t m = metrics(p);
   assert_true(m.threads_started <= 8);
@@ -206,7 +134,7 @@ static void test_cap_many_jobs(void **state) {
   assert_int_equal(m.jobs_cancelled, 0);
   bw__blocking_pool_free(p);
   bw__free(jobs);
-  counter_destroy(&done);
+  rh_counter_destroy(&done);
 }
 
 static void test_queueing_fifo(void **state) {
@@ -214,10 +142,10 @@ static void test_queueing_fifo(void **state) {
   bw__blocking_pool_t *p;
   bw__blocking_opts_t o = opts_lazy(1, 10000);
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  counter_t done, gate, entered;
-  counter_init(&done);
-  counter_init(&gate);
-  counter_init(&entered);
+  rh_counter_t done, gate, entered;
+  rh_counter_init(&done);
+  rh_counter_init(&gate);
+  rh_counter_init(&entered);
   int order[6];
   atomic_int order_n = 0;
   tjob_t j[6];
@@ -229,20 +157,20 @@ static void test_queueing_fifo(void **state) {
   j[0].gate = &gate;
   j[0].entered = &entered;
   assert_int_equal(bw__blocking_pool_submit(p, &j[0].job), 0);
-  assert_true(counter_wait(&entered, 1)); /* the only thread is busy */
+  assert_true(rh_counter_wait(&entered, 1)); /* the only thread is busy */
   for (int i = 1; i < 6; i++) assert_int_equal(bw__blocking_pool_submit(p, &j[i].job), 0);
   bw__blocking_metrics_t m = metrics(p);
   assert_int_equal(m.queued, 5);
   assert_int_equal(m.live, 1);
   assert_int_equal(m.running, 1);
-  counter_add(&gate, 1);
-  assert_true(counter_wait(&done, 6));
+  rh_counter_add(&gate, 1);
+  assert_true(rh_counter_wait(&done, 6));
   for (int i = 0; i < 6; i++) assert_int_equal(order[i], i);
   assert_int_equal(metrics(p).threads_started, 1);
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
-  counter_destroy(&gate);
-  counter_destroy(&entered);
+  rh_counter_destroy(&done);
+  rh_counter_destroy(&gate);
+  rh_counter_destroy(&entered);
 }
 
 static void test_keep_alive_exit(void **state) {
@@ -250,25 +178,25 @@ static void test_keep_alive_exit(void **state) {
   bw__blocking_pool_t *p;
   bw__blocking_opts_t o = opts_lazy(4, 20);
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  counter_t done;
-  counter_init(&done);
+  rh_counter_t done;
+  rh_counter_init(&done);
   tjob_t j[2];
   tjob_init(&j[0], 0, &done);
   tjob_init(&j[1], 1, &done);
   assert_int_equal(bw__blocking_pool_submit(p, &j[0].job), 0);
-  assert_true(counter_wait(&done, 1));
+  assert_true(rh_counter_wait(&done, 1));
   /* The idle thread must exit by itself after ~20 ms; wait on the exit
    * signal, bounded generously. */
-  assert_int_equal(bw__blocking_pool_wait_live(p, 0, WAIT_MS), 0);
+  assert_int_equal(bw__blocking_pool_wait_live(p, 0, RH_WAIT_MS), 0);
   bw__blocking_metrics_t m = metrics(p);
   assert_int_equal(m.live, 0);
   assert_int_equal(m.threads_exited, 1);
   /* Work after the exit starts a fresh thread. */
   assert_int_equal(bw__blocking_pool_submit(p, &j[1].job), 0);
-  assert_true(counter_wait(&done, 2));
+  assert_true(rh_counter_wait(&done, 2));
   assert_int_equal(metrics(p).threads_started, 2);
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
+  rh_counter_destroy(&done);
 }
 
 static void test_eager_start(void **state) {
@@ -278,14 +206,14 @@ static void test_eager_start(void **state) {
   o.eager = true;
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
   assert_int_equal(metrics(p).live, 4); /* all running when new returns */
-  counter_t done;
-  counter_init(&done);
+  rh_counter_t done;
+  rh_counter_init(&done);
   tjob_t j[100];
   for (int i = 0; i < 100; i++) {
     tjob_init(&j[i], i, &done);
     assert_int_equal(bw__blocking_pool_submit(p, &j[i].job), 0);
   }
-  assert_true(counter_wait(&done, 100));
+  assert_true(rh_counter_wait(&done, 100));
   /* Keep-alive (1 ms) does not apply to eager threads: still 4, none exited. */
   bw__blocking_metrics_t m = metrics(p);
   assert_int_equal(m.threads_started, 4);
@@ -294,7 +222,7 @@ static void test_eager_start(void **state) {
   assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
   assert_int_equal(metrics(p).threads_exited, 4);
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
+  rh_counter_destroy(&done);
 }
 
 static void test_cancel_before_start(void **state) {
@@ -302,10 +230,10 @@ static void test_cancel_before_start(void **state) {
   bw__blocking_pool_t *p;
   bw__blocking_opts_t o = opts_lazy(1, 10000);
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  counter_t done, gate, entered;
-  counter_init(&done);
-  counter_init(&gate);
-  counter_init(&entered);
+  rh_counter_t done, gate, entered;
+  rh_counter_init(&done);
+  rh_counter_init(&gate);
+  rh_counter_init(&entered);
   tjob_t a, b, c;
   tjob_init(&a, 0, &done);
   tjob_init(&b, 1, &done);
@@ -313,15 +241,15 @@ static void test_cancel_before_start(void **state) {
   a.gate = &gate;
   a.entered = &entered;
   assert_int_equal(bw__blocking_pool_submit(p, &a.job), 0);
-  assert_true(counter_wait(&entered, 1));
+  assert_true(rh_counter_wait(&entered, 1));
   assert_int_equal(bw__blocking_pool_submit(p, &b.job), 0);
   assert_int_equal(bw__blocking_pool_submit(p, &c.job), 0);
   assert_true(bw__blocking_pool_cancel(p, &b.job));
   assert_false(bw__blocking_pool_cancel(p, &b.job)); /* already cancelled */
   assert_false(bw__blocking_pool_cancel(p, &a.job)); /* running */
   assert_int_equal(metrics(p).queued, 1);
-  counter_add(&gate, 1);
-  assert_true(counter_wait(&done, 2));
+  rh_counter_add(&gate, 1);
+  assert_true(rh_counter_wait(&done, 2));
   assert_false(bw__blocking_pool_cancel(p, &c.job)); /* finished */
   assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
   assert_int_equal(atomic_load(&a.ran), 1);
@@ -329,9 +257,9 @@ static void test_cancel_before_start(void **state) {
   assert_int_equal(atomic_load(&c.ran), 1);
   assert_int_equal(metrics(p).jobs_cancelled, 1);
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
-  counter_destroy(&gate);
-  counter_destroy(&entered);
+  rh_counter_destroy(&done);
+  rh_counter_destroy(&gate);
+  rh_counter_destroy(&entered);
 }
 
 typedef struct shutdown_arg {
@@ -352,11 +280,11 @@ static void test_shutdown_queued_and_running(void **state) {
   bw__blocking_pool_t *p;
   bw__blocking_opts_t o = opts_lazy(RUNNING, 10000);
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  counter_t done, gate, entered, cancelled_cnt;
-  counter_init(&done);
-  counter_init(&gate);
-  counter_init(&entered);
-  counter_init(&cancelled_cnt);
+  rh_counter_t done, gate, entered, cancelled_cnt;
+  rh_counter_init(&done);
+  rh_counter_init(&gate);
+  rh_counter_init(&entered);
+  rh_counter_init(&cancelled_cnt);
   tjob_t j[RUNNING + QUEUED];
   for (int i = 0; i < RUNNING + QUEUED; i++) {
     tjob_init(&j[i], i, i < RUNNING ? &done : &cancelled_cnt);
@@ -365,19 +293,19 @@ static void test_shutdown_queued_and_running(void **state) {
       j[i].entered = &entered;
     }
     assert_int_equal(bw__blocking_pool_submit(p, &j[i].job), 0);
-    if (i == RUNNING - 1) assert_true(counter_wait(&entered, RUNNING));
+    if (i == RUNNING - 1) assert_true(rh_counter_wait(&entered, RUNNING));
   }
   assert_int_equal(metrics(p).queued, QUEUED);
   shutdown_arg_t s = {p, BW__BLOCKING_FOREVER, 1};
   pthread_t th;
   assert_int_equal(pthread_create(&th, NULL, shutdown_thread, &s), 0);
   /* Queued jobs get `cancelled` first; running ones hold shutdown up. */
-  assert_true(counter_wait(&cancelled_cnt, QUEUED));
-  assert_int_equal(counter_get(&done), 0);
+  assert_true(rh_counter_wait(&cancelled_cnt, QUEUED));
+  assert_int_equal(rh_counter_get(&done), 0);
   tjob_t late;
   tjob_init(&late, 99, &done);
   assert_int_equal(bw__blocking_pool_submit(p, &late.job), -ESHUTDOWN);
-  counter_add(&gate, 1);
+  rh_counter_add(&gate, 1);
   pthread_join(th, NULL);
   assert_int_equal(s.rc, 0);
   for (int i = 0; i < RUNNING + QUEUED; i++) {
@@ -391,10 +319,10 @@ static void test_shutdown_queued_and_running(void **state) {
   assert_int_equal(m.jobs_cancelled, QUEUED);
   assert_int_equal(atomic_load(&late.ran) + atomic_load(&late.cancelled), 0);
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
-  counter_destroy(&gate);
-  counter_destroy(&entered);
-  counter_destroy(&cancelled_cnt);
+  rh_counter_destroy(&done);
+  rh_counter_destroy(&gate);
+  rh_counter_destroy(&entered);
+  rh_counter_destroy(&cancelled_cnt);
 }
 
 static void test_shutdown_timeout_abandons(void **state) {
@@ -404,32 +332,32 @@ static void test_shutdown_timeout_abandons(void **state) {
   bw__blocking_opts_t o = opts_lazy(1, 10000);
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
   assert_int_equal(bw__blocking_pools_alive(), alive_before + 1);
-  counter_t done, gate, entered;
-  counter_init(&done);
-  counter_init(&gate);
-  counter_init(&entered);
+  rh_counter_t done, gate, entered;
+  rh_counter_init(&done);
+  rh_counter_init(&gate);
+  rh_counter_init(&entered);
   tjob_t a;
   tjob_init(&a, 0, &done);
   a.gate = &gate;
   a.entered = &entered;
   assert_int_equal(bw__blocking_pool_submit(p, &a.job), 0);
-  assert_true(counter_wait(&entered, 1));
+  assert_true(rh_counter_wait(&entered, 1));
   assert_int_equal(bw__blocking_pool_shutdown(p, 20), -ETIMEDOUT);
   bw__blocking_pool_free(p); /* thread is detached, frees the pool later */
-  counter_add(&gate, 1);
-  assert_true(counter_wait(&done, 1));
+  rh_counter_add(&gate, 1);
+  assert_true(rh_counter_wait(&done, 1));
   /* The detached thread drops the last reference right after its job. */
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
   while (bw__blocking_pools_alive() != alive_before) {
     sched_yield();
     clock_gettime(CLOCK_MONOTONIC, &t1);
-    assert_true(t1.tv_sec - t0.tv_sec < WAIT_MS / 1000);
+    assert_true(t1.tv_sec - t0.tv_sec < RH_WAIT_MS / 1000);
   }
   assert_int_equal(atomic_load(&a.ran), 1);
-  counter_destroy(&done);
-  counter_destroy(&gate);
-  counter_destroy(&entered);
+  rh_counter_destroy(&done);
+  rh_counter_destroy(&gate);
+  rh_counter_destroy(&entered);
 }
 
 /* Jobs that submit more jobs, check their thread's name and refuse to shut
@@ -437,7 +365,7 @@ static void test_shutdown_timeout_abandons(void **state) {
 typedef struct nest {
   bw__blocking_job_t job, child;
   bw__blocking_pool_t *p;
-  counter_t *done;
+  rh_counter_t *done;
   char name[16];
   int shutdown_rc, child_ran, submit_rc;
 } nest_t;
@@ -445,7 +373,7 @@ typedef struct nest {
 static void nest_child(void *arg) {
   nest_t *n = arg;
   n->child_ran = 1;
-  counter_add(n->done, 1);
+  rh_counter_add(n->done, 1);
 }
 
 static void nest_parent(void *arg) {
@@ -455,7 +383,7 @@ static void nest_parent(void *arg) {
   n->child.run = nest_child;
   n->child.arg = n;
   n->submit_rc = bw__blocking_pool_submit(n->p, &n->child);
-  counter_add(n->done, 1);
+  rh_counter_add(n->done, 1);
 }
 
 static void test_nested_submit_and_names(void **state) {
@@ -464,8 +392,8 @@ static void test_nested_submit_and_names(void **state) {
   bw__blocking_opts_t o = opts_lazy(1, 10000);
   o.name_prefix = "averyveryverylongprefix";
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  counter_t done;
-  counter_init(&done);
+  rh_counter_t done;
+  rh_counter_init(&done);
   nest_t n;
   memset(&n, 0, sizeof n);
   n.p = p;
@@ -474,14 +402,14 @@ static void test_nested_submit_and_names(void **state) {
   n.job.arg = &n;
   assert_false(bw__blocking_on_pool_thread());
   assert_int_equal(bw__blocking_pool_submit(p, &n.job), 0);
-  assert_true(counter_wait(&done, 2));
+  assert_true(rh_counter_wait(&done, 2));
   assert_int_equal(n.shutdown_rc, -EDEADLK);
   assert_int_equal(n.submit_rc, 0);
   assert_int_equal(n.child_ran, 1);
   assert_true(strlen(n.name) <= 15);
   assert_string_equal(n.name, "averyveryver-b0"); /* cut to 15 chars */
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
+  rh_counter_destroy(&done);
 }
 
 static void test_bad_args(void **state) {
@@ -518,14 +446,14 @@ static void *producer_main(void *arg) {
 static void test_multi_producer_keep_alive_races(void **state) {
   (void)state;
   enum { PRODUCERS = 4 };
-  int per = (int)(2500 * test_scale());
+  int per = (int)(2500 * rh_scale());
   if (per < 200) per = 200;
   for (uint64_t ka = 0; ka <= 1; ka++) {
     bw__blocking_pool_t *p;
     bw__blocking_opts_t o = opts_lazy(3, ka);
     assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-    counter_t done;
-    counter_init(&done);
+    rh_counter_t done;
+    rh_counter_init(&done);
     tjob_t *jobs = bw__malloc((size_t)PRODUCERS * (size_t)per * sizeof *jobs);
     assert_non_null(jobs);
     producer_t pr[PRODUCERS];
@@ -539,7 +467,7 @@ static void test_multi_producer_keep_alive_races(void **state) {
       pthread_join(th[t], NULL);
       assert_int_equal(pr[t].failures, 0);
     }
-    assert_true(counter_wait(&done, (long)PRODUCERS * per));
+    assert_true(rh_counter_wait(&done, (long)PRODUCERS * per));
     for (int i = 0; i < PRODUCERS * per; i++) assert_int_equal(atomic_load(&jobs[i].ran), 1);
     bw__blocking_metrics_t m = metrics(p);
     assert_true(m.live <= 3);
@@ -549,21 +477,21 @@ static void test_multi_producer_keep_alive_races(void **state) {
     assert_int_equal(m.threads_started, m.threads_exited);
     bw__blocking_pool_free(p);
     bw__free(jobs);
-    counter_destroy(&done);
+    rh_counter_destroy(&done);
   }
 }
 
 /* Informational throughput (BENCH.md's blocking_pool shape, pool only):
  * jobs of a trivial function, submitted and awaited in batches of 100.
  * Never fails on timing. */
-static void trivial_run(void *arg) { counter_add(arg, 1); }
+static void trivial_run(void *arg) { rh_counter_add(arg, 1); }
 
 static double batch_ns_per_job(unsigned max_threads, int total) {
   bw__blocking_pool_t *p;
   bw__blocking_opts_t o = opts_lazy(max_threads, 10000);
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  counter_t done;
-  counter_init(&done);
+  rh_counter_t done;
+  rh_counter_init(&done);
   bw__blocking_job_t jobs[100];
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -574,18 +502,18 @@ static double batch_ns_per_job(unsigned max_threads, int total) {
       jobs[i].arg = &done;
       assert_int_equal(bw__blocking_pool_submit(p, &jobs[i]), 0);
     }
-    assert_true(counter_wait(&done, (long)(b + 1) * 100));
+    assert_true(rh_counter_wait(&done, (long)(b + 1) * 100));
   }
   clock_gettime(CLOCK_MONOTONIC, &t1);
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
+  rh_counter_destroy(&done);
   double ns = (double)(t1.tv_sec - t0.tv_sec) * 1e9 + (double)(t1.tv_nsec - t0.tv_nsec);
   return ns / total;
 }
 
 static void test_throughput_informational(void **state) {
   (void)state;
-  int total = (int)(20000 * test_scale());
+  int total = (int)(20000 * rh_scale());
   if (total < 1000) total = 1000;
   total -= total % 100;
   double a = batch_ns_per_job(512, total), b = batch_ns_per_job(4, total);
@@ -597,29 +525,29 @@ static void test_out_of_memory(void **state) {
   (void)state;
   bw__blocking_pool_t *p = NULL;
   bw__blocking_opts_t o = opts_lazy(4, 10000);
-  use_failing_allocator(0); /* the pool itself */
+  rh_use_failing_allocator(0); /* the pool itself */
   assert_int_equal(bw__blocking_pool_new(&p, &o), -ENOMEM);
   assert_null(p);
   o.eager = true;
-  use_failing_allocator(3); /* pool + 2 of 4 thread records */
+  rh_use_failing_allocator(3); /* pool + 2 of 4 thread records */
   assert_int_equal(bw__blocking_pool_new(&p, &o), -ENOMEM);
   assert_null(p);
-  restore_allocator();
+  rh_restore_allocator();
   o.eager = false;
   assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  counter_t done;
-  counter_init(&done);
+  rh_counter_t done;
+  rh_counter_init(&done);
   tjob_t j;
   tjob_init(&j, 0, &done);
-  use_failing_allocator(0); /* no thread record: nobody could run it */
+  rh_use_failing_allocator(0); /* no thread record: nobody could run it */
   assert_int_equal(bw__blocking_pool_submit(p, &j.job), -ENOMEM);
-  restore_allocator();
+  rh_restore_allocator();
   assert_int_equal(metrics(p).queued, 0);
   assert_int_equal(bw__blocking_pool_submit(p, &j.job), 0);
-  assert_true(counter_wait(&done, 1));
+  assert_true(rh_counter_wait(&done, 1));
   assert_int_equal(atomic_load(&j.ran), 1);
   bw__blocking_pool_free(p);
-  counter_destroy(&done);
+  rh_counter_destroy(&done);
 }
 
 int main(void) {

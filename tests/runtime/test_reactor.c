@@ -19,72 +19,7 @@
 #include "bulwark/alloc.h"
 #include "core/alloc.h"
 #include "runtime/reactor.h"
-
-#define WAIT_MS 30000
-
-static double test_scale(void) {
-  const char *s = getenv("BW_TEST_SCALE");
-  double v = s ? atof(s) : 1.0;
-  return v > 0 ? v : 1.0;
-}
-
-/* ---- a counter you can wait on -------------------------------------- */
-typedef struct counter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  long value;
-} counter_t;
-
-static void counter_init(counter_t *c) {
-  pthread_mutex_init(&c->mu, NULL);
-  pthread_cond_init(&c->cv, NULL);
-  c->value = 0;
-}
-static void counter_destroy(counter_t *c) {
-  pthread_mutex_destroy(&c->mu);
-  pthread_cond_destroy(&c->cv);
-}
-static void counter_add(counter_t *c, long d) {
-  pthread_mutex_lock(&c->mu);
-  c->value += d;
-  pthread_cond_broadcast(&c->cv);
-  pthread_mutex_unlock(&c->mu);
-}
-static bool counter_wait(counter_t *c, long want) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += WAIT_MS / 1000;
-  pthread_mutex_lock(&c->mu);
-  int rc = 0;
-  while (c->value < want && rc != ETIMEDOUT) rc = pthread_cond_timedwait(&c->cv, &c->mu, &ts);
-  bool ok = c->value >= want;
-  pthread_mutex_unlock(&c->mu);
-  return ok;
-}
-
-
-/* ---- failing allocator: the n-th allocation from now on fails ---------- */
-static atomic_long alloc_budget = -1; /* < 0: unlimited */
-static bool take_budget(void) {
-  long b = atomic_load(&alloc_budget);
-  while (b >= 0) {
-    if (b == 0) return false;
-    if (atomic_compare_exchange_weak(&alloc_budget, &b, b - 1)) return true;
-  }
-  return true;
-}
-static void *f_malloc(size_t n) { return take_budget() ? malloc(n) : NULL; }
-static void *f_calloc(size_t c, size_t n) { return take_budget() ? calloc(c, n) : NULL; }
-static void *f_realloc(void *p, size_t n) { return take_budget() ? realloc(p, n) : NULL; }
-static void use_failing_allocator(long budget) {
-  static const bw_allocator_t a = {f_malloc, f_calloc, f_realloc, free};
-  atomic_store(&alloc_budget, budget);
-  assert_null(bw_set_allocator(&a));
-}
-static void restore_allocator(void) {
-  assert_null(bw_set_allocator(NULL));
-  atomic_store(&alloc_budget, -1);
-}
+#include "support/rt_helpers.h"
 
 static bw__reactor_t *new_reactor(bool own_thread) {
   bw__reactor_opts_t o;
@@ -118,7 +53,7 @@ typedef struct echo {
   char *sendbuf, *recvbuf;
   size_t got;
   int client_err;
-  counter_t ready, done;
+  rh_counter_t ready, done;
 } echo_t;
 
 struct conn {
@@ -208,13 +143,13 @@ static void setup_server(bw__reactor_op_t *op, uv_loop_t *loop) {
     e->port = ntohs(((struct sockaddr_in *)&ss)->sin_port);
   }
   e->setup_rc = rc;
-  counter_add(&e->ready, 1);
+  rh_counter_add(&e->ready, 1);
 }
 
 static void client_closed(uv_handle_t *h) {
   echo_t *e = h->data;
   e->client_open = false;
-  counter_add(&e->done, 1);
+  rh_counter_add(&e->done, 1);
 }
 
 static void client_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
@@ -290,8 +225,8 @@ static void test_tcp_echo(void **state) {
   (void)state;
   echo_t *e = bw__calloc(1, sizeof *e);
   assert_non_null(e);
-  counter_init(&e->ready);
-  counter_init(&e->done);
+  rh_counter_init(&e->ready);
+  rh_counter_init(&e->done);
   e->sendbuf = bw__malloc(PAYLOAD);
   e->recvbuf = bw__calloc(1, PAYLOAD);
   for (size_t i = 0; i < PAYLOAD; i++) e->sendbuf[i] = (char)(i * 131 + (i >> 9));
@@ -301,7 +236,7 @@ static void test_tcp_echo(void **state) {
   assert_false(bw__reactor_in_loop(e->r));
   assert_int_equal(bw__reactor_add_close_hook(e->r, echo_close_hook, e), 0);
   assert_int_equal(bw__reactor_post(e->r, &e->setup_op), 0);
-  assert_true(counter_wait(&e->ready, 1));
+  assert_true(rh_counter_wait(&e->ready, 1));
   assert_int_equal(e->setup_rc, 0);
   assert_true(e->in_loop_seen);
   assert_true(e->port > 0);
@@ -311,7 +246,7 @@ static void test_tcp_echo(void **state) {
   assert_int_equal(pthread_create(&th, NULL, post_client_thread, e), 0);
   pthread_join(th, &ret);
   assert_int_equal((intptr_t)ret, 0);
-  assert_true(counter_wait(&e->done, 1));
+  assert_true(rh_counter_wait(&e->done, 1));
   assert_int_equal(e->client_err, 0);
   assert_int_equal(e->got, PAYLOAD);
   assert_memory_equal(e->sendbuf, e->recvbuf, PAYLOAD);
@@ -320,8 +255,8 @@ static void test_tcp_echo(void **state) {
   assert_null(e->conns);
   assert_int_equal(bw__reactor_post(e->r, &e->setup_op), -1);
   bw__reactor_free(e->r);
-  counter_destroy(&e->ready);
-  counter_destroy(&e->done);
+  rh_counter_destroy(&e->ready);
+  rh_counter_destroy(&e->done);
   bw__free(e->sendbuf);
   bw__free(e->recvbuf);
   bw__free(e);
@@ -345,7 +280,7 @@ typedef struct many {
   int ran;               /* loop thread only */
   int not_in_loop;
   int post_failures;
-  counter_t done;
+  rh_counter_t done;
   atomic_int thread_ids;
 } many_t;
 
@@ -359,7 +294,7 @@ static void cop_run(bw__reactor_op_t *op, uv_loop_t *loop) {
   if (!bw__reactor_in_loop(m->r)) m->not_in_loop++;
   if (c->seq != m->last_seq[c->thread] + 1) m->order_errors++;
   m->last_seq[c->thread] = c->seq;
-  if (++m->ran == m->per_thread * POSTERS) counter_add(&m->done, 1);
+  if (++m->ran == m->per_thread * POSTERS) rh_counter_add(&m->done, 1);
 }
 
 static void *poster(void *arg) {
@@ -384,7 +319,7 @@ static void test_many_ops_four_threads(void **state) {
   m.ops = bw__calloc((size_t)POSTERS * (size_t)m.per_thread, sizeof *m.ops);
   assert_non_null(m.ops);
   for (int i = 0; i < POSTERS; i++) m.last_seq[i] = -1;
-  counter_init(&m.done);
+  rh_counter_init(&m.done);
   g_many = &m;
   m.r = new_reactor(true);
   pthread_t th[POSTERS];
@@ -394,7 +329,7 @@ static void test_many_ops_four_threads(void **state) {
     pthread_join(th[i], &ret);
     assert_int_equal((intptr_t)ret, 0);
   }
-  assert_true(counter_wait(&m.done, 1));
+  assert_true(rh_counter_wait(&m.done, 1));
   assert_int_equal(bw__reactor_stop(m.r), 0); /* joins the loop thread */
   int total = POSTERS * m.per_thread;
   for (int i = 0; i < total; i++) assert_int_equal(m.ops[i].runs, 1);
@@ -409,7 +344,7 @@ static void test_many_ops_four_threads(void **state) {
   printf("# reactor: %d ops from %d threads ran in %llu wake-ups\n", total, POSTERS,
          (unsigned long long)mt.wakeups);
   bw__reactor_free(m.r);
-  counter_destroy(&m.done);
+  rh_counter_destroy(&m.done);
   bw__free(m.ops);
   g_many = NULL;
 }
@@ -583,7 +518,7 @@ static void test_caller_driven_turn(void **state) {
 typedef struct sd {
   bw__reactor_t *r;
   bw__reactor_op_t blocker;
-  counter_t entered, gate;
+  rh_counter_t entered, gate;
   simple_op_t pending[100];
   simple_op_t *extra;
   int extra_n;
@@ -598,8 +533,8 @@ typedef struct sd {
 static void blocker_run(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
   sd_t *s = container(op, sd_t, blocker);
-  counter_add(&s->entered, 1);
-  (void)counter_wait(&s->gate, 1);
+  rh_counter_add(&s->entered, 1);
+  (void)rh_counter_wait(&s->gate, 1);
 }
 
 static sd_t *g_sd;
@@ -624,8 +559,8 @@ static void test_shutdown_pending_ops(void **state) {
   sd_t *s = bw__calloc(1, sizeof *s);
   assert_non_null(s);
   g_sd = s;
-  counter_init(&s->entered);
-  counter_init(&s->gate);
+  rh_counter_init(&s->entered);
+  rh_counter_init(&s->gate);
   s->r = new_reactor(true);
   s->blocker.fn = blocker_run;
   assert_int_equal(bw__reactor_add_close_hook(s->r, hook_a, (void *)(intptr_t)1), 0);
@@ -634,7 +569,7 @@ static void test_shutdown_pending_ops(void **state) {
   assert_true(bw__reactor_remove_close_hook(s->r, hook_a, (void *)(intptr_t)2));
   assert_false(bw__reactor_remove_close_hook(s->r, hook_a, (void *)(intptr_t)2));
   assert_int_equal(bw__reactor_post(s->r, &s->blocker), 0);
-  assert_true(counter_wait(&s->entered, 1)); /* loop thread is now busy */
+  assert_true(rh_counter_wait(&s->entered, 1)); /* loop thread is now busy */
   for (int i = 0; i < 100; i++) {
     s->pending[i].op.fn = simple_run;
     s->pending[i].r = s->r;
@@ -655,7 +590,7 @@ static void test_shutdown_pending_ops(void **state) {
     s->extra_n++;
     sched_yield();
   }
-  counter_add(&s->gate, 1);
+  rh_counter_add(&s->gate, 1);
   pthread_join(th, NULL);
   assert_int_equal(s->stop_rc, 0);
   for (int i = 0; i < 100; i++) assert_int_equal(s->pending[i].runs, 1);
@@ -670,8 +605,8 @@ static void test_shutdown_pending_ops(void **state) {
   assert_int_equal(bw__reactor_add_close_hook(s->r, hook_a, NULL), -1);
   printf("# reactor: %d ops accepted while stop() was starting\n", s->extra_n);
   bw__reactor_free(s->r);
-  counter_destroy(&s->entered);
-  counter_destroy(&s->gate);
+  rh_counter_destroy(&s->entered);
+  rh_counter_destroy(&s->gate);
   bw__free(s->extra);
   bw__free(s);
   g_sd = NULL;
@@ -708,7 +643,7 @@ static uint64_t now_ns(void) {
 
 static void test_round_trip_latency(void **state) {
   (void)state;
-  int n = (int)(5000 * test_scale());
+  int n = (int)(5000 * rh_scale());
   if (n < 200) n = 200;
   bw__reactor_t *r = new_reactor(true);
   rt_op_t o;
@@ -754,14 +689,14 @@ static void noop_hook(void *arg, uv_loop_t *loop) {
 static void test_out_of_memory(void **state) {
   (void)state;
   bw__reactor_t *r = NULL;
-  use_failing_allocator(0);
+  rh_use_failing_allocator(0);
   assert_int_equal(bw__reactor_new(&r, NULL), -ENOMEM);
   assert_null(r);
-  restore_allocator();
+  rh_restore_allocator();
   r = new_reactor(true);
-  use_failing_allocator(0);
+  rh_use_failing_allocator(0);
   assert_int_equal(bw__reactor_add_close_hook(r, noop_hook, NULL), -ENOMEM);
-  restore_allocator();
+  rh_restore_allocator();
   assert_false(bw__reactor_remove_close_hook(r, noop_hook, NULL));
   bw__reactor_free(r);
 }

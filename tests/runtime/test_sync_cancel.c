@@ -15,58 +15,9 @@
 #include "bulwark/runtime.h"
 #include "bulwark/sync.h"
 #include "runtime/cancel_internal.h"
+#include "support/rt_helpers.h"
 
-/* ---- counting allocator ------------------------------------------------ */
-static atomic_long live, total;
-static atomic_int fail_all; /* nonzero: every allocation fails */
-static void *c_malloc(size_t n) {
-  if (atomic_load(&fail_all)) return NULL;
-  atomic_fetch_add(&live, 1);
-  atomic_fetch_add(&total, 1);
-  return malloc(n);
-}
-static void *c_calloc(size_t k, size_t n) {
-  if (atomic_load(&fail_all)) return NULL;
-  atomic_fetch_add(&live, 1);
-  atomic_fetch_add(&total, 1);
-  return calloc(k, n);
-}
-static void *c_realloc(void *p, size_t n) {
-  if (atomic_load(&fail_all)) return NULL;
-  if (!p) {
-    atomic_fetch_add(&live, 1);
-    atomic_fetch_add(&total, 1);
-  }
-  return realloc(p, n);
-}
-static void c_free(void *p) {
-  if (p) atomic_fetch_sub(&live, 1);
-  free(p);
-}
-static int setup(void **state) {
-  (void)state;
-  atomic_store(&live, 0);
-  atomic_store(&total, 0);
-  bw_allocator_t a = {c_malloc, c_calloc, c_realloc, c_free};
-  assert_null(bw_set_allocator(&a));
-  return 0;
-}
-static int teardown(void **state) {
-  (void)state;
-  long l = atomic_load(&live);
-  assert_null(bw_set_allocator(NULL));
-  assert_int_equal(l, 0); /* nothing leaked */
-  return 0;
-}
-
-static int scaled(int n) {
-  const char *s = getenv("BW_TEST_SCALE");
-  double v = s ? atof(s) : 1.0;
-  if (v <= 0) v = 1.0;
-  int r = (int)(n * v);
-  return r < 10 ? 10 : r;
-}
-
+/* Each test: counting allocator with leak check (rh_count_setup). */
 static void count_cb(void *arg) { atomic_fetch_add((atomic_int *)arg, 1); }
 
 /* ---- callbacks ---------------------------------------------------------- */
@@ -219,7 +170,7 @@ static void test_children_freed_first_no_growth(void **state) {
   (void)state;
   bw_cancel_token_t *p;
   assert_null(bw_cancel_token_new(&p));
-  long base = atomic_load(&live);
+  long base = atomic_load(&rh_live);
   for (int i = 0; i < 10000; i++) {
     bw_cancel_token_t *c;
     assert_null(bw_cancel_token_child(p, &c));
@@ -229,7 +180,7 @@ static void test_children_freed_first_no_growth(void **state) {
     if (i % 3 == 0) bw_cancel_token_cancel(c);
     bw_cancel_reg_remove(r);
     bw_cancel_token_unref(c);
-    assert_int_equal(atomic_load(&live), base);
+    assert_int_equal(atomic_load(&rh_live), base);
   }
   assert_false(bw_cancel_token_is_cancelled(p));
   bw_cancel_token_unref(p);
@@ -283,7 +234,7 @@ static void test_out_of_memory(void **state) {
   (void)state;
   bw_cancel_token_t *t, *c;
   assert_null(bw_cancel_token_new(&t));
-  atomic_store(&fail_all, 1);
+  atomic_store(&rh_fail_all, 1);
   bw_cancel_token_t *x = NULL;
   bw_error_t *e = bw_cancel_token_new(&x);
   assert_int_equal(bw_error_kind(e), BW_ERR_OUT_OF_MEMORY);
@@ -300,7 +251,7 @@ static void test_out_of_memory(void **state) {
   assert_int_equal(bw__cancel_reg_add(t, &ir), BW__CANCEL_ADDED);
   bw_cancel_token_cancel(t);
   assert_int_equal(n, 1); /* only the intrusive one */
-  atomic_store(&fail_all, 0);
+  atomic_store(&rh_fail_all, 0);
   bw_cancel_token_unref(t);
 }
 
@@ -339,9 +290,9 @@ static void test_intrusive(void **state) {
   bw__cancel_reg_init(&heap->reg, intrusive_cb, heap);
   assert_int_equal(bw__cancel_reg_add(t, &heap->reg), BW__CANCEL_ADDED);
 
-  long before = atomic_load(&total);
+  long before = atomic_load(&rh_total);
   bw_cancel_token_cancel(t);
-  assert_int_equal(atomic_load(&total), before); /* cancel allocates nothing */
+  assert_int_equal(atomic_load(&rh_total), before); /* cancel allocates nothing */
   assert_int_equal(a.fired, 1);
   assert_int_equal(b.fired, 1);
   assert_false(bw__cancel_reg_del(&a.reg));
@@ -400,7 +351,7 @@ static void *race_canceller(void *arg) {
 
 static void test_unregister_cancel_race(void **state) {
   (void)state;
-  int iters = scaled(5000);
+  int iters = rh_scaled(5000);
   int removed_n = 0, ran_n = 0;
   for (int i = 0; i < iters; i++) {
     race_t r = {0};
@@ -462,7 +413,7 @@ static void *child_churn(void *arg) {
 
 static void test_tree_race(void **state) {
   (void)state;
-  int rounds = scaled(200);
+  int rounds = rh_scaled(200);
   for (int round = 0; round < rounds; round++) {
     tree_race_t tr = {0};
     tr.n = 50;
@@ -497,11 +448,7 @@ static bw_poll_t wait_task(bw_task_t *self, void *arg) {
 
 static void test_tasks_wait_on_token(void **state) {
   (void)state;
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = 2;
-  bw_runtime_t *rt;
-  assert_null(bw_runtime_new(&rt, &o));
+  bw_runtime_t *rt = rh_runtime(2);
   enum { N = 16 };
   bw_cancel_token_t *parent, *child;
   assert_null(bw_cancel_token_new(&parent));
@@ -533,11 +480,7 @@ static void test_tasks_wait_on_token(void **state) {
 /* A task waiting on a token that is dropped without cancel releases its waker. */
 static void test_waiting_task_token_dropped(void **state) {
   (void)state;
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = 1;
-  bw_runtime_t *rt;
-  assert_null(bw_runtime_new(&rt, &o));
+  bw_runtime_t *rt = rh_runtime(1);
   bw_cancel_token_t *t;
   assert_null(bw_cancel_token_new(&t));
   atomic_int polls = 0, ready = 0;
@@ -553,23 +496,25 @@ static void test_waiting_task_token_dropped(void **state) {
   bw_runtime_free(rt);
 }
 
+#define COUNTED(t) cmocka_unit_test_setup_teardown(t, rh_count_setup, rh_count_teardown)
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_callbacks_run_once, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_bad_arguments, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_unref_drops_callbacks, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_children_tree, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_parent_freed_first, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_children_freed_first_no_growth, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_callback_drops_last_handle, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_deep_chain, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_out_of_memory, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_intrusive, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_intrusive_del_inside, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_unregister_cancel_race, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_tree_race, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_tasks_wait_on_token, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_waiting_task_token_dropped, setup, teardown),
+      COUNTED(test_callbacks_run_once),
+      COUNTED(test_bad_arguments),
+      COUNTED(test_unref_drops_callbacks),
+      COUNTED(test_children_tree),
+      COUNTED(test_parent_freed_first),
+      COUNTED(test_children_freed_first_no_growth),
+      COUNTED(test_callback_drops_last_handle),
+      COUNTED(test_deep_chain),
+      COUNTED(test_out_of_memory),
+      COUNTED(test_intrusive),
+      COUNTED(test_intrusive_del_inside),
+      COUNTED(test_unregister_cancel_race),
+      COUNTED(test_tree_race),
+      COUNTED(test_tasks_wait_on_token),
+      COUNTED(test_waiting_task_token_dropped),
   };
   return cmocka_run_group_tests_name("sync_cancel", tests, NULL, NULL);
 }

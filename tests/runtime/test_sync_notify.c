@@ -14,51 +14,9 @@
 #include "bulwark/runtime.h"
 #include "bulwark/sync.h"
 
-static atomic_long live;
-static void *c_malloc(size_t n) {
-  atomic_fetch_add(&live, 1);
-  return malloc(n);
-}
-static void *c_calloc(size_t k, size_t n) {
-  atomic_fetch_add(&live, 1);
-  return calloc(k, n);
-}
-static void *c_realloc(void *p, size_t n) {
-  if (!p) atomic_fetch_add(&live, 1);
-  return realloc(p, n);
-}
-static void c_free(void *p) {
-  if (p) atomic_fetch_sub(&live, 1);
-  free(p);
-}
-static bw_runtime_t *rt;
-static int setup(void **state) {
-  (void)state;
-  atomic_store(&live, 0);
-  bw_allocator_t a = {c_malloc, c_calloc, c_realloc, c_free};
-  assert_null(bw_set_allocator(&a));
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = 2;
-  assert_null(bw_runtime_new(&rt, &o));
-  return 0;
-}
-static int teardown(void **state) {
-  (void)state;
-  bw_runtime_free(rt);
-  rt = NULL;
-  long l = atomic_load(&live);
-  assert_null(bw_set_allocator(NULL));
-  assert_int_equal(l, 0);
-  return 0;
-}
-static int scaled(int n) {
-  const char *s = getenv("BW_TEST_SCALE");
-  double v = s ? atof(s) : 1.0;
-  if (v <= 0) v = 1.0;
-  int r = (int)(n * v);
-  return r < 10 ? 10 : r;
-}
+#include "support/rt_helpers.h"
+
+/* Each test: counting allocator (leak check) and rh_rt, 2 workers. */
 
 /* A task that waits `waits` times on n; counts its polls and completed waits. */
 typedef struct waiter {
@@ -100,7 +58,7 @@ static void test_permit(void **state) {
   bw_notify_one(n); /* at most one permit is stored */
   waiter_t w = {.n = n, .waits = 2};
   bw_join_t *j;
-  assert_null(bw_spawn(rt, wait_task, &w, &j));
+  assert_null(bw_spawn(rh_rt, wait_task, &w, &j));
   wait_polls(&w, 1);
   /* first wait took the permit, second is pending with nothing to wake it */
   assert_int_equal(atomic_load(&w.done), 1);
@@ -120,7 +78,7 @@ static void test_notify_one_fifo(void **state) {
   bw_join_t *j[N];
   for (int i = 0; i < N; i++) {
     w[i] = (waiter_t){.n = n, .waits = 1};
-    assert_null(bw_spawn(rt, wait_task, &w[i], &j[i]));
+    assert_null(bw_spawn(rh_rt, wait_task, &w[i], &j[i]));
     wait_polls(&w[i], 1); /* registered in this order */
   }
   for (int i = 0; i < N; i++) {
@@ -141,7 +99,7 @@ static void test_notify_waiters(void **state) {
   bw_join_t *j[N];
   for (int i = 0; i < N; i++) {
     w[i] = (waiter_t){.n = n, .waits = 1};
-    assert_null(bw_spawn(rt, wait_task, &w[i], &j[i]));
+    assert_null(bw_spawn(rh_rt, wait_task, &w[i], &j[i]));
   }
   for (int i = 0; i < N; i++) wait_polls(&w[i], 1);
   bw_notify_waiters(n);
@@ -149,7 +107,7 @@ static void test_notify_waiters(void **state) {
   /* no permit stored: a later waiter waits */
   waiter_t late = {.n = n, .waits = 1};
   bw_join_t *jl;
-  assert_null(bw_spawn(rt, wait_task, &late, &jl));
+  assert_null(bw_spawn(rh_rt, wait_task, &late, &jl));
   wait_polls(&late, 1);
   assert_int_equal(atomic_load(&late.done), 0);
   assert_false(bw_join_is_finished(jl));
@@ -166,9 +124,9 @@ static void test_abandon_passes_notification(void **state) {
   waiter_t a = {.n = n, .waits = 1, .abandon_on_poll = 2};
   waiter_t b = {.n = n, .waits = 1};
   bw_join_t *ja, *jb;
-  assert_null(bw_spawn(rt, wait_task, &a, &ja));
+  assert_null(bw_spawn(rh_rt, wait_task, &a, &ja));
   wait_polls(&a, 1);
-  assert_null(bw_spawn(rt, wait_task, &b, &jb));
+  assert_null(bw_spawn(rh_rt, wait_task, &b, &jb));
   wait_polls(&b, 1);
   bw_notify_one(n); /* goes to a, which abandons on its next poll */
   assert_null(bw_join_wait(ja, NULL));
@@ -178,7 +136,7 @@ static void test_abandon_passes_notification(void **state) {
   /* abandoning a wait that was not notified just frees the slot */
   waiter_t c = {.n = n, .waits = 1};
   bw_join_t *jc;
-  assert_null(bw_spawn(rt, wait_task, &c, &jc));
+  assert_null(bw_spawn(rh_rt, wait_task, &c, &jc));
   wait_polls(&c, 1);
   bw_join_abort(jc);
   bw_error_t *e = bw_join_wait(jc, NULL);
@@ -187,7 +145,7 @@ static void test_abandon_passes_notification(void **state) {
   assert_int_equal(c.ticket, 0);
   bw_notify_one(n); /* nobody waits: becomes the permit */
   waiter_t d = {.n = n, .waits = 1};
-  assert_null(bw_block_on(rt, wait_task, &d, NULL));
+  assert_null(bw_block_on(rh_rt, wait_task, &d, NULL));
   assert_int_equal(d.polls, 1);
   bw_notify_poll_cancel(n, &d.ticket); /* ticket 0: no-op */
   bw_notify_poll_cancel(NULL, NULL);
@@ -232,7 +190,7 @@ static bw_poll_t consumer_task(bw_task_t *self, void *arg) {
 
 static void test_no_lost_wakeups(void **state) {
   (void)state;
-  int rounds = scaled(1000);
+  int rounds = rh_scaled(1000);
   for (int r = 0; r < rounds; r++) {
     stress_t s = {.per_producer = 50};
     assert_null(bw_notify_new(&s.n));
@@ -240,9 +198,9 @@ static void test_no_lost_wakeups(void **state) {
     s.target = (long)P * s.per_producer;
     consumer_t c = {.s = &s};
     bw_join_t *jc;
-    assert_null(bw_spawn(rt, consumer_task, &c, &jc));
+    assert_null(bw_spawn(rh_rt, consumer_task, &c, &jc));
     bw_join_t *jp[P];
-    for (int i = 0; i < P; i++) assert_null(bw_spawn(rt, producer, &s, &jp[i]));
+    for (int i = 0; i < P; i++) assert_null(bw_spawn(rh_rt, producer, &s, &jp[i]));
     assert_null(bw_join_wait(jc, NULL)); /* hangs (ctest timeout) if a wake-up is lost */
     for (int i = 0; i < P; i++) assert_null(bw_join_wait(jp[i], NULL));
     assert_int_equal(atomic_load(&s.counter), s.target);
@@ -260,14 +218,16 @@ static void test_bad_args(void **state) {
   bw_notify_waiters(NULL);
 }
 
+#define WITH_RT(t) cmocka_unit_test_setup_teardown(t, rh_rt_setup, rh_rt_teardown)
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_permit, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_notify_one_fifo, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_notify_waiters, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_abandon_passes_notification, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_no_lost_wakeups, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_bad_args, setup, teardown),
+      WITH_RT(test_permit),
+      WITH_RT(test_notify_one_fifo),
+      WITH_RT(test_notify_waiters),
+      WITH_RT(test_abandon_passes_notification),
+      WITH_RT(test_no_lost_wakeups),
+      WITH_RT(test_bad_args),
   };
   return cmocka_run_group_tests_name("sync_notify", tests, NULL, NULL);
 }

@@ -14,44 +14,9 @@
 #include "bulwark/runtime.h"
 #include "bulwark/sync.h"
 
-static atomic_long live;
-static void *c_malloc(size_t n) {
-  atomic_fetch_add(&live, 1);
-  return malloc(n);
-}
-static void *c_calloc(size_t k, size_t n) {
-  atomic_fetch_add(&live, 1);
-  return calloc(k, n);
-}
-static void *c_realloc(void *p, size_t n) {
-  if (!p) atomic_fetch_add(&live, 1);
-  return realloc(p, n);
-}
-static void c_free(void *p) {
-  if (p) atomic_fetch_sub(&live, 1);
-  free(p);
-}
-static bw_runtime_t *rt;
-static int setup(void **state) {
-  (void)state;
-  atomic_store(&live, 0);
-  bw_allocator_t a = {c_malloc, c_calloc, c_realloc, c_free};
-  assert_null(bw_set_allocator(&a));
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = 2;
-  assert_null(bw_runtime_new(&rt, &o));
-  return 0;
-}
-static int teardown(void **state) {
-  (void)state;
-  bw_runtime_free(rt);
-  rt = NULL;
-  long l = atomic_load(&live);
-  assert_null(bw_set_allocator(NULL));
-  assert_int_equal(l, 0);
-  return 0;
-}
+#include "support/rt_helpers.h"
+
+/* Each test: counting allocator (leak check) and rh_rt, 2 workers. */
 
 /* The init task: counts runs; fails while `fail_first` > 0; optionally waits
  * on a gate notify before finishing. Its value is a malloc'd int. */
@@ -111,14 +76,14 @@ static void test_init_once(void **state) {
   bw_once_cell_t *cell;
   assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
   caller_t a = {.cell = cell}, b = {.cell = cell};
-  assert_null(bw_block_on(rt, caller_task, &a, NULL));
+  assert_null(bw_block_on(rh_rt, caller_task, &a, NULL));
   assert_null(a.err);
   assert_int_equal(*(int *)a.value, 1234);
-  assert_null(bw_block_on(rt, caller_task, &b, NULL));
+  assert_null(bw_block_on(rh_rt, caller_task, &b, NULL));
   assert_ptr_equal(b.value, a.value);
   assert_int_equal(ic.runs, 1);
   void *v;
-  assert_null(bw_once_cell_wait(cell, rt, &v)); /* from a thread */
+  assert_null(bw_once_cell_wait(cell, rh_rt, &v)); /* from a thread */
   assert_ptr_equal(v, a.value);
   bw_once_cell_free(cell);
   assert_int_equal(values_freed, 1);
@@ -136,7 +101,7 @@ static void test_concurrent_callers_wait(void **state) {
   bw_join_t *j[N];
   for (int i = 0; i < N; i++) {
     c[i] = (caller_t){.cell = cell};
-    assert_null(bw_spawn(rt, caller_task, &c[i], &j[i]));
+    assert_null(bw_spawn(rh_rt, caller_task, &c[i], &j[i]));
   }
   for (int i = 0; i < N; i++)
     while (atomic_load(&c[i].parked) < 1) sched_yield(); /* all waiting */
@@ -163,14 +128,14 @@ static void test_failure_not_cached(void **state) {
   assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
   for (int i = 0; i < 2; i++) {
     caller_t a = {.cell = cell};
-    assert_null(bw_block_on(rt, caller_task, &a, NULL));
+    assert_null(bw_block_on(rh_rt, caller_task, &a, NULL));
     assert_true(bw_error_is(a.err, BW_ERR_CONNECT));
     assert_null(a.value);
     bw_error_unref(a.err);
     assert_int_equal(ic.runs, i + 1); /* each caller ran init again */
   }
   void *v = NULL;
-  assert_null(bw_once_cell_wait(cell, rt, &v));
+  assert_null(bw_once_cell_wait(cell, rh_rt, &v));
   assert_int_equal(*(int *)v, 1234);
   assert_int_equal(ic.runs, 3);
   bw_once_cell_free(cell);
@@ -187,14 +152,14 @@ static void test_failure_retried_by_waiter(void **state) {
   assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
   caller_t starter = {.cell = cell};
   bw_join_t *js;
-  assert_null(bw_spawn(rt, caller_task, &starter, &js));
+  assert_null(bw_spawn(rh_rt, caller_task, &starter, &js));
   while (atomic_load(&starter.parked) < 1) sched_yield();
   enum { N = 4 };
   caller_t c[N];
   bw_join_t *j[N];
   for (int i = 0; i < N; i++) {
     c[i] = (caller_t){.cell = cell};
-    assert_null(bw_spawn(rt, caller_task, &c[i], &j[i]));
+    assert_null(bw_spawn(rh_rt, caller_task, &c[i], &j[i]));
     while (atomic_load(&c[i].parked) < 1) sched_yield();
   }
   bw_notify_one(ic.gate); /* first attempt fails */
@@ -229,7 +194,7 @@ static void test_nested_wait_refused(void **state) {
   bw_once_cell_t *cell;
   assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
   nested_t n = {cell, NULL};
-  assert_null(bw_block_on(rt, nested_task, &n, NULL));
+  assert_null(bw_block_on(rh_rt, nested_task, &n, NULL));
   assert_true(bw_error_is(n.err, BW_ERR_NESTED_RUNTIME));
   bw_error_unref(n.err);
   assert_int_equal(ic.runs, 0);
@@ -250,7 +215,7 @@ static void test_free_while_running(void **state) {
   assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
   caller_t a = {.cell = cell};
   bw_join_t *ja;
-  assert_null(bw_spawn(rt, caller_task, &a, &ja));
+  assert_null(bw_spawn(rh_rt, caller_task, &a, &ja));
   while (atomic_load(&a.parked) < 1) sched_yield();
   bw_join_abort(ja);
   bw_error_t *e = bw_join_wait(ja, NULL);
@@ -261,14 +226,16 @@ static void test_free_while_running(void **state) {
   bw_notify_free(ic.gate);
 }
 
+#define WITH_RT(t) cmocka_unit_test_setup_teardown(t, rh_rt_setup, rh_rt_teardown)
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_init_once, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_concurrent_callers_wait, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_failure_not_cached, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_failure_retried_by_waiter, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_nested_wait_refused, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_free_while_running, setup, teardown),
+      WITH_RT(test_init_once),
+      WITH_RT(test_concurrent_callers_wait),
+      WITH_RT(test_failure_not_cached),
+      WITH_RT(test_failure_retried_by_waiter),
+      WITH_RT(test_nested_wait_refused),
+      WITH_RT(test_free_while_running),
   };
   return cmocka_run_group_tests_name("sync_once", tests, NULL, NULL);
 }

@@ -15,46 +15,9 @@
 #include "bulwark/runtime.h"
 #include "bulwark/sync.h"
 
-static atomic_long live;
-static atomic_int fail_all; /* nonzero: every allocation fails */
-static void *c_malloc(size_t n) {
-  if (atomic_load(&fail_all)) return NULL;
-  atomic_fetch_add(&live, 1);
-  return malloc(n);
-}
-static void *c_calloc(size_t k, size_t n) {
-  atomic_fetch_add(&live, 1);
-  return calloc(k, n);
-}
-static void *c_realloc(void *p, size_t n) {
-  if (!p) atomic_fetch_add(&live, 1);
-  return realloc(p, n);
-}
-static void c_free(void *p) {
-  if (p) atomic_fetch_sub(&live, 1);
-  free(p);
-}
-static int setup(void **state) {
-  (void)state;
-  atomic_store(&live, 0);
-  bw_allocator_t a = {c_malloc, c_calloc, c_realloc, c_free};
-  assert_null(bw_set_allocator(&a));
-  return 0;
-}
-static int teardown(void **state) {
-  (void)state;
-  long l = atomic_load(&live);
-  assert_null(bw_set_allocator(NULL));
-  assert_int_equal(l, 0);
-  return 0;
-}
-static int scaled(int n) {
-  const char *s = getenv("BW_TEST_SCALE");
-  double v = s ? atof(s) : 1.0;
-  if (v <= 0) v = 1.0;
-  int r = (int)(n * v);
-  return r < 10 ? 10 : r;
-}
+#include "support/rt_helpers.h"
+
+/* Each test: counting allocator with leak check (rh_count_setup). */
 
 /* A value that counts its frees. */
 static atomic_int freed_values;
@@ -124,9 +87,9 @@ static void test_receiver_closed_frees_value(void **state) {
 static void test_out_of_memory(void **state) {
   (void)state;
   bw_oneshot_t *ch = NULL;
-  atomic_store(&fail_all, 1);
+  atomic_store(&rh_fail_all, 1);
   bw_error_t *e = bw_oneshot_new(&ch);
-  atomic_store(&fail_all, 0);
+  atomic_store(&rh_fail_all, 0);
   assert_int_equal(bw_error_kind(e), BW_ERR_OUT_OF_MEMORY);
   assert_null(ch);
 }
@@ -159,7 +122,7 @@ static void *sender_thread(void *p) {
 
 static void test_thread_race(void **state) {
   (void)state;
-  int iters = scaled(3000);
+  int iters = rh_scaled(3000);
   atomic_store(&freed_values, 0);
   int got = 0, cancelled = 0, closed_rx = 0;
   for (int i = 0; i < iters; i++) {
@@ -192,15 +155,6 @@ static void test_thread_race(void **state) {
 
 /* ---- tasks ------------------------------------------------------------------- */
 
-static bw_runtime_t *new_rt(unsigned workers) {
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = workers;
-  bw_runtime_t *rt = NULL;
-  assert_null(bw_runtime_new(&rt, &o));
-  return rt;
-}
-
 typedef struct rx_task {
   bw_oneshot_t *ch;
   atomic_int polls;
@@ -218,7 +172,7 @@ static bw_poll_t recv_task(bw_task_t *self, void *arg) {
 
 static void test_task_receiver(void **state) {
   (void)state;
-  bw_runtime_t *rt = new_rt(2);
+  bw_runtime_t *rt = rh_runtime(2);
   for (int mode = 0; mode < 2; mode++) {
     rx_task_t r = {0};
     assert_null(bw_oneshot_new(&r.ch));
@@ -253,7 +207,7 @@ static bw_poll_t nested_task(bw_task_t *self, void *arg) {
 }
 static void test_recv_wait_on_worker_refused(void **state) {
   (void)state;
-  bw_runtime_t *rt = new_rt(1);
+  bw_runtime_t *rt = rh_runtime(1);
   nested_t n = {0};
   assert_null(bw_oneshot_new(&n.ch));
   assert_null(bw_block_on(rt, nested_task, &n, NULL));
@@ -269,7 +223,7 @@ static void test_recv_wait_on_worker_refused(void **state) {
 /* A receiving task aborted while waiting: its waker is released, no leak. */
 static void test_task_receiver_aborted(void **state) {
   (void)state;
-  bw_runtime_t *rt = new_rt(1);
+  bw_runtime_t *rt = rh_runtime(1);
   rx_task_t r = {0};
   assert_null(bw_oneshot_new(&r.ch));
   bw_join_t *j;
@@ -318,8 +272,8 @@ static bw_poll_t pp_a(bw_task_t *self, void *arg) {
 
 static void test_ping_pong_stress(void **state) {
   (void)state;
-  bw_runtime_t *rt = new_rt(2);
-  int rounds = scaled(2000);
+  bw_runtime_t *rt = rh_runtime(2);
+  int rounds = rh_scaled(2000);
   enum { BATCH = 64 };
   pp_t pp[BATCH];
   bw_join_t *ja[BATCH];
@@ -340,18 +294,20 @@ static void test_ping_pong_stress(void **state) {
   bw_runtime_free(rt);
 }
 
+#define COUNTED(t) cmocka_unit_test_setup_teardown(t, rh_count_setup, rh_count_teardown)
+
 int main(void) {
   const struct CMUnitTest tests[] = {
-      cmocka_unit_test_setup_teardown(test_send_then_recv, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_sender_closed, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_receiver_closed_frees_value, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_null_args, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_out_of_memory, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_thread_race, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_task_receiver, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_task_receiver_aborted, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_recv_wait_on_worker_refused, setup, teardown),
-      cmocka_unit_test_setup_teardown(test_ping_pong_stress, setup, teardown),
+      COUNTED(test_send_then_recv),
+      COUNTED(test_sender_closed),
+      COUNTED(test_receiver_closed_frees_value),
+      COUNTED(test_null_args),
+      COUNTED(test_out_of_memory),
+      COUNTED(test_thread_race),
+      COUNTED(test_task_receiver),
+      COUNTED(test_task_receiver_aborted),
+      COUNTED(test_recv_wait_on_worker_refused),
+      COUNTED(test_ping_pong_stress),
   };
   return cmocka_run_group_tests_name("sync_oneshot", tests, NULL, NULL);
 }
