@@ -68,13 +68,19 @@ static void wait_for(waiter_t *w, int n) {
   assert_int_equal(w->done, n);
 }
 
+/* Init w and start a call through svc that completes into it. */
+static bw_call_t *start_call(waiter_t *w, bw_runtime_t *rt, bw_service_t *svc) {
+  waiter_init(w);
+  bw_call_t *c = NULL;
+  assert_null(bw_call_new(&c, svc, rt));
+  assert_null(bw_service_call(svc, c, on_done, w));
+  return c;
+}
+
 /* One call through svc, waited for. Returns the outcome kind. */
 static bw_error_kind_t call_once(bw_runtime_t *rt, bw_service_t *svc, char *resp_out) {
   waiter_t w;
-  waiter_init(&w);
-  bw_call_t *c = NULL;
-  assert_null(bw_call_new(&c, svc, rt));
-  assert_null(bw_service_call(svc, c, on_done, &w));
+  bw_call_t *c = start_call(&w, rt, svc);
   wait_for(&w, 1);
   bw_call_free(c);
   if (resp_out) strcpy(resp_out, w.resp);
@@ -83,15 +89,16 @@ static bw_error_kind_t call_once(bw_runtime_t *rt, bw_service_t *svc, char *resp
   return k;
 }
 
-static bw_runtime_t *paused_rt(void) {
+static bw_runtime_t *new_rt(unsigned workers, bool paused) {
   bw_runtime_opts_t o;
   bw_runtime_opts_init(&o);
-  o.worker_threads = 1;
-  o.clock = BW_CLOCK_PAUSED;
+  o.worker_threads = workers;
+  if (paused) o.clock = BW_CLOCK_PAUSED;
   bw_runtime_t *rt = NULL;
   assert_null(bw_runtime_new(&rt, &o));
   return rt;
 }
+static bw_runtime_t *paused_rt(void) { return new_rt(1, true); }
 
 /* A backend that fails the first `fail_first` calls with a transport error. */
 typedef struct backend {
@@ -119,6 +126,14 @@ static bw_service_t *backend_service(backend_t *b) {
   bw_service_t *svc = NULL;
   assert_null(bw_service_from_fn(&svc, &o));
   return svc;
+}
+
+/* The end of most tests: the built service, its backend, registry, runtime. */
+static void release_all(bw_service_t *svc, bw_service_t *inner, bw_registry_t *reg, bw_runtime_t *rt) {
+  bw_service_release(svc);
+  bw_service_release(inner);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
 }
 
 static void collect(const char *name, void *arg) {
@@ -183,10 +198,7 @@ static void test_names_and_build(void **state) {
   assert_non_null(e);
   bw_error_unref(e);
 
-  bw_service_release(svc);
-  bw_service_release(inner);
-  bw_registry_free(reg);
-  bw_runtime_free(rt);
+  release_all(svc, inner, reg, rt);
 }
 
 static void test_reload_keeps_breaker_state(void **state) {
@@ -245,10 +257,7 @@ static void test_reload_keeps_breaker_state(void **state) {
   bw_layer_release(brk3);
   bw_layer_release(brk);
 
-  bw_service_release(svc);
-  bw_service_release(inner);
-  bw_registry_free(reg);
-  bw_runtime_free(rt);
+  release_all(svc, inner, reg, rt);
 }
 
 static void test_reload_failure_keeps_old(void **state) {
@@ -288,10 +297,7 @@ static void test_reload_failure_keeps_old(void **state) {
   bw_error_unref(e);
   assert_int_equal(bw_registry_generation(reg), 1);
 
-  bw_service_release(svc);
-  bw_service_release(inner);
-  bw_registry_free(reg);
-  bw_runtime_free(rt);
+  release_all(svc, inner, reg, rt);
 }
 
 /* An async backend that parks its calls until the test finishes them. */
@@ -307,6 +313,31 @@ static void park_fn(void *arg, bw_call_t *call) {
   pthread_mutex_unlock(&p->mu);
 }
 
+/* Init p and return an async service parking its calls in p. */
+static bw_service_t *parked_service(parked_t *p) {
+  memset(p, 0, sizeof *p);
+  pthread_mutex_init(&p->mu, NULL);
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  o.async = park_fn;
+  o.arg = p;
+  bw_service_t *svc = NULL;
+  assert_null(bw_service_from_fn(&svc, &o));
+  return svc;
+}
+
+/* Wait until the backend holds a call (it starts on a worker). */
+static void wait_parked(parked_t *p) {
+  for (int i = 0; i < 100000; i++) {
+    pthread_mutex_lock(&p->mu);
+    bool have = p->call != NULL;
+    pthread_mutex_unlock(&p->mu);
+    if (have) break;
+    sched_yield();
+  }
+  assert_non_null(p->call);
+}
+
 static void test_inflight_finishes_on_old_stack(void **state) {
   (void)state;
   bw_runtime_t *rt = paused_rt();
@@ -315,31 +346,13 @@ static void test_inflight_finishes_on_old_stack(void **state) {
   bw_registry_t *reg = NULL;
   assert_null(bw_registry_load_string(&reg, v1, strlen(v1), "v1.yaml", NULL));
   parked_t p;
-  memset(&p, 0, sizeof p);
-  pthread_mutex_init(&p.mu, NULL);
-  bw_fn_service_opts_t o;
-  bw_fn_service_opts_init(&o);
-  o.async = park_fn;
-  o.arg = &p;
-  bw_service_t *inner = NULL;
-  assert_null(bw_service_from_fn(&inner, &o));
+  bw_service_t *inner = parked_service(&p);
   bw_service_t *svc = NULL;
   assert_null(bw_registry_build(reg, "s", inner, &svc));
 
   waiter_t w;
-  waiter_init(&w);
-  bw_call_t *c = NULL;
-  assert_null(bw_call_new(&c, svc, rt));
-  assert_null(bw_service_call(svc, c, on_done, &w));
-  /* wait until the backend holds the call (it starts on a worker) */
-  for (int i = 0; i < 100000; i++) {
-    pthread_mutex_lock(&p.mu);
-    bool have = p.call != NULL;
-    pthread_mutex_unlock(&p.mu);
-    if (have) break;
-    sched_yield();
-  }
-  assert_non_null(p.call);
+  bw_call_t *c = start_call(&w, rt, svc);
+  wait_parked(&p);
   assert_null(bw_registry_reload_string(reg, v2, strlen(v2), "v2.yaml"));
   bw_call_complete(p.call, NULL, NULL, bw_error_new(BW_ERR_TRANSPORT, 0, "late failure"));
   wait_for(&w, 1);
@@ -350,27 +363,15 @@ static void test_inflight_finishes_on_old_stack(void **state) {
 
   /* a new call uses the new stack */
   p.call = NULL;
-  waiter_init(&w);
-  assert_null(bw_call_new(&c, svc, rt));
-  assert_null(bw_service_call(svc, c, on_done, &w));
-  for (int i = 0; i < 100000; i++) {
-    pthread_mutex_lock(&p.mu);
-    bool have = p.call != NULL;
-    pthread_mutex_unlock(&p.mu);
-    if (have) break;
-    sched_yield();
-  }
-  assert_non_null(p.call);
+  c = start_call(&w, rt, svc);
+  wait_parked(&p);
   bw_call_complete(p.call, NULL, NULL, bw_error_new(BW_ERR_TRANSPORT, 0, "failure"));
   wait_for(&w, 1);
   assert_string_equal(w.resp, "v2");
   bw_call_free(c);
   waiter_fini(&w);
 
-  bw_service_release(svc);
-  bw_service_release(inner);
-  bw_registry_free(reg);
-  bw_runtime_free(rt);
+  release_all(svc, inner, reg, rt);
   pthread_mutex_destroy(&p.mu);
 }
 
@@ -381,34 +382,21 @@ static void test_cancel_through_registry_service(void **state) {
   bw_registry_t *reg = NULL;
   assert_null(bw_registry_load_string(&reg, y, strlen(y), "t.yaml", NULL));
   parked_t p;
-  memset(&p, 0, sizeof p);
-  pthread_mutex_init(&p.mu, NULL);
-  bw_fn_service_opts_t o;
-  bw_fn_service_opts_init(&o);
-  o.async = park_fn;
-  o.arg = &p;
-  bw_service_t *inner = NULL;
-  assert_null(bw_service_from_fn(&inner, &o));
+  bw_service_t *inner = parked_service(&p);
   bw_service_t *svc = NULL;
   assert_null(bw_registry_build(reg, "s", inner, &svc));
   /* the parked backend never answers: the timeout inside fires on the paused clock */
   assert_int_equal(call_once(rt, svc, NULL), BW_ERR_TIMEOUT);
   /* the caller cancels: exactly one completion, kind cancelled */
   waiter_t w;
-  waiter_init(&w);
-  bw_call_t *c = NULL;
-  assert_null(bw_call_new(&c, svc, rt));
-  assert_null(bw_service_call(svc, c, on_done, &w));
+  bw_call_t *c = start_call(&w, rt, svc);
   bw_call_cancel(c);
   bw_call_cancel(c);
   wait_for(&w, 1);
   assert_true(w.kind == BW_ERR_CANCELLED || w.kind == BW_ERR_TIMEOUT);
   bw_call_free(c);
   waiter_fini(&w);
-  bw_service_release(svc);
-  bw_service_release(inner);
-  bw_registry_free(reg);
-  bw_runtime_free(rt);
+  release_all(svc, inner, reg, rt);
   pthread_mutex_destroy(&p.mu);
 }
 
@@ -446,11 +434,7 @@ static void test_http_client_through_stack(void **state) {
   (void)state;
   /* real clock: a paused clock would jump to the 5 s deadline while the
    * reactor (not a task) is connecting */
-  bw_runtime_opts_t rto;
-  bw_runtime_opts_init(&rto);
-  rto.worker_threads = 1;
-  bw_runtime_t *rt = NULL;
-  assert_null(bw_runtime_new(&rt, &rto));
+  bw_runtime_t *rt = new_rt(1, false);
   bw_registry_opts_t ro;
   bw_registry_opts_init(&ro);
   ro.rt = rt;
@@ -508,11 +492,7 @@ static void *caller(void *arg) {
 
 static void test_reload_races_calls(void **state) {
   (void)state;
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = 2;
-  bw_runtime_t *rt = NULL;
-  assert_null(bw_runtime_new(&rt, &o));
+  bw_runtime_t *rt = new_rt(2, false);
   const char *v[2] = {"shared:\n  b: {circuit_breaker: {window: consecutive, consecutive_failures: 1000000}}\n"
                       "stacks:\n  s:\n    - fallback: { value: v1 }\n    - shared: b\n",
                       "shared:\n  b: {circuit_breaker: {window: consecutive, consecutive_failures: 1000000}}\n"
@@ -538,10 +518,7 @@ static void test_reload_races_calls(void **state) {
   assert_int_equal(r[0].ok, n);
   assert_int_equal(r[1].ok, n);
   assert_int_equal(bw_registry_generation(reg), (uint64_t)(1 + n / 4));
-  bw_service_release(svc);
-  bw_service_release(inner);
-  bw_registry_free(reg);
-  bw_runtime_free(rt);
+  release_all(svc, inner, reg, rt);
 }
 
 /* ---- automatic reload ------------------------------------------------------------- */
@@ -587,11 +564,7 @@ static void write_file(const char *path, const char *text) {
 
 static void test_watch_reloads(void **state) {
   (void)state;
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = 1;
-  bw_runtime_t *rt = NULL;
-  assert_null(bw_runtime_new(&rt, &o));
+  bw_runtime_t *rt = new_rt(1, false);
   char dir[] = "/tmp/bw_cfg_watch_XXXXXX";
   assert_non_null(mkdtemp(dir));
   char path[256];
