@@ -87,6 +87,31 @@ static _Thread_local bw_runtime_t *tl_now_rt;
 static _Thread_local uint64_t tl_now;
 
 static void run_delivery(bw_call_t *c);
+static void unref_n(bw_call_t *call, int n);
+
+/* Starting references kept past their start() until the outermost entry of
+ * this thread ends: a call whose delivery is queued here meanwhile (the
+ * usual case: layers complete from their child's callback in the same
+ * drain) drops it with that delivery, with no atomic of its own. */
+#define PEND_MAX 64
+static _Thread_local bw_call_t *tl_pend[PEND_MAX];
+static _Thread_local int tl_npend;
+
+static void flush_pend(void) {
+  while (tl_npend > 0) {
+    /* copied out: a recycle below may run code that pends again */
+    bw_call_t *list[PEND_MAX];
+    int n = tl_npend;
+    memcpy(list, tl_pend, (size_t)n * sizeof list[0]);
+    tl_npend = 0;
+    /* first unmark them all, so no delivery queued during the unrefs folds
+     * one of them again */
+    for (int i = 0; i < n; i++)
+      if (list[i]) atomic_store_explicit(&list[i]->pend_on, NULL, memory_order_relaxed);
+    for (int i = 0; i < n; i++)
+      if (list[i]) unref_n(list[i], 1);
+  }
+}
 
 static void drain(void) {
   tl.busy = 1;
@@ -105,6 +130,7 @@ static inline void leave(void) {
   if (--tl.busy == 0) {
     tl_now_rt = NULL;
     if (tl.head) drain();
+    if (tl_npend) flush_pend();
   }
 }
 
@@ -537,6 +563,7 @@ static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   c->qnext = NULL;
   atomic_store_explicit(&c->queued_on, NULL, memory_order_relaxed);
   c->fold = 0;
+  atomic_store_explicit(&c->pend_on, NULL, memory_order_relaxed);
   atomic_store_explicit(&c->refs, 1, memory_order_relaxed);
   atomic_store_explicit(&c->state, BW__CALL_IDLE, memory_order_relaxed);
   atomic_store_explicit(&c->flags, 0, memory_order_relaxed);
@@ -660,6 +687,10 @@ static void deliver(bw_call_t *c) {
     if (c == tl_starting) {
       c->fold++; /* start() leaves its starting reference to this delivery */
       tl_start_folded = true;
+    } else if (atomic_load_explicit(&c->pend_on, memory_order_relaxed) == (void *)&tl) {
+      c->fold++; /* its starting reference, pending here */
+      tl_pend[c->pend_idx] = NULL;
+      atomic_store_explicit(&c->pend_on, NULL, memory_order_relaxed);
     }
     return;
   }
@@ -771,6 +802,14 @@ static void start(bw_call_t *c) {
       /* folded: the delivery queued here drops the starting reference (c
        * may already be recycled by leave()'s drain: not touched again) */
       if (folded) return;
+      /* Still inside an outer entry: keep the reference pending until it
+       * ends (flush_pend) or the delivery gets queued here (deliver). */
+      if (tl.busy > 0 && tl_npend < PEND_MAX) {
+        c->pend_idx = tl_npend;
+        tl_pend[tl_npend++] = c;
+        atomic_store_explicit(&c->pend_on, (void *)&tl, memory_order_relaxed);
+        return;
+      }
     }
   }
   unref_n(c, 1);
@@ -853,13 +892,17 @@ void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   tl.busy = 0;
   tl_now_rt = NULL;
   bw_call_t *list = tl.head;
-  if (!list) return;
-  tl.head = tl.tail = NULL;
-  /* they leave this thread's queue: no more folding into them here (the
-   * fold counts already made travel with them) */
-  for (bw_call_t *q = list; q; q = q->qnext)
-    atomic_store_explicit(&q->queued_on, NULL, memory_order_relaxed);
-  if (bw__runtime_defer(rt, deferred_list, list) != 0) deferred_list(list);
+  if (list) {
+    tl.head = tl.tail = NULL;
+    /* they leave this thread's queue: no more folding into them here (the
+     * fold counts already made travel with them) */
+    for (bw_call_t *q = list; q; q = q->qnext)
+      atomic_store_explicit(&q->queued_on, NULL, memory_order_relaxed);
+    if (bw__runtime_defer(rt, deferred_list, list) != 0) deferred_list(list);
+  }
+  /* starting references the starts above kept pending (their calls stay
+   * alive through them, so this may come after the hand-off) */
+  flush_pend();
 }
 
 bool bw__call_now_peek(const bw_call_t *call, uint64_t *now) {

@@ -71,6 +71,12 @@ struct bw_call {
   _Atomic(void *) queued_on;
   int fold; /* extra references the pending local delivery drops (owned by
                the thread in queued_on) */
+  /* The trampoline (thread) holding this call's starting reference in its
+   * pending list (tl_pend[pend_idx]) until its outermost entry ends or the
+   * call's delivery is queued there (then folded into it). Relaxed: as
+   * queued_on. */
+  _Atomic(void *) pend_on;
+  int pend_idx;
   atomic_int refs;
   atomic_int state;   /* BW__CALL_*; seq_cst (see cancel vs start) */
   atomic_int flags;   /* BW__CF_* */
