@@ -129,7 +129,8 @@ static bw_service_t *backend_service(backend_t *b) {
 }
 
 /* The end of most tests: the built service, its backend, registry, runtime. */
-static void release_all(bw_service_t *svc, bw_service_t *inner, bw_registry_t *reg, bw_runtime_t *rt) {
+static void release_all(bw_service_t *svc, bw_service_t *inner, bw_registry_t *reg,
+                        bw_runtime_t *rt) {
   bw_service_release(svc);
   bw_service_release(inner);
   bw_registry_free(reg);

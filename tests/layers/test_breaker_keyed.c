@@ -111,21 +111,16 @@ static void test_force_per_key(void **state) {
   assert_int_equal(kcall(f, "up", BW_ERR_NONE), BW_ERR_NONE);
   assert_null(bw_circuit_breaker_keyed_force(f->layer, "down", BW_BREAKER_CLOSED));
   assert_int_equal(kcall(f, "down", BW_ERR_NONE), BW_ERR_NONE);
-  bw_error_t *e = bw_circuit_breaker_keyed_force(f->layer, "down", BW_BREAKER_HALF_OPEN);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_circuit_breaker_keyed_force(f->layer, "down", BW_BREAKER_HALF_OPEN),
+                  BW_ERR_INVALID_ARGUMENT);
   /* A plain breaker is not keyed and vice versa. */
   assert_int_equal(bw_circuit_breaker_keyed_count(NULL), 0);
-  e = bw_circuit_breaker_force(f->layer, BW_BREAKER_OPEN);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_circuit_breaker_force(f->layer, BW_BREAKER_OPEN), BW_ERR_INVALID_ARGUMENT);
   /* No key function: refused. */
   bw_circuit_breaker_keyed_opts_t o;
   bw_circuit_breaker_keyed_opts_init(&o);
   bw_layer_t *l = NULL;
-  e = bw_circuit_breaker_keyed_new(&l, &o);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_circuit_breaker_keyed_new(&l, &o), BW_ERR_INVALID_ARGUMENT);
   lh_fx_free(f);
 }
 
@@ -146,13 +141,8 @@ static void test_many_calls_evicting(void **state) {
     bw_call_set_context(r[i].call, (void *)KEYS[i % 8]);
     assert_null(bw_service_call(f->svc, r[i].call, lh_on_done, &r[i]));
   }
-  int ok = 0, bad = 0;
-  for (int i = 0; i < n; i++) {
-    lh_wait(&r[i]);
-    ok += r[i].kind == BW_ERR_NONE;
-    bad += r[i].kind == BW_ERR_CONNECT || r[i].kind == BW_ERR_CIRCUIT_OPEN;
-    lh_free(&r[i]);
-  }
+  lh_tally_t t = lh_wait_tally(r, n);
+  int ok = t.n[BW_ERR_NONE], bad = t.n[BW_ERR_CONNECT] + t.n[BW_ERR_CIRCUIT_OPEN];
   assert_int_equal(ok + bad, n);
   assert_true(bw_circuit_breaker_keyed_count(f->layer) <= 3);
   free(r);

@@ -255,11 +255,7 @@ static void test_layer_limit_and_reject(void **state) {
   assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
   assert_int_equal(r[0].kind + r[1].kind, BW_ERR_CONNECT); /* one ok, one failed */
   for (int i = 0; i < 3; i++) lh_free(&r[i]);
-  char *text = NULL;
-  size_t len = 0;
-  assert_null(bw_metrics_prometheus_text(&text, &len));
-  assert_non_null(strstr(text, "bulwark_bulkhead_limit{bulkhead=\"bh\"} 2"));
-  bw_metrics_text_free(text);
+  lh_assert_metric("bulwark_bulkhead_limit{bulkhead=\"bh\"} 2");
   lh_fx_free(f);
 }
 
@@ -391,18 +387,12 @@ static void test_layer_set_limit(void **state) {
   assert_int_equal(lh_wait_pending(f->be, 3), 3);
   assert_int_equal(bw_bulkhead_queued(f->layer), 1);
   assert_int_equal(bw_bulkhead_limit(f->layer), 3);
-  bw_error_t *e = bw_bulkhead_set_limit(f->layer, 0);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_bulkhead_set_limit(f->layer, 0), BW_ERR_INVALID_ARGUMENT);
   for (int i = 0; i < 4; i++) {
     assert_true(lh_wait_pending(f->be, 1) >= 1);
     lh_finish_one(f->be, BW_ERR_NONE);
   }
-  for (int i = 0; i < 4; i++) {
-    lh_wait(&r[i]);
-    assert_int_equal(r[i].kind, BW_ERR_NONE);
-    lh_free(&r[i]);
-  }
+  assert_int_equal(lh_wait_tally(r, 4).n[BW_ERR_NONE], 4);
   LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
   assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
   lh_fx_free(f);
@@ -416,13 +406,8 @@ static void test_layer_many_calls(void **state) {
   int n = lh_scaled(20000);
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++) lh_start(&r[i], f->svc, f->rt, 0);
-  int ok = 0, full = 0;
-  for (int i = 0; i < n; i++) {
-    lh_wait(&r[i]);
-    ok += r[i].kind == BW_ERR_NONE;
-    full += r[i].kind == BW_ERR_BULKHEAD_FULL;
-    lh_free(&r[i]);
-  }
+  lh_tally_t t = lh_wait_tally(r, n);
+  int ok = t.n[BW_ERR_NONE], full = t.n[BW_ERR_BULKHEAD_FULL];
   assert_int_equal(ok + full, n);
   assert_int_equal(atomic_load(&f->be->calls), ok);
   LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);

@@ -38,21 +38,15 @@ static void test_defaults_and_validation(void **state) {
   bw_layer_t *l = NULL;
   bw_chaos_opts_t bad = o;
   bad.rate = 1.5;
-  bw_error_t *e = bw_chaos_new(&l, &bad);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_chaos_new(&l, &bad), BW_ERR_INVALID_ARGUMENT);
   bad = o;
   bad.faults = BW_CHAOS_OUTCOME; /* no function */
-  e = bw_chaos_new(&l, &bad);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_chaos_new(&l, &bad), BW_ERR_INVALID_ARGUMENT);
   bad = o;
   bad.latency_dist = BW_CHAOS_LATENCY_UNIFORM;
   bad.latency_ms = 10;
   bad.latency_max_ms = 5;
-  e = bw_chaos_new(&l, &bad);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_chaos_new(&l, &bad), BW_ERR_INVALID_ARGUMENT);
   assert_null(l);
 }
 

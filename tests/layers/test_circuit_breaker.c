@@ -270,22 +270,15 @@ static void test_force_disable_and_events(void **state) {
   assert_null(bw_circuit_breaker_force(f->layer, BW_BREAKER_CLOSED));
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_CONNECT);
   assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
-  bw_error_t *e = bw_circuit_breaker_force(f->layer, BW_BREAKER_HALF_OPEN);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_circuit_breaker_force(f->layer, BW_BREAKER_HALF_OPEN),
+                  BW_ERR_INVALID_ARGUMENT);
   /* forced_open, disabled, forced_closed, closed (manual) + open (tripped) */
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_BREAKER_STATE), 5);
   assert_string_equal(f->ev.ev[0].reason, "manual");
   /* Not a breaker. */
-  e = bw_circuit_breaker_force(NULL, BW_BREAKER_OPEN);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_circuit_breaker_force(NULL, BW_BREAKER_OPEN), BW_ERR_INVALID_ARGUMENT);
   /* The state gauge is exported. */
-  char *text = NULL;
-  size_t len = 0;
-  assert_null(bw_metrics_prometheus_text(&text, &len));
-  assert_non_null(strstr(text, "bulwark_breaker_state{breaker=\"test\"} 1"));
-  bw_metrics_text_free(text);
+  lh_assert_metric("bulwark_breaker_state{breaker=\"test\"} 1");
   lh_fx_free(f);
 }
 
@@ -349,15 +342,8 @@ static void test_many_calls_two_workers(void **state) {
     lh_start(&r[i], f->svc, f->rt, 0);
     if (i % 64 == 63) bw_runtime_advance(f->rt, 1);
   }
-  int ok = 0, fail = 0, rej = 0;
-  for (int i = 0; i < n; i++) {
-    lh_wait(&r[i]);
-    assert_int_equal(atomic_load(&r[i].done), 1);
-    ok += r[i].kind == BW_ERR_NONE;
-    fail += r[i].kind == BW_ERR_CONNECT;
-    rej += r[i].kind == BW_ERR_CIRCUIT_OPEN;
-    lh_free(&r[i]);
-  }
+  lh_tally_t t = lh_wait_tally(r, n);
+  int ok = t.n[BW_ERR_NONE], fail = t.n[BW_ERR_CONNECT], rej = t.n[BW_ERR_CIRCUIT_OPEN];
   assert_int_equal(ok + fail + rej, n);
   bw_breaker_stats_t s;
   assert_null(bw_circuit_breaker_stats(f->layer, &s));

@@ -38,15 +38,11 @@ static void test_options(void **state) {
   assert_int_equal(o.max_wait_ms, 5000);
   assert_int_equal(o.tokens_per_call, 1);
   bw_layer_t *l = NULL;
-  bw_error_t *e = bw_rate_limit_new(&l, &o); /* rate not set */
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_rate_limit_new(&l, &o), BW_ERR_INVALID_ARGUMENT); /* rate not set */
   o.rate_per_sec = 10;
   o.burst = 2;
   o.tokens_per_call = 3;
-  e = bw_rate_limit_new(&l, &o);
-  assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
-  bw_error_unref(e);
+  lh_expect_error(bw_rate_limit_new(&l, &o), BW_ERR_INVALID_ARGUMENT);
   assert_null(l);
   o.tokens_per_call = 1;
   o.burst = 0; /* one second's worth */
@@ -72,11 +68,7 @@ static void test_reject_mode_hint(void **state) {
   assert_int_equal(lh_count_events(&f->ev, BW_EVENT_REJECTED), 2);
   assert_string_equal(f->ev.ev[0].reason, "rate_limited");
   assert_int_equal(f->ev.ev[0].delay_ns, 100 * MS_);
-  char *text = NULL;
-  size_t len = 0;
-  assert_null(bw_metrics_prometheus_text(&text, &len));
-  assert_non_null(strstr(text, "bulwark_rate_limit_tokens{rate_limit=\"rl\"}"));
-  bw_metrics_text_free(text);
+  lh_assert_metric("bulwark_rate_limit_tokens{rate_limit=\"rl\"}");
   lh_fx_free(f);
 }
 
@@ -187,11 +179,7 @@ static void test_many_calls_two_workers(void **state) {
   int n = lh_scaled(20000);
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++) lh_start(&r[i], f->svc, f->rt, 0);
-  for (int i = 0; i < n; i++) {
-    lh_wait(&r[i]);
-    assert_int_equal(r[i].kind, BW_ERR_NONE);
-    lh_free(&r[i]);
-  }
+  assert_int_equal(lh_wait_tally(r, n).n[BW_ERR_NONE], n);
   assert_int_equal(atomic_load(&f->be->calls), n);
   free(r);
   lh_fx_free(f);
@@ -223,13 +211,8 @@ static void test_cancel_storm(void **state) {
   assert_int_equal(pthread_create(&th, NULL, canceller, &s), 0);
   pthread_join(th, NULL);
   assert_int_equal(lh_wait_done(r, n, n), n);
-  int ok = 0, cancelled = 0;
-  for (int i = 0; i < n; i++) {
-    assert_int_equal(atomic_load(&r[i].done), 1);
-    ok += r[i].kind == BW_ERR_NONE;
-    cancelled += r[i].kind == BW_ERR_CANCELLED;
-    lh_free(&r[i]);
-  }
+  lh_tally_t t = lh_wait_tally(r, n);
+  int ok = t.n[BW_ERR_NONE], cancelled = t.n[BW_ERR_CANCELLED];
   assert_int_equal(ok + cancelled, n);
   assert_int_equal(atomic_load(&f->be->calls), ok);
   assert_true(bw_rate_limit_tokens(f->layer, NULL) > -1.5);

@@ -168,6 +168,32 @@ void lh_free(lh_res_t *r) {
   r->call = NULL;
 }
 
+lh_tally_t lh_wait_tally(lh_res_t *r, int n) {
+  lh_tally_t t;
+  memset(&t, 0, sizeof t);
+  for (int i = 0; i < n; i++) {
+    lh_wait(&r[i]);
+    assert_in_range(r[i].kind, 0, BW_ERR__MAX - 1);
+    t.n[r[i].kind]++;
+    lh_free(&r[i]);
+  }
+  return t;
+}
+
+void lh_expect_error(bw_error_t *e, bw_error_kind_t kind) {
+  assert_non_null(e);
+  assert_int_equal(bw_error_kind(e), kind);
+  bw_error_unref(e);
+}
+
+void lh_assert_metric(const char *needle) {
+  char *text = NULL;
+  size_t len = 0;
+  assert_null(bw_metrics_prometheus_text(&text, &len));
+  assert_non_null(strstr(text, needle));
+  bw_metrics_text_free(text);
+}
+
 void lh_on_event(const bw_event_t *ev, void *arg) {
   lh_events_t *e = arg;
   pthread_mutex_lock(&e->mu);
@@ -291,7 +317,8 @@ typedef struct chain {
 static void chain_next(chain_t *c);
 static void chain_done(bw_call_t *call, const bw_error_t *err, void *arg) {
   chain_t *c = arg;
-  if (bw_error_kind(err) != c->kind || bw_error_retry_after_ms(err) != c->retry_after_ms) c->wrong++;
+  if (bw_error_kind(err) != c->kind || bw_error_retry_after_ms(err) != c->retry_after_ms)
+    c->wrong++;
   bw_call_free(call);
   if (--c->left > 0) {
     chain_next(c);

@@ -86,6 +86,20 @@ bw_error_kind_t lh_call(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r);
 /* Free r's call (NULL is fine). */
 void lh_free(lh_res_t *r);
 
+/* Counts of results by kind. */
+typedef struct lh_tally {
+  int n[BW_ERR__MAX];
+} lh_tally_t;
+/* lh_wait for each of the n results in turn (each must complete exactly
+ * once), count them by kind and free their calls. */
+lh_tally_t lh_wait_tally(lh_res_t *r, int n);
+
+/* Assert that e is an error of `kind`, and drop it. */
+void lh_expect_error(bw_error_t *e, bw_error_kind_t kind);
+
+/* Assert that the Prometheus metrics text contains `needle`. */
+void lh_assert_metric(const char *needle);
+
 /* Recorded events of one layer (the test initialises mu). */
 typedef struct lh_events {
   pthread_mutex_t mu;
