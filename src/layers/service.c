@@ -804,7 +804,8 @@ static void start(bw_call_t *c) {
       if (folded) return;
       /* Still inside an outer entry: keep the reference pending until it
        * ends (flush_pend) or the delivery gets queued here (deliver). */
-      if (tl.busy > 0 && tl_npend < PEND_MAX) {
+      if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX) { /* (a root's
+                                            delivery goes to a task: no fold) */
         c->pend_idx = tl_npend;
         tl_pend[tl_npend++] = c;
         atomic_store_explicit(&c->pend_on, (void *)&tl, memory_order_relaxed);
