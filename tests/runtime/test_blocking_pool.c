@@ -73,6 +73,34 @@ static bw__blocking_opts_t opts_lazy(unsigned max, uint64_t keep_alive_ms) {
   return o;
 }
 
+static bw__blocking_pool_t *new_pool(unsigned max, uint64_t keep_alive_ms) {
+  bw__blocking_pool_t *p = NULL;
+  bw__blocking_opts_t o = opts_lazy(max, keep_alive_ms);
+  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  return p;
+}
+
+/* The counters of a test that holds a job at a gate. */
+typedef struct gated {
+  rh_counter_t done, gate, entered;
+} gated_t;
+
+static void gated_init(gated_t *g) {
+  rh_counter_init(&g->done);
+  rh_counter_init(&g->gate);
+  rh_counter_init(&g->entered);
+}
+static void gated_destroy(gated_t *g) {
+  rh_counter_destroy(&g->done);
+  rh_counter_destroy(&g->gate);
+  rh_counter_destroy(&g->entered);
+}
+/* j bumps g->entered when it starts, then waits until g->gate >= 1. */
+static void tjob_hold(tjob_t *j, gated_t *g) {
+  j->gate = &g->gate;
+  j->entered = &g->entered;
+}
+
 static bw__blocking_metrics_t metrics(bw__blocking_pool_t *p) {
   bw__blocking_metrics_t m;
   bw__blocking_pool_metrics(p, &m);
@@ -83,9 +111,7 @@ static bw__blocking_metrics_t metrics(bw__blocking_pool_t *p) {
 
 static void test_lazy_start(void **state) {
   (void)state;
-  bw__blocking_pool_t *p;
-  bw__blocking_opts_t o = opts_lazy(4, 10000);
-  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  bw__blocking_pool_t *p = new_pool(4, 10000);
   assert_int_equal(metrics(p).live, 0);
   assert_int_equal(metrics(p).threads_started, 0);
   rh_counter_t done;
@@ -107,9 +133,7 @@ static void test_cap_many_jobs(void **state) {
   (void)state;
   int n = (int)(10000 * rh_scale());
   if (n < 500) n = 500;
-  bw__blocking_pool_t *p;
-  bw__blocking_opts_t o = opts_lazy(8, 10000);
-  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  bw__blocking_pool_t *p = new_pool(8, 10000);
   rh_counter_t done;
   rh_counter_init(&done);
   tjob_t *jobs = bw__malloc((size_t)n * sizeof *jobs);
@@ -139,45 +163,36 @@ static void test_cap_many_jobs(void **state) {
 
 static void test_queueing_fifo(void **state) {
   (void)state;
-  bw__blocking_pool_t *p;
-  bw__blocking_opts_t o = opts_lazy(1, 10000);
-  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  rh_counter_t done, gate, entered;
-  rh_counter_init(&done);
-  rh_counter_init(&gate);
-  rh_counter_init(&entered);
+  bw__blocking_pool_t *p = new_pool(1, 10000);
+  gated_t g;
+  gated_init(&g);
   int order[6];
   atomic_int order_n = 0;
   tjob_t j[6];
   for (int i = 0; i < 6; i++) {
-    tjob_init(&j[i], i, &done);
+    tjob_init(&j[i], i, &g.done);
     j[i].order = order;
     j[i].order_n = &order_n;
   }
-  j[0].gate = &gate;
-  j[0].entered = &entered;
+  tjob_hold(&j[0], &g);
   assert_int_equal(bw__blocking_pool_submit(p, &j[0].job), 0);
-  assert_true(rh_counter_wait(&entered, 1)); /* the only thread is busy */
+  assert_true(rh_counter_wait(&g.entered, 1)); /* the only thread is busy */
   for (int i = 1; i < 6; i++) assert_int_equal(bw__blocking_pool_submit(p, &j[i].job), 0);
   bw__blocking_metrics_t m = metrics(p);
   assert_int_equal(m.queued, 5);
   assert_int_equal(m.live, 1);
   assert_int_equal(m.running, 1);
-  rh_counter_add(&gate, 1);
-  assert_true(rh_counter_wait(&done, 6));
+  rh_counter_add(&g.gate, 1);
+  assert_true(rh_counter_wait(&g.done, 6));
   for (int i = 0; i < 6; i++) assert_int_equal(order[i], i);
   assert_int_equal(metrics(p).threads_started, 1);
   bw__blocking_pool_free(p);
-  rh_counter_destroy(&done);
-  rh_counter_destroy(&gate);
-  rh_counter_destroy(&entered);
+  gated_destroy(&g);
 }
 
 static void test_keep_alive_exit(void **state) {
   (void)state;
-  bw__blocking_pool_t *p;
-  bw__blocking_opts_t o = opts_lazy(4, 20);
-  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  bw__blocking_pool_t *p = new_pool(4, 20);
   rh_counter_t done;
   rh_counter_init(&done);
   tjob_t j[2];
@@ -227,29 +242,24 @@ static void test_eager_start(void **state) {
 
 static void test_cancel_before_start(void **state) {
   (void)state;
-  bw__blocking_pool_t *p;
-  bw__blocking_opts_t o = opts_lazy(1, 10000);
-  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  rh_counter_t done, gate, entered;
-  rh_counter_init(&done);
-  rh_counter_init(&gate);
-  rh_counter_init(&entered);
+  bw__blocking_pool_t *p = new_pool(1, 10000);
+  gated_t g;
+  gated_init(&g);
   tjob_t a, b, c;
-  tjob_init(&a, 0, &done);
-  tjob_init(&b, 1, &done);
-  tjob_init(&c, 2, &done);
-  a.gate = &gate;
-  a.entered = &entered;
+  tjob_init(&a, 0, &g.done);
+  tjob_init(&b, 1, &g.done);
+  tjob_init(&c, 2, &g.done);
+  tjob_hold(&a, &g);
   assert_int_equal(bw__blocking_pool_submit(p, &a.job), 0);
-  assert_true(rh_counter_wait(&entered, 1));
+  assert_true(rh_counter_wait(&g.entered, 1));
   assert_int_equal(bw__blocking_pool_submit(p, &b.job), 0);
   assert_int_equal(bw__blocking_pool_submit(p, &c.job), 0);
   assert_true(bw__blocking_pool_cancel(p, &b.job));
   assert_false(bw__blocking_pool_cancel(p, &b.job)); /* already cancelled */
   assert_false(bw__blocking_pool_cancel(p, &a.job)); /* running */
   assert_int_equal(metrics(p).queued, 1);
-  rh_counter_add(&gate, 1);
-  assert_true(rh_counter_wait(&done, 2));
+  rh_counter_add(&g.gate, 1);
+  assert_true(rh_counter_wait(&g.done, 2));
   assert_false(bw__blocking_pool_cancel(p, &c.job)); /* finished */
   assert_int_equal(bw__blocking_pool_shutdown(p, BW__BLOCKING_FOREVER), 0);
   assert_int_equal(atomic_load(&a.ran), 1);
@@ -257,9 +267,7 @@ static void test_cancel_before_start(void **state) {
   assert_int_equal(atomic_load(&c.ran), 1);
   assert_int_equal(metrics(p).jobs_cancelled, 1);
   bw__blocking_pool_free(p);
-  rh_counter_destroy(&done);
-  rh_counter_destroy(&gate);
-  rh_counter_destroy(&entered);
+  gated_destroy(&g);
 }
 
 typedef struct shutdown_arg {
@@ -277,23 +285,19 @@ static void *shutdown_thread(void *arg) {
 static void test_shutdown_queued_and_running(void **state) {
   (void)state;
   enum { RUNNING = 2, QUEUED = 10 };
-  bw__blocking_pool_t *p;
-  bw__blocking_opts_t o = opts_lazy(RUNNING, 10000);
-  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
-  rh_counter_t done, gate, entered, cancelled_cnt;
-  rh_counter_init(&done);
-  rh_counter_init(&gate);
-  rh_counter_init(&entered);
+  bw__blocking_pool_t *p = new_pool(RUNNING, 10000);
+  gated_t g;
+  gated_init(&g);
+  rh_counter_t cancelled_cnt;
   rh_counter_init(&cancelled_cnt);
   tjob_t j[RUNNING + QUEUED];
   for (int i = 0; i < RUNNING + QUEUED; i++) {
-    tjob_init(&j[i], i, i < RUNNING ? &done : &cancelled_cnt);
+    tjob_init(&j[i], i, i < RUNNING ? &g.done : &cancelled_cnt);
     if (i < RUNNING) {
-      j[i].gate = &gate;
-      j[i].entered = &entered;
+      tjob_hold(&j[i], &g);
     }
     assert_int_equal(bw__blocking_pool_submit(p, &j[i].job), 0);
-    if (i == RUNNING - 1) assert_true(rh_counter_wait(&entered, RUNNING));
+    if (i == RUNNING - 1) assert_true(rh_counter_wait(&g.entered, RUNNING));
   }
   assert_int_equal(metrics(p).queued, QUEUED);
   shutdown_arg_t s = {p, BW__BLOCKING_FOREVER, 1};
@@ -301,11 +305,11 @@ static void test_shutdown_queued_and_running(void **state) {
   assert_int_equal(pthread_create(&th, NULL, shutdown_thread, &s), 0);
   /* Queued jobs get `cancelled` first; running ones hold shutdown up. */
   assert_true(rh_counter_wait(&cancelled_cnt, QUEUED));
-  assert_int_equal(rh_counter_get(&done), 0);
+  assert_int_equal(rh_counter_get(&g.done), 0);
   tjob_t late;
-  tjob_init(&late, 99, &done);
+  tjob_init(&late, 99, &g.done);
   assert_int_equal(bw__blocking_pool_submit(p, &late.job), -ESHUTDOWN);
-  rh_counter_add(&gate, 1);
+  rh_counter_add(&g.gate, 1);
   pthread_join(th, NULL);
   assert_int_equal(s.rc, 0);
   for (int i = 0; i < RUNNING + QUEUED; i++) {
@@ -319,33 +323,26 @@ static void test_shutdown_queued_and_running(void **state) {
   assert_int_equal(m.jobs_cancelled, QUEUED);
   assert_int_equal(atomic_load(&late.ran) + atomic_load(&late.cancelled), 0);
   bw__blocking_pool_free(p);
-  rh_counter_destroy(&done);
-  rh_counter_destroy(&gate);
-  rh_counter_destroy(&entered);
+  gated_destroy(&g);
   rh_counter_destroy(&cancelled_cnt);
 }
 
 static void test_shutdown_timeout_abandons(void **state) {
   (void)state;
   uint64_t alive_before = bw__blocking_pools_alive();
-  bw__blocking_pool_t *p;
-  bw__blocking_opts_t o = opts_lazy(1, 10000);
-  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  bw__blocking_pool_t *p = new_pool(1, 10000);
   assert_int_equal(bw__blocking_pools_alive(), alive_before + 1);
-  rh_counter_t done, gate, entered;
-  rh_counter_init(&done);
-  rh_counter_init(&gate);
-  rh_counter_init(&entered);
+  gated_t g;
+  gated_init(&g);
   tjob_t a;
-  tjob_init(&a, 0, &done);
-  a.gate = &gate;
-  a.entered = &entered;
+  tjob_init(&a, 0, &g.done);
+  tjob_hold(&a, &g);
   assert_int_equal(bw__blocking_pool_submit(p, &a.job), 0);
-  assert_true(rh_counter_wait(&entered, 1));
+  assert_true(rh_counter_wait(&g.entered, 1));
   assert_int_equal(bw__blocking_pool_shutdown(p, 20), -ETIMEDOUT);
   bw__blocking_pool_free(p); /* thread is detached, frees the pool later */
-  rh_counter_add(&gate, 1);
-  assert_true(rh_counter_wait(&done, 1));
+  rh_counter_add(&g.gate, 1);
+  assert_true(rh_counter_wait(&g.done, 1));
   /* The detached thread drops the last reference right after its job. */
   struct timespec t0, t1;
   clock_gettime(CLOCK_MONOTONIC, &t0);
@@ -355,9 +352,7 @@ static void test_shutdown_timeout_abandons(void **state) {
     assert_true(t1.tv_sec - t0.tv_sec < RH_WAIT_MS / 1000);
   }
   assert_int_equal(atomic_load(&a.ran), 1);
-  rh_counter_destroy(&done);
-  rh_counter_destroy(&gate);
-  rh_counter_destroy(&entered);
+  gated_destroy(&g);
 }
 
 /* Jobs that submit more jobs, check their thread's name and refuse to shut
@@ -449,9 +444,7 @@ static void test_multi_producer_keep_alive_races(void **state) {
   int per = (int)(2500 * rh_scale());
   if (per < 200) per = 200;
   for (uint64_t ka = 0; ka <= 1; ka++) {
-    bw__blocking_pool_t *p;
-    bw__blocking_opts_t o = opts_lazy(3, ka);
-    assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+    bw__blocking_pool_t *p = new_pool(3, ka);
     rh_counter_t done;
     rh_counter_init(&done);
     tjob_t *jobs = bw__malloc((size_t)PRODUCERS * (size_t)per * sizeof *jobs);
@@ -487,9 +480,7 @@ static void test_multi_producer_keep_alive_races(void **state) {
 static void trivial_run(void *arg) { rh_counter_add(arg, 1); }
 
 static double batch_ns_per_job(unsigned max_threads, int total) {
-  bw__blocking_pool_t *p;
-  bw__blocking_opts_t o = opts_lazy(max_threads, 10000);
-  assert_int_equal(bw__blocking_pool_new(&p, &o), 0);
+  bw__blocking_pool_t *p = new_pool(max_threads, 10000);
   rh_counter_t done;
   rh_counter_init(&done);
   bw__blocking_job_t jobs[100];

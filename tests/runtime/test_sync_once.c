@@ -9,6 +9,7 @@
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
+#include <string.h>
 
 #include "bulwark/alloc.h"
 #include "bulwark/runtime.h"
@@ -53,6 +54,18 @@ static bw_poll_t init_task(bw_task_t *self, void *arg) {
   return BW_READY;
 }
 
+/* Reset values_freed and ic (init fails `fail_first` times; gated: it waits
+ * on a new notify ic->gate), and return a cell running init_task(ic). */
+static bw_once_cell_t *new_cell(init_ctx_t *ic, int fail_first, bool gated) {
+  atomic_store(&values_freed, 0);
+  memset(ic, 0, sizeof *ic);
+  atomic_store(&ic->fail_first, fail_first);
+  if (gated) assert_null(bw_notify_new(&ic->gate));
+  bw_once_cell_t *cell = NULL;
+  assert_null(bw_once_cell_new(&cell, init_task, ic, value_free));
+  return cell;
+}
+
 typedef struct caller {
   bw_once_cell_t *cell;
   atomic_int parked;
@@ -71,10 +84,8 @@ static bw_poll_t caller_task(bw_task_t *self, void *arg) {
 
 static void test_init_once(void **state) {
   (void)state;
-  atomic_store(&values_freed, 0);
-  init_ctx_t ic = {0};
-  bw_once_cell_t *cell;
-  assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
+  init_ctx_t ic;
+  bw_once_cell_t *cell = new_cell(&ic, 0, false);
   caller_t a = {.cell = cell}, b = {.cell = cell};
   assert_null(bw_block_on(rh_rt, caller_task, &a, NULL));
   assert_null(a.err);
@@ -91,11 +102,8 @@ static void test_init_once(void **state) {
 
 static void test_concurrent_callers_wait(void **state) {
   (void)state;
-  atomic_store(&values_freed, 0);
-  init_ctx_t ic = {0};
-  assert_null(bw_notify_new(&ic.gate));
-  bw_once_cell_t *cell;
-  assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
+  init_ctx_t ic;
+  bw_once_cell_t *cell = new_cell(&ic, 0, true);
   enum { N = 8 };
   caller_t c[N];
   bw_join_t *j[N];
@@ -122,10 +130,8 @@ static void test_concurrent_callers_wait(void **state) {
 
 static void test_failure_not_cached(void **state) {
   (void)state;
-  init_ctx_t ic = {0};
-  atomic_store(&ic.fail_first, 2);
-  bw_once_cell_t *cell;
-  assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
+  init_ctx_t ic;
+  bw_once_cell_t *cell = new_cell(&ic, 2, false);
   for (int i = 0; i < 2; i++) {
     caller_t a = {.cell = cell};
     assert_null(bw_block_on(rh_rt, caller_task, &a, NULL));
@@ -145,11 +151,8 @@ static void test_failure_not_cached(void **state) {
  * a waiter runs init again and everyone else gets that value. */
 static void test_failure_retried_by_waiter(void **state) {
   (void)state;
-  init_ctx_t ic = {0};
-  atomic_store(&ic.fail_first, 1);
-  assert_null(bw_notify_new(&ic.gate));
-  bw_once_cell_t *cell;
-  assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
+  init_ctx_t ic;
+  bw_once_cell_t *cell = new_cell(&ic, 1, true);
   caller_t starter = {.cell = cell};
   bw_join_t *js;
   assert_null(bw_spawn(rh_rt, caller_task, &starter, &js));
@@ -190,9 +193,8 @@ static bw_poll_t nested_task(bw_task_t *self, void *arg) {
 }
 static void test_nested_wait_refused(void **state) {
   (void)state;
-  init_ctx_t ic = {0};
-  bw_once_cell_t *cell;
-  assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
+  init_ctx_t ic;
+  bw_once_cell_t *cell = new_cell(&ic, 0, false);
   nested_t n = {cell, NULL};
   assert_null(bw_block_on(rh_rt, nested_task, &n, NULL));
   assert_true(bw_error_is(n.err, BW_ERR_NESTED_RUNTIME));
@@ -208,11 +210,8 @@ static void test_nested_wait_refused(void **state) {
 /* Freeing the cell while init still runs is safe; the value is freed later. */
 static void test_free_while_running(void **state) {
   (void)state;
-  atomic_store(&values_freed, 0);
-  init_ctx_t ic = {0};
-  assert_null(bw_notify_new(&ic.gate));
-  bw_once_cell_t *cell;
-  assert_null(bw_once_cell_new(&cell, init_task, &ic, value_free));
+  init_ctx_t ic;
+  bw_once_cell_t *cell = new_cell(&ic, 0, true);
   caller_t a = {.cell = cell};
   bw_join_t *ja;
   assert_null(bw_spawn(rh_rt, caller_task, &a, &ja));
