@@ -44,11 +44,7 @@ static lh_fx_t *kfx_new(uint32_t max_keys) {
 static bw_error_kind_t kcall(lh_fx_t *f, const char *key, bw_error_kind_t backend) {
   f->be->dflt = backend;
   lh_res_t r;
-  memset(&r, 0, sizeof r);
-  r.rt = f->rt;
-  assert_null(bw_call_new(&r.call, f->svc, f->rt));
-  bw_call_set_context(r.call, (void *)key);
-  assert_null(bw_service_call(f->svc, r.call, lh_on_done, &r));
+  lh_start_ctx(&r, f->svc, f->rt, (void *)key);
   lh_wait(&r);
   lh_free(&r);
   return r.kind;
@@ -135,12 +131,7 @@ static void test_many_calls_evicting(void **state) {
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < 4096; i++) f->be->script[i] = i % 5 == 0 ? BW_ERR_CONNECT : BW_ERR_NONE;
   f->be->nscript = 4096;
-  for (int i = 0; i < n; i++) {
-    r[i].rt = f->rt;
-    assert_null(bw_call_new(&r[i].call, f->svc, f->rt));
-    bw_call_set_context(r[i].call, (void *)KEYS[i % 8]);
-    assert_null(bw_service_call(f->svc, r[i].call, lh_on_done, &r[i]));
-  }
+  for (int i = 0; i < n; i++) lh_start_ctx(&r[i], f->svc, f->rt, (void *)KEYS[i % 8]);
   lh_tally_t t = lh_wait_tally(r, n);
   int ok = t.n[BW_ERR_NONE], bad = t.n[BW_ERR_CONNECT] + t.n[BW_ERR_CIRCUIT_OPEN];
   assert_int_equal(ok + bad, n);

@@ -421,20 +421,6 @@ static void test_layer_many_calls(void **state) {
 /* Cancel storm: calls queued and running while another thread cancels a
  * third of them and this one completes the backend's calls. Every call
  * completes exactly once and every permit comes back. */
-typedef struct storm {
-  lh_res_t *r;
-  int n;
-} storm_t;
-
-static void *canceller(void *arg) {
-  storm_t *s = arg;
-  for (int i = 0; i < s->n; i += 3) {
-    bw_call_cancel(s->r[i].call);
-    if (i % 30 == 0) sched_yield();
-  }
-  return NULL;
-}
-
 static bool finish_any(lh_backend_t *be) {
   pthread_mutex_lock(&lh_mu);
   if (be->npending == 0) {
@@ -456,13 +442,12 @@ static void test_layer_cancel_storm(void **state) {
   if (n > 4000) n = 4000;
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++) lh_start(&r[i], f->svc, f->rt, 0);
-  storm_t s = {r, n};
-  pthread_t th;
-  assert_int_equal(pthread_create(&th, NULL, canceller, &s), 0);
+  lh_storm_t s;
+  lh_storm_start(&s, r, n, true);
   uint64_t end = lh_real_ms() + 60000;
   while (lh_wait_done(r, n, 0) < n && lh_real_ms() < end)
     if (!finish_any(f->be)) sched_yield();
-  pthread_join(th, NULL);
+  lh_storm_join(&s);
   assert_int_equal(lh_wait_done(r, n, n), n);
   int ok = 0, cancelled = 0;
   for (int i = 0; i < n; i++) {

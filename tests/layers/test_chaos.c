@@ -163,11 +163,7 @@ static void test_predicate_and_switch(void **state) {
   lh_fx_t *f = cfx_new(&o);
   lh_res_t r;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
-  memset(&r, 0, sizeof r);
-  r.rt = f->rt;
-  assert_null(bw_call_new(&r.call, f->svc, f->rt));
-  bw_call_set_context(r.call, &r);
-  assert_null(bw_service_call(f->svc, r.call, lh_on_done, &r));
+  lh_start_ctx(&r, f->svc, f->rt, &r);
   lh_wait(&r);
   assert_int_equal(r.kind, BW_ERR_INJECTED);
   lh_free(&r);
@@ -175,11 +171,7 @@ static void test_predicate_and_switch(void **state) {
   bw_chaos_set_enabled(f->layer, false);
   assert_false(bw_chaos_enabled(f->layer));
   uint64_t seen = bw_chaos_seen(f->layer);
-  memset(&r, 0, sizeof r);
-  r.rt = f->rt;
-  assert_null(bw_call_new(&r.call, f->svc, f->rt));
-  bw_call_set_context(r.call, &r);
-  assert_null(bw_service_call(f->svc, r.call, lh_on_done, &r));
+  lh_start_ctx(&r, f->svc, f->rt, &r);
   lh_wait(&r);
   assert_int_equal(r.kind, BW_ERR_NONE);
   lh_free(&r);

@@ -189,27 +189,15 @@ static void test_many_calls_two_workers(void **state) {
 /* Cancel storm on the real clock: waiting calls cancelled by another thread
  * while their timers fire. Each call completes once; cancelled waiters'
  * tokens come back, so no reservation is left over at the end. */
-typedef struct storm {
-  lh_res_t *r;
-  int n;
-} storm_t;
-
-static void *canceller(void *arg) {
-  storm_t *s = arg;
-  for (int i = 0; i < s->n; i += 3) bw_call_cancel(s->r[i].call);
-  return NULL;
-}
-
 static void test_cancel_storm(void **state) {
   (void)state;
   lh_fx_t *f = rfx_new(false, 4000, 1, BW_RATE_LIMIT_WAIT, 10000);
   int n = lh_scaled(600);
   lh_res_t *r = calloc((size_t)n, sizeof *r);
   for (int i = 0; i < n; i++) lh_start(&r[i], f->svc, f->rt, 0);
-  storm_t s = {r, n};
-  pthread_t th;
-  assert_int_equal(pthread_create(&th, NULL, canceller, &s), 0);
-  pthread_join(th, NULL);
+  lh_storm_t s;
+  lh_storm_start(&s, r, n, false);
+  lh_storm_join(&s);
   assert_int_equal(lh_wait_done(r, n, n), n);
   lh_tally_t t = lh_wait_tally(r, n);
   int ok = t.n[BW_ERR_NONE], cancelled = t.n[BW_ERR_CANCELLED];

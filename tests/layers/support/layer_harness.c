@@ -121,12 +121,22 @@ void lh_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
   pthread_mutex_unlock(&lh_mu);
 }
 
-void lh_start(lh_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms) {
+static void start(lh_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms,
+                  void *ctx) {
   memset(r, 0, sizeof *r);
   r->rt = rt;
   assert_null(bw_call_new(&r->call, svc, rt));
   if (timeout_ms) bw_call_set_timeout_ms(r->call, timeout_ms);
+  if (ctx) bw_call_set_context(r->call, ctx);
   assert_null(bw_service_call(svc, r->call, lh_on_done, r));
+}
+
+void lh_start(lh_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms) {
+  start(r, svc, rt, timeout_ms, NULL);
+}
+
+void lh_start_ctx(lh_res_t *r, bw_service_t *svc, bw_runtime_t *rt, void *ctx) {
+  start(r, svc, rt, 0, ctx);
 }
 
 void lh_wait(lh_res_t *r) {
@@ -167,6 +177,24 @@ void lh_free(lh_res_t *r) {
   bw_call_free(r->call);
   r->call = NULL;
 }
+
+static void *storm_main(void *arg) {
+  lh_storm_t *s = arg;
+  for (int i = 0; i < s->n; i += 3) {
+    bw_call_cancel(s->r[i].call);
+    if (s->yield && i % 30 == 0) sched_yield();
+  }
+  return NULL;
+}
+
+void lh_storm_start(lh_storm_t *s, lh_res_t *r, int n, bool yield) {
+  s->r = r;
+  s->n = n;
+  s->yield = yield;
+  assert_int_equal(pthread_create(&s->th, NULL, storm_main, s), 0);
+}
+
+void lh_storm_join(lh_storm_t *s) { pthread_join(s->th, NULL); }
 
 lh_tally_t lh_wait_tally(lh_res_t *r, int n) {
   lh_tally_t t;

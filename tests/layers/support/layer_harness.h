@@ -77,6 +77,8 @@ typedef struct lh_res {
 void lh_on_done(bw_call_t *call, const bw_error_t *err, void *arg);
 /* Start a call; timeout_ms 0: no deadline. */
 void lh_start(lh_res_t *r, bw_service_t *svc, bw_runtime_t *rt, uint64_t timeout_ms);
+/* Start a call with context ctx (bw_call_set_context), no deadline. */
+void lh_start_ctx(lh_res_t *r, bw_service_t *svc, bw_runtime_t *rt, void *ctx);
 /* Wait for r's completion and assert it completed exactly once. */
 void lh_wait(lh_res_t *r);
 /* Wait until at least `want` of the n results are done; returns how many. */
@@ -85,6 +87,17 @@ int lh_wait_done(lh_res_t *r, int n, int want);
 bw_error_kind_t lh_call(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r);
 /* Free r's call (NULL is fine). */
 void lh_free(lh_res_t *r);
+
+/* Cancel storm: a thread that cancels every third started call r[0], r[3],
+ * ... of r[0..n) (sched_yield every 30 when `yield`). */
+typedef struct lh_storm {
+  lh_res_t *r;
+  int n;
+  bool yield;
+  pthread_t th;
+} lh_storm_t;
+void lh_storm_start(lh_storm_t *s, lh_res_t *r, int n, bool yield);
+void lh_storm_join(lh_storm_t *s);
 
 /* Counts of results by kind. */
 typedef struct lh_tally {
