@@ -111,8 +111,17 @@ static void test_sync_fn_basic(void **state) {
   assert_null(h4_submit(svc, c, h4_on_done, &r));
   assert_int_equal(h4_wait_for(&w, 1), 1);
   assert_int_equal(atomic_load(&r.completions), 1);
-  assert_true(r.on_worker);
+  /* The only way a root callback runs off the workers is the runtime
+   * refusing the deferred start or delivery (then the call fails with that
+   * reason): check and show the outcome first, so such a failure names its
+   * cause instead of only "not on a worker". */
+  if (r.kind != BW_ERR_NONE || !r.on_worker) {
+    char buf[256];
+    bw_error_format(r.err, buf, sizeof buf, 0);
+    print_error("outcome %s, on_worker %d\n", r.err ? buf : "success", (int)r.on_worker);
+  }
   assert_int_equal(r.kind, BW_ERR_NONE);
+  assert_true(r.on_worker);
   assert_non_null(r.resp);
   assert_int_equal(*(int *)r.resp, 42);
   assert_ptr_equal(bw_call_service(c), svc);
