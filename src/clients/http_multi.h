@@ -56,9 +56,12 @@ CURL *bw__curlm_easy_get(bw__curlm_t *m);
 /* Give an easy handle back to the pool (or clean it up if the pool is full). */
 void bw__curlm_easy_put(bw__curlm_t *m, CURL *easy);
 
-/* Call fn(arg) on the loop thread after each batch of done callbacks (the
- * end of every socket or timer event, and of bw__curlm_close), so the owner
- * can hand a whole batch of results to another thread at once. */
+/* Call fn(arg) on the loop thread after each batch of done callbacks: once
+ * per loop iteration in which transfers finished on socket events (a
+ * uv_check after the poll phase, so every socket that was ready in one epoll
+ * wake-up is one batch), at the end of a timer event that finished some, and
+ * at the end of bw__curlm_close, so the owner can hand a whole batch of
+ * results to another thread at once. */
 void bw__curlm_set_after(bw__curlm_t *m, void (*fn)(void *arg), void *arg);
 
 /* Number of transfers added and not yet done/removed. */
