@@ -128,6 +128,20 @@ static bw_service_t *backend_service(backend_t *b) {
   return svc;
 }
 
+/* A registry loaded from the text y (named `name` in messages). */
+static bw_registry_t *load(const char *y, const char *name) {
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, y, strlen(y), name, NULL));
+  return reg;
+}
+
+/* The registry's stack `stack` built around inner. */
+static bw_service_t *build(bw_registry_t *reg, const char *stack, bw_service_t *inner) {
+  bw_service_t *svc = NULL;
+  assert_null(bw_registry_build(reg, stack, inner, &svc));
+  return svc;
+}
+
 /* The end of most tests: the built service, its backend, registry, runtime. */
 static void release_all(bw_service_t *svc, bw_service_t *inner, bw_registry_t *reg,
                         bw_runtime_t *rt) {
@@ -161,8 +175,7 @@ static const char *kTwo =
 static void test_names_and_build(void **state) {
   (void)state;
   bw_runtime_t *rt = paused_rt();
-  bw_registry_t *reg = NULL;
-  assert_null(bw_registry_load_string(&reg, kTwo, strlen(kTwo), "two.yaml", NULL));
+  bw_registry_t *reg = load(kTwo, "two.yaml");
   assert_int_equal(bw_registry_generation(reg), 1);
   char names[256] = "";
   assert_int_equal(bw_registry_names(reg, BW_REGISTRY_STACKS, collect, names), 2);
@@ -174,8 +187,7 @@ static void test_names_and_build(void **state) {
 
   backend_t b = {0, 2};
   bw_service_t *inner = backend_service(&b);
-  bw_service_t *svc = NULL;
-  assert_null(bw_registry_build(reg, "retrying", inner, &svc));
+  bw_service_t *svc = build(reg, "retrying", inner);
   char resp[64];
   /* two transport failures, the third attempt succeeds */
   assert_int_equal(call_once(rt, svc, resp), BW_ERR_NONE);
@@ -205,12 +217,10 @@ static void test_names_and_build(void **state) {
 static void test_reload_keeps_breaker_state(void **state) {
   (void)state;
   bw_runtime_t *rt = paused_rt();
-  bw_registry_t *reg = NULL;
-  assert_null(bw_registry_load_string(&reg, kTwo, strlen(kTwo), "two.yaml", NULL));
+  bw_registry_t *reg = load(kTwo, "two.yaml");
   backend_t b = {0, 1000000};
   bw_service_t *inner = backend_service(&b);
-  bw_service_t *svc = NULL;
-  assert_null(bw_registry_build(reg, "guarded", inner, &svc));
+  bw_service_t *svc = build(reg, "guarded", inner);
   assert_int_equal(call_once(rt, svc, NULL), BW_ERR_TRANSPORT);
   assert_int_equal(call_once(rt, svc, NULL), BW_ERR_TRANSPORT);
   bw_layer_t *brk = NULL;
@@ -264,12 +274,10 @@ static void test_reload_keeps_breaker_state(void **state) {
 static void test_reload_failure_keeps_old(void **state) {
   (void)state;
   bw_runtime_t *rt = paused_rt();
-  bw_registry_t *reg = NULL;
-  assert_null(bw_registry_load_string(&reg, kTwo, strlen(kTwo), "two.yaml", NULL));
+  bw_registry_t *reg = load(kTwo, "two.yaml");
   backend_t b = {0, 2};
   bw_service_t *inner = backend_service(&b);
-  bw_service_t *svc = NULL;
-  assert_null(bw_registry_build(reg, "retrying", inner, &svc));
+  bw_service_t *svc = build(reg, "retrying", inner);
 
   const char *broken =
       "stacks:\n"
@@ -344,12 +352,10 @@ static void test_inflight_finishes_on_old_stack(void **state) {
   bw_runtime_t *rt = paused_rt();
   const char *v1 = "stacks:\n  s:\n    - fallback: { value: v1 }\n";
   const char *v2 = "stacks:\n  s:\n    - fallback: { value: v2 }\n";
-  bw_registry_t *reg = NULL;
-  assert_null(bw_registry_load_string(&reg, v1, strlen(v1), "v1.yaml", NULL));
+  bw_registry_t *reg = load(v1, "v1.yaml");
   parked_t p;
   bw_service_t *inner = parked_service(&p);
-  bw_service_t *svc = NULL;
-  assert_null(bw_registry_build(reg, "s", inner, &svc));
+  bw_service_t *svc = build(reg, "s", inner);
 
   waiter_t w;
   bw_call_t *c = start_call(&w, rt, svc);
@@ -380,12 +386,10 @@ static void test_cancel_through_registry_service(void **state) {
   (void)state;
   bw_runtime_t *rt = paused_rt();
   const char *y = "stacks:\n  s:\n    - timeout: 50ms\n";
-  bw_registry_t *reg = NULL;
-  assert_null(bw_registry_load_string(&reg, y, strlen(y), "t.yaml", NULL));
+  bw_registry_t *reg = load(y, "t.yaml");
   parked_t p;
   bw_service_t *inner = parked_service(&p);
-  bw_service_t *svc = NULL;
-  assert_null(bw_registry_build(reg, "s", inner, &svc));
+  bw_service_t *svc = build(reg, "s", inner);
   /* the parked backend never answers: the timeout inside fires on the paused clock */
   assert_int_equal(call_once(rt, svc, NULL), BW_ERR_TIMEOUT);
   /* the caller cancels: exactly one completion, kind cancelled */
@@ -408,8 +412,7 @@ static void test_http_request_and_clients(void **state) {
       "clients:\n"
       "  web:\n    http: { base_url: \"http://127.0.0.1:9/v1\", stack: api }\n"
       "  cache:\n    redis: { port: 6399, stack: api }\n";
-  bw_registry_t *reg = NULL;
-  assert_null(bw_registry_load_string(&reg, y, strlen(y), "c.yaml", NULL));
+  bw_registry_t *reg = load(y, "c.yaml");
   bw_http_request_t *req = NULL;
   assert_null(bw_registry_http_request(reg, "web", "get", "/users?id=3", &req));
   assert_string_equal(bw_http_request_method(req), "GET");
@@ -498,12 +501,10 @@ static void test_reload_races_calls(void **state) {
                       "stacks:\n  s:\n    - fallback: { value: v1 }\n    - shared: b\n",
                       "shared:\n  b: {circuit_breaker: {window: consecutive, consecutive_failures: 1000000}}\n"
                       "stacks:\n  s:\n    - fallback: { value: v2 }\n    - shared: b\n    - timeout: 1s\n"};
-  bw_registry_t *reg = NULL;
-  assert_null(bw_registry_load_string(&reg, v[0], strlen(v[0]), "v.yaml", NULL));
+  bw_registry_t *reg = load(v[0], "v.yaml");
   backend_t b = {0, 1 << 30}; /* always fails: the fallback answers */
   bw_service_t *inner = backend_service(&b);
-  bw_service_t *svc = NULL;
-  assert_null(bw_registry_build(reg, "s", inner, &svc));
+  bw_service_t *svc = build(reg, "s", inner);
   const char *sc = getenv("BW_TEST_SCALE");
   double scale = sc ? atof(sc) : 1.0;
   int n = (int)(400 * (scale > 0 ? scale : 1.0));
