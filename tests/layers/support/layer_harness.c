@@ -362,12 +362,24 @@ static void chain_next(chain_t *c) {
   if (bw_call_new(&call, c->svc, c->rt) || bw_service_call(c->svc, call, chain_done, c)) abort();
 }
 
-int lh_reject_chain(bw_service_t *svc, bw_runtime_t *rt, int n, bw_error_kind_t kind,
-                    int64_t retry_after_ms) {
+/* n chained calls; returns how many did not fail as expected. */
+static int reject_chain(bw_service_t *svc, bw_runtime_t *rt, int n, bw_error_kind_t kind,
+                        int64_t retry_after_ms) {
   chain_t c = {.svc = svc, .rt = rt, .left = n, .kind = kind, .retry_after_ms = retry_after_ms};
   chain_next(&c);
   LH_UNTIL(atomic_load(&c.done));
   /* Not done after 30 s: a worker may still use c, so do not return. */
   if (!atomic_load(&c.done)) abort();
   return c.wrong;
+}
+
+void lh_assert_rejections_do_not_allocate(bw_service_t *svc, bw_runtime_t *rt,
+                                          bw_error_kind_t kind, int64_t retry_after_ms) {
+  (void)reject_chain(svc, rt, 200, kind, retry_after_ms); /* warm-up */
+  int n = lh_scaled(5000);
+  long before = lh_allocs();
+  int wrong = reject_chain(svc, rt, n, kind, retry_after_ms);
+  long allocs = lh_allocs() - before;
+  assert_int_equal(wrong, 0);
+  assert_true(allocs <= 2);
 }

@@ -172,11 +172,13 @@ void lh_fx_free(lh_fx_t *f);
 int lh_count_allocs_install(void);
 long lh_allocs(void);
 
-/* Run n calls through svc one after another, each started from the previous
- * one's completion callback (so on a worker, as in a server), and wait for
- * the last (asserts it finished). Returns how many did not fail with `kind`
- * and retry-after hint `retry_after_ms`. */
-int lh_reject_chain(bw_service_t *svc, bw_runtime_t *rt, int n, bw_error_kind_t kind,
-                    int64_t retry_after_ms);
+/* Needs lh_count_allocs_install. After a warm-up of 200, runs
+ * lh_scaled(5000) calls through svc one after another, each started from the
+ * previous one's completion callback (so on a worker, as in a server), and
+ * asserts that every one failed with `kind` and retry-after hint
+ * `retry_after_ms`, and that at most 2 allocations were made (the first
+ * call's start from this thread). */
+void lh_assert_rejections_do_not_allocate(bw_service_t *svc, bw_runtime_t *rt,
+                                          bw_error_kind_t kind, int64_t retry_after_ms);
 
 #endif
