@@ -50,16 +50,27 @@ static void wait_polls(waiter_t *w, int n) {
   while (atomic_load(&w->parked) < n) sched_yield();
 }
 
+/* Spawn wait_task(w) on rh_rt and wait until it is registered. */
+static bw_join_t *spawn_parked(waiter_t *w) {
+  bw_join_t *j = NULL;
+  assert_null(bw_spawn(rh_rt, wait_task, w, &j));
+  wait_polls(w, 1);
+  return j;
+}
+
+static bw_notify_t *new_notify(void) {
+  bw_notify_t *n = NULL;
+  assert_null(bw_notify_new(&n));
+  return n;
+}
+
 static void test_permit(void **state) {
   (void)state;
-  bw_notify_t *n;
-  assert_null(bw_notify_new(&n));
+  bw_notify_t *n = new_notify();
   bw_notify_one(n);
   bw_notify_one(n); /* at most one permit is stored */
   waiter_t w = {.n = n, .waits = 2};
-  bw_join_t *j;
-  assert_null(bw_spawn(rh_rt, wait_task, &w, &j));
-  wait_polls(&w, 1);
+  bw_join_t *j = spawn_parked(&w);
   /* first wait took the permit, second is pending with nothing to wake it */
   assert_int_equal(atomic_load(&w.done), 1);
   assert_false(bw_join_is_finished(j));
@@ -71,15 +82,13 @@ static void test_permit(void **state) {
 
 static void test_notify_one_fifo(void **state) {
   (void)state;
-  bw_notify_t *n;
-  assert_null(bw_notify_new(&n));
+  bw_notify_t *n = new_notify();
   enum { N = 4 };
   waiter_t w[N];
   bw_join_t *j[N];
   for (int i = 0; i < N; i++) {
     w[i] = (waiter_t){.n = n, .waits = 1};
-    assert_null(bw_spawn(rh_rt, wait_task, &w[i], &j[i]));
-    wait_polls(&w[i], 1); /* registered in this order */
+    j[i] = spawn_parked(&w[i]); /* registered in this order */
   }
   for (int i = 0; i < N; i++) {
     bw_notify_one(n);
@@ -92,8 +101,7 @@ static void test_notify_one_fifo(void **state) {
 
 static void test_notify_waiters(void **state) {
   (void)state;
-  bw_notify_t *n;
-  assert_null(bw_notify_new(&n));
+  bw_notify_t *n = new_notify();
   enum { N = 40 }; /* more than one wake batch */
   waiter_t w[N];
   bw_join_t *j[N];
@@ -106,9 +114,7 @@ static void test_notify_waiters(void **state) {
   for (int i = 0; i < N; i++) assert_null(bw_join_wait(j[i], NULL));
   /* no permit stored: a later waiter waits */
   waiter_t late = {.n = n, .waits = 1};
-  bw_join_t *jl;
-  assert_null(bw_spawn(rh_rt, wait_task, &late, &jl));
-  wait_polls(&late, 1);
+  bw_join_t *jl = spawn_parked(&late);
   assert_int_equal(atomic_load(&late.done), 0);
   assert_false(bw_join_is_finished(jl));
   bw_notify_one(n);
@@ -119,15 +125,11 @@ static void test_notify_waiters(void **state) {
 /* A waiter given a notify_one that abandons its wait passes it on. */
 static void test_abandon_passes_notification(void **state) {
   (void)state;
-  bw_notify_t *n;
-  assert_null(bw_notify_new(&n));
+  bw_notify_t *n = new_notify();
   waiter_t a = {.n = n, .waits = 1, .abandon_on_poll = 2};
   waiter_t b = {.n = n, .waits = 1};
-  bw_join_t *ja, *jb;
-  assert_null(bw_spawn(rh_rt, wait_task, &a, &ja));
-  wait_polls(&a, 1);
-  assert_null(bw_spawn(rh_rt, wait_task, &b, &jb));
-  wait_polls(&b, 1);
+  bw_join_t *ja = spawn_parked(&a);
+  bw_join_t *jb = spawn_parked(&b);
   bw_notify_one(n); /* goes to a, which abandons on its next poll */
   assert_null(bw_join_wait(ja, NULL));
   assert_int_equal(atomic_load(&a.done), 0);
@@ -135,9 +137,7 @@ static void test_abandon_passes_notification(void **state) {
   assert_int_equal(b.done, 1);
   /* abandoning a wait that was not notified just frees the slot */
   waiter_t c = {.n = n, .waits = 1};
-  bw_join_t *jc;
-  assert_null(bw_spawn(rh_rt, wait_task, &c, &jc));
-  wait_polls(&c, 1);
+  bw_join_t *jc = spawn_parked(&c);
   bw_join_abort(jc);
   bw_error_t *e = bw_join_wait(jc, NULL);
   bw_error_unref(e);
