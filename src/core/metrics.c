@@ -6,8 +6,9 @@
  * is overflow (>= 2^36 ns, ~68.7 s). Four sub-buckets bound the relative
  * error of a percentile at 25% (the bucket width over its lower bound); HDR
  * histograms use more, but 106 relaxed counters per stack are cheap to keep
- * and to write. Recording is one relaxed fetch_add per counter (count, sum,
- * bucket): exact counts, not mutually consistent while calls run.
+ * and to write. Recording is one relaxed fetch_add per counter (sum,
+ * bucket; the count is the buckets' sum): exact counts, not mutually
+ * consistent while calls run.
  *
  * Registry: a mutex-protected list. Writing holds the mutex while calling
  * collectors, which is what makes bw_metric_remove() wait for a running
@@ -26,7 +27,6 @@
 /* ---- histograms ----------------------------------------------------------- */
 
 struct bw_histogram {
-  _Atomic uint64_t count;
   _Atomic uint64_t sum;
   _Atomic uint64_t b[BW__HIST_BUCKETS];
 };
@@ -59,11 +59,15 @@ void bw_histogram_free(bw_histogram_t *h) { bw__free(h); }
 void bw_histogram_record(bw_histogram_t *h, uint64_t v) {
   atomic_fetch_add_explicit(&h->b[bw__histogram_index(v)], 1, memory_order_relaxed);
   atomic_fetch_add_explicit(&h->sum, v, memory_order_relaxed);
-  atomic_fetch_add_explicit(&h->count, 1, memory_order_relaxed);
 }
 
+/* The count is the sum of the buckets (readers are rare; recording saves a
+ * shared RMW, and the +Inf bucket can never be below a finite one). */
 uint64_t bw_histogram_count(const bw_histogram_t *h) {
-  return atomic_load_explicit((_Atomic uint64_t *)&h->count, memory_order_relaxed);
+  uint64_t n = 0;
+  for (size_t i = 0; i < BW__HIST_BUCKETS; i++)
+    n += atomic_load_explicit((_Atomic uint64_t *)&h->b[i], memory_order_relaxed);
+  return n;
 }
 uint64_t bw_histogram_sum_ns(const bw_histogram_t *h) {
   return atomic_load_explicit((_Atomic uint64_t *)&h->sum, memory_order_relaxed);
@@ -92,7 +96,6 @@ void bw_histogram_reset(bw_histogram_t *h) {
   for (size_t i = 0; i < BW__HIST_BUCKETS; i++)
     atomic_store_explicit(&h->b[i], 0, memory_order_relaxed);
   atomic_store_explicit(&h->sum, 0, memory_order_relaxed);
-  atomic_store_explicit(&h->count, 0, memory_order_relaxed);
 }
 
 /* ---- writer --------------------------------------------------------------- */
