@@ -207,7 +207,6 @@ static void test_stress_threads(void **state) {
 }
 
 #include "bulwark/bulkhead.h"
-#include "bulwark/timeout.h"
 
 /* f->layer is the bulkhead. */
 static lh_fx_t *bfx_new(uint32_t max, uint32_t queue, uint64_t wait_ms, bool hold) {
@@ -357,13 +356,7 @@ static void test_layer_cancel_queued_and_running(void **state) {
 static void test_layer_timeout_returns_permit(void **state) {
   (void)state;
   lh_fx_t *f = bfx_new(1, 0, 0, true);
-  bw_timeout_opts_t to;
-  bw_timeout_opts_init(&to);
-  to.timeout_ms = 100;
-  bw_layer_t *tl = NULL;
-  assert_null(bw_timeout_new(&tl, &to));
-  bw_layer_t *layers[2] = {tl, f->layer};
-  bw_service_t *svc = lh_stack(layers, 2, f->inner);
+  bw_service_t *svc = lh_fx_timeout(f, 100);
   for (int i = 0; i < 3; i++) {
     lh_res_t r;
     assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_TIMEOUT);
@@ -371,8 +364,6 @@ static void test_layer_timeout_returns_permit(void **state) {
     assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
   }
   assert_int_equal(atomic_load(&f->be->cancels), 3);
-  bw_service_release(svc);
-  bw_layer_release(tl);
   lh_fx_free(f);
 }
 

@@ -11,7 +11,6 @@
 
 #include "bulwark/alloc.h"
 #include "bulwark/circuit_breaker.h"
-#include "bulwark/timeout.h"
 
 /* f->layer is the breaker. */
 static lh_fx_t *fx_new(bw_circuit_breaker_opts_t *o, bool hold) {
@@ -226,13 +225,7 @@ static void test_timeout_counts_and_growth(void **state) {
   o.open_duration_multiplier = 2;
   o.max_open_duration_ms = 3000;
   lh_fx_t *f = fx_new(&o, true);
-  bw_timeout_opts_t to;
-  bw_timeout_opts_init(&to);
-  to.timeout_ms = 100;
-  bw_layer_t *tl = NULL;
-  assert_null(bw_timeout_new(&tl, &to));
-  bw_layer_t *layers[2] = {tl, f->layer};
-  bw_service_t *svc = lh_stack(layers, 2, f->inner);
+  bw_service_t *svc = lh_fx_timeout(f, 100);
   lh_res_t r;
   assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_TIMEOUT); /* clock jumps 100 ms */
   assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
@@ -245,8 +238,6 @@ static void test_timeout_counts_and_growth(void **state) {
     assert_int_equal(bw_circuit_breaker_state(f->layer), BW_BREAKER_OPEN);
   }
   assert_int_equal(atomic_load(&f->be->cancels), 5);
-  bw_service_release(svc);
-  bw_layer_release(tl);
   lh_fx_free(f);
 }
 

@@ -11,7 +11,6 @@
 
 #include "bulwark/alloc.h"
 #include "bulwark/rate_limit.h"
-#include "bulwark/timeout.h"
 
 /* f->layer is the rate limiter. */
 static lh_fx_t *rfx_new(bool paused, double rate, uint64_t burst, bw_rate_limit_mode_t mode,
@@ -136,20 +135,12 @@ static void test_max_wait_and_deadline(void **state) {
 static void test_deadline_from_timeout_layer(void **state) {
   (void)state;
   lh_fx_t *f = rfx_new(true, 10, 1, BW_RATE_LIMIT_WAIT, 5000);
-  bw_timeout_opts_t to;
-  bw_timeout_opts_init(&to);
-  to.timeout_ms = 50;
-  bw_layer_t *tl = NULL;
-  assert_null(bw_timeout_new(&tl, &to));
-  bw_layer_t *layers[2] = {tl, f->layer};
-  bw_service_t *svc = lh_stack(layers, 2, f->inner);
+  bw_service_t *svc = lh_fx_timeout(f, 50);
   lh_res_t r;
   assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_NONE);
   uint64_t t1 = bw_runtime_now_ns(f->rt);
   assert_int_equal(lh_call(svc, f->rt, &r), BW_ERR_RATE_LIMITED);
   assert_int_equal(r.at_ns, t1);
-  bw_service_release(svc);
-  bw_layer_release(tl);
   lh_fx_free(f);
 }
 

@@ -14,6 +14,7 @@
 #include "layer_harness.h"
 
 #include "bulwark/alloc.h"
+#include "bulwark/timeout.h"
 
 double lh_scale(void) {
   const char *s = getenv("BW_TEST_SCALE");
@@ -301,7 +302,20 @@ void lh_fx_stack(lh_fx_t *f, bw_layer_t *layer, bool events) {
   if (events) assert_null(bw_event_hook_add(&f->hook, NULL, f->layer, lh_on_event, &f->ev));
 }
 
+bw_service_t *lh_fx_timeout(lh_fx_t *f, uint64_t timeout_ms) {
+  assert_null(f->timed);
+  bw_timeout_opts_t to;
+  bw_timeout_opts_init(&to);
+  to.timeout_ms = timeout_ms;
+  assert_null(bw_timeout_new(&f->timeout, &to));
+  bw_layer_t *layers[2] = {f->timeout, f->layer};
+  f->timed = lh_stack(layers, 2, f->inner);
+  return f->timed;
+}
+
 void lh_fx_free(lh_fx_t *f) {
+  if (f->timed) bw_service_release(f->timed);
+  if (f->timeout) bw_layer_release(f->timeout);
   if (f->hook) bw_event_hook_remove(f->hook);
   bw_service_release(f->svc);
   bw_service_release(f->inner);

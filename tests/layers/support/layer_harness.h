@@ -155,6 +155,8 @@ typedef struct lh_fx {
   bw_layer_t *layer;
   lh_events_t ev;
   bw_event_hook_t *hook; /* NULL: events not recorded */
+  bw_layer_t *timeout;   /* lh_fx_timeout's layer, or NULL */
+  bw_service_t *timed;   /* lh_fx_timeout's service, or NULL */
 } lh_fx_t;
 
 /* Runtime (paused: BW_CLOCK_PAUSED) and backend (hold: keep calls pending);
@@ -163,7 +165,10 @@ lh_fx_t *lh_fx_new(bool paused, bool hold);
 /* Build svc = layer over the backend; the fixture takes the layer's
  * reference. events: record the layer's events in f->ev. */
 void lh_fx_stack(lh_fx_t *f, bw_layer_t *layer, bool events);
-/* Free everything lh_fx_new / lh_fx_stack made. */
+/* A second service over the same layer and backend: a timeout layer of
+ * timeout_ms outside f->layer. The fixture owns it (once per fixture). */
+bw_service_t *lh_fx_timeout(lh_fx_t *f, uint64_t timeout_ms);
+/* Free everything lh_fx_new / lh_fx_stack / lh_fx_timeout made. */
 void lh_fx_free(lh_fx_t *f);
 
 /* A counting allocator for allocation-free checks: install it once at the
