@@ -475,7 +475,6 @@ static void test_http_client_through_stack(void **state) {
   bw_runtime_free(rt);
 }
 
-
 /* ---- reloads racing calls (run under TSan) ------------------------------------------ */
 
 typedef struct race {

@@ -408,7 +408,6 @@ static void test_layer_many_calls(void **state) {
   lh_fx_free(f);
 }
 
-
 /* Cancel storm: calls queued and running while another thread cancels a
  * third of them and this one completes the backend's calls. Every call
  * completes exactly once and every permit comes back. */

@@ -309,13 +309,6 @@ static void test_shared_between_stacks(void **state) {
 
 /* Many calls from two workers through one breaker, random outcomes: every
  * call completes exactly once and the accounting adds up. */
-typedef struct mt {
-  bw_service_t *svc;
-  bw_runtime_t *rt;
-  int n;
-  lh_res_t *r;
-} mt_t;
-
 static void test_many_calls_two_workers(void **state) {
   (void)state;
   bw_circuit_breaker_opts_t o;
@@ -344,8 +337,6 @@ static void test_many_calls_two_workers(void **state) {
   free(r);
   lh_fx_free(f);
 }
-
-
 
 /* Time-based window through the layer on the paused clock: failures age
  * out of the window; within it the rate trips the breaker. */

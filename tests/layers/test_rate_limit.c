@@ -176,7 +176,6 @@ static void test_many_calls_two_workers(void **state) {
   lh_fx_free(f);
 }
 
-
 /* Cancel storm on the real clock: waiting calls cancelled by another thread
  * while their timers fire. Each call completes once; cancelled waiters'
  * tokens come back, so no reservation is left over at the end. */
@@ -198,7 +197,6 @@ static void test_cancel_storm(void **state) {
   free(r);
   lh_fx_free(f);
 }
-
 
 /* Counting allocator: rejections in a burst that share one retry-after hint
  * allocate nothing (the error is shared, calls are pooled). Calls are chained

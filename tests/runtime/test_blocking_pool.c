@@ -418,7 +418,6 @@ static void test_bad_args(void **state) {
   bw__blocking_pool_free(NULL);
 }
 
-
 /* Several producers against a small pool whose threads keep timing out
  * (keep-alive 0-1 ms): races between keep-alive expiry, chained wake-ups
  * and submits must never strand a job. */
