@@ -44,10 +44,7 @@ static lh_fx_t *kfx_new(uint32_t max_keys) {
 static bw_error_kind_t kcall(lh_fx_t *f, const char *key, bw_error_kind_t backend) {
   f->be->dflt = backend;
   lh_res_t r;
-  lh_start_ctx(&r, f->svc, f->rt, (void *)key);
-  lh_wait(&r);
-  lh_free(&r);
-  return r.kind;
+  return lh_call_ctx(f->svc, f->rt, &r, (void *)key);
 }
 
 static void test_keys_are_isolated(void **state) {

@@ -163,18 +163,12 @@ static void test_predicate_and_switch(void **state) {
   lh_fx_t *f = cfx_new(&o);
   lh_res_t r;
   assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
-  lh_start_ctx(&r, f->svc, f->rt, &r);
-  lh_wait(&r);
-  assert_int_equal(r.kind, BW_ERR_INJECTED);
-  lh_free(&r);
+  assert_int_equal(lh_call_ctx(f->svc, f->rt, &r, &r), BW_ERR_INJECTED);
   /* Off: nothing injected, no sequence numbers taken. */
   bw_chaos_set_enabled(f->layer, false);
   assert_false(bw_chaos_enabled(f->layer));
   uint64_t seen = bw_chaos_seen(f->layer);
-  lh_start_ctx(&r, f->svc, f->rt, &r);
-  lh_wait(&r);
-  assert_int_equal(r.kind, BW_ERR_NONE);
-  lh_free(&r);
+  assert_int_equal(lh_call_ctx(f->svc, f->rt, &r, &r), BW_ERR_NONE);
   assert_int_equal(bw_chaos_seen(f->layer), seen);
   bw_chaos_set_enabled(f->layer, true);
   assert_true(bw_chaos_enabled(f->layer));

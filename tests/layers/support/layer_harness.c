@@ -166,12 +166,15 @@ int lh_wait_done(lh_res_t *r, int n, int want) {
   return d;
 }
 
-bw_error_kind_t lh_call(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r) {
-  lh_start(r, svc, rt, 0);
+bw_error_kind_t lh_call_ctx(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r, void *ctx) {
+  start(r, svc, rt, 0, ctx);
   lh_wait(r);
-  bw_call_free(r->call);
-  r->call = NULL;
+  lh_free(r);
   return r->kind;
+}
+
+bw_error_kind_t lh_call(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r) {
+  return lh_call_ctx(svc, rt, r, NULL);
 }
 
 void lh_free(lh_res_t *r) {

@@ -85,6 +85,8 @@ void lh_wait(lh_res_t *r);
 int lh_wait_done(lh_res_t *r, int n, int want);
 /* Run one call to completion (the call is freed); returns its kind. */
 bw_error_kind_t lh_call(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r);
+/* lh_call with a call context (lh_start_ctx). */
+bw_error_kind_t lh_call_ctx(bw_service_t *svc, bw_runtime_t *rt, lh_res_t *r, void *ctx);
 /* Free r's call (NULL is fine). */
 void lh_free(lh_res_t *r);
 
