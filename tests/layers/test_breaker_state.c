@@ -9,16 +9,11 @@
 #include <string.h>
 
 #include "layers/breaker_state.h"
+#include "support/layer_harness.h"
 
 #define MS (UINT64_C(1000000))
 #define SEC (UINT64_C(1000000000))
 #define T0 (SEC)
-
-static double scale(void) {
-  const char *s = getenv("BW_TEST_SCALE");
-  double v = s ? atof(s) : 1.0;
-  return v > 0 ? v : 1.0;
-}
 
 static bw__breaker_t *mk(const bw_circuit_breaker_opts_t *o) {
   bw__breaker_cfg_t cfg;
@@ -560,7 +555,7 @@ static void test_concurrent_no_stampede_never_stuck(void **state) {
   _Atomic int max_probes = 0;
   conc_t c[THREADS];
   pthread_t th[THREADS];
-  int iters = (int)(50000 * scale());
+  int iters = (int)(50000 * lh_scale());
   if (iters < 500) iters = 500;
   for (int i = 0; i < THREADS; i++) {
     c[i] = (conc_t){b, &clock, in_flight, &max_probes, iters, (unsigned)i * 7919u + 1};
@@ -610,7 +605,7 @@ static void test_half_open_race(void **state) {
   o.consecutive_failures = 1;
   o.open_duration_ms = 100;
   o.half_open_calls = PROBES;
-  int rounds = (int)(50 * scale());
+  int rounds = (int)(50 * lh_scale());
   if (rounds < 5) rounds = 5;
   bw__breaker_t *b = mk(&o);
   uint64_t now = T0;

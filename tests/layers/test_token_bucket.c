@@ -8,16 +8,11 @@
 #include <stdlib.h>
 
 #include "layers/token_bucket.h"
+#include "support/layer_harness.h"
 
 #define MS (UINT64_C(1000000))
 #define SEC (UINT64_C(1000000000))
 #define T0 (SEC) /* the paused clock starts at 1 s */
-
-static double scale(void) {
-  const char *s = getenv("BW_TEST_SCALE");
-  double v = s ? atof(s) : 1.0;
-  return v > 0 ? v : 1.0;
-}
 
 static void test_init_validation(void **state) {
   (void)state;
@@ -171,7 +166,7 @@ static int cmp_u64(const void *a, const void *b) {
 static void test_concurrent_reservations(void **state) {
   (void)state;
   enum { THREADS = 4 };
-  int iters = (int)(20000 * scale());
+  int iters = (int)(20000 * lh_scale());
   if (iters < 100) iters = 100;
   bw__token_bucket_t tb;
   assert_int_equal(bw__tb_init(&tb, 1e6, 10), 0); /* 1 µs per token */
