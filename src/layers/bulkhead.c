@@ -140,7 +140,9 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
   bw_runtime_t *rt = bw_call_runtime(call);
   st->bh = bh;
   st->call = call;
-  memset(&st->slot, 0, sizeof st->slot);
+  /* st->slot is not reset here: ops->cancel may read it concurrently (the
+   * contract); it is zeroed by state_init and left empty by on_child, which
+   * runs for every child published in it before this object is reused. */
   memset(&st->w, 0, sizeof st->w);
   st->w.grant = on_grant;
   st->w.arg = st;
