@@ -225,7 +225,9 @@ static void ch_call(bw_service_t *svc, bw_call_t *call) {
   ch_call_t *st = bw_call_state(call);
   st->ch = ch;
   st->call = call;
-  memset(&st->slot, 0, sizeof st->slot);
+  /* st->slot is not reset here: ops->cancel may read it concurrently (the
+   * contract); state_init zeroes it and on_child empties it for every child
+   * published in it before this object is reused. */
   /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, PH_NONE);
   bool on = atomic_load_explicit(&ch->enabled, memory_order_relaxed);

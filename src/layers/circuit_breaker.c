@@ -130,7 +130,8 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
 static void brk_call(bw_service_t *svc, bw_call_t *call) {
   brk_t *b = bw_service_impl(svc);
   brk_call_t *st = bw_call_state(call);
-  memset(st, 0, sizeof *st);
+  /* no reset: the library zeroes the state before each call (no state_init),
+   * and ops->cancel may read it concurrently with this function */
   bw_runtime_t *rt = bw_call_runtime(call);
   if (__builtin_expect(atomic_load_explicit(&b->rt, memory_order_relaxed) == NULL, 0)) {
     bw_runtime_t *none = NULL;

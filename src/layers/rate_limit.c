@@ -115,7 +115,9 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
   bw_runtime_t *rt = bw_call_runtime(call);
   st->rl = rl;
   st->call = call;
-  memset(&st->slot, 0, sizeof st->slot);
+  /* st->slot is not reset here: ops->cancel may read it concurrently (the
+   * contract); state_init zeroes it and on_child empties it for every child
+   * published in it before this object is reused. */
   /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
   atomic_store(&st->phase, PH_NONE);
   if (atomic_load_explicit(&rl->rt, memory_order_relaxed) != rt)
