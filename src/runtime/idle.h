@@ -23,10 +23,9 @@ void bw__idle_destroy(bw__idle_t *id);
 /* A worker to wake for new work, already counted as unparked+searching,
  * or -1 if none should be woken (someone searches, or nobody is parked). */
 int bw__idle_worker_to_notify(bw__idle_t *id);
-/* Cheap pre-check (one relaxed load, no RMW) for pushes a running worker
- * made to its own queue: false when nobody should be woken. Not part of the
- * lost-wake-up argument: the pushing worker runs that work itself anyway,
- * the wake-up only adds parallelism. */
+/* Relaxed hint only (one load, no RMW): false when nobody would be woken.
+ * NOT safe to skip a notify on (tried for local pushes: clients' tests
+ * hung), kept for diagnostics. */
 bool bw__idle_may_notify(bw__idle_t *id);
 /* Worker i parks. Returns true if it was the last searcher (it must then
  * check for work that arrived meanwhile). */

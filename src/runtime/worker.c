@@ -154,9 +154,7 @@ void bw__sched_push_local(bw__worker_t *w, bw_task_t *t, bool yield) {
     else
       notify = false;
   }
-  /* a local push never needs the full (RMW) check: this worker runs the
-   * task itself if nobody else comes (see bw__idle_may_notify) */
-  if (notify && bw__idle_may_notify(&w->rt->sched->idle)) notify_parked(w->rt->sched);
+  if (notify) notify_parked(w->rt->sched);
 }
 
 void bw__sched_push_remote(bw_runtime_t *rt, bw_task_t *t) {
