@@ -102,6 +102,7 @@ struct bw_redis {
   int handshake_left;      /* AUTH/SELECT replies still expected */
   bw_error_t *handshake_err;
   bw_error_t *last_err;    /* why the last connect failed / was lost */
+  bool clock_held;         /* a TCP connect is in flight: the paused clock waits */
   uint64_t connect_deadline_ns, reconnect_at_ns, tick_at_ns;
   uint32_t backoff_ms;
   bw__redis_req_t *head, *tail;
@@ -512,7 +513,22 @@ static void tick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
 
 /* ---- Connection ----------------------------------------------------------- */
 
+/* A paused clock must not jump to the connect deadline while a TCP connect
+ * (which finishes by itself) is in flight, or tests on the paused clock see
+ * spurious connect timeouts. Held from the connect's start until the TCP
+ * connect succeeds or fails, never across the AUTH/SELECT handshake (a
+ * stopped server accepts TCP but never answers: the deadline must fire). */
+static void hold_clock(bw_redis_t *c, bool hold) {
+  if (c->clock_held == hold) return;
+  c->clock_held = hold;
+  if (hold)
+    bw__runtime_clock_hold(c->rt);
+  else
+    bw__runtime_clock_release(c->rt);
+}
+
 static void conn_lost(bw_redis_t *c, bw_error_t *why) {
+  hold_clock(c, false);
   bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
   c->ac = NULL;
   c->ac_ready = false;
@@ -573,6 +589,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
 static void on_tcp_connect(redisAsyncContext *ac, int err, void *arg) {
   bw_redis_t *c = arg;
   if (ac != c->ac) return;
+  hold_clock(c, false);
   if (err) {
     char where[160];
     if (c->unix_path)
@@ -639,6 +656,7 @@ static void start_connect(bw_redis_t *c) {
     return;
   }
   bw__redis_uv_set_batch_hook(ac, on_batch);
+  hold_clock(c, true);
   c->connect_deadline_ns = now_ns(c) + (uint64_t)c->connect_timeout_ms * 1000000u;
   schedule_tick(c, c->connect_deadline_ns);
 }
@@ -655,6 +673,7 @@ static void connect_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
 static void close_now(bw_redis_t *c) {
   if (c->closing) return;
   c->closing = true;
+  hold_clock(c, false);
   set_state(c, BW_REDIS_CLOSED);
   if (c->box) c->box->client = NULL;
   c->box = NULL;

@@ -75,20 +75,6 @@ static bw__blocking_pool_t *get_pool(bw_runtime_t *rt) {
   return p;
 }
 
-/* Called while the caller still holds a task reference (the waker), which
- * keeps the runtime's memory alive even after bw_runtime_free (task.c's
- * orphaned pool); the scheduler itself may be gone after shutdown. */
-static void inhibit_end(bw_runtime_t *rt) {
-  if (atomic_fetch_sub_explicit(&rt->inhibit, 1, memory_order_acq_rel) == 1 && rt->paused &&
-      atomic_load_explicit(&rt->state, memory_order_acquire) != BW__RT_SHUTDOWN) {
-    /* the paused clock may auto-advance again: let an idle worker look */
-    if (rt->ct)
-      bw__ct_kick(rt);
-    else
-      bw__sched_kick(rt, 0);
-  }
-}
-
 static void job_run(void *arg) {
   bjob_t *b = arg;
   b->result = b->fn(b->arg);
@@ -96,7 +82,9 @@ static void job_run(void *arg) {
   bw_waker_t *w = b->waker;
   b->waker = NULL;
   atomic_store_explicit(&b->done, 1, memory_order_release); /* pairs with poll's acquire */
-  inhibit_end(rt); /* before the wake: our waker keeps rt's memory alive */
+  /* before the wake: our waker keeps rt's memory alive even after
+   * bw_runtime_free (task.c's orphaned pool) */
+  bw__runtime_clock_release(rt);
   bw_waker_wake(w);
   bjob_unref(b);
 }
@@ -107,7 +95,7 @@ static void job_cancelled(void *arg) {
   bw_waker_t *w = b->waker;
   b->waker = NULL;
   atomic_store_explicit(&b->done, 2, memory_order_release);
-  inhibit_end(rt);
+  bw__runtime_clock_release(rt);
   bw_waker_wake(w);
   bjob_unref(b);
 }
@@ -144,7 +132,7 @@ void bw__blocking_task_cancel(bw_task_t *t) {
     bw_waker_t *w = b->waker;
     b->waker = NULL;
     bw_waker_drop(w);
-    inhibit_end(t->rt);
+    bw__runtime_clock_release(t->rt);
     bjob_unref(b);
   }
 }
@@ -174,12 +162,12 @@ bw_error_t *bw_spawn_blocking(bw_runtime_t *rt, bw_blocking_fn fn, void *arg, bw
   }
   b->waker = bw_task_waker(t);
   b->submitted = true;
-  atomic_fetch_add_explicit(&rt->inhibit, 1, memory_order_acq_rel);
+  bw__runtime_clock_hold(rt);
   int rc = bw__blocking_pool_submit(p, &b->job);
   if (rc != 0) {
     /* complete the task at once with the error; the pool never saw it */
     b->submitted = false;
-    atomic_fetch_sub_explicit(&rt->inhibit, 1, memory_order_acq_rel);
+    bw__runtime_clock_release(rt);
     bw_waker_t *w = b->waker;
     b->waker = NULL;
     atomic_store_explicit(&b->done, 2, memory_order_release);

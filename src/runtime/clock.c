@@ -41,3 +41,21 @@ bw_error_t *bw_runtime_advance(bw_runtime_t *rt, uint64_t ms) {
   }
   return NULL;
 }
+
+/* The paused clock's auto-advance waits while rt->inhibit > 0 (timer.c's
+ * bw__clock_try_advance reads it with acquire, pairing with these acq_rel
+ * updates). Releasing the last hold kicks an idle worker so the clock can
+ * move again. */
+void bw__runtime_clock_hold(bw_runtime_t *rt) {
+  atomic_fetch_add_explicit(&rt->inhibit, 1, memory_order_acq_rel);
+}
+
+void bw__runtime_clock_release(bw_runtime_t *rt) {
+  if (atomic_fetch_sub_explicit(&rt->inhibit, 1, memory_order_acq_rel) == 1 && rt->paused &&
+      atomic_load_explicit(&rt->state, memory_order_acquire) != BW__RT_SHUTDOWN) {
+    if (rt->ct)
+      bw__ct_kick(rt);
+    else
+      bw__sched_kick(rt, 0);
+  }
+}

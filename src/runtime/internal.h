@@ -21,6 +21,15 @@ bool bw__on_any_worker(void);
  * the thread calling bw_runtime_shutdown (so completions are never lost). */
 int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg);
 
+/* Hold the paused clock: while any hold is outstanding, auto-advance does
+ * not jump to the next timer (bw_runtime_advance still moves it). For real
+ * work that finishes by itself soon, which the clock must not race: a
+ * blocking job, a TCP connect on loopback. Never hold across a wait for a
+ * peer (a reply, a handshake): that would freeze the clock. Each hold is
+ * released once; no-op effect on a real clock. Any thread. */
+void bw__runtime_clock_hold(bw_runtime_t *rt);
+void bw__runtime_clock_release(bw_runtime_t *rt);
+
 /* ---- Reactor ---------------------------------------------------------- */
 /* An operation to run on the reactor's libuv loop thread. Intrusive: the
  * caller owns the memory and must keep it alive until fn has run. */
