@@ -1,15 +1,21 @@
 /* Idle worker accounting (after tokio's multi_thread/idle.rs).
  *
  * state packs num_unparked (high 16 bits) and num_searching (low 16).
- * Every change of state is a SeqCst read-modify-write, and the "should I
- * wake someone?" check is a SeqCst fetch_add(0) (an RMW, not a load), so
- * all of them are totally ordered on this one location. That is what makes
- * the lost-wake-up argument work:
- *   pusher:  push task (queue store)  ->  RMW(state): should_notify?
- *   parker:  RMW(state): unparked--    ->  re-check queues (last searcher)
- * Whichever RMW comes second synchronizes with the first: either the
- * pusher sees the parker gone (and wakes a sleeper), or the parker's
- * re-check sees the pushed task.
+ * Every change of state is a SeqCst read-modify-write. The "should I
+ * wake someone?" check of a pusher is a SeqCst fence then a relaxed load,
+ * and a parker puts a SeqCst fence between its RMW and its re-check. That
+ * is what makes the lost-wake-up argument work (store-buffer / Dekker):
+ *   pusher:  push task (queue store)   -> FENCE -> load(state): notify?
+ *   parker:  RMW(state): unparked--    -> FENCE -> re-check queues
+ * The two fences are totally ordered: if the pusher's comes first, the
+ * parker's re-check sees the pushed task; else the pusher's load sees the
+ * RMW (or a later value) and wakes a sleeper. A fence + load instead of a
+ * fetch_add(0) keeps the state line shared between busy workers (an RMW
+ * takes it exclusive on every local push, so two busy workers bounced it
+ * on every yield); the fence is paid by the pusher, the second one only by
+ * a parker. Any later parker RMWs come later in state's modification
+ * order than the value the pusher loaded, so the same argument covers a
+ * searcher the pusher counted on that parks afterwards.
  *
  * The sleepers stack is under `mu`; worker_to_notify re-checks the state
  * under it so two notifiers do not both wake a worker for one task. */
@@ -41,7 +47,16 @@ void bw__idle_destroy(bw__idle_t *id) {
 }
 
 static bool should_notify(bw__idle_t *id) {
-  /* RMW so it is ordered against the parkers' RMWs (see top) */
+  /* fence pairs with the fence after the parker's RMW in
+   * transition_to_parked (see top); the load may then be relaxed */
+  atomic_thread_fence(memory_order_seq_cst);
+  uint32_t s = atomic_load_explicit(&id->state, memory_order_relaxed);
+  return n_searching(s) == 0 && n_unparked(s) < id->num_workers;
+}
+
+/* Under mu (the re-check before picking a sleeper): an RMW, so it reads the
+ * latest state, as the pre-mutex check did before it. */
+static bool should_notify_locked(bw__idle_t *id) {
   uint32_t s = atomic_fetch_add_explicit(&id->state, 0, memory_order_seq_cst);
   return n_searching(s) == 0 && n_unparked(s) < id->num_workers;
 }
@@ -55,7 +70,7 @@ int bw__idle_worker_to_notify(bw__idle_t *id) {
   if (!should_notify(id)) return -1;
   pthread_mutex_lock(&id->mu);
   int r = -1;
-  if (should_notify(id) && id->nsleepers > 0) {
+  if (should_notify_locked(id) && id->nsleepers > 0) {
     atomic_fetch_add_explicit(&id->state, (1u << UNPARK_SHIFT) | 1u, memory_order_seq_cst);
     r = (int)id->sleepers[--id->nsleepers];
   }
@@ -69,6 +84,9 @@ bool bw__idle_transition_to_parked(bw__idle_t *id, unsigned i, bool is_searching
   uint32_t prev = atomic_fetch_sub_explicit(&id->state, dec, memory_order_seq_cst);
   id->sleepers[id->nsleepers++] = i;
   pthread_mutex_unlock(&id->mu);
+  /* pairs with the fence in should_notify: the caller's re-check of the
+   * queues (last searcher) comes after it (see top) */
+  atomic_thread_fence(memory_order_seq_cst);
   return is_searching && n_searching(prev) == 1;
 }
 

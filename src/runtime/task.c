@@ -13,6 +13,10 @@
  *   RUNNING --wake--> RUNNING|NOTIFIED (no push: the worker re-queues it
  *              once after the poll returns PENDING; so a task woken while it
  *              runs runs once more, never twice at once)
+ *   RUNNING --yield--> (no CAS: the poller sets t->yielded, a plain field
+ *              only the thread inside poll touches); after the poll one CAS
+ *              clears RUNNING and sets NOTIFIED, and the task goes to the
+ *              back of the queue, as for a wake while running
  *   RUNNING --READY--> COMPLETE;  any --abort--> CANCELLED is seen by the
  *              next transition, which completes the task with BW_ERR_CANCELLED.
  * Every CAS is acq_rel: the release half publishes what the waker wrote
@@ -546,8 +550,11 @@ void bw__task_run(bw_task_t *t) {
   }
   bw_task_t *prev = bw__ctx.task;
   bw__ctx.task = t;
+  /* plain: the acquire CAS above ordered us after the previous poller */
+  t->yielded = false;
   bw_poll_t r = t->poll(t, t->arg);
   bw__ctx.task = prev;
+  bool yielded = t->yielded;
   s = atomic_load_explicit(&t->state, memory_order_acquire);
   if (r == BW_READY) {
     for (;;) {
@@ -570,10 +577,13 @@ void bw__task_run(bw_task_t *t) {
       }
       continue;
     }
-    if (atomic_compare_exchange_weak_explicit(&t->state, &s, s & ~BW__T_RUNNING,
-                                              memory_order_acq_rel, memory_order_acquire)) {
-      if (s & BW__T_NOTIFIED)
-        bw__schedule(t, true); /* woken while running: once more, at the back */
+    /* a yield sets NOTIFIED here, in the CAS that ends the poll (one CAS
+     * per yield instead of two); acq_rel as every state CAS (see top) */
+    uint32_t n = (s & ~BW__T_RUNNING) | (yielded ? BW__T_NOTIFIED : 0u);
+    if (atomic_compare_exchange_weak_explicit(&t->state, &s, n, memory_order_acq_rel,
+                                              memory_order_acquire)) {
+      if (n & BW__T_NOTIFIED)
+        bw__schedule(t, true); /* woken while running or yielded: once more, at the back */
       else
         bw__task_unref(t);
       return;
@@ -655,7 +665,11 @@ void bw_waker_drop(bw_waker_t *w) {
 bool bw_waker_will_wake(const bw_waker_t *a, const bw_waker_t *b) { return a == b; }
 
 bw_poll_t bw_task_yield(bw_task_t *self) {
-  if (self) bw__task_wake(self); /* RUNNING: re-queued at the back after the poll */
+  if (!self) return BW_PENDING;
+  if (self == bw__ctx.task)
+    self->yielded = true; /* bw__task_run re-queues it at the back after the poll */
+  else
+    bw__task_wake(self); /* not inside its own poll: an ordinary wake */
   return BW_PENDING;
 }
 

@@ -50,6 +50,7 @@ struct bw_task {
   bool output_ready; /* guarded by lock */
   bool output_taken; /* guarded by lock */
   bool has_join;     /* a join handle was handed out (else completion skips the lock) */
+  bool yielded;      /* bw_task_yield during the current poll; only the polling thread */
   bw_task_t *next; /* run-queue / pool link */
   union {
     bw_task_t *own_next; /* in the pool: next batch */
