@@ -206,8 +206,11 @@ static double run_ping_pong(bw_runtime_t *rt, long reps) {
 }
 
 /* ---- yield_many ---- */
+/* One cache line per task: each task's counter is its own state (as in
+ * tokio's bench, where it lives in the task's future); packed 4 to a line,
+ * tasks running on different workers falsely shared it. */
 typedef struct yl {
-  int left;
+  _Alignas(64) int left;
   done_t *d;
 } yl_t;
 

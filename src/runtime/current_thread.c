@@ -125,8 +125,12 @@ static void take_remote(bw__ct_core_t *c) {
 static bw_task_t *pop_local(bw__ct_core_t *c) {
   bw_task_t *t = c->lhead;
   if (t) {
-    c->lhead = t->next;
-    if (!c->lhead) c->ltail = NULL;
+    bw_task_t *nx = t->next;
+    c->lhead = nx;
+    if (!nx)
+      c->ltail = NULL;
+    else /* the next header is likely cold (many queued): fetch it while t runs */
+      bw__task_prefetch(nx);
     c->llen--;
   }
   return t;

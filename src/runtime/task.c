@@ -235,7 +235,7 @@ bw_task_t *bw__task_alloc(bw_runtime_t *rt) {
       c->count--;
       /* the next header was last written by another core (freed there):
        * start moving its line here now, for the next spawn */
-      if (c->list) __builtin_prefetch(c->list, 1, 3);
+      if (c->list) bw__task_prefetch(c->list); /* every line: spawn writes them all */
     }
   } else {
     pthread_mutex_lock(&p->mu);

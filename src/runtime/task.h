@@ -151,6 +151,12 @@ void bw__task_finish_cancelled(bw_task_t *t, bw_error_t *err);
 /* Drop a task that a queue still held at shutdown: release the queue ref. */
 void bw__task_drop_queued(bw_task_t *t);
 
+/* Hint: the header of t will be run soon (all of its cache lines). */
+static inline void bw__task_prefetch(const bw_task_t *t) {
+  const char *p = (const char *)t;
+  for (size_t off = 0; off < sizeof *t; off += 64) __builtin_prefetch(p + off, 1);
+}
+
 /* Provided by the scheduler (worker.c / current_thread.c). `yield` puts it
  * at the back (never the LIFO slot). Takes over one reference. */
 void bw__schedule(bw_task_t *t, bool yield);
