@@ -279,7 +279,12 @@ static size_t call_header_size(void) { return offsetof(bw_call_t, state_mem); }
  * A slot whose pool is gone is recognised by its id (ids are never reused)
  * and dropped without touching its objects (pool_fini freed them). */
 #define TCACHE_SLOTS 64
-#define TCACHE_MAX 64
+/* At most TCACHE_MAX calls per slot; a full slot returns TCACHE_BATCH of
+ * them to the pool at once and an empty one refills up to TCACHE_BATCH: a
+ * small bound keeps free calls where other threads can take them, so the
+ * pool stops growing at its in-flight high-water mark plus the caches. */
+#define TCACHE_MAX 4
+#define TCACHE_BATCH 2
 typedef struct tcache_slot {
   uint64_t id;
   bw_service_t *svc;
@@ -327,7 +332,19 @@ static bw_call_t *pool_get(bw_service_t *s) {
     bw__pool_t *p = &s->pool;
     pthread_mutex_lock(&p->mu);
     c = p->free_list;
-    if (c) p->free_list = c->pool_next;
+    if (c) {
+      p->free_list = c->pool_next;
+      if (t->id == s->pool_id) {
+        /* our slot, empty: refill a batch with the same lock */
+        while (t->n < TCACHE_BATCH && p->free_list) {
+          bw_call_t *x = p->free_list;
+          p->free_list = x->pool_next;
+          x->pool_next = t->head;
+          t->head = x;
+          t->n++;
+        }
+      }
+    }
     pthread_mutex_unlock(&p->mu);
   }
   if (c) {
@@ -358,15 +375,19 @@ static void pool_put(bw_service_t *s, bw_call_t *c) {
     t->id = s->pool_id;
     t->svc = s;
   }
-  if (t->n < TCACHE_MAX) {
-    c->pool_next = t->head;
-    t->head = c;
-    t->n++;
-    return;
-  }
+  c->pool_next = t->head;
+  t->head = c;
+  if (++t->n <= TCACHE_MAX) return;
+  /* Full: hand a batch (c and the most recently cached after it) back to
+   * the shared list, so objects freed here reach threads that allocate
+   * (calls migrate between workers) and the pool stops growing. */
+  bw_call_t *last = c;
+  for (unsigned i = 1; i < TCACHE_BATCH; i++) last = last->pool_next;
+  t->head = last->pool_next;
+  t->n -= TCACHE_BATCH;
   bw__pool_t *p = &s->pool;
   pthread_mutex_lock(&p->mu);
-  pool_push_locked(p, c, c);
+  pool_push_locked(p, c, last);
   pthread_mutex_unlock(&p->mu);
 }
 

@@ -149,10 +149,12 @@ static void test_zero_malloc(void **state) {
   assert_int_equal(ok, n);
   print_message("allocations during %d calls: %ld\n", n, after - before);
   /* Pools (ours and the runtime's deferred-task cache) only grow to the
-   * high-water mark of calls in flight, which scheduling noise can still
-   * raise by one now and then: a handful of allocations per run, never one
-   * per call (measured: 10-15 per 100,000; 98 per 1,000,000 calls). */
-  assert_true(after - before <= 64 + n / 1000);
+   * high-water mark of calls in flight plus small per-thread caches (at most
+   * 4 calls per pool and thread, overflow goes back to the shared list), and
+   * scheduling noise can still raise that mark by one now and then (three
+   * allocations for a timeout node: call, timer): a handful per run, not
+   * growing with n (measured: 1-27 per 100,000; 3-9 per 1,000,000 calls). */
+  assert_true(after - before <= 64);
   assert_int_equal(bw_stack_outcome_count(svc, BW_ERR_NONE), (uint64_t)n + (uint64_t)warm);
 
   bw_service_release(svc);
