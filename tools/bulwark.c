@@ -77,6 +77,11 @@ void bw__cli_print_error(const char *prefix, const bw_error_t *e) {
   free(buf);
 }
 
+void bw__cli_report_error(const char *prefix, bw_error_t *e) {
+  bw__cli_print_error(prefix, e);
+  bw_error_unref(e);
+}
+
 bool bw__cli_wants_help(int argc, char **argv) {
   for (int i = 1; i < argc; i++) {
     if (strcmp(argv[i], "--") == 0) return false;

@@ -103,8 +103,7 @@ static int common_opt(common_t *c, int argc, char **argv, int *i, const char *cm
   else {
     bw_error_t *e = bw_config_parse_duration(v, &c->timeout_ns);
     if (e) {
-      bw__cli_print_error("bulwark: -t", e);
-      bw_error_unref(e);
+      bw__cli_report_error("bulwark: -t", e);
       return -1;
     }
   }
@@ -126,8 +125,7 @@ static bw_runtime_t *make_runtime(void) {
   bw_runtime_t *rt = NULL;
   bw_error_t *e = bw_runtime_new(&rt, &o);
   if (e) {
-    bw__cli_print_error("bulwark", e);
-    bw_error_unref(e);
+    bw__cli_report_error("bulwark", e);
     return NULL;
   }
   return rt;
@@ -228,8 +226,7 @@ int bw__cli_http(int argc, char **argv) {
   for (size_t i = 0; e == NULL && i < nheaders; i++) e = bw_http_request_add_header(req, headers[i]);
   if (e == NULL && body) e = bw_http_request_set_body(req, body, strlen(body), BW_HTTP_BODY_COPY);
   if (e) {
-    bw__cli_print_error("bulwark http", e);
-    bw_error_unref(e);
+    bw__cli_report_error("bulwark http", e);
     bw_http_request_free(req);
     return BW_CLI_USAGE;
   }
@@ -238,8 +235,7 @@ int bw__cli_http(int argc, char **argv) {
   if (c.file) {
     e = bw_registry_load_file(&reg, c.file, NULL);
     if (e) {
-      bw__cli_print_error("bulwark http", e);
-      bw_error_unref(e);
+      bw__cli_report_error("bulwark http", e);
       bw_http_request_free(req);
       return BW_CLI_FAILED;
     }
@@ -250,16 +246,14 @@ int bw__cli_http(int argc, char **argv) {
   bw_service_t *svc = NULL;
   bw_event_hook_t *hook = NULL;
   if (rt == NULL || (e = bw_http_client_new(&cli, rt, NULL)) != NULL) {
-    if (e) bw__cli_print_error("bulwark http", e);
-    bw_error_unref(e);
+    if (e) bw__cli_report_error("bulwark http", e);
     rc = BW_CLI_START;
     goto out;
   }
   if (reg) {
     e = bw_registry_build_ex(reg, c.stack, bw_http_client_service(cli), BW_REGISTRY_HTTP, &svc);
     if (e) {
-      bw__cli_print_error("bulwark http", e);
-      bw_error_unref(e);
+      bw__cli_report_error("bulwark http", e);
       rc = BW_CLI_FAILED;
       goto out;
     }
@@ -277,8 +271,7 @@ int bw__cli_http(int argc, char **argv) {
   req = NULL;
   bw_event_hook_remove(hook);
   if (e) {
-    bw__cli_print_error("bulwark http", e);
-    bw_error_unref(e);
+    bw__cli_report_error("bulwark http", e);
     rc = BW_CLI_FAILED;
   } else {
     bw_http_response_t *r = resp;
@@ -386,16 +379,14 @@ int bw__cli_redis(int argc, char **argv) {
   bw_redis_request_t *req = NULL;
   bw_error_t *e = bw_redis_request_new(&req, argc - i, (const char *const *)(argv + i), NULL);
   if (e) {
-    bw__cli_print_error("bulwark redis", e);
-    bw_error_unref(e);
+    bw__cli_report_error("bulwark redis", e);
     return BW_CLI_USAGE;
   }
   bw_registry_t *reg = NULL;
   if (c.file) {
     e = bw_registry_load_file(&reg, c.file, NULL);
     if (e) {
-      bw__cli_print_error("bulwark redis", e);
-      bw_error_unref(e);
+      bw__cli_report_error("bulwark redis", e);
       bw_redis_request_free(req);
       return BW_CLI_FAILED;
     }
@@ -413,16 +404,14 @@ int bw__cli_redis(int argc, char **argv) {
   ro.password = getenv("BULWARK_REDIS_PASSWORD");
   if (rt == NULL || (e = bw_redis_new(rt, &ro, &client)) != NULL ||
       (e = bw_redis_service_new(&leaf, client)) != NULL) {
-    if (e) bw__cli_print_error("bulwark redis", e);
-    bw_error_unref(e);
+    if (e) bw__cli_report_error("bulwark redis", e);
     rc = BW_CLI_START;
     goto out;
   }
   if (reg) {
     e = bw_registry_build_ex(reg, c.stack, leaf, BW_REGISTRY_REDIS, &svc);
     if (e) {
-      bw__cli_print_error("bulwark redis", e);
-      bw_error_unref(e);
+      bw__cli_report_error("bulwark redis", e);
       rc = BW_CLI_FAILED;
       goto out;
     }
@@ -440,8 +429,7 @@ int bw__cli_redis(int argc, char **argv) {
   req = NULL;
   bw_event_hook_remove(hook);
   if (e) {
-    bw__cli_print_error("bulwark redis", e);
-    bw_error_unref(e);
+    bw__cli_report_error("bulwark redis", e);
     rc = BW_CLI_FAILED;
   } else {
     const bw_error_t *fb = bw_call_fallback_error(call);
