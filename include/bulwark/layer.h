@@ -94,6 +94,9 @@ typedef struct bw_service_ops {
   /* Optional: free the impl given to bw_service_new / bw_layer_new when the
    * last reference goes. */
   void (*destroy)(void *impl);
+  /* Reserved for bulwark's own layers (their forwarding fast path): leave
+   * NULL. */
+  void (*finish)(bw_service_t *svc, bw_call_t *call, void *state, bool aborted);
 } bw_service_ops_t;
 
 /* ---- Services -------------------------------------------------------------- */

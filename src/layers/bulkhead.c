@@ -4,10 +4,14 @@
  *   QUEUED  -> RUNNING  the permit arrived (acquire at once, or grant);
  *   QUEUED  -> GAVE_UP  the queue wait ran out (timer), the call was
  *                       cancelled, or the queue was full.
- * Only the winner acts: RUNNING starts the child; GAVE_UP completes the call
+ * Only the winner acts: RUNNING hands the call inward (forwarded, see
+ * service_internal.h, when that happens inside ops->call; else a child);
+ * GAVE_UP completes the call
  * (or, for a cancel, leaves that to the library). A grant that loses the
  * CAS returns the permit it was handed at once, so a permit is returned
- * exactly once: by the child's callback (RUNNING) or by the losing grant.
+ * exactly once: by the finish hook or the child's callback (RUNNING), by
+ * ops->call when the call was cancelled before it could be handed on, or
+ * by the losing grant.
  *
  * References on the call (layer.h "Memory safety rule"):
  *   - the queue holds one from just before bw__permits_acquire until the
@@ -29,6 +33,7 @@
 #include "bulwark/metrics.h"
 #include "core/alloc.h"
 #include "layers/permits.h"
+#include "layers/service_internal.h"
 
 #define BH_MAGIC 0x626b6864u /* "bkhd" */
 enum { PH_NONE = 0, PH_QUEUED = 1, PH_RUNNING = 2, PH_GAVE_UP = 3 };
@@ -93,6 +98,19 @@ static void run(bh_call_t *st) {
     bw__permits_release(&st->bh->p);
 }
 
+/* RUNNING inside ops->call: forward if possible. */
+static void run_here(bh_call_t *st) {
+  bw__fwd_t f = bw__call_forward(st->call);
+  if (f == BW__FWD_OK) return; /* bh_finish releases */
+  if (f == BW__FWD_DONE) bw__permits_release(&st->bh->p);
+  else run(st);
+}
+
+static void bh_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+  bh_call_t *st = state;
+  bw__permits_release(&st->bh->p); /* the one release of a forwarded call */
+}
+
 static void on_grant(bw__permit_waiter_t *w, void *arg) {
   (void)w;
   bh_call_t *st = arg;
@@ -151,7 +169,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
   if (bw__permits_try_acquire(&bh->p) == BW__PERMITS_OK) {
     /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
     atomic_store(&st->phase, PH_RUNNING);
-    run(st);
+    run_here(st);
     return;
   }
   /* Slow path: from here on a grant (or timer) on another thread may run
@@ -171,7 +189,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
   int rc = bw__permits_acquire(&bh->p, &st->w);
   if (rc == BW__PERMITS_OK) {
     bw_call_unref(call);
-    if (phase_cas(st, PH_QUEUED, PH_RUNNING)) run(st);
+    if (phase_cas(st, PH_QUEUED, PH_RUNNING)) run_here(st);
     else bw__permits_release(&bh->p); /* cancelled meanwhile */
     goto out;
   }
@@ -249,6 +267,7 @@ static const bw_service_ops_t bh_ops = {
     .state_init = bh_state_init,
     .state_fini = bh_state_fini,
     .destroy = bh_destroy,
+    .finish = bh_finish,
 };
 
 static bh_t *bh_of(bw_layer_t *layer) {

@@ -2,11 +2,13 @@
  * breaker_state.c, reached only through the store vtable so a fleet-wide
  * store can replace the in-memory one.
  *
- * Per call: acquire a ticket (lock-free when closed) -> start one child ->
- * in the child's callback classify its outcome with the predicate and
- * record it with the ticket -> pass the child's outcome up unchanged.
- * Exactly one record per admitted call: the child's callback always runs
- * once (success, error, or the cancel we forward to it), and records there.
+ * Per call: acquire a ticket (lock-free when closed) -> forward the call
+ * inward (service_internal.h; a child when it cannot be forwarded) -> in
+ * the finish hook (or the child's callback) classify the outcome with the
+ * predicate and record it with the ticket; the outcome passes up unchanged.
+ * Exactly one record per admitted call: the finish hook / the child's
+ * callback runs once (success, error, or a cancel), and records there; a
+ * call cancelled before it was handed on records IGNORED here.
  * A caller's cancel reaches the child as BW_ERR_CANCELLED and is recorded as
  * IGNORED (a half-open probe gives its slot back); a timeout layer outside
  * cancels with its timeout error, which counts as a failure.
@@ -25,6 +27,7 @@
 #include "core/alloc.h"
 #include "layers/breaker_state.h"
 #include "layers/permits.h"
+#include "layers/service_internal.h"
 
 #define BRK_MAGIC 0x62726b72u /* "brkr" */
 
@@ -108,11 +111,8 @@ static bw__outcome_t classify(brk_t *b, const bw_error_t *err) {
   return b->predicate(err, b->predicate_arg) ? BW__OUTCOME_FAILURE : BW__OUTCOME_SUCCESS;
 }
 
-static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
-  bw_call_t *call = arg;
-  brk_call_t *st = bw_call_state(call);
-  brk_t *b = bw_service_impl(bw_call_service(call));
-  bw__child_slot_clear(&st->slot);
+/* Record the admitted call's outcome with its ticket (once). */
+static void settle(brk_t *b, brk_call_t *st, bw_call_t *call, const bw_error_t *err) {
   if (st->store) {
     uint64_t now = brk_now(b, call);
     bw__breaker_change_t chg = {0};
@@ -123,8 +123,30 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
     st->store = NULL;
     report(b, call, &chg, false);
   }
+}
+
+static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
+  bw_call_t *call = arg;
+  brk_call_t *st = bw_call_state(call);
+  brk_t *b = bw_service_impl(bw_call_service(call));
+  bw__child_slot_clear(&st->slot);
+  settle(b, st, call, err);
   bw_call_complete_from_child(call, child);
   bw_call_free(child);
+}
+
+static void brk_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+  (void)aborted; /* an outer timeout's abort counts as that timeout */
+  settle(bw_service_impl(svc), state, call, bw_call_error(call));
+}
+
+/* An admitted call that went nowhere: give its slot back uncounted. */
+static void release_unused(brk_t *b, brk_call_t *st, bw_runtime_t *rt) {
+  if (!st->store) return;
+  st->store->vt->record(st->store, st->ticket, BW__OUTCOME_IGNORED, 0, bw_runtime_now_ns(rt), NULL);
+  if (st->entry) bw__keyed_put(b->keyed, st->entry);
+  st->store = NULL;
+  st->entry = NULL;
 }
 
 static void brk_call(bw_service_t *svc, bw_call_t *call) {
@@ -175,15 +197,12 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
     st->ticket = ticket;
     st->start_ns = now;
   }
-  /* On failure the call was completed but not handed anywhere: st is ours. */
-  if (bw__child_start(call, &st->slot, on_child, call) != 0 && st->store) {
-    /* No child: the admitted slot must still be accounted for. */
-    st->store->vt->record(st->store, st->ticket, BW__OUTCOME_IGNORED, 0,
-                          bw_runtime_now_ns(rt), NULL);
-    if (st->entry) bw__keyed_put(b->keyed, st->entry);
-    st->store = NULL;
-    st->entry = NULL;
-  }
+  bw__fwd_t f = bw__call_forward(call);
+  if (f == BW__FWD_OK) return; /* brk_finish records */
+  /* DONE (cancelled first), or a child that cannot be made: the call was
+   * completed but not handed anywhere, st is ours. */
+  if (f == BW__FWD_DONE || bw__child_start(call, &st->slot, on_child, call) != 0)
+    release_unused(b, st, rt);
 }
 
 static void brk_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
@@ -210,6 +229,7 @@ static const bw_service_ops_t brk_ops = {
     .call = brk_call,
     .cancel = brk_cancel,
     .destroy = brk_destroy,
+    .finish = brk_finish,
 };
 
 static brk_t *brk_of(bw_layer_t *layer) {

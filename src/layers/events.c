@@ -88,11 +88,16 @@ void bw_layer_emit(bw_layer_t *layer, bw_call_t *call, bw_event_t *ev) {
   if (call) {
     bw__stack_t *st = call->stack;
     ev->now_ns = bw_runtime_now_ns(call->rt);
-    /* The node handling `call` belongs to the call's stack if its stack
-     * pointer matches (a fallback's other service may not). */
-    if (st && call->svc->stack == st) {
-      ev->layer_index = call->svc->layer_index;
-      bw__stack_count_event(st, ev->layer_index, ev->type);
+    /* The layer's position in the call's stack, if it is one of its
+     * layers (a fallback's other service may not be). Found by the layer,
+     * not by the node handling the call: a call forwarded inward is
+     * handled by an inner node while an outer layer's timer reports. */
+    for (size_t i = 0; st && i < st->nlayers; i++) {
+      if (st->layers[i] == layer) {
+        ev->layer_index = (int)i;
+        bw__stack_count_event(st, ev->layer_index, ev->type);
+        break;
+      }
     }
     if (st) {
       ev->stack = st->name[0] ? st->name : NULL;

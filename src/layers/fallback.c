@@ -1,6 +1,9 @@
 /* Fallback layer.
  *
- * Per call: the primary attempt, then (SERVICE kind) a second child on the
+ * VALUE and FUNCTION kinds forward the call itself (service_internal.h)
+ * and answer in the finish hook, replacing the outcome. The SERVICE kind
+ * (and any call that cannot be forwarded) uses children:
+ * per call the primary attempt, then (SERVICE kind) a second child on the
  * fallback service. One atomic child slot serves both phases; whoever takes
  * the child out of it (on_child, ops->cancel) owns and frees it, as in
  * timeout.c. The original error is kept (st->orig) while the fallback
@@ -12,6 +15,7 @@
 #include "bulwark/fallback.h"
 #include "bulwark/metrics.h"
 #include "core/alloc.h"
+#include "layers/service_internal.h"
 
 void bw__call_set_fallback_error(bw_call_t *call, bw_error_t *err); /* service.c */
 
@@ -64,13 +68,59 @@ static void on_fb_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   bw_call_free(child);
 }
 
+/* The VALUE / FUNCTION answer for orig (a reference, taken by the answer:
+ * attached as the call's fallback error, or inside the fallback-failed
+ * error). Returns the error to finish with, or NULL and *resp / *rf. */
+static bw_error_t *answer(fb_impl_t *im, bw_call_t *call, bw_error_t *orig, void **resp,
+                          bw_destroy_fn *rf) {
+  *resp = NULL;
+  *rf = NULL;
+  if (im->o.kind == BW_FALLBACK_VALUE) {
+    void *copy = bw__malloc(im->o.value_len ? im->o.value_len : 1);
+    if (!copy) return failed(bw_error_static(BW_ERR_OUT_OF_MEMORY), orig);
+    if (im->o.value_len) memcpy(copy, im->value_copy, im->o.value_len);
+    bw__call_set_fallback_error(call, orig);
+    *resp = copy;
+    *rf = bw__free;
+    return NULL;
+  }
+  bw_error_t *e = im->o.fn(im->o.fn_arg, call, orig, resp, rf);
+  if (e) {
+    if (*resp && *rf) (*rf)(*resp);
+    *resp = NULL;
+    *rf = NULL;
+    return failed(e, orig);
+  }
+  bw__call_set_fallback_error(call, orig);
+  return NULL;
+}
+
+static bool wants_fallback(const fb_impl_t *im, const bw_error_t *err) {
+  bw_fallback_predicate pred = im->o.predicate ? im->o.predicate : bw_fallback_default_predicate;
+  return err && pred(err, im->o.predicate_arg);
+}
+
+/* Forwarded call: the inner outcome is in; answer instead if it failed
+ * (not when the call was cancelled from outside this node). */
+static void fb_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+  fb_impl_t *im = bw_service_impl(svc);
+  const bw_error_t *err = bw_call_error(call);
+  if (aborted || !wants_fallback(im, err)) return;
+  bw_error_t *orig = bw_error_ref((bw_error_t *)err);
+  bw_event_t ev = {.type = BW_EVENT_FALLBACK_USED, .error = orig};
+  bw_layer_emit(im->layer, call, &ev);
+  void *resp;
+  bw_destroy_fn rf;
+  bw_error_t *e = answer(im, call, orig, &resp, &rf);
+  bw__call_set_outcome(call, resp, rf, e);
+}
+
 static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   fstate_t *st = arg;
   bw_call_t *call = st->call;
   if (atomic_exchange(&st->child, NULL) != child) return;
   fb_impl_t *im = bw_service_impl(bw_call_service(call));
-  bw_fallback_predicate pred = im->o.predicate ? im->o.predicate : bw_fallback_default_predicate;
-  if (!err || bw_call_is_done(call) || !pred(err, im->o.predicate_arg)) {
+  if (bw_call_is_done(call) || !wants_fallback(im, err)) {
     bw_call_complete_from_child(call, child);
     bw_call_free(child);
     return;
@@ -80,28 +130,12 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   bw_event_t ev = {.type = BW_EVENT_FALLBACK_USED, .error = orig};
   bw_layer_emit(im->layer, call, &ev);
   switch (im->o.kind) {
-  case BW_FALLBACK_VALUE: {
-    void *copy = bw__malloc(im->o.value_len ? im->o.value_len : 1);
-    if (!copy) {
-      bw_call_complete(call, NULL, NULL, failed(bw_error_static(BW_ERR_OUT_OF_MEMORY), orig));
-      return;
-    }
-    if (im->o.value_len) memcpy(copy, im->value_copy, im->o.value_len);
-    bw__call_set_fallback_error(call, orig);
-    bw_call_complete(call, copy, bw__free, NULL);
-    return;
-  }
+  case BW_FALLBACK_VALUE:
   case BW_FALLBACK_FUNCTION: {
-    void *resp = NULL;
-    bw_destroy_fn rf = NULL;
-    bw_error_t *e = im->o.fn(im->o.fn_arg, call, orig, &resp, &rf);
-    if (e) {
-      if (resp && rf) rf(resp);
-      bw_call_complete(call, NULL, NULL, failed(e, orig));
-    } else {
-      bw__call_set_fallback_error(call, orig);
-      bw_call_complete(call, resp, rf, NULL);
-    }
+    void *resp;
+    bw_destroy_fn rf;
+    bw_error_t *e = answer(im, call, orig, &resp, &rf);
+    bw_call_complete(call, resp, rf, e);
     return;
   }
   case BW_FALLBACK_SERVICE: {
@@ -120,9 +154,11 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
 }
 
 static void fb_call(bw_service_t *svc, bw_call_t *call) {
+  fb_impl_t *im = bw_service_impl(svc);
   fstate_t *st = bw_call_state(call);
   st->call = call;
   st->orig = NULL;
+  if (im->o.kind != BW_FALLBACK_SERVICE && bw__call_forward(call) != BW__FWD_NO) return;
   bw_call_t *child;
   bw_error_t *e = bw_call_child_new(&child, call, NULL);
   if (e) {
@@ -156,6 +192,7 @@ static const bw_service_ops_t fb_ops = {
     .call = fb_call,
     .cancel = fb_cancel,
     .destroy = fb_destroy,
+    .finish = fb_finish,
 };
 
 void bw_fallback_opts_init(bw_fallback_opts_t *o) { memset(o, 0, sizeof *o); }

@@ -23,6 +23,7 @@
 #include "bulwark/rate_limit.h"
 #include "core/alloc.h"
 #include "layers/permits.h"
+#include "layers/service_internal.h"
 #include "layers/token_bucket.h"
 
 #define RL_MAGIC 0x726c696du /* "rlim" */
@@ -142,7 +143,8 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
     return;
   }
   if (wait == 0) {
-    (void)bw__child_start(call, &st->slot, on_child, call);
+    /* forwarded: nothing to do afterwards (no finish hook) */
+    if (bw__call_forward(call) == BW__FWD_NO) (void)bw__child_start(call, &st->slot, on_child, call);
     return;
   }
   if (ensure_timer(st, rt) != 0) {

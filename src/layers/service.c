@@ -55,6 +55,7 @@
  *
  * Lock order: g_reg.mu (service registry / runtime trackers) -> pool.mu.
  * No lock is held while calling ops or callbacks. */
+#include <limits.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -88,6 +89,8 @@ static _Thread_local uint64_t tl_now;
 
 static void run_delivery(bw_call_t *c);
 static void unref_n(bw_call_t *call, int n);
+static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_layer_t *layer,
+                       bw_event_t *ev);
 
 /* Starting references kept past their start() until the outermost entry of
  * this thread ends: a call whose delivery is queued here meanwhile (the
@@ -190,7 +193,7 @@ static void sweep(bw_runtime_t *rt) {
   for (bw_service_t *s = g_reg.services; s; s = s->reg_next) {
     pthread_mutex_lock(&s->pool.mu);
     for (bw_call_t *c = s->pool.all; c; c = c->all_next) {
-      if (atomic_load(&c->state) != BW__CALL_RUNNING) continue;
+      if (BW__PHASE(atomic_load(&c->state)) != BW__CALL_RUNNING) continue;
       if (n == cap) {
         size_t nc = cap ? 2 * cap : 64;
         bw_call_t **nl = bw__realloc(list, nc * sizeof *list);
@@ -205,7 +208,7 @@ static void sweep(bw_runtime_t *rt) {
   pthread_mutex_unlock(&g_reg.mu);
   for (size_t i = 0; i < n; i++) {
     bw_call_t *c = list[i];
-    if (c->rt == rt && atomic_load(&c->state) == BW__CALL_RUNNING)
+    if (c->rt == rt && BW__PHASE(atomic_load(&c->state)) == BW__CALL_RUNNING)
       bw_call_cancel_with(c, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
     bw_call_unref(c);
   }
@@ -271,7 +274,41 @@ static bw_error_t *track_runtime(bw_runtime_t *rt) {
 
 /* ---- pools -------------------------------------------------------------------- */
 
-static size_t call_header_size(void) { return offsetof(bw_call_t, state_mem); }
+static size_t call_header_aligned(void) { return (offsetof(bw_call_t, state_mem) + 15) & ~(size_t)15; }
+
+/* The node at forwarding depth d of a call that started at s. */
+static bw_service_t *node_at(bw_service_t *s, int d) {
+  while (d-- > 0) s = s->inner;
+  return s;
+}
+
+/* Node n's state in a call from pool `origin` (layout: service_internal.h). */
+static void *state_in(bw_service_t *origin, unsigned char *mem, const bw_service_t *n) {
+  return mem + (origin->chain_state - n->chain_state);
+}
+
+/* The next node a call can be forwarded to from n (see bw__call_forward). */
+static bw_service_t *fwd_next(const bw_service_t *n) {
+  return n->inner && !n->inner->owns_stack ? n->inner : NULL;
+}
+
+/* state_fini of the chain of a pooled object from pool s, up to `stop`. */
+static void chain_fini(bw_service_t *s, unsigned char *mem, const bw_service_t *stop) {
+  for (bw_service_t *n = s; n && n != stop; n = fwd_next(n))
+    if (n->ops->state_fini) n->ops->state_fini(n, state_in(s, mem, n));
+}
+
+/* state_init of every node's state in a new pooled object; -1 (undone)
+ * when one fails. */
+static int chain_init(bw_service_t *s, unsigned char *mem) {
+  for (bw_service_t *n = s; n; n = fwd_next(n)) {
+    if (n->ops->state_init && n->ops->state_init(n, state_in(s, mem, n)) != 0) {
+      chain_fini(s, mem, n);
+      return -1;
+    }
+  }
+  return 0;
+}
 
 /* Per-thread cache of free calls, one slot per pool (direct-mapped by the
  * pool's unique id, which is sequential, so the nodes of one stack do not
@@ -355,7 +392,7 @@ static bw_call_t *pool_get(bw_service_t *s) {
   c = bw__calloc(1, s->call_size);
   if (!c) return NULL;
   c->svc = s;
-  if (s->ops->state_init && s->ops->state_init(s, c->state_mem) != 0) {
+  if (chain_init(s, c->state_mem) != 0) {
     bw__free(c);
     return NULL;
   }
@@ -395,7 +432,7 @@ static void pool_fini(bw_service_t *s) {
   bw_call_t *c = s->pool.all;
   while (c) {
     bw_call_t *next = c->all_next;
-    if (s->ops->state_fini) s->ops->state_fini(s, c->state_mem);
+    chain_fini(s, c->state_mem, NULL);
     bw__free(c);
     c = next;
   }
@@ -414,8 +451,9 @@ static bw_error_t *service_alloc(bw_service_t **out, const bw_service_ops_t *ops
   s->impl = impl;
   s->layer_index = -1;
   s->pool_id = atomic_fetch_add_explicit(&g_pool_ids, 1, memory_order_relaxed);
-  size_t h = (call_header_size() + 15) & ~(size_t)15;
-  s->call_size = h + ((ops->call_state_size + 15) & ~(size_t)15);
+  s->own_state = (ops->call_state_size + 15) & ~(size_t)15;
+  s->chain_state = s->own_state;
+  s->call_size = call_header_aligned() + s->chain_state;
   pthread_mutex_init(&s->pool.mu, NULL);
   registry_add(s);
   *out = s;
@@ -435,8 +473,13 @@ bw_error_t *bw_service_new(bw_service_t **out, const bw_service_ops_t *ops, void
 bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out) {
   bw_error_t *e = service_alloc(out, layer->ops, layer->impl);
   if (e) return e;
-  (*out)->layer = bw_layer_ref(layer);
-  (*out)->inner = bw_service_ref(inner);
+  bw_service_t *s = *out;
+  s->layer = bw_layer_ref(layer);
+  s->inner = bw_service_ref(inner);
+  /* room for the states of the nodes the call may be forwarded through
+   * (no call has been taken from this pool yet) */
+  if (fwd_next(s)) s->chain_state = s->own_state + inner->chain_state;
+  s->call_size = call_header_aligned() + s->chain_state;
   return NULL;
 }
 
@@ -578,6 +621,8 @@ void bw_call_unref(bw_call_t *call) { unref_n(call, 1); }
 
 static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   c->svc = svc;
+  atomic_store_explicit(&c->cur, svc, memory_order_relaxed);
+  c->abort_depth = INT_MAX;
   c->rt = rt;
   c->parent = NULL;
   c->stack = NULL;
@@ -619,8 +664,9 @@ bw_error_t *bw_call_new(bw_call_t **out, bw_service_t *svc, bw_runtime_t *rt) {
 
 bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *svc) {
   if (!out || !parent) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_call_child_new: NULL argument");
-  if (!svc) svc = parent->svc->inner;
-  if (!svc) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_call_child_new: %s has no inner service", bw_service_kind(parent->svc));
+  bw_service_t *pnode = atomic_load_explicit(&parent->cur, memory_order_relaxed);
+  if (!svc) svc = pnode->inner;
+  if (!svc) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_call_child_new: %s has no inner service", bw_service_kind(pnode));
   bw_call_t *c = pool_get(svc);
   if (!c) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   call_init(c, svc, parent->rt);
@@ -638,7 +684,7 @@ bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *
    * parent). Any other service (fallback's, a registry's current stack)
    * may be released by its holder while this child still lives: the child
    * then holds it itself, so the pool outlives every call from it. */
-  if (svc != parent->svc->inner) {
+  if (svc != pnode->inner) {
     c->holds_svc = true;
     bw_service_ref(svc);
   }
@@ -660,12 +706,31 @@ void bw_call_free(bw_call_t *call) {
     return;
   }
   int fl = atomic_fetch_or(&call->flags, BW__CF_ABANDONED);
-  if ((fl & BW__CF_STARTED) && atomic_load(&call->state) != BW__CALL_DONE)
+  if ((fl & BW__CF_STARTED) && BW__PHASE(atomic_load(&call->state)) != BW__CALL_DONE)
     bw_call_cancel(call);
   bw_call_unref(call);
 }
 
 /* ---- completion and delivery ---------------------------------------------------------------- */
+
+static void record_root(bw_call_t *c) {
+  if (c->stack_root) {
+    uint64_t now = bw_runtime_now_ns(c->rt);
+    bw__stack_record(c->stack, c->err, now > c->start_ns ? now - c->start_ns : 0);
+  }
+}
+
+/* The finish hooks of the nodes that forwarded c, innermost first. */
+static void run_finish(bw_call_t *c) {
+  int d = BW__DEPTH(atomic_load_explicit(&c->state, memory_order_relaxed));
+  bw_service_t *path[BW__DEPTH_MAX];
+  bw_service_t *n = c->svc;
+  for (int i = 0; i < d; i++, n = n->inner) path[i] = n;
+  for (int i = d; i-- > 0;) {
+    n = path[i];
+    if (n->ops->finish) n->ops->finish(n, c, state_in(c->svc, c->state_mem, n), i >= c->abort_depth);
+  }
+}
 
 static void run_delivery(bw_call_t *c) {
   /* the in-flight reference, and those folded into this delivery */
@@ -673,6 +738,10 @@ static void run_delivery(bw_call_t *c) {
   c->fold = 0;
   atomic_store_explicit(&c->queued_on, NULL, memory_order_relaxed);
   tl_now_rt = NULL; /* a callback is not part of a start chain */
+  /* Finish hooks and the stack's record run here, on a worker, for every
+   * completed call (abandoned ones too: hooks return permits). */
+  run_finish(c);
+  record_root(c);
   if (!(atomic_load_explicit(&c->flags, memory_order_acquire) & BW__CF_ABANDONED) && c->cb) {
     bw_call_t *prev = tl_delivering;
     bool prev_freed = tl_freed_in_cb;
@@ -720,16 +789,22 @@ static void deliver(bw_call_t *c) {
   leave();
 }
 
-static void record_root(bw_call_t *c) {
-  if (c->stack_root) {
-    uint64_t now = bw_runtime_now_ns(c->rt);
-    bw__stack_record(c->stack, c->err, now > c->start_ns ? now - c->start_ns : 0);
+/* RUNNING -> DONE, keeping the depth (*depth: where the call was). seq_cst:
+ * layers pair their "publish, then bw_call_is_done" with it. */
+static bool win(bw_call_t *c, int *depth) {
+  int w = atomic_load_explicit(&c->state, memory_order_relaxed);
+  while (BW__PHASE(w) == BW__CALL_RUNNING) {
+    if (atomic_compare_exchange_weak(&c->state, &w, (w & ~3) | BW__CALL_DONE)) {
+      *depth = BW__DEPTH(w);
+      return true;
+    }
   }
+  return false;
 }
 
 bool bw_call_complete(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err) {
-  int expect = BW__CALL_RUNNING;
-  if (!atomic_compare_exchange_strong(&call->state, &expect, BW__CALL_DONE)) {
+  int depth;
+  if (!win(call, &depth)) {
     if (resp && resp_free) resp_free(resp);
     bw_error_unref(err);
     return false;
@@ -743,13 +818,12 @@ bool bw_call_complete(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_e
     call->resp_free = resp_free;
   }
   call->err = err;
-  record_root(call);
   deliver(call);
   return true;
 }
 
 bool bw_call_complete_from_child(bw_call_t *call, bw_call_t *child) {
-  if (atomic_load(&call->state) != BW__CALL_RUNNING) return false;
+  if (BW__PHASE(atomic_load(&call->state)) != BW__CALL_RUNNING) return false;
   void *resp = child->resp;
   bw_destroy_fn f = child->resp_free;
   child->resp = NULL;
@@ -759,6 +833,71 @@ bool bw_call_complete_from_child(bw_call_t *call, bw_call_t *child) {
 }
 
 void bw_call_cancel(bw_call_t *call) { bw_call_cancel_with(call, NULL); }
+
+/* Complete with err (owned) as a cancel made at `abort_depth`: the node
+ * holding the call now releases what it holds (ops->cancel), then the
+ * call is delivered (its finish hooks run there). */
+static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_layer_t *layer,
+                       bw_event_t *ev) {
+  int depth;
+  if (!win(call, &depth)) {
+    bw_error_unref(err);
+    return false;
+  }
+  call->err = err;
+  call->resp = NULL;
+  call->resp_free = NULL;
+  call->abort_depth = abort_depth;
+  bw_service_t *n = node_at(call->svc, depth);
+  /* the same value a forwarding thread stores (it may not have yet) */
+  atomic_store_explicit(&call->cur, n, memory_order_relaxed);
+  if (n->ops->cancel) {
+    enter();
+    n->ops->cancel(n, call, err);
+    leave();
+  }
+  if (ev) {
+    ev->error = err;
+    bw_layer_emit(layer, call, ev);
+  }
+  deliver(call);
+  return true;
+}
+
+bw__fwd_t bw__call_forward(bw_call_t *call) {
+  bw_service_t *node = atomic_load_explicit(&call->cur, memory_order_relaxed);
+  bw_service_t *in = fwd_next(node);
+  int w = atomic_load_explicit(&call->state, memory_order_relaxed);
+  if (!in || BW__DEPTH(w) + 1 >= BW__DEPTH_MAX) return BW__FWD_NO;
+  size_t sz = in->ops->call_state_size;
+  if (sz && !in->ops->state_init) memset(state_in(call->svc, call->state_mem, in), 0, sz);
+  /* One step deeper unless the call completed meanwhile; a cancel that
+   * wins after this finds (and cancels) the inner node. acq_rel: the
+   * state memset above is visible to that cancel. */
+  do {
+    if (BW__PHASE(w) != BW__CALL_RUNNING) return BW__FWD_DONE;
+  } while (!atomic_compare_exchange_weak_explicit(&call->state, &w, w + BW__DEPTH_ONE,
+                                                  memory_order_acq_rel, memory_order_relaxed));
+  atomic_store_explicit(&call->cur, in, memory_order_relaxed);
+  /* Cancelled already: its ops->cancel ran on state that ops->call never
+   * filled; starting work now would only be undone. */
+  if (BW__PHASE(atomic_load_explicit(&call->state, memory_order_relaxed)) == BW__CALL_RUNNING)
+    in->ops->call(in, call);
+  return BW__FWD_OK;
+}
+
+int bw__call_depth(const bw_call_t *call) {
+  return BW__DEPTH(atomic_load_explicit(&((bw_call_t *)call)->state, memory_order_relaxed));
+}
+
+void bw__call_set_outcome(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err) {
+  if (call->resp && call->resp_free) call->resp_free(call->resp);
+  bw_error_unref(call->err);
+  call->resp = err ? NULL : resp;
+  call->resp_free = err ? NULL : resp_free;
+  if (err && resp && resp_free) resp_free(resp);
+  call->err = err;
+}
 
 void bw_call_cancel_with(bw_call_t *call, bw_error_t *reason) {
   if (!call) {
@@ -771,27 +910,20 @@ void bw_call_cancel_with(bw_call_t *call, bw_error_t *reason) {
     bw_error_unref(reason);
     return;
   }
-  bw_call_ref(call);
-  int expect = BW__CALL_RUNNING;
-  if (atomic_compare_exchange_strong(&call->state, &expect, BW__CALL_DONE)) {
-    call->err = reason ? reason : bw_error_static(BW_ERR_CANCELLED);
-    call->resp = NULL;
-    call->resp_free = NULL;
-    reason = NULL;
-    if (call->svc->ops->cancel) {
-      enter();
-      call->svc->ops->cancel(call->svc, call, call->err);
-      leave();
-    }
-    record_root(call);
-    deliver(call);
-  }
-  bw_error_unref(reason);
+  bw_call_ref(call); /* the callback may free it; we are not done with it */
+  abort_call(call, reason ? reason : bw_error_static(BW_ERR_CANCELLED), 0, NULL, NULL);
   bw_call_unref(call);
 }
 
+bool bw__call_abort(bw_call_t *call, bw_error_t *err, int depth, bw_layer_t *layer, bw_event_t *ev) {
+  bw_call_ref(call);
+  bool won = abort_call(call, err, depth, layer, ev);
+  bw_call_unref(call);
+  return won;
+}
+
 bool bw_call_is_done(const bw_call_t *call) {
-  return atomic_load((atomic_int *)&call->state) == BW__CALL_DONE;
+  return BW__PHASE(atomic_load((atomic_int *)&call->state)) == BW__CALL_DONE;
 }
 bool bw_call_is_cancelled(const bw_call_t *call) {
   return (atomic_load((atomic_int *)&call->flags) & BW__CF_CANCEL) != 0;
@@ -960,7 +1092,7 @@ void *bw_call_take_response(bw_call_t *call, bw_destroy_fn *free_fn) {
   return r;
 }
 const bw_error_t *bw_call_error(const bw_call_t *call) {
-  return atomic_load((atomic_int *)&call->state) == BW__CALL_DONE ? call->err : NULL;
+  return BW__PHASE(atomic_load((atomic_int *)&call->state)) == BW__CALL_DONE ? call->err : NULL;
 }
 void bw_call_set_deadline_ns(bw_call_t *call, uint64_t deadline_ns) {
   if (call->parent && call->parent->deadline_ns &&
@@ -981,11 +1113,18 @@ int64_t bw_call_remaining_ns(const bw_call_t *call) {
 void bw_call_set_context(bw_call_t *call, void *ctx) { call->ctx = ctx; }
 void *bw_call_context(const bw_call_t *call) { return call->ctx; }
 bw_runtime_t *bw_call_runtime(const bw_call_t *call) { return call->rt; }
-bw_service_t *bw_call_service(const bw_call_t *call) { return call->svc; }
+bw_service_t *bw_call_service(const bw_call_t *call) {
+  return atomic_load_explicit(&((bw_call_t *)call)->cur, memory_order_relaxed);
+}
 bw_call_t *bw_call_parent(const bw_call_t *call) { return call->parent; }
 void bw_call_set_attempt(bw_call_t *call, uint32_t attempt) { call->attempt = attempt; }
 uint32_t bw_call_attempt(const bw_call_t *call) { return call->attempt; }
-void *bw_call_state(bw_call_t *call) { return call->state_mem; }
+void *bw_call_state(bw_call_t *call) {
+  return state_in(call->svc, call->state_mem, atomic_load_explicit(&call->cur, memory_order_relaxed));
+}
+void *bw__call_state_of(bw_call_t *call, const bw_service_t *svc) {
+  return state_in(call->svc, call->state_mem, svc);
+}
 
 const bw_error_t *bw_call_fallback_error(const bw_call_t *call) { return call->fallback_err; }
 /* Used by fallback.c (declared there). */

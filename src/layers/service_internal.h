@@ -16,7 +16,13 @@
 #define BW__SVC_MAGIC 0x62777376u   /* "bwsv" */
 #define BW__LAYER_MAGIC 0x62776c79u /* "bwly" */
 
+/* bw_call.state: the phase in the low 2 bits, the forwarding depth above
+ * (how many nodes passed the call itself inward, see bw__call_forward). */
 enum { BW__CALL_IDLE = 0, BW__CALL_RUNNING = 1, BW__CALL_DONE = 2 };
+#define BW__PHASE(w) ((int)((unsigned)(w) & 3u))
+#define BW__DEPTH(w) ((int)((unsigned)(w) >> 2))
+#define BW__DEPTH_ONE 4
+#define BW__DEPTH_MAX 32 /* forwarding stops here (children take over) */
 enum {
   BW__CF_CANCEL = 1 << 0,    /* cancel requested */
   BW__CF_ABANDONED = 1 << 1, /* owner freed it before delivery: skip the callback */
@@ -51,14 +57,25 @@ struct bw_service {
   bw__stack_t *stack;  /* stack this node belongs to (owned by the outermost node) */
   bool owns_stack;
   int layer_index;     /* position in stack, -1 if none */
-  size_t call_size;    /* sizeof(bw_call_t) rounded + state */
+  size_t call_size;    /* sizeof(bw_call_t) rounded + chain_state */
+  size_t own_state;    /* ops->call_state_size rounded to 16 */
+  /* own_state plus the chain_state of the inner service a call can be
+   * forwarded to (none for a leaf or when the inner is a built stack). A
+   * call from this pool carries the state of every node it may be
+   * forwarded through; a node's state sits at state_mem + (origin's
+   * chain_state - the node's chain_state), the innermost last. */
+  size_t chain_state;
   bw__pool_t pool;
   uint64_t pool_id; /* unique per service, never reused (thread caches) */
   bw_service_t *reg_prev, *reg_next; /* global list for the shutdown scan */
 };
 
 struct bw_call {
-  bw_service_t *svc;
+  bw_service_t *svc; /* the pool's service, where the call started (origin) */
+  /* The node handling the call now: svc, or the node it was forwarded to.
+   * Written by the forwarding thread and by a canceller (the same value);
+   * relaxed. */
+  _Atomic(bw_service_t *) cur;
   bw_runtime_t *rt;
   bw_call_t *parent;
   bw__stack_t *stack; /* root's stack (events/metrics), inherited */
@@ -78,7 +95,12 @@ struct bw_call {
   _Atomic(void *) pend_on;
   int pend_idx;
   atomic_int refs;
-  atomic_int state;   /* BW__CALL_*; seq_cst (see cancel vs start) */
+  atomic_int state;   /* BW__PHASE | depth; seq_cst (see cancel vs start) */
+  /* Depth at which a cancel finished the call (0 for the caller's or a
+   * parent's cancel, a timeout's own depth for its abort), INT32_MAX when
+   * the innermost node answered. Finish hooks at depth >= it were aborted
+   * from outside. Written by the completion winner before delivery. */
+  int abort_depth;
   atomic_int flags;   /* BW__CF_* */
   bool is_root;
   bool holds_parent; /* started child: one ref on parent until recycled */
@@ -125,6 +147,35 @@ uint64_t bw__call_now_ns_shared(const bw_call_t *call);
 /* The shared reading if this thread has one for call's runtime now (then
  * true and *now set), without reading the clock. */
 bool bw__call_now_peek(const bw_call_t *call, uint64_t *now);
+
+/* ---- forwarding (service.c): a node passes the call itself inward ----------
+ * Instead of a child call, a layer whose fast path only needs "before" and
+ * "after" steps (breaker, bulkhead, rate limit, timeout, fallback by value)
+ * hands the call to its inner service and gets ops->finish(svc, call,
+ * state, aborted) once, on a worker, before the call's callback runs (inner
+ * nodes' hooks first). Only from inside the layer's ops->call; afterwards
+ * ops->call must not touch the call's outcome or its state except through
+ * what it synchronises itself with its finish hook (the call stays
+ * allocated until ops->call returns). */
+typedef enum {
+  BW__FWD_OK,   /* handed on; finish will run */
+  BW__FWD_DONE, /* the call was already completed (cancelled): undo, return */
+  BW__FWD_NO,   /* cannot forward here (inner is a built stack, too deep): use a child */
+} bw__fwd_t;
+bw__fwd_t bw__call_forward(bw_call_t *call);
+/* The forwarding depth of the node handling `call` now (in its ops->call). */
+int bw__call_depth(const bw_call_t *call);
+/* The state of node `svc` for this call (svc: the origin or a node the
+ * call was forwarded through). */
+void *bw__call_state_of(bw_call_t *call, const bw_service_t *svc);
+/* Finish a call forwarded through the node at `depth` with `err` (owned),
+ * as a cancel from that node would: the innermost node's ops->cancel runs,
+ * `ev` (if not NULL) is emitted for `layer`, then the call is delivered
+ * (finish hooks, callback). False if it was already complete. */
+bool bw__call_abort(bw_call_t *call, bw_error_t *err, int depth, bw_layer_t *layer, bw_event_t *ev);
+/* In a finish hook: replace the outcome (resp/err owned; the old ones are
+ * freed). */
+void bw__call_set_outcome(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err);
 
 /* service.c: a node service for a layer (stack.c uses it). */
 bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out);

@@ -27,6 +27,9 @@ static void pass_done(bw_call_t *child, const bw_error_t *err, void *arg) {
 }
 
 static void pass_call(bw_service_t *svc, bw_call_t *call) {
+  /* the call itself goes inward: nothing to do before or after */
+  bw__fwd_t f = bw__call_forward(call);
+  if (f != BW__FWD_NO) return;
   bw_call_t *child;
   bw_error_t *e = bw_call_child_new(&child, call, NULL);
   if (e) {

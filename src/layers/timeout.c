@@ -1,6 +1,17 @@
 /* Timeout layer.
  *
- * Per call: one child (the attempt) and one runtime timer (created once per
+ * Fast path (forwarding, service_internal.h): the call itself goes inward
+ * with its deadline lowered; the timer, armed only if the inner nodes did
+ * not answer during the start, aborts the call at this node's depth
+ * (bw__call_abort: the innermost node's ops->cancel, then the finish hooks
+ * of every forwarding node, this one's included). Arm vs finish: ops->call
+ * sets `armed` then re-reads `live`; finish clears `live` then reads
+ * `armed` (seq_cst both), so one of them sees the other and cancels the
+ * timer; bw_timer_cancel succeeds once, and that one drops the timer's
+ * reference.
+ *
+ * Child path (the inner service is a built stack, or too deep):
+ * per call one child (the attempt) and one runtime timer (created once per
  * pooled call object, re-armed per call; no allocation in steady state).
  * The timer is armed after the attempt started, and only if it did not
  * finish during its start (synchronous answers cost no timer at all).
@@ -34,6 +45,11 @@ typedef struct timeout_impl {
 
 typedef struct tstate {
   bw_call_t *call; /* the call this state belongs to (fixed per pooled object) */
+  timeout_impl_t *im;
+  bool fwd;          /* this call took the forwarding path */
+  int depth;         /* forwarding: this node's depth in the call */
+  atomic_bool live;  /* forwarding: set before, cleared by finish */
+  atomic_bool armed; /* forwarding: the timer may have been armed */
   _Atomic(bw_timer_t *) timer; /* release-stored once made; cancel loads it */
   bw_runtime_t *timer_rt;
   _Atomic(bw_call_t *) child;
@@ -47,20 +63,32 @@ static void format_duration(char *buf, size_t len, uint64_t ns) {
   else snprintf(buf, len, "%" PRIu64 " ns", ns);
 }
 
+static bw_error_t *timeout_error(const tstate_t *st) {
+  const timeout_impl_t *im = st->im;
+  char txt[32];
+  const char *d = im->text;
+  if (st->armed_ns != im->timeout_ns) {
+    format_duration(txt, sizeof txt, st->armed_ns);
+    d = txt;
+  }
+  return bw_error_new(BW_ERR_TIMEOUT, (int64_t)(st->armed_ns / 1000000ull), "no response within %s", d);
+}
+
 static void timer_fired(bw_timer_t *t, void *arg) {
   tstate_t *st = arg;
   bw_call_t *call = st->call;
+  timeout_impl_t *im = st->im;
+  if (st->fwd) {
+    if (atomic_load(&st->live)) {
+      bw_event_t ev = {.type = BW_EVENT_TIMEOUT, .delay_ns = st->armed_ns};
+      bw__call_abort(call, timeout_error(st), st->depth, im->layer, &ev);
+    }
+    bw_call_unref(call); /* the timer's reference */
+    return;
+  }
   bw_call_t *child = atomic_exchange(&st->child, NULL);
   if (child) {
-    timeout_impl_t *im = bw_service_impl(bw_call_service(call));
-    char txt[32];
-    const char *d = im->text;
-    if (st->armed_ns != im->timeout_ns) {
-      format_duration(txt, sizeof txt, st->armed_ns);
-      d = txt;
-    }
-    bw_error_t *err = bw_error_new(BW_ERR_TIMEOUT, (int64_t)(st->armed_ns / 1000000ull),
-                                   "no response within %s", d);
+    bw_error_t *err = timeout_error(st);
     /* Cancel inward with the timeout as the reason, then drop the attempt:
      * its late response is freed with it. */
     bw_call_cancel_with(child, bw_error_ref(err));
@@ -82,11 +110,50 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   if (disarmed) bw_call_unref(call);
 }
 
+static void timeout_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+  tstate_t *st = state;
+  atomic_store(&st->live, false);
+  if (atomic_load(&st->armed) && bw_timer_cancel(atomic_load(&st->timer))) bw_call_unref(call);
+}
+
+/* The fast path; false when the call cannot be forwarded (use a child). */
+static bool forward(tstate_t *st, bw_call_t *call, uint64_t dl) {
+  uint64_t old_dl = bw_call_deadline_ns(call);
+  bw_call_set_deadline_ns(call, dl);
+  st->fwd = true;
+  st->depth = bw__call_depth(call);
+  atomic_store_explicit(&st->live, true, memory_order_relaxed);
+  atomic_store_explicit(&st->armed, false, memory_order_relaxed);
+  bw__fwd_t f = bw__call_forward(call);
+  if (f == BW__FWD_NO) {
+    st->fwd = false;
+    bw_call_set_deadline_ns(call, old_dl);
+    return false;
+  }
+  /* DONE: cancelled before we handed it on; nothing armed. OK and already
+   * done: answered during the start (no timer needed). */
+  if (f == BW__FWD_DONE || bw_call_is_done(call)) return true;
+  atomic_store(&st->armed, true);
+  if (!atomic_load(&st->live)) return true; /* finished meanwhile */
+  bw_timer_t *t = atomic_load(&st->timer);
+  bw_call_ref(call); /* the timer's */
+  bw_error_t *e = bw_timer_arm(t, dl);
+  if (e) {
+    bw_call_unref(call);
+    bw__call_abort(call, e, st->depth, NULL, NULL);
+  } else if (!atomic_load(&st->live) && bw_timer_cancel(t)) {
+    bw_call_unref(call); /* finish ran before the arm: its cancel found nothing */
+  }
+  return true;
+}
+
 static void timeout_call(bw_service_t *svc, bw_call_t *call) {
   timeout_impl_t *im = bw_service_impl(svc);
   tstate_t *st = bw_call_state(call);
   bw_runtime_t *rt = bw_call_runtime(call);
   st->call = call;
+  st->im = im;
+  st->fwd = false;
   if (!atomic_load(&st->timer) || st->timer_rt != rt) {
     bw_timer_free(atomic_exchange(&st->timer, NULL));
     bw_timer_t *nt = NULL;
@@ -106,6 +173,7 @@ static void timeout_call(bw_service_t *svc, bw_call_t *call) {
   uint64_t parent_dl = bw_call_deadline_ns(call);
   if (parent_dl && parent_dl < dl) dl = parent_dl;
   st->armed_ns = dl > now ? dl - now : 0;
+  if (forward(st, call, dl)) return;
 
   bw_call_t *child;
   bw_error_t *e = bw_call_child_new(&child, call, NULL);
@@ -181,6 +249,7 @@ static const bw_service_ops_t timeout_ops = {
     .state_init = timeout_state_init,
     .state_fini = timeout_state_fini,
     .destroy = timeout_destroy,
+    .finish = timeout_finish,
 };
 
 void bw_timeout_opts_init(bw_timeout_opts_t *opts) {

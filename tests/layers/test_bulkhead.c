@@ -223,12 +223,12 @@ static lh_fx_t *bfx_new(uint32_t max, uint32_t queue, uint64_t wait_ms, bool hol
   return f;
 }
 
-/* Is the backend holding the child of `call`? */
+/* Is the backend holding `call` (forwarded) or its child? */
 static bool holding(lh_backend_t *be, bw_call_t *call) {
   bool yes = false;
   pthread_mutex_lock(&lh_mu);
   for (int j = 0; j < be->npending; j++)
-    if (bw_call_parent(be->pending[j]) == call) yes = true;
+    if (be->pending[j] == call || bw_call_parent(be->pending[j]) == call) yes = true;
   pthread_mutex_unlock(&lh_mu);
   return yes;
 }
