@@ -96,7 +96,7 @@ typedef struct bw_service_ops {
   void (*destroy)(void *impl);
   /* Reserved for bulwark's own layers (their forwarding fast path): leave
    * NULL. */
-  void (*finish)(bw_service_t *svc, bw_call_t *call, void *state, bool aborted);
+  bool (*finish)(bw_service_t *svc, bw_call_t *call, void *state, bool aborted);
 } bw_service_ops_t;
 
 /* ---- Services -------------------------------------------------------------- */

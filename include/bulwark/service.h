@@ -138,8 +138,13 @@ int64_t bw_call_remaining_ns(const bw_call_t *call);
 void bw_call_set_context(bw_call_t *call, void *ctx);
 void *bw_call_context(const bw_call_t *call);
 
-/* The runtime the call runs on; the service it belongs to (borrowed). */
+/* The runtime the call runs on (borrowed). */
 bw_runtime_t *bw_call_runtime(const bw_call_t *call);
+/* The service the call was made for (borrowed): bw_call_new's, or a
+ * child's. Inside a stack, bulwark's layers pass a call itself inward
+ * instead of making a child per layer, so a service or layer may be
+ * handling a call made for an outer node: in ops->call use the `svc`
+ * argument, and keep what later callbacks need in the per-call state. */
 bw_service_t *bw_call_service(const bw_call_t *call);
 
 /* Cancel: if the call is still in flight it completes now (exactly once)

@@ -45,6 +45,7 @@
 #include "clients/http_internal.h"
 #include "clients/http_multi.h"
 #include "core/alloc.h"
+#include "layers/service_internal.h"
 #include "runtime/internal.h"
 
 #define CONTAINER_OF(p, T, m) ((T *)(void *)((char *)(p)-offsetof(T, m)))
@@ -98,12 +99,12 @@ typedef struct hstate {
  * the call completed, while we still hold the call. Drop the call first,
  * then the service (the pool must outlive the call). */
 static void hold(bw_call_t *call) {
-  bw_service_ref(bw_call_service(call));
+  bw_service_ref(bw__call_pool_service(call));
   bw_call_ref(call);
 }
 
 static void drop(bw_call_t *call) {
-  bw_service_t *svc = bw_call_service(call);
+  bw_service_t *svc = bw__call_pool_service(call);
   bw_call_unref(call);
   bw_service_release(svc);
 }

@@ -14,6 +14,7 @@
 #include "bulwark/layer.h"
 #include "clients/redis_internal.h"
 #include "core/alloc.h"
+#include "layers/service_internal.h"
 
 struct bw_redis_request {
   int argc;
@@ -65,7 +66,7 @@ static void on_done(bw_redis_reply_t *reply, bw_error_t *err, void *arg) {
   call_state_t *st = bw_call_state(call);
   bw__redis_req_t *r = atomic_exchange(&st->req, NULL);
   if (r) bw__redis_req_release(r); /* safe: delivery holds its own reference */
-  bw_service_t *svc = bw_call_service(call);
+  bw_service_t *svc = bw__call_pool_service(call);
   bw_call_complete(call, reply, reply ? reply_free : NULL, err);
   bw_call_unref(call);
   bw_service_release(svc);
@@ -84,12 +85,14 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
   /* Two call references: one for the request (dropped in on_done), one for
    * the rest of this function, which may still touch the call after the
    * reply came, was delivered on a worker and the caller freed the call
-   * (without it the pooled call could be reused under us). The service
-   * reference keeps the call's pool alive until our unref: a child call
-   * does not hold its service, and the caller may release everything as
-   * soon as its callback ran. */
-  bw_service_ref(svc); /* for the request, released in on_done */
-  bw_service_ref(svc); /* for this function */
+   * (without it the pooled call could be reused under us). Each comes with
+   * a reference on the service whose pool holds the call (not svc: a
+   * forwarded call lives in an outer node's pool), so the pool outlives
+   * our unref: the caller may release everything as soon as its callback
+   * ran. */
+  bw_service_t *pool = bw__call_pool_service(call);
+  bw_service_ref(pool); /* for the request, released in on_done */
+  bw_service_ref(pool); /* for this function */
   bw_call_ref(call);
   bw_call_ref(call);
   bw__redis_req_t *hold = NULL;
@@ -99,8 +102,8 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
     bw_call_unref(call);
-    bw_service_release(svc);
-    bw_service_release(svc);
+    bw_service_release(pool);
+    bw_service_release(pool);
     return;
   }
   atomic_store(&st->req, hold); /* seq_cst: pairs with the exchange in svc_cancel */
@@ -112,7 +115,7 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
     }
   }
   bw_call_unref(call);
-  bw_service_release(svc);
+  bw_service_release(pool);
 }
 
 static void svc_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {

@@ -106,9 +106,10 @@ static void run_here(bh_call_t *st) {
   else run(st);
 }
 
-static void bh_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+static bool bh_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
   bh_call_t *st = state;
   bw__permits_release(&st->bh->p); /* the one release of a forwarded call */
+  return false;
 }
 
 static void on_grant(bw__permit_waiter_t *w, void *arg) {

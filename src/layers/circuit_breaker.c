@@ -61,6 +61,7 @@ static uint64_t brk_now(const brk_t *b, const bw_call_t *call) {
 
 typedef struct brk_call {
   bw__child_slot_t slot;
+  brk_t *b;
   bw__breaker_store_t *store; /* NULL: passed through unguarded (keyed, no key) */
   bw__keyed_entry_t *entry;
   uint64_t ticket, start_ns;
@@ -128,16 +129,17 @@ static void settle(brk_t *b, brk_call_t *st, bw_call_t *call, const bw_error_t *
 static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   bw_call_t *call = arg;
   brk_call_t *st = bw_call_state(call);
-  brk_t *b = bw_service_impl(bw_call_service(call));
+  brk_t *b = st->b;
   bw__child_slot_clear(&st->slot);
   settle(b, st, call, err);
   bw_call_complete_from_child(call, child);
   bw_call_free(child);
 }
 
-static void brk_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+static bool brk_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
   (void)aborted; /* an outer timeout's abort counts as that timeout */
   settle(bw_service_impl(svc), state, call, bw_call_error(call));
+  return false;
 }
 
 /* An admitted call that went nowhere: give its slot back uncounted. */
@@ -154,6 +156,7 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
   brk_call_t *st = bw_call_state(call);
   /* no reset: the library zeroes the state before each call (no state_init),
    * and ops->cancel may read it concurrently with this function */
+  st->b = b;
   bw_runtime_t *rt = bw_call_runtime(call);
   if (__builtin_expect(atomic_load_explicit(&b->rt, memory_order_relaxed) == NULL, 0)) {
     bw_runtime_t *none = NULL;

@@ -27,6 +27,7 @@ typedef struct fb_impl {
 
 typedef struct fstate {
   bw_call_t *call;
+  fb_impl_t *im;
   _Atomic(bw_call_t *) child;
   bw_error_t *orig;
 } fstate_t;
@@ -102,10 +103,10 @@ static bool wants_fallback(const fb_impl_t *im, const bw_error_t *err) {
 
 /* Forwarded call: the inner outcome is in; answer instead if it failed
  * (not when the call was cancelled from outside this node). */
-static void fb_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+static bool fb_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
   fb_impl_t *im = bw_service_impl(svc);
   const bw_error_t *err = bw_call_error(call);
-  if (aborted || !wants_fallback(im, err)) return;
+  if (aborted || !wants_fallback(im, err)) return false;
   bw_error_t *orig = bw_error_ref((bw_error_t *)err);
   bw_event_t ev = {.type = BW_EVENT_FALLBACK_USED, .error = orig};
   bw_layer_emit(im->layer, call, &ev);
@@ -113,13 +114,14 @@ static void fb_finish(bw_service_t *svc, bw_call_t *call, void *state, bool abor
   bw_destroy_fn rf;
   bw_error_t *e = answer(im, call, orig, &resp, &rf);
   bw__call_set_outcome(call, resp, rf, e);
+  return false;
 }
 
 static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   fstate_t *st = arg;
   bw_call_t *call = st->call;
   if (atomic_exchange(&st->child, NULL) != child) return;
-  fb_impl_t *im = bw_service_impl(bw_call_service(call));
+  fb_impl_t *im = st->im;
   if (bw_call_is_done(call) || !wants_fallback(im, err)) {
     bw_call_complete_from_child(call, child);
     bw_call_free(child);
@@ -157,6 +159,7 @@ static void fb_call(bw_service_t *svc, bw_call_t *call) {
   fb_impl_t *im = bw_service_impl(svc);
   fstate_t *st = bw_call_state(call);
   st->call = call;
+  st->im = im;
   st->orig = NULL;
   if (im->o.kind != BW_FALLBACK_SERVICE && bw__call_forward(call) != BW__FWD_NO) return;
   bw_call_t *child;

@@ -25,6 +25,7 @@
 #include "bulwark/metrics.h"
 #include "bulwark/retry.h"
 #include "core/alloc.h"
+#include "layers/service_internal.h"
 
 typedef struct retry_impl {
   bw_service_ops_t ops; /* per instance: call_state_size depends on max_attempts */
@@ -35,6 +36,10 @@ typedef struct retry_impl {
 
 typedef struct rstate {
   bw_call_t *call;
+  retry_impl_t *im;
+  int depth;                 /* this node's forwarding depth in the call */
+  uint32_t own_attempt;      /* the call's attempt number and deadline before */
+  uint64_t own_deadline_ns;  /* the first attempt (forwarded) changed them */
   _Atomic(bw_timer_t *) timer; /* release-stored once made; cancel loads it */
   bw_runtime_t *timer_rt;
   _Atomic(bw_call_t *) child;
@@ -52,7 +57,8 @@ static void drop_errs(rstate_t *st) {
   st->nerrs = 0;
 }
 
-static void give_up(retry_impl_t *im, rstate_t *st, bw_error_kind_t kind, const char *reason) {
+/* The give-up error (with every attempt's error as related), after its event. */
+static bw_error_t *give_up(retry_impl_t *im, rstate_t *st, bw_error_kind_t kind, const char *reason) {
   bw_call_t *call = st->call;
   const bw_error_t *last = st->nerrs ? st->errs[st->nerrs - 1] : NULL;
   uint32_t n = st->nerrs;
@@ -65,52 +71,39 @@ static void give_up(retry_impl_t *im, rstate_t *st, bw_error_kind_t kind, const 
   st->nerrs = 0; /* consumed as related */
   bw_event_t ev = {.type = BW_EVENT_GIVE_UP, .error = err, .attempt = st->attempt, .reason = reason};
   bw_layer_emit(im->layer, call, &ev);
-  bw_call_complete(call, NULL, NULL, err);
+  return err;
 }
 
 static void backoff_fired(bw_timer_t *t, void *arg) {
   rstate_t *st = arg;
   bw_call_t *call = st->call;
-  retry_impl_t *im = bw_service_impl(bw_call_service(call));
+  retry_impl_t *im = st->im;
   if (bw_call_is_done(call)) drop_errs(st);
   else start_attempt(im, st);
   bw_call_unref(call); /* the timer's reference */
 }
 
-static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
-  rstate_t *st = arg;
+typedef enum {
+  R_PASS, /* pass the attempt's error up unchanged */
+  R_FAIL, /* finish with *fail (give-up) */
+  R_NEXT, /* start the next attempt now */
+  R_WAIT, /* start it after *delay ns (from *now) */
+} rnext_t;
+
+/* A failed attempt (err borrowed): record it, emit its events and decide. */
+static rnext_t decide(retry_impl_t *im, rstate_t *st, const bw_error_t *err, bw_error_t **fail,
+                      uint64_t *delay_ns, uint64_t *now_ns) {
   bw_call_t *call = st->call;
-  if (atomic_exchange(&st->child, NULL) != child) return; /* cancel stole it */
-  retry_impl_t *im = bw_service_impl(bw_call_service(call));
-  if (!err) {
-    bw_call_complete_from_child(call, child);
-    bw_call_free(child);
-    drop_errs(st);
-    return;
-  }
-  if (bw_call_is_done(call)) {
-    bw_call_free(child);
-    drop_errs(st);
-    return;
-  }
-  if (st->nerrs < im->o.max_attempts) st->errs[st->nerrs++] = bw_error_ref(err);
+  if (st->nerrs < im->o.max_attempts) st->errs[st->nerrs++] = bw_error_ref((bw_error_t *)err);
   bw_event_t ev = {.type = BW_EVENT_ATTEMPT_FAILED, .error = err, .attempt = st->attempt};
   bw_layer_emit(im->layer, call, &ev);
 
   bw_retry_predicate pred = im->o.predicate ? im->o.predicate : bw_retry_default_predicate;
-  if (!pred(err, im->o.predicate_arg)) {
-    /* not retryable: pass it up unchanged */
-    bw_call_complete_from_child(call, child);
-    bw_call_free(child);
-    drop_errs(st);
-    return;
-  }
-  bw_call_free(child);
+  if (!pred(err, im->o.predicate_arg)) return R_PASS; /* not retryable */
   if (st->attempt >= im->o.max_attempts) {
-    give_up(im, st, BW_ERR_RETRIES_EXHAUSTED, "retries_exhausted");
-    return;
+    *fail = give_up(im, st, BW_ERR_RETRIES_EXHAUSTED, "retries_exhausted");
+    return R_FAIL;
   }
-  bw_runtime_t *rt = bw_call_runtime(call);
   const bw_error_t *last = st->errs[st->nerrs - 1];
   if (st->rng == 0) {
     /* one draw of the per-layer sequence per call that backs off */
@@ -126,24 +119,29 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
     if (im->o.max_retry_after_ms && h > im->o.max_retry_after_ms) h = im->o.max_retry_after_ms;
     delay = h * 1000000ull;
   }
-  uint64_t now = bw_runtime_now_ns(rt);
+  uint64_t now = bw_runtime_now_ns(bw_call_runtime(call));
   uint64_t dl = bw_call_deadline_ns(call);
   if (dl && now + delay + im->o.min_attempt_ms * 1000000ull >= dl) {
-    give_up(im, st, BW_ERR_DEADLINE_EXCEEDED, "deadline_exceeded");
-    return;
+    *fail = give_up(im, st, BW_ERR_DEADLINE_EXCEEDED, "deadline_exceeded");
+    return R_FAIL;
   }
   if (im->o.budget && !bw_retry_budget_withdraw(im->o.budget, now)) {
-    give_up(im, st, BW_ERR_BUDGET_EXHAUSTED, "budget_exhausted");
-    return;
+    *fail = give_up(im, st, BW_ERR_BUDGET_EXHAUSTED, "budget_exhausted");
+    return R_FAIL;
   }
   st->prev_delay_ns = delay;
   bw_event_t rev = {.type = BW_EVENT_RETRY_SCHEDULED, .error = last, .attempt = st->attempt + 1,
                     .delay_ns = delay};
   bw_layer_emit(im->layer, call, &rev);
-  if (delay == 0) {
-    start_attempt(im, st);
-    return;
-  }
+  *delay_ns = delay;
+  *now_ns = now;
+  return delay == 0 ? R_NEXT : R_WAIT;
+}
+
+/* Back off, then start the next attempt (the call is RUNNING at this node). */
+static void wait_then_retry(retry_impl_t *im, rstate_t *st, uint64_t now, uint64_t delay) {
+  bw_call_t *call = st->call;
+  bw_runtime_t *rt = bw_call_runtime(call);
   if (!atomic_load(&st->timer) || st->timer_rt != rt) {
     bw_timer_free(atomic_exchange(&st->timer, NULL));
     bw_timer_t *nt = NULL;
@@ -170,6 +168,71 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
     drop_errs(st);
     bw_call_unref(call);
   }
+}
+
+static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
+  rstate_t *st = arg;
+  bw_call_t *call = st->call;
+  if (atomic_exchange(&st->child, NULL) != child) return; /* cancel stole it */
+  retry_impl_t *im = st->im;
+  if (!err || bw_call_is_done(call)) {
+    if (!err) bw_call_complete_from_child(call, child);
+    bw_call_free(child);
+    drop_errs(st);
+    return;
+  }
+  bw_error_t *fail = NULL;
+  uint64_t delay = 0, now = 0;
+  switch (decide(im, st, err, &fail, &delay, &now)) {
+  case R_PASS:
+    bw_call_complete_from_child(call, child);
+    bw_call_free(child);
+    drop_errs(st);
+    return;
+  case R_FAIL:
+    bw_call_free(child);
+    bw_call_complete(call, NULL, NULL, fail);
+    return;
+  case R_NEXT:
+    bw_call_free(child);
+    start_attempt(im, st);
+    return;
+  case R_WAIT:
+    bw_call_free(child);
+    wait_then_retry(im, st, now, delay);
+    return;
+  }
+}
+
+/* The first attempt was forwarded (the call itself went inward) and is
+ * finished: settle it like on_child would, going on with child attempts
+ * after bw__call_resume. Not after a cancel from outside. */
+static bool retry_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+  rstate_t *st = state;
+  retry_impl_t *im = st->im;
+  /* what inner nodes changed on the shared call for the first attempt */
+  bw_call_set_attempt(call, st->own_attempt);
+  bw__call_put_deadline(call, st->own_deadline_ns);
+  const bw_error_t *err = bw_call_error(call);
+  if (!err || aborted) {
+    drop_errs(st);
+    return false;
+  }
+  bw_error_t *fail = NULL;
+  uint64_t delay = 0, now = 0;
+  rnext_t next = decide(im, st, err, &fail, &delay, &now);
+  if (next == R_PASS || next == R_FAIL) {
+    if (next == R_FAIL) bw__call_set_outcome(call, NULL, NULL, fail);
+    drop_errs(st);
+    return false;
+  }
+  if (!bw__call_resume(call, st->depth)) { /* freed or cancelled meanwhile */
+    drop_errs(st);
+    return false;
+  }
+  if (next == R_NEXT) start_attempt(im, st);
+  else wait_then_retry(im, st, now, delay);
+  return true;
 }
 
 static void start_attempt(retry_impl_t *im, rstate_t *st) {
@@ -201,12 +264,24 @@ static void retry_call(bw_service_t *svc, bw_call_t *call) {
   retry_impl_t *im = bw_service_impl(svc);
   rstate_t *st = bw_call_state(call);
   st->call = call;
+  st->im = im;
   st->attempt = 0;
   st->nerrs = 0;
   st->prev_delay_ns = 0;
   st->rng = 0; /* seeded at the first backoff: no shared counter per call */
   if (im->o.budget) bw_retry_budget_deposit(im->o.budget, bw_runtime_now_ns(bw_call_runtime(call)));
-  start_attempt(im, st);
+  /* The first attempt is the call itself (forwarded); retry_finish goes on
+   * with children if it fails. */
+  st->depth = bw__call_depth(call);
+  st->own_attempt = bw_call_attempt(call);
+  st->own_deadline_ns = bw_call_deadline_ns(call);
+  st->attempt = 1;
+  bw_call_set_attempt(call, 1);
+  bw__fwd_t f = bw__call_forward(call);
+  if (f == BW__FWD_OK) return;
+  st->attempt = 0;
+  bw_call_set_attempt(call, st->own_attempt);
+  if (f == BW__FWD_NO) start_attempt(im, st);
 }
 
 static void retry_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
@@ -278,6 +353,7 @@ bw_error_t *bw_retry_new(bw_layer_t **out, const bw_retry_opts_t *opts) {
   im->ops.state_init = retry_state_init;
   im->ops.state_fini = retry_state_fini;
   im->ops.destroy = retry_destroy;
+  im->ops.finish = retry_finish;
   bw_error_t *e = bw_layer_new(out, &im->ops, im);
   if (e) return e;
   im->layer = *out;

@@ -106,7 +106,7 @@ struct bw_call {
   bool holds_parent; /* started child: one ref on parent until recycled */
   bool holds_svc;    /* one ref on svc until recycled (roots, foreign children) */
   bool stack_root;   /* svc is a built stack's outermost node: record its metrics */
-  uint32_t attempt;
+  _Atomic uint32_t attempt; /* relaxed: retry restores it as deadline_ns */
   bw_call_cb cb;
   void *cb_arg;
   void *req;
@@ -115,8 +115,15 @@ struct bw_call {
   bw_destroy_fn resp_free;
   bw_error_t *err;
   bw_error_t *fallback_err;
-  uint64_t deadline_ns;
+  /* Relaxed atomic: forwarding nodes lower it for the inner ones and put
+   * it back in their finish hook, while an aborted inner service may still
+   * be reading it on its own thread (it then sees either value). */
+  _Atomic uint64_t deadline_ns;
   uint64_t start_ns;
+  /* stack_root: when it completed, if that was inside a start chain on
+   * the completing thread (the chain's shared reading, see
+   * bw__call_now_ns_shared); 0: read the clock when recording. */
+  uint64_t end_ns;
   void *ctx;
   alignas(16) unsigned char state_mem[];
 };
@@ -150,10 +157,11 @@ bool bw__call_now_peek(const bw_call_t *call, uint64_t *now);
 
 /* ---- forwarding (service.c): a node passes the call itself inward ----------
  * Instead of a child call, a layer whose fast path only needs "before" and
- * "after" steps (breaker, bulkhead, rate limit, timeout, fallback by value)
- * hands the call to its inner service and gets ops->finish(svc, call,
- * state, aborted) once, on a worker, before the call's callback runs (inner
- * nodes' hooks first). Only from inside the layer's ops->call; afterwards
+ * "after" steps (breaker, bulkhead, rate limit, timeout, fallback by value,
+ * retry's first attempt) hands the call to its inner service and gets
+ * ops->finish(svc, call, state, aborted) once, on a worker, before the
+ * call's callback runs (inner nodes' hooks first). A hook returns false,
+ * or true after bw__call_resume (the delivery then stops there). Only from inside the layer's ops->call; afterwards
  * ops->call must not touch the call's outcome or its state except through
  * what it synchronises itself with its finish hook (the call stays
  * allocated until ops->call returns). */
@@ -173,9 +181,26 @@ void *bw__call_state_of(bw_call_t *call, const bw_service_t *svc);
  * `ev` (if not NULL) is emitted for `layer`, then the call is delivered
  * (finish hooks, callback). False if it was already complete. */
 bool bw__call_abort(bw_call_t *call, bw_error_t *err, int depth, bw_layer_t *layer, bw_event_t *ev);
+/* In the finish hook of the node at `depth`: make the finished call RUNNING
+ * again at that node (its outcome is dropped; the hooks of outer nodes have
+ * not run), so the node can go on with children. False (nothing changed)
+ * if the caller cancelled or freed it. A cancel racing with the resume
+ * still completes it once. */
+bool bw__call_resume(bw_call_t *call, int depth);
 /* In a finish hook: replace the outcome (resp/err owned; the old ones are
  * freed). */
 void bw__call_set_outcome(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err);
+
+/* The service whose pool holds the call's memory (where it started; not
+ * the node handling it now, which forwarding and resuming change). A
+ * client holding a call past its completion keeps this one alive. */
+static inline bw_service_t *bw__call_pool_service(const bw_call_t *call) { return call->svc; }
+
+/* Set the deadline as is (no clamping to the parent's): forwarding nodes
+ * restoring what they changed. */
+static inline void bw__call_put_deadline(bw_call_t *call, uint64_t ns) {
+  atomic_store_explicit(&call->deadline_ns, ns, memory_order_relaxed);
+}
 
 /* service.c: a node service for a layer (stack.c uses it). */
 bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out);

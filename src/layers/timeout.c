@@ -48,6 +48,7 @@ typedef struct tstate {
   timeout_impl_t *im;
   bool fwd;          /* this call took the forwarding path */
   int depth;         /* forwarding: this node's depth in the call */
+  uint64_t own_deadline_ns; /* forwarding: the call's deadline before ours */
   atomic_bool live;  /* forwarding: set before, cleared by finish */
   atomic_bool armed; /* forwarding: the timer may have been armed */
   _Atomic(bw_timer_t *) timer; /* release-stored once made; cancel loads it */
@@ -110,15 +111,18 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   if (disarmed) bw_call_unref(call);
 }
 
-static void timeout_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
+static bool timeout_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
   tstate_t *st = state;
+  bw__call_put_deadline(call, st->own_deadline_ns); /* outer nodes see their own again */
   atomic_store(&st->live, false);
   if (atomic_load(&st->armed) && bw_timer_cancel(atomic_load(&st->timer))) bw_call_unref(call);
+  return false;
 }
 
 /* The fast path; false when the call cannot be forwarded (use a child). */
 static bool forward(tstate_t *st, bw_call_t *call, uint64_t dl) {
   uint64_t old_dl = bw_call_deadline_ns(call);
+  st->own_deadline_ns = old_dl;
   bw_call_set_deadline_ns(call, dl);
   st->fwd = true;
   st->depth = bw__call_depth(call);

@@ -30,6 +30,7 @@
 #include "bulwark/circuit_breaker.h"
 #include "bulwark/fallback.h"
 #include "bulwark/rate_limit.h"
+#include "bulwark/retry.h"
 #include "bulwark/timeout.h"
 
 /* runtime/internal.h (not included: it pulls in uv.h). While a hold is
@@ -46,6 +47,7 @@ enum { DEPTH_MAX = 32 }; /* BW__DEPTH_MAX in service_internal.h */
 typedef struct sync_leaf {
   atomic_int calls;
   int fail_every;
+  atomic_int fail_first; /* the first N calls fail (counted by calls) */
   _Atomic int64_t remaining_ns; /* bw_call_remaining_ns seen by the last call */
 } sync_leaf_t;
 
@@ -55,7 +57,7 @@ static bw_error_t *leaf_fn(void *arg, bw_call_t *call, void **resp, bw_destroy_f
   sync_leaf_t *l = arg;
   int n = atomic_fetch_add(&l->calls, 1) + 1;
   atomic_store(&l->remaining_ns, bw_call_remaining_ns(call));
-  if (l->fail_every && n % l->fail_every == 0)
+  if ((l->fail_every && n % l->fail_every == 0) || n <= atomic_load(&l->fail_first))
     return bw_error_new(BW_ERR_TRANSPORT, 0, "leaf failure %d", n);
   *resp = &leaf_value; /* static: no allocation per call */
   *rf = NULL;
@@ -871,6 +873,45 @@ static void test_timeout_sync_no_timer(void **state) {
   rt_free(rt);
 }
 
+/* What forwarding changes on the shared call for its inner nodes (the
+ * timeout's deadline, retry's attempt number) is undone before the caller
+ * sees it, and the call still names the service it was made for. Also after
+ * a failed first attempt taken back by retry (resume) and retried. */
+static void test_caller_sees_own_call(void **state) {
+  (void)state;
+  bw_runtime_t *rt = held_rt();
+  sync_leaf_t leaf = {0};
+  bw_service_t *inner = sync_svc(&leaf);
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 3;
+  ro.backoff.kind = BW_BACKOFF_CONSTANT;
+  ro.backoff.base_ns = 0;
+  ro.backoff.jitter = BW_JITTER_NONE;
+  bw_layer_t *retry;
+  assert_null(bw_retry_new(&retry, &ro));
+  bw_layer_t *l[] = {retry, timeout_ms(30000), bulkhead("fwd_own_bh", 4, 0)};
+  bw_service_t *svc = lh_stack(l, 3, inner);
+  for (int fail_first = 0; fail_first <= 2; fail_first++) {
+    atomic_store(&leaf.fail_first, fail_first);
+    atomic_store(&leaf.calls, 0);
+    lh_res_t r;
+    lh_start(&r, svc, rt, 0);
+    lh_wait(&r);
+    assert_int_equal(r.kind, BW_ERR_NONE);
+    assert_int_equal(atomic_load(&leaf.calls), fail_first + 1);
+    assert_ptr_equal(bw_call_service(r.call), svc);
+    assert_int_equal(bw_call_deadline_ns(r.call), 0);
+    assert_int_equal(bw_call_attempt(r.call), 0);
+    lh_free(&r);
+  }
+  assert_int_equal(bw_bulkhead_in_use(l[2]), 0);
+  bw_service_release(svc);
+  bw_service_release(inner);
+  release_all(l, 3);
+  rt_free(rt);
+}
+
 /* Control for the above: the same timeout over a backend that holds the
  * call does arm its timer, and disarms it when the answer comes. */
 static void test_timeout_async_arms_timer(void **state) {
@@ -910,6 +951,7 @@ int main(void) {
       cmocka_unit_test(test_cancel_storm),
       cmocka_unit_test(test_timeout_sync_no_timer),
       cmocka_unit_test(test_timeout_async_arms_timer),
+      cmocka_unit_test(test_caller_sees_own_call),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
