@@ -122,7 +122,7 @@ static void settle(brk_t *b, brk_call_t *st, bw_call_t *call, const bw_error_t *
     if (st->entry) bw__keyed_put(b->keyed, st->entry);
     st->entry = NULL;
     st->store = NULL;
-    report(b, call, &chg, false);
+    if (chg.n) report(b, call, &chg, false);
   }
 }
 
@@ -180,7 +180,7 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
     uint64_t now = brk_now(b, call), ra = 0, ticket = 0;
     bw__breaker_change_t chg = {0};
     int rc = store->vt->acquire(store, now, &ticket, &ra, &chg);
-    report(b, call, &chg, false);
+    if (chg.n) report(b, call, &chg, false);
     if (rc != BW__BRK_OK) {
       if (entry) bw__keyed_put(b->keyed, entry);
       bw_error_t *e = bw__reject_error(&b->rej, BW_ERR_CIRCUIT_OPEN, b->what, ra);

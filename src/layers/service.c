@@ -83,9 +83,9 @@ static _Thread_local bool tl_freed_in_cb;
 static _Thread_local bw_call_t *tl_starting;
 static _Thread_local bool tl_start_folded;
 /* Shared clock reading of the current start chain (see
- * bw__call_now_ns_shared); valid while tl_now_rt is set. */
-static _Thread_local bw_runtime_t *tl_now_rt;
-static _Thread_local uint64_t tl_now;
+ * bw__call_now_ns_shared); valid while bw__tl_now_rt is set. */
+_Thread_local bw_runtime_t *bw__tl_now_rt;
+_Thread_local uint64_t bw__tl_now;
 
 static void run_delivery(bw_call_t *c);
 static void unref_n(bw_call_t *call, int n);
@@ -131,7 +131,7 @@ static void drain(void) {
 static inline void enter(void) { tl.busy++; }
 static inline void leave(void) {
   if (--tl.busy == 0) {
-    tl_now_rt = NULL;
+    bw__tl_now_rt = NULL;
     if (tl.head) drain();
     if (tl_npend) flush_pend();
   }
@@ -276,34 +276,21 @@ static bw_error_t *track_runtime(bw_runtime_t *rt) {
 
 static size_t call_header_aligned(void) { return (offsetof(bw_call_t, state_mem) + 15) & ~(size_t)15; }
 
-/* The node at forwarding depth d of a call that started at s. */
-static bw_service_t *node_at(bw_service_t *s, int d) {
-  while (d-- > 0) s = s->inner;
-  return s;
+/* state_fini of the first `upto` chain states of a pooled object of s. */
+static void chain_fini(bw_service_t *s, unsigned char *mem, int upto) {
+  for (int i = 0; i < upto; i++) {
+    bw_service_t *n = s->chain[i].node;
+    if (n->ops->state_fini) n->ops->state_fini(n, mem + s->chain[i].off);
+  }
 }
 
-/* Node n's state in a call from pool `origin` (layout: service_internal.h). */
-static void *state_in(bw_service_t *origin, unsigned char *mem, const bw_service_t *n) {
-  return mem + (origin->chain_state - n->chain_state);
-}
-
-/* The next node a call can be forwarded to from n (see bw__call_forward). */
-static bw_service_t *fwd_next(const bw_service_t *n) {
-  return n->inner && !n->inner->owns_stack ? n->inner : NULL;
-}
-
-/* state_fini of the chain of a pooled object from pool s, up to `stop`. */
-static void chain_fini(bw_service_t *s, unsigned char *mem, const bw_service_t *stop) {
-  for (bw_service_t *n = s; n && n != stop; n = fwd_next(n))
-    if (n->ops->state_fini) n->ops->state_fini(n, state_in(s, mem, n));
-}
-
-/* state_init of every node's state in a new pooled object; -1 (undone)
+/* state_init of every chain state of a new pooled object of s; -1 (undone)
  * when one fails. */
 static int chain_init(bw_service_t *s, unsigned char *mem) {
-  for (bw_service_t *n = s; n; n = fwd_next(n)) {
-    if (n->ops->state_init && n->ops->state_init(n, state_in(s, mem, n)) != 0) {
-      chain_fini(s, mem, n);
+  for (int i = 0; i < s->chain_len; i++) {
+    bw_service_t *n = s->chain[i].node;
+    if (n->ops->state_init && n->ops->state_init(n, mem + s->chain[i].off) != 0) {
+      chain_fini(s, mem, i);
       return -1;
     }
   }
@@ -432,7 +419,7 @@ static void pool_fini(bw_service_t *s) {
   bw_call_t *c = s->pool.all;
   while (c) {
     bw_call_t *next = c->all_next;
-    chain_fini(s, c->state_mem, NULL);
+    chain_fini(s, c->state_mem, s->chain_len);
     bw__free(c);
     c = next;
   }
@@ -452,6 +439,8 @@ static bw_error_t *service_alloc(bw_service_t **out, const bw_service_ops_t *ops
   s->layer_index = -1;
   s->pool_id = atomic_fetch_add_explicit(&g_pool_ids, 1, memory_order_relaxed);
   s->own_state = (ops->call_state_size + 15) & ~(size_t)15;
+  s->chain[0] = (bw__link_t){s, 0};
+  s->chain_len = 1;
   s->chain_state = s->own_state;
   s->call_size = call_header_aligned() + s->chain_state;
   pthread_mutex_init(&s->pool.mu, NULL);
@@ -476,9 +465,17 @@ bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **
   bw_service_t *s = *out;
   s->layer = bw_layer_ref(layer);
   s->inner = bw_service_ref(inner);
-  /* room for the states of the nodes the call may be forwarded through
-   * (no call has been taken from this pool yet) */
-  if (fwd_next(s)) s->chain_state = s->own_state + inner->chain_state;
+  /* The nodes a call may be forwarded through, and room for their states
+   * (no call has been taken from this pool yet). Not into a built stack: it
+   * records its own calls, so it gets a child call of its own. */
+  if (!inner->owns_stack) {
+    for (int i = 0; i < inner->chain_len && s->chain_len < BW__DEPTH_MAX; i++) {
+      const bw__link_t *l = &inner->chain[i];
+      s->chain[s->chain_len++] = (bw__link_t){l->node, s->own_state + l->off};
+    }
+  }
+  const bw__link_t *last = &s->chain[s->chain_len - 1];
+  s->chain_state = last->off + last->node->own_state;
   s->call_size = call_header_aligned() + s->chain_state;
   return NULL;
 }
@@ -725,12 +722,10 @@ static void record_root(bw_call_t *c) {
  * when one resumed the call (bw__call_resume: outer hooks wait). */
 static bool run_finish(bw_call_t *c) {
   int d = BW__DEPTH(atomic_load_explicit(&c->state, memory_order_relaxed));
-  bw_service_t *path[BW__DEPTH_MAX];
-  bw_service_t *n = c->svc;
-  for (int i = 0; i < d; i++, n = n->inner) path[i] = n;
+  const bw__link_t *chain = c->svc->chain;
   for (int i = d; i-- > 0;) {
-    n = path[i];
-    if (n->ops->finish && n->ops->finish(n, c, state_in(c->svc, c->state_mem, n), i >= c->abort_depth))
+    bw_service_t *n = chain[i].node;
+    if (n->ops->finish && n->ops->finish(n, c, c->state_mem + chain[i].off, i >= c->abort_depth))
       return true;
   }
   return false;
@@ -740,7 +735,7 @@ bool bw__call_resume(bw_call_t *c, int depth) {
   if (atomic_load(&c->flags) & (BW__CF_CANCEL | BW__CF_ABANDONED)) return false;
   bw__call_set_outcome(c, NULL, NULL, NULL);
   c->abort_depth = INT_MAX;
-  atomic_store_explicit(&c->cur, node_at(c->svc, depth), memory_order_relaxed);
+  atomic_store_explicit(&c->cur, c->svc->chain[depth].node, memory_order_relaxed);
   /* seq_cst store, then the flags: a cancel sets its flag, then tries the
    * state (win): either it sees RUNNING and completes the call, or we see
    * its flag here and do it (win decides between us). */
@@ -755,7 +750,7 @@ static void run_delivery(bw_call_t *c) {
   int n = 1 + c->fold;
   c->fold = 0;
   atomic_store_explicit(&c->queued_on, NULL, memory_order_relaxed);
-  tl_now_rt = NULL; /* a callback is not part of a start chain */
+  bw__tl_now_rt = NULL; /* a callback is not part of a start chain */
   /* Finish hooks and the stack's record run here, on a worker, for every
    * completed call (abandoned ones too: hooks return permits). */
   if (run_finish(c)) {
@@ -821,7 +816,7 @@ static bool win(bw_call_t *c, int *depth) {
       /* Answered during a start chain: its clock reading is the end too
        * (within the chain's own duration; the latency histogram's first
        * bucket is 1 us wide), saving a clock read per call. */
-      if (c->stack_root) c->end_ns = tl_now_rt == c->rt ? tl_now : 0;
+      if (c->stack_root) c->end_ns = bw__tl_now_rt == c->rt ? bw__tl_now : 0;
       return true;
     }
   }
@@ -874,7 +869,7 @@ static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_lay
   call->resp = NULL;
   call->resp_free = NULL;
   call->abort_depth = abort_depth;
-  bw_service_t *n = node_at(call->svc, depth);
+  bw_service_t *n = call->svc->chain[depth].node;
   /* the same value a forwarding thread stores (it may not have yet) */
   atomic_store_explicit(&call->cur, n, memory_order_relaxed);
   if (n->ops->cancel) {
@@ -891,12 +886,13 @@ static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_lay
 }
 
 bw__fwd_t bw__call_forward(bw_call_t *call) {
-  bw_service_t *node = atomic_load_explicit(&call->cur, memory_order_relaxed);
-  bw_service_t *in = fwd_next(node);
   int w = atomic_load_explicit(&call->state, memory_order_relaxed);
-  if (!in || BW__DEPTH(w) + 1 >= BW__DEPTH_MAX) return BW__FWD_NO;
+  const bw_service_t *origin = call->svc;
+  int d = BW__DEPTH(w) + 1;
+  if (d >= origin->chain_len) return BW__FWD_NO;
+  bw_service_t *in = origin->chain[d].node;
   size_t sz = in->ops->call_state_size;
-  if (sz && !in->ops->state_init) memset(state_in(call->svc, call->state_mem, in), 0, sz);
+  if (sz && !in->ops->state_init) memset(call->state_mem + origin->chain[d].off, 0, sz);
   /* One step deeper unless the call completed meanwhile; a cancel that
    * wins after this finds (and cancels) the inner node. acq_rel: the
    * state memset above is visible to that cancel. */
@@ -1014,8 +1010,8 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
     call->start_ns = bw_runtime_now_ns(call->rt);
     if (bw__runtime_on_worker(call->rt)) {
       /* the layers starting below share this reading */
-      tl_now = call->start_ns;
-      tl_now_rt = call->rt;
+      bw__tl_now = call->start_ns;
+      bw__tl_now_rt = call->rt;
       seeded = true;
     }
   }
@@ -1033,7 +1029,7 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
   tl.submitting++;
   start(call);
   tl.submitting--;
-  if (seeded) tl_now_rt = NULL;
+  if (seeded) bw__tl_now_rt = NULL;
   return NULL;
 }
 
@@ -1070,7 +1066,7 @@ void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   tl.busy = 1;
   start(child);
   tl.busy = 0;
-  tl_now_rt = NULL;
+  bw__tl_now_rt = NULL;
   bw_call_t *list = tl.head;
   if (list) {
     tl.head = tl.tail = NULL;
@@ -1085,18 +1081,11 @@ void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   flush_pend();
 }
 
-bool bw__call_now_peek(const bw_call_t *call, uint64_t *now) {
-  if (tl_now_rt != call->rt) return false;
-  *now = tl_now;
-  return true;
-}
-
-uint64_t bw__call_now_ns_shared(const bw_call_t *call) {
-  if (tl_now_rt == call->rt) return tl_now;
+uint64_t bw__call_now_ns_read(const bw_call_t *call) {
   uint64_t now = bw_runtime_now_ns(call->rt);
   if (tl.busy > 0 && bw__runtime_on_worker(call->rt)) {
-    tl_now = now;
-    tl_now_rt = call->rt;
+    bw__tl_now = now;
+    bw__tl_now_rt = call->rt;
   }
   return now;
 }
@@ -1150,10 +1139,8 @@ uint32_t bw_call_attempt(const bw_call_t *call) {
   return atomic_load_explicit(&((bw_call_t *)call)->attempt, memory_order_relaxed);
 }
 void *bw_call_state(bw_call_t *call) {
-  return state_in(call->svc, call->state_mem, atomic_load_explicit(&call->cur, memory_order_relaxed));
-}
-void *bw__call_state_of(bw_call_t *call, const bw_service_t *svc) {
-  return state_in(call->svc, call->state_mem, svc);
+  /* the node at the call's depth handles it (see bw__call_forward) */
+  return call->state_mem + call->svc->chain[bw__call_depth(call)].off;
 }
 
 const bw_error_t *bw_call_fallback_error(const bw_call_t *call) { return call->fallback_err; }

@@ -31,6 +31,13 @@ enum {
 
 typedef struct bw__stack bw__stack_t;
 
+/* One node a call from a pool can be forwarded to: the node at that depth
+ * and where its state sits in the call's state memory. */
+typedef struct bw__link {
+  bw_service_t *node;
+  size_t off;
+} bw__link_t;
+
 struct bw_layer {
   uint32_t magic;
   atomic_int refs;
@@ -59,11 +66,12 @@ struct bw_service {
   int layer_index;     /* position in stack, -1 if none */
   size_t call_size;    /* sizeof(bw_call_t) rounded + chain_state */
   size_t own_state;    /* ops->call_state_size rounded to 16 */
-  /* own_state plus the chain_state of the inner service a call can be
-   * forwarded to (none for a leaf or when the inner is a built stack). A
-   * call from this pool carries the state of every node it may be
-   * forwarded through; a node's state sits at state_mem + (origin's
-   * chain_state - the node's chain_state), the innermost last. */
+  /* The nodes a call from this pool can be forwarded through, by depth
+   * (chain[0] is this service; the inner chain follows unless the inner is
+   * a built stack; at most BW__DEPTH_MAX), and the bytes of state they
+   * need together: a call carries every one of them, fixed per pool. */
+  bw__link_t chain[BW__DEPTH_MAX];
+  int chain_len;
   size_t chain_state;
   bw__pool_t pool;
   uint64_t pool_id; /* unique per service, never reused (thread caches) */
@@ -150,10 +158,23 @@ void bw__stack_count_event(bw__stack_t *st, int layer_index, bw_event_type_t typ
  * starts. Inside one synchronous start chain (bw_service_call down through
  * every layer's ops->call on this thread) all layers share one reading;
  * otherwise (timer callbacks, deliveries) it reads the clock. */
-uint64_t bw__call_now_ns_shared(const bw_call_t *call);
+static inline uint64_t bw__call_now_ns_shared(const bw_call_t *call);
 /* The shared reading if this thread has one for call's runtime now (then
  * true and *now set), without reading the clock. */
-bool bw__call_now_peek(const bw_call_t *call, uint64_t *now);
+static inline bool bw__call_now_peek(const bw_call_t *call, uint64_t *now);
+/* (the reading and its runtime, per thread; set while a start chain runs) */
+extern _Thread_local bw_runtime_t *bw__tl_now_rt;
+extern _Thread_local uint64_t bw__tl_now;
+/* Read the clock (and share the reading if inside a library entry). */
+uint64_t bw__call_now_ns_read(const bw_call_t *call);
+static inline bool bw__call_now_peek(const bw_call_t *call, uint64_t *now) {
+  if (bw__tl_now_rt != call->rt) return false;
+  *now = bw__tl_now;
+  return true;
+}
+static inline uint64_t bw__call_now_ns_shared(const bw_call_t *call) {
+  return bw__tl_now_rt == call->rt ? bw__tl_now : bw__call_now_ns_read(call);
+}
 
 /* ---- forwarding (service.c): a node passes the call itself inward ----------
  * Instead of a child call, a layer whose fast path only needs "before" and
@@ -173,9 +194,6 @@ typedef enum {
 bw__fwd_t bw__call_forward(bw_call_t *call);
 /* The forwarding depth of the node handling `call` now (in its ops->call). */
 int bw__call_depth(const bw_call_t *call);
-/* The state of node `svc` for this call (svc: the origin or a node the
- * call was forwarded through). */
-void *bw__call_state_of(bw_call_t *call, const bw_service_t *svc);
 /* Finish a call forwarded through the node at `depth` with `err` (owned),
  * as a cancel from that node would: the innermost node's ops->cancel runs,
  * `ev` (if not NULL) is emitted for `layer`, then the call is delivered
