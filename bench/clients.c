@@ -10,9 +10,13 @@
  *   clients_peak_rss  peak resident memory of this program (getrusage)
  *
  * redis-server is started here on a free loopback port (--save ''
- * --appendonly no) and stopped afterwards. Method: one untimed warm-up pass
- * at 1/10 of the count, 5 timed passes, median printed (min/max on a '#'
- * line). Build with the release flags: cmake -DCMAKE_BUILD_TYPE=Release. */
+ * --appendonly no) and stopped afterwards. Method: bench/paired.h (raw and
+ * stack passes alternate; the per-pair ratio's median is printed on a `#`
+ * line). Build with the release flags: cmake -DCMAKE_BUILD_TYPE=Release.
+ * Investigation knobs (environment): RB_LAYERS=0 runs redis_stack on the
+ * bare client service, RB_WORKERS=n sets its runtime's worker count. */
+#include "paired.h"
+
 #if __has_include("http_bench.h")
 #include "http_bench.h"
 #define HAVE_HTTP_BENCH 1
@@ -52,7 +56,6 @@
 
 #define RB_OPS 100000
 #define RB_IN_FLIGHT 64
-#define RB_PASSES 5
 
 static const char rb_value[] =
     "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"; /* 64 B */
@@ -63,11 +66,6 @@ static double rb_now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int rb_cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
 }
 
 static int rb_free_port(void) {
@@ -286,7 +284,7 @@ static double rb_stack_pass(int port, int count) {
   s.target = count;
   bw_runtime_opts_t o;
   bw_runtime_opts_init(&o);
-  o.worker_threads = 2;
+  o.worker_threads = getenv("RB_WORKERS") ? atoi(getenv("RB_WORKERS")) : 2;
   bw_redis_opts_t co;
   bw_redis_opts_init(&co);
   co.port = port;
@@ -330,24 +328,8 @@ static double rb_stack_pass(int port, int count) {
   return rate;
 }
 
-static double rb_report(const char *name, double (*pass)(int, int), int port) {
-  pass(port, RB_OPS / 10); /* warm-up */
-  double v[RB_PASSES];
-  for (int i = 0; i < RB_PASSES; i++) {
-    v[i] = pass(port, RB_OPS);
-    if (v[i] < 0) {
-      printf("# %s: failed\n", name);
-      return -1;
-    }
-  }
-  qsort(v, RB_PASSES, sizeof v[0], rb_cmp_double);
-  printf("# %s: %d commands (SET/GET), %d in flight, median of %d passes; min %.0f max %.0f "
-         "ops/s\n",
-         name, RB_OPS, RB_IN_FLIGHT, RB_PASSES, v[0], v[RB_PASSES - 1]);
-  printf("%s %.0f ops/s\n", name, v[RB_PASSES / 2]);
-  fflush(stdout);
-  return v[RB_PASSES / 2];
-}
+static double rb_raw_side(void *port, int count) { return rb_raw_pass(*(int *)port, count); }
+static double rb_stack_side(void *port, int count) { return rb_stack_pass(*(int *)port, count); }
 
 static void run_redis_benchmarks(void) {
   rb_server_t srv = {0, 0};
@@ -357,9 +339,10 @@ static void run_redis_benchmarks(void) {
     return;
   }
   printf("# redis: redis-server on 127.0.0.1:%d\n", srv.port);
-  double raw = rb_report("redis_raw", rb_raw_pass, srv.port);
-  double stack = rb_report("redis_stack", rb_stack_pass, srv.port);
-  if (raw > 0 && stack > 0) printf("# redis_stack / redis_raw = %.1f%%\n", 100.0 * stack / raw);
+  char what[64];
+  snprintf(what, sizeof what, "%d commands (SET/GET), %d in flight", RB_OPS, RB_IN_FLIGHT);
+  bp_run_pair((bp_side_t){"redis_raw", rb_raw_side}, (bp_side_t){"redis_stack", rb_stack_side},
+              &srv.port, RB_OPS, what, "ops/s");
   rb_server_stop(&srv);
 }
 

@@ -8,9 +8,8 @@
  *
  * Both against nginx (nginx-light) started here on a free loopback port with
  * a temporary config (`return 200` of a 12-byte body, keep-alive), stopped
- * afterwards. Method (BENCH.md): one untimed warm-up pass at 1/10 of the
- * count, 5 timed passes, print the median (min/max on a '#' line); a fresh
- * runtime per pass for http_stack.
+ * afterwards. Method: bench/paired.h (raw and stack passes alternate); a
+ * fresh runtime per pass for http_stack.
  *
  * Diagnostics: HB_BARE=1 in the environment runs http_stack on the bare
  * client service (no layers), to split layer cost from client cost.
@@ -18,6 +17,8 @@
  * the bulwark libraries. */
 #ifndef BW_BENCH_HTTP_BENCH_H
 #define BW_BENCH_HTTP_BENCH_H
+
+#include "paired.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -50,17 +51,11 @@
 
 #define HB_REQUESTS 20000
 #define HB_IN_FLIGHT 64
-#define HB_PASSES 5
 
 static double hb_now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
   return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int hb_cmp_double(const void *a, const void *b) {
-  double x = *(const double *)a, y = *(const double *)b;
-  return x < y ? -1 : x > y;
 }
 
 /* ---- nginx ------------------------------------------------------------------ */
@@ -416,22 +411,8 @@ static double hb_stack_pass(const char *url, int count) {
 
 /* ---- driver ----------------------------------------------------------------------- */
 
-static void hb_report(const char *name, double (*pass)(const char *, int), const char *url) {
-  pass(url, HB_REQUESTS / 10); /* warm-up */
-  double v[HB_PASSES];
-  for (int i = 0; i < HB_PASSES; i++) {
-    v[i] = pass(url, HB_REQUESTS);
-    if (v[i] < 0) {
-      printf("# %s: failed\n", name);
-      return;
-    }
-  }
-  qsort(v, HB_PASSES, sizeof v[0], hb_cmp_double);
-  printf("# %s: %d GETs, %d in flight, median of %d passes; min %.0f max %.0f req/s\n", name,
-         HB_REQUESTS, HB_IN_FLIGHT, HB_PASSES, v[0], v[HB_PASSES - 1]);
-  printf("%s %.0f req/s\n", name, v[HB_PASSES / 2]);
-  fflush(stdout);
-}
+static double hb_raw_side(void *url, int count) { return hb_raw_pass(url, count); }
+static double hb_stack_side(void *url, int count) { return hb_stack_pass(url, count); }
 
 static void run_http_benchmarks(void) {
   signal(SIGPIPE, SIG_IGN);
@@ -445,8 +426,10 @@ static void run_http_benchmarks(void) {
   char url[64];
   snprintf(url, sizeof url, "http://127.0.0.1:%d/", ng.port);
   printf("# http: nginx on 127.0.0.1:%d\n", ng.port);
-  hb_report("http_raw", hb_raw_pass, url);
-  hb_report("http_stack", hb_stack_pass, url);
+  char what[64];
+  snprintf(what, sizeof what, "%d GETs, %d in flight", HB_REQUESTS, HB_IN_FLIGHT);
+  bp_run_pair((bp_side_t){"http_raw", hb_raw_side}, (bp_side_t){"http_stack", hb_stack_side}, url,
+              HB_REQUESTS, what, "req/s");
   hb_nginx_stop(&ng);
 }
 
