@@ -439,7 +439,7 @@ static bw_error_t *service_alloc(bw_service_t **out, const bw_service_ops_t *ops
   s->layer_index = -1;
   s->pool_id = atomic_fetch_add_explicit(&g_pool_ids, 1, memory_order_relaxed);
   s->own_state = (ops->call_state_size + 15) & ~(size_t)15;
-  s->chain[0] = (bw__link_t){s, 0};
+  s->chain[0] = (bw__link_t){s, 0, ops->state_init ? 0 : ops->call_state_size, ops->call, ops->finish};
   s->chain_len = 1;
   s->chain_state = s->own_state;
   s->call_size = call_header_aligned() + s->chain_state;
@@ -470,8 +470,9 @@ bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **
    * records its own calls, so it gets a child call of its own. */
   if (!inner->owns_stack) {
     for (int i = 0; i < inner->chain_len && s->chain_len < BW__DEPTH_MAX; i++) {
-      const bw__link_t *l = &inner->chain[i];
-      s->chain[s->chain_len++] = (bw__link_t){l->node, s->own_state + l->off};
+      bw__link_t l = inner->chain[i];
+      l.off += s->own_state;
+      s->chain[s->chain_len++] = l;
     }
   }
   const bw__link_t *last = &s->chain[s->chain_len - 1];
@@ -724,9 +725,8 @@ static bool run_finish(bw_call_t *c) {
   int d = BW__DEPTH(atomic_load_explicit(&c->state, memory_order_relaxed));
   const bw__link_t *chain = c->svc->chain;
   for (int i = d; i-- > 0;) {
-    bw_service_t *n = chain[i].node;
-    if (n->ops->finish && n->ops->finish(n, c, c->state_mem + chain[i].off, i >= c->abort_depth))
-      return true;
+    const bw__link_t *l = &chain[i];
+    if (l->finish && l->finish(l->node, c, c->state_mem + l->off, i >= c->abort_depth)) return true;
   }
   return false;
 }
@@ -890,9 +890,9 @@ bw__fwd_t bw__call_forward(bw_call_t *call) {
   const bw_service_t *origin = call->svc;
   int d = BW__DEPTH(w) + 1;
   if (d >= origin->chain_len) return BW__FWD_NO;
-  bw_service_t *in = origin->chain[d].node;
-  size_t sz = in->ops->call_state_size;
-  if (sz && !in->ops->state_init) memset(call->state_mem + origin->chain[d].off, 0, sz);
+  const bw__link_t *l = &origin->chain[d];
+  bw_service_t *in = l->node;
+  if (l->zero) memset(call->state_mem + l->off, 0, l->zero);
   /* One step deeper unless the call completed meanwhile; a cancel that
    * wins after this finds (and cancels) the inner node. acq_rel: the
    * state memset above is visible to that cancel. */
@@ -904,7 +904,7 @@ bw__fwd_t bw__call_forward(bw_call_t *call) {
   /* Cancelled already: its ops->cancel ran on state that ops->call never
    * filled; starting work now would only be undone. */
   if (BW__PHASE(atomic_load_explicit(&call->state, memory_order_relaxed)) == BW__CALL_RUNNING)
-    in->ops->call(in, call);
+    l->call(in, call);
   return BW__FWD_OK;
 }
 

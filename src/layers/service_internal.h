@@ -31,11 +31,16 @@ enum {
 
 typedef struct bw__stack bw__stack_t;
 
-/* One node a call from a pool can be forwarded to: the node at that depth
- * and where its state sits in the call's state memory. */
+/* One node a call from a pool can be forwarded to: the node at that depth,
+ * where its state sits in the call's state memory, and (copied from its
+ * ops, so forwarding reads one cache line) how many state bytes to zero
+ * before its ops->call (0 when it has state_init), its call and finish. */
 typedef struct bw__link {
   bw_service_t *node;
   size_t off;
+  size_t zero;
+  void (*call)(bw_service_t *svc, bw_call_t *call);
+  bool (*finish)(bw_service_t *svc, bw_call_t *call, void *state, bool aborted);
 } bw__link_t;
 
 struct bw_layer {
