@@ -55,6 +55,7 @@
  *
  * Lock order: g_reg.mu (service registry / runtime trackers) -> pool.mu.
  * No lock is held while calling ops or callbacks. */
+#define BW__SERVICE_C /* defines the public accessors: no inline aliases */
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>

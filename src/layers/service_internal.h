@@ -225,6 +225,29 @@ static inline void bw__call_put_deadline(bw_call_t *call, uint64_t ns) {
   atomic_store_explicit(&call->deadline_ns, ns, memory_order_relaxed);
 }
 
+/* ---- inline accessors for the library's own layers ---------------------------
+ * The public accessors (service.h, layer.h) are functions; on the hot path
+ * of every layer a call to each of them costs more than what it does.
+ * Inside the library these inline versions replace them (the public
+ * definitions in service.c are compiled before this is included there). */
+static inline void *bw__inl_call_state(bw_call_t *c) {
+  return c->state_mem +
+         c->svc->chain[BW__DEPTH(atomic_load_explicit(&c->state, memory_order_relaxed))].off;
+}
+static inline bool bw__inl_call_is_done(const bw_call_t *c) {
+  return BW__PHASE(atomic_load((atomic_int *)&c->state)) == BW__CALL_DONE;
+}
+static inline const bw_error_t *bw__inl_call_error(const bw_call_t *c) {
+  return bw__inl_call_is_done(c) ? c->err : NULL;
+}
+#ifndef BW__SERVICE_C
+#define bw_call_state(c) bw__inl_call_state(c)
+#define bw_call_is_done(c) bw__inl_call_is_done(c)
+#define bw_call_error(c) bw__inl_call_error(c)
+#define bw_call_runtime(c) ((c)->rt)
+#define bw_service_impl(s) ((s)->impl)
+#endif
+
 /* service.c: a node service for a layer (stack.c uses it). */
 bw_error_t *bw__node_new(bw_layer_t *layer, bw_service_t *inner, bw_service_t **out);
 
