@@ -631,6 +631,8 @@ static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   atomic_store_explicit(&c->pend_on, NULL, memory_order_relaxed);
   atomic_store_explicit(&c->refs, 1, memory_order_relaxed);
   atomic_store_explicit(&c->state, BW__CALL_IDLE, memory_order_relaxed);
+  atomic_store_explicit(&c->depth, 0, memory_order_relaxed);
+  atomic_store_explicit(&c->starter, NULL, memory_order_relaxed);
   atomic_store_explicit(&c->flags, 0, memory_order_relaxed);
   c->is_root = false;
   c->holds_svc = false;
@@ -723,7 +725,7 @@ static void record_root(bw_call_t *c) {
 /* The finish hooks of the nodes that forwarded c, innermost first; true
  * when one resumed the call (bw__call_resume: outer hooks wait). */
 static bool run_finish(bw_call_t *c) {
-  int d = BW__DEPTH(atomic_load_explicit(&c->state, memory_order_relaxed));
+  int d = atomic_load_explicit(&c->depth, memory_order_relaxed);
   const bw__link_t *chain = c->svc->chain;
   for (int i = d; i-- > 0;) {
     const bw__link_t *l = &chain[i];
@@ -740,7 +742,8 @@ bool bw__call_resume(bw_call_t *c, int depth) {
   /* seq_cst store, then the flags: a cancel sets its flag, then tries the
    * state (win): either it sees RUNNING and completes the call, or we see
    * its flag here and do it (win decides between us). */
-  atomic_store(&c->state, BW__CALL_RUNNING | (depth * BW__DEPTH_ONE));
+  atomic_store_explicit(&c->depth, depth, memory_order_relaxed);
+  atomic_store(&c->state, BW__CALL_RUNNING);
   if (atomic_load(&c->flags) & (BW__CF_CANCEL | BW__CF_ABANDONED))
     abort_call(c, bw_error_static(BW_ERR_CANCELLED), 0, NULL, NULL);
   return true;
@@ -807,26 +810,20 @@ static void deliver(bw_call_t *c) {
   leave();
 }
 
-/* RUNNING -> DONE, keeping the depth (*depth: where the call was). seq_cst:
- * layers pair their "publish, then bw_call_is_done" with it. */
-static bool win(bw_call_t *c, int *depth) {
-  int w = atomic_load_explicit(&c->state, memory_order_relaxed);
-  while (BW__PHASE(w) == BW__CALL_RUNNING) {
-    if (atomic_compare_exchange_weak(&c->state, &w, (w & ~3) | BW__CALL_DONE)) {
-      *depth = BW__DEPTH(w);
-      /* Answered during a start chain: its clock reading is the end too
-       * (within the chain's own duration; the latency histogram's first
-       * bucket is 1 us wide), saving a clock read per call. */
-      if (c->stack_root) c->end_ns = bw__tl_now_rt == c->rt ? bw__tl_now : 0;
-      return true;
-    }
-  }
-  return false;
+/* RUNNING -> DONE. seq_cst: layers pair their "publish, then
+ * bw_call_is_done" with it, and forwarding its first "starter" exchange. */
+static bool win(bw_call_t *c) {
+  int expect = BW__CALL_RUNNING;
+  if (!atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_DONE)) return false;
+  /* Answered during a start chain: its clock reading is the end too
+   * (within the chain's own duration; the latency histogram's first bucket
+   * is 1 us wide), saving a clock read per call. */
+  if (c->stack_root) c->end_ns = bw__tl_now_rt == c->rt ? bw__tl_now : 0;
+  return true;
 }
 
 bool bw_call_complete(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err) {
-  int depth;
-  if (!win(call, &depth)) {
+  if (!win(call)) {
     if (resp && resp_free) resp_free(resp);
     bw_error_unref(err);
     return false;
@@ -859,10 +856,23 @@ void bw_call_cancel(bw_call_t *call) { bw_call_cancel_with(call, NULL); }
 /* Complete with err (owned) as a cancel made at `abort_depth`: the node
  * holding the call now releases what it holds (ops->cancel), then the
  * call is delivered (its finish hooks run there). */
+/* The rest of a cancel that won `call`: the node holding it now releases
+ * what it holds (ops->cancel), then the call is delivered (its finish hooks
+ * run there). By the canceller, or by the starting thread it handed to. */
+static void finish_cancel(bw_call_t *call) {
+  bw_service_t *n = call->svc->chain[atomic_load_explicit(&call->depth, memory_order_relaxed)].node;
+  atomic_store_explicit(&call->cur, n, memory_order_relaxed);
+  if (n->ops->cancel) {
+    enter();
+    n->ops->cancel(n, call, call->err);
+    leave();
+  }
+  deliver(call);
+}
+
 static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_layer_t *layer,
                        bw_event_t *ev) {
-  int depth;
-  if (!win(call, &depth)) {
+  if (!win(call)) {
     bw_error_unref(err);
     return false;
   }
@@ -870,47 +880,42 @@ static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_lay
   call->resp = NULL;
   call->resp_free = NULL;
   call->abort_depth = abort_depth;
-  bw_service_t *n = call->svc->chain[depth].node;
-  /* the same value a forwarding thread stores (it may not have yet) */
-  atomic_store_explicit(&call->cur, n, memory_order_relaxed);
-  if (n->ops->cancel) {
-    enter();
-    n->ops->cancel(n, call, err);
-    leave();
-  }
   if (ev) {
     ev->error = err;
     bw_layer_emit(layer, call, ev);
   }
-  deliver(call);
+  /* A thread inside the call's start chain may still move it inward (the
+   * depth we would read could be stale): leave the rest to it. seq_cst: our
+   * state CAS (win), then this load; bw__call_forward does the reverse. */
+  void *s = atomic_load(&call->starter);
+  if (s && atomic_compare_exchange_strong(&call->starter, &s, BW__HANDOFF)) return true;
+  finish_cancel(call);
   return true;
 }
 
 bw__fwd_t bw__call_forward(bw_call_t *call) {
-  int w = atomic_load_explicit(&call->state, memory_order_relaxed);
   const bw_service_t *origin = call->svc;
-  int d = BW__DEPTH(w) + 1;
+  int d = atomic_load_explicit(&call->depth, memory_order_relaxed) + 1;
   if (d >= origin->chain_len) return BW__FWD_NO;
   const bw__link_t *l = &origin->chain[d];
   bw_service_t *in = l->node;
   if (l->zero) memset(call->state_mem + l->off, 0, l->zero);
-  /* One step deeper unless the call completed meanwhile; a cancel that
-   * wins after this finds (and cancels) the inner node. acq_rel: the
-   * state memset above is visible to that cancel. */
-  do {
-    if (BW__PHASE(w) != BW__CALL_RUNNING) return BW__FWD_DONE;
-  } while (!atomic_compare_exchange_weak_explicit(&call->state, &w, w + BW__DEPTH_ONE,
-                                                  memory_order_acq_rel, memory_order_relaxed));
+  /* The first forward of this start chain marks the call as being moved
+   * inward by this thread; a canceller that then wins leaves ops->cancel
+   * and the delivery to us (start() sees the hand-off when ops->call
+   * returns), so the depth below needs no atomic read-modify-write. seq_cst
+   * exchange, then the state load: see abort_call. */
+  if (atomic_load_explicit(&call->starter, memory_order_relaxed) == NULL)
+    atomic_exchange(&call->starter, (void *)&tl);
+  if (atomic_load(&call->state) != BW__CALL_RUNNING) return BW__FWD_DONE;
+  atomic_store_explicit(&call->depth, d, memory_order_relaxed);
   atomic_store_explicit(&call->cur, in, memory_order_relaxed);
-  /* Cancelled already: its ops->cancel ran on state that ops->call never
-   * filled; starting work now would only be undone. */
-  if (BW__PHASE(atomic_load_explicit(&call->state, memory_order_relaxed)) == BW__CALL_RUNNING)
-    l->call(in, call);
+  l->call(in, call);
   return BW__FWD_OK;
 }
 
 int bw__call_depth(const bw_call_t *call) {
-  return BW__DEPTH(atomic_load_explicit(&((bw_call_t *)call)->state, memory_order_relaxed));
+  return atomic_load_explicit(&((bw_call_t *)call)->depth, memory_order_relaxed);
 }
 
 void bw__call_set_outcome(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err) {
@@ -971,6 +976,15 @@ static void start(bw_call_t *c) {
       tl_start_folded = false;
       enter();
       c->svc->ops->call(c->svc, c);
+      if (atomic_load_explicit(&c->starter, memory_order_relaxed)) {
+        /* it was forwarded: end the mark; a canceller may have handed us
+         * the rest of its cancel meanwhile */
+        void *me = &tl;
+        if (!atomic_compare_exchange_strong(&c->starter, &me, NULL)) {
+          atomic_store_explicit(&c->starter, NULL, memory_order_relaxed);
+          finish_cancel(c);
+        }
+      }
       bool folded = tl_start_folded;
       tl_starting = prev;
       tl_start_folded = prev_folded;

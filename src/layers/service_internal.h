@@ -16,13 +16,12 @@
 #define BW__SVC_MAGIC 0x62777376u   /* "bwsv" */
 #define BW__LAYER_MAGIC 0x62776c79u /* "bwly" */
 
-/* bw_call.state: the phase in the low 2 bits, the forwarding depth above
- * (how many nodes passed the call itself inward, see bw__call_forward). */
+/* bw_call.state: the call's phase. */
 enum { BW__CALL_IDLE = 0, BW__CALL_RUNNING = 1, BW__CALL_DONE = 2 };
-#define BW__PHASE(w) ((int)((unsigned)(w) & 3u))
-#define BW__DEPTH(w) ((int)((unsigned)(w) >> 2))
-#define BW__DEPTH_ONE 4
+#define BW__PHASE(w) ((int)(w))
 #define BW__DEPTH_MAX 32 /* forwarding stops here (children take over) */
+/* bw_call.starter while a canceller hands its cancel to the starting thread */
+#define BW__HANDOFF ((void *)1)
 enum {
   BW__CF_CANCEL = 1 << 0,    /* cancel requested */
   BW__CF_ABANDONED = 1 << 1, /* owner freed it before delivery: skip the callback */
@@ -108,7 +107,17 @@ struct bw_call {
   _Atomic(void *) pend_on;
   int pend_idx;
   atomic_int refs;
-  atomic_int state;   /* BW__PHASE | depth; seq_cst (see cancel vs start) */
+  atomic_int state;   /* BW__CALL_*; seq_cst (see cancel vs start) */
+  /* Forwarding depth: how many nodes passed the call itself inward (see
+   * bw__call_forward). Relaxed: written by the thread running the call's
+   * start chain (or a resuming finish hook); others read it only after
+   * synchronising with that thread through `starter` or a hand-off. */
+  atomic_int depth;
+  /* While the call's start chain forwards it: that thread's trampoline
+   * (set at the first forward, cleared when start() ends), or BW__HANDOFF
+   * once a canceller that won the call left its cancel to that thread
+   * (which knows the final depth). NULL otherwise. seq_cst. */
+  _Atomic(void *) starter;
   /* Depth at which a cancel finished the call (0 for the caller's or a
    * parent's cancel, a timeout's own depth for its abort), INT32_MAX when
    * the innermost node answered. Finish hooks at depth >= it were aborted
@@ -232,7 +241,7 @@ static inline void bw__call_put_deadline(bw_call_t *call, uint64_t ns) {
  * definitions in service.c are compiled before this is included there). */
 static inline void *bw__inl_call_state(bw_call_t *c) {
   return c->state_mem +
-         c->svc->chain[BW__DEPTH(atomic_load_explicit(&c->state, memory_order_relaxed))].off;
+         c->svc->chain[atomic_load_explicit(&c->depth, memory_order_relaxed)].off;
 }
 static inline bool bw__inl_call_is_done(const bw_call_t *c) {
   return BW__PHASE(atomic_load((atomic_int *)&c->state)) == BW__CALL_DONE;

@@ -398,5 +398,8 @@ void lh_assert_rejections_do_not_allocate(bw_service_t *svc, bw_runtime_t *rt,
   int wrong = reject_chain(svc, rt, n, kind, retry_after_ms);
   long allocs = lh_allocs() - before;
   assert_int_equal(wrong, 0);
-  assert_true(allocs <= 2);
+  /* Not per rejection (that would be n): the call and task pools can still
+   * grow by a few objects when the chain's calls move between the two
+   * workers' caches (up to 4 per pool and thread) after the warm-up. */
+  assert_true(allocs <= 16);
 }
