@@ -13,8 +13,9 @@
  * --appendonly no) and stopped afterwards. Method: bench/paired.h (raw and
  * stack passes alternate; the per-pair ratio's median is printed on a `#`
  * line). Build with the release flags: cmake -DCMAKE_BUILD_TYPE=Release.
- * Investigation knobs (environment): RB_LAYERS=0 runs redis_stack on the
- * bare client service, RB_WORKERS=n sets its runtime's worker count. */
+ * Investigation knobs (environment): RB_LAYERS=k keeps the first k layers
+ * of redis_stack (0: the bare client service), RB_WORKERS=n sets its
+ * runtime's worker count. */
 #include "paired.h"
 
 #if __has_include("http_bench.h")
@@ -262,15 +263,15 @@ static bw_error_t *rb_build_stack(bw_redis_t *client, bw_service_t **out) {
   bw_circuit_breaker_opts_t bo;
   bw_circuit_breaker_opts_init(&bo);
   bw_error_t *err;
-  const char *nl = getenv("RB_LAYERS"); /* for investigation: 0 = bare service */
-  if (nl && atoi(nl) == 0) {
-    err = bw_redis_service_new(out, client);
-    return err;
-  }
+  /* for investigation: RB_LAYERS=k keeps only the first k layers (0: the
+   * bare client service) */
+  const char *nl = getenv("RB_LAYERS");
+  size_t keep = nl ? (size_t)atoi(nl) : 4;
+  if (keep == 0) return bw_redis_service_new(out, client);
   if (!(err = bw_redis_service_new(&inner, client)) &&
       !(err = bw_fallback_new(&layers[0], &fo)) && !(err = bw_timeout_new(&layers[1], &to)) &&
       !(err = bw_retry_new(&layers[2], &ro)) && !(err = bw_circuit_breaker_new(&layers[3], &bo)))
-    err = bw_stack_build(out, NULL, layers, 4, inner, NULL);
+    err = bw_stack_build(out, NULL, layers, keep < 4 ? keep : 4, inner, NULL);
   for (int i = 0; i < 4; i++) bw_layer_release(layers[i]);
   bw_service_release(inner);
   return err;
