@@ -25,6 +25,18 @@
  * a registry's current stack) holds a reference on that service itself
  * (holds_svc), so a pool always outlives every call taken from it.
  *
+ * # Forwarding (service_internal.h)
+ * A node may pass the call itself to its inner node instead of making a
+ * child: `depth` counts how far it went, the pool's chain table gives the
+ * node and state at each depth, and each forwarding node's finish hook runs
+ * once at delivery (run_finish), innermost first. A cancel that wins acts
+ * on the node at the current depth (finish_cancel). Only the thread running
+ * the call's start chain moves the depth; it marks the call (`starter`) at
+ * its first forward, and a canceller that wins while the mark is set hands
+ * finish_cancel to that thread, which runs it when start() returns (the
+ * depth is final then). A finish hook may make the call RUNNING again
+ * (bw__call_resume, retry going on with children).
+ *
  * # Stack metrics
  * A call on a built stack's outermost node (stack_root) records the
  * stack's outcome and latency, root or child: a stack wrapped by a
@@ -853,9 +865,6 @@ bool bw_call_complete_from_child(bw_call_t *call, bw_call_t *child) {
 
 void bw_call_cancel(bw_call_t *call) { bw_call_cancel_with(call, NULL); }
 
-/* Complete with err (owned) as a cancel made at `abort_depth`: the node
- * holding the call now releases what it holds (ops->cancel), then the
- * call is delivered (its finish hooks run there). */
 /* The rest of a cancel that won `call`: the node holding it now releases
  * what it holds (ops->cancel), then the call is delivered (its finish hooks
  * run there). By the canceller, or by the starting thread it handed to. */
@@ -870,6 +879,8 @@ static void finish_cancel(bw_call_t *call) {
   deliver(call);
 }
 
+/* Complete with err (owned) as a cancel made at `abort_depth` (0: from
+ * outside every node), emit ev if given, then finish_cancel. */
 static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_layer_t *layer,
                        bw_event_t *ev) {
   if (!win(call)) {
