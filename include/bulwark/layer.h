@@ -20,7 +20,11 @@
  * In ops->call(svc, call) a layer:
  *   - reads its layer impl with bw_service_impl(svc) and its per-call state
  *     with bw_call_state(call) (ops->call_state_size bytes, sized up front
- *     per node and pooled with the call: no malloc per call);
+ *     per node and pooled with the call: no malloc per call). The call may
+ *     have been made for an outer node (bulwark's own layers pass a call
+ *     inward instead of making a child, README "How a call goes through a
+ *     stack"): take the impl from `svc`, not bw_call_service(call), and keep
+ *     what later callbacks need (the impl, the call) in the per-call state;
  *   - calls inward with a CHILD call: bw_call_child_new(&child, call, NULL)
  *     (NULL = this node's inner service, or another service, e.g. a
  *     fallback service) and bw_call_child_start(child, on_child, arg). A
