@@ -98,6 +98,7 @@ static _Thread_local bool tl_start_folded;
 /* Shared clock reading of the current start chain (see
  * bw__call_now_ns_shared); valid while bw__tl_now_rt is set. */
 _Thread_local bw_runtime_t *bw__tl_now_rt;
+_Thread_local char bw__tl_token;
 _Thread_local uint64_t bw__tl_now;
 
 static void run_delivery(bw_call_t *c);
@@ -904,27 +905,6 @@ static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_lay
   return true;
 }
 
-bw__fwd_t bw__call_forward(bw_call_t *call) {
-  const bw_service_t *origin = call->svc;
-  int d = atomic_load_explicit(&call->depth, memory_order_relaxed) + 1;
-  if (d >= origin->chain_len) return BW__FWD_NO;
-  const bw__link_t *l = &origin->chain[d];
-  bw_service_t *in = l->node;
-  if (l->zero) memset(call->state_mem + l->off, 0, l->zero);
-  /* The first forward of this start chain marks the call as being moved
-   * inward by this thread; a canceller that then wins leaves ops->cancel
-   * and the delivery to us (start() sees the hand-off when ops->call
-   * returns), so the depth below needs no atomic read-modify-write. seq_cst
-   * exchange, then the state load: see abort_call. */
-  if (atomic_load_explicit(&call->starter, memory_order_relaxed) == NULL)
-    atomic_exchange(&call->starter, (void *)&tl);
-  if (atomic_load(&call->state) != BW__CALL_RUNNING) return BW__FWD_DONE;
-  atomic_store_explicit(&call->depth, d, memory_order_relaxed);
-  atomic_store_explicit(&call->cur, in, memory_order_relaxed);
-  l->call(in, call);
-  return BW__FWD_OK;
-}
-
 int bw__call_depth(const bw_call_t *call) {
   return atomic_load_explicit(&((bw_call_t *)call)->depth, memory_order_relaxed);
 }
@@ -990,7 +970,7 @@ static void start(bw_call_t *c) {
       if (atomic_load_explicit(&c->starter, memory_order_relaxed)) {
         /* it was forwarded: end the mark; a canceller may have handed us
          * the rest of its cancel meanwhile */
-        void *me = &tl;
+        void *me = (void *)&bw__tl_token;
         if (!atomic_compare_exchange_strong(&c->starter, &me, NULL)) {
           atomic_store_explicit(&c->starter, NULL, memory_order_relaxed);
           finish_cancel(c);

@@ -8,6 +8,7 @@
 #include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
 #include "bulwark/layer.h"
 #include "bulwark/metrics.h"
@@ -205,7 +206,7 @@ typedef enum {
   BW__FWD_DONE, /* the call was already completed (cancelled): undo, return */
   BW__FWD_NO,   /* cannot forward here (inner is a built stack, too deep): use a child */
 } bw__fwd_t;
-bw__fwd_t bw__call_forward(bw_call_t *call);
+static inline bw__fwd_t bw__call_forward(bw_call_t *call);
 /* The forwarding depth of the node handling `call` now (in its ops->call). */
 int bw__call_depth(const bw_call_t *call);
 /* Finish a call forwarded through the node at `depth` with `err` (owned),
@@ -232,6 +233,33 @@ static inline bw_service_t *bw__call_pool_service(const bw_call_t *call) { retur
  * restoring what they changed. */
 static inline void bw__call_put_deadline(bw_call_t *call, uint64_t ns) {
   atomic_store_explicit(&call->deadline_ns, ns, memory_order_relaxed);
+}
+
+/* A per-thread address naming the thread that runs a call's start chain
+ * (bw_call.starter). */
+extern _Thread_local char bw__tl_token;
+
+/* Inline so that a layer's "forward, then return" becomes a jump to the
+ * inner node's ops->call (no stack frame per layer). The first forward of
+ * a start chain marks the call as being moved inward by this thread; a
+ * canceller that then wins leaves ops->cancel and the delivery to us
+ * (start() sees the hand-off when ops->call returns), so the depth below
+ * needs no atomic read-modify-write. seq_cst exchange, then the state load:
+ * the reverse of the canceller's state CAS, then its starter load
+ * (abort_call in service.c). */
+static inline bw__fwd_t bw__call_forward(bw_call_t *call) {
+  const bw_service_t *origin = call->svc;
+  int d = atomic_load_explicit(&call->depth, memory_order_relaxed) + 1;
+  if (d >= origin->chain_len) return BW__FWD_NO;
+  const bw__link_t *l = &origin->chain[d];
+  if (l->zero) memset(call->state_mem + l->off, 0, l->zero);
+  if (atomic_load_explicit(&call->starter, memory_order_relaxed) == NULL)
+    atomic_exchange(&call->starter, (void *)&bw__tl_token);
+  if (atomic_load(&call->state) != BW__CALL_RUNNING) return BW__FWD_DONE;
+  atomic_store_explicit(&call->depth, d, memory_order_relaxed);
+  atomic_store_explicit(&call->cur, l->node, memory_order_relaxed);
+  l->call(l->node, call);
+  return BW__FWD_OK;
 }
 
 /* ---- inline accessors for the library's own layers ---------------------------
