@@ -111,8 +111,11 @@ static inline bool bw__rt_forked(const bw_runtime_t *rt) {
 /* NULL if rt is usable for new work, else an error to return. */
 bw_error_t *bw__rt_check(const bw_runtime_t *rt, const char *what);
 
-/* clock.c */
+/* clock.c: CLOCK_MONOTONIC, or (x86-64 with the kernel on the TSC, after
+ * ~20 ms of calibration) a TSC extrapolation from it, see clock.c. */
 uint64_t bw__mono_ns(void);
+/* True once bw__mono_ns extrapolates with the TSC (for tests). */
+bool bw__mono_uses_tsc(void);
 uint64_t bw__rt_now_ms(const bw_runtime_t *rt);
 
 /* timer.c */
