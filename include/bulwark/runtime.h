@@ -209,7 +209,11 @@ bw_error_t *bw_spawn_blocking(bw_runtime_t *rt, bw_blocking_fn fn, void *arg, bw
 /* ---- Time -------------------------------------------------------------- */
 
 /* The runtime's clock in ns (monotonic; the paused clock starts at 0 when the
- * runtime is created... plus 1 s, so 0 never means "now"). */
+ * runtime is created... plus 1 s, so 0 never means "now"). A real clock is
+ * CLOCK_MONOTONIC's scale: read each time, or, on x86-64 where the kernel
+ * keeps time with an invariant TSC, read once a millisecond per thread and
+ * extrapolated with the TSC in between (within ~1 us of CLOCK_MONOTONIC,
+ * never going back on one thread). */
 uint64_t bw_runtime_now_ns(const bw_runtime_t *rt);
 /* Paused clock only: move time forward by ms and fire what is due.
  * Errors: BW_ERR_NOT_ALLOWED on a real clock. */
