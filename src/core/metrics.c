@@ -22,14 +22,30 @@
 #include <string.h>
 
 #include "core/alloc.h"
+#include "core/counter.h"
 #include "core/metrics_internal.h"
 
 /* ---- histograms ----------------------------------------------------------- */
 
-struct bw_histogram {
+/* One shard per counter shard (core/counter.h): a thread records into its
+ * own, so workers recording at once do not fight over cache lines (a stack
+ * records every call); readers add the shards up. */
+typedef struct hist_shard {
   _Atomic uint64_t sum;
   _Atomic uint64_t b[BW__HIST_BUCKETS];
+  char pad[64]; /* the next shard's first line is its own */
+} hist_shard_t;
+
+struct bw_histogram {
+  hist_shard_t s[BW__COUNTER_SHARDS];
 };
+
+static uint64_t bucket_count(const bw_histogram_t *h, size_t i) {
+  uint64_t n = 0;
+  for (unsigned k = 0; k < BW__COUNTER_SHARDS; k++)
+    n += atomic_load_explicit((_Atomic uint64_t *)&h->s[k].b[i], memory_order_relaxed);
+  return n;
+}
 
 size_t bw__histogram_index(uint64_t v) {
   if (v < 1024) return 0;
@@ -57,26 +73,29 @@ bw_error_t *bw_histogram_new(bw_histogram_t **out) {
 void bw_histogram_free(bw_histogram_t *h) { bw__free(h); }
 
 void bw_histogram_record(bw_histogram_t *h, uint64_t v) {
-  atomic_fetch_add_explicit(&h->b[bw__histogram_index(v)], 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&h->sum, v, memory_order_relaxed);
+  hist_shard_t *s = &h->s[bw__counter_shard()];
+  atomic_fetch_add_explicit(&s->b[bw__histogram_index(v)], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&s->sum, v, memory_order_relaxed);
 }
 
 /* The count is the sum of the buckets (readers are rare; recording saves a
  * shared RMW, and the +Inf bucket can never be below a finite one). */
 uint64_t bw_histogram_count(const bw_histogram_t *h) {
   uint64_t n = 0;
-  for (size_t i = 0; i < BW__HIST_BUCKETS; i++)
-    n += atomic_load_explicit((_Atomic uint64_t *)&h->b[i], memory_order_relaxed);
+  for (size_t i = 0; i < BW__HIST_BUCKETS; i++) n += bucket_count(h, i);
   return n;
 }
 uint64_t bw_histogram_sum_ns(const bw_histogram_t *h) {
-  return atomic_load_explicit((_Atomic uint64_t *)&h->sum, memory_order_relaxed);
+  uint64_t n = 0;
+  for (unsigned k = 0; k < BW__COUNTER_SHARDS; k++)
+    n += atomic_load_explicit((_Atomic uint64_t *)&h->s[k].sum, memory_order_relaxed);
+  return n;
 }
 
 uint64_t bw_histogram_percentile(const bw_histogram_t *h, double q) {
   uint64_t counts[BW__HIST_BUCKETS], total = 0;
   for (size_t i = 0; i < BW__HIST_BUCKETS; i++) {
-    counts[i] = atomic_load_explicit((_Atomic uint64_t *)&h->b[i], memory_order_relaxed);
+    counts[i] = bucket_count(h, i);
     total += counts[i];
   }
   if (!total) return 0;
@@ -93,9 +112,11 @@ uint64_t bw_histogram_percentile(const bw_histogram_t *h, double q) {
 }
 
 void bw_histogram_reset(bw_histogram_t *h) {
-  for (size_t i = 0; i < BW__HIST_BUCKETS; i++)
-    atomic_store_explicit(&h->b[i], 0, memory_order_relaxed);
-  atomic_store_explicit(&h->sum, 0, memory_order_relaxed);
+  for (unsigned k = 0; k < BW__COUNTER_SHARDS; k++) {
+    for (size_t i = 0; i < BW__HIST_BUCKETS; i++)
+      atomic_store_explicit(&h->s[k].b[i], 0, memory_order_relaxed);
+    atomic_store_explicit(&h->s[k].sum, 0, memory_order_relaxed);
+  }
 }
 
 /* ---- writer --------------------------------------------------------------- */
@@ -143,7 +164,7 @@ void bw__prom_histogram(bw__prom_t *w, const char *name, const char *labels,
   for (unsigned e = 10; e <= 36; e++) {
     uint64_t bound = (uint64_t)1 << e;
     while (i < BW__HIST_BUCKETS - 1 && bw__histogram_upper(i) <= bound) {
-      acc += atomic_load_explicit((_Atomic uint64_t *)&h->b[i], memory_order_relaxed);
+      acc += bucket_count(h, i);
       i++;
     }
     bw__prom_printf(w, "%s_bucket{%s%sle=\"%.9g\"} %llu\n", name, labels, sep,

@@ -153,7 +153,6 @@ int bw__breaker_init(bw__breaker_t *b, const bw__breaker_cfg_t *cfg) {
   }
   atomic_init(&b->word, (uint64_t)BW_BREAKER_CLOSED);
   atomic_init(&b->quiet, cfg->window == BW_BREAKER_WINDOW_CONSECUTIVE);
-  atomic_init(&b->n_quiet, 0);
   b->cur_open_ns = cfg->open_ns;
   return BW__BRK_OK;
 }
@@ -367,7 +366,7 @@ void bw__breaker_record(bw__breaker_t *b, uint64_t ticket, bw__outcome_t outcome
   if (outcome == BW__OUTCOME_SUCCESS && !slow &&
       (ts == BW_BREAKER_CLOSED || ts == BW_BREAKER_FORCED_CLOSED) &&
       atomic_load_explicit(&b->quiet, memory_order_relaxed)) {
-    atomic_fetch_add_explicit(&b->n_quiet, 1, memory_order_relaxed);
+    bw__counter_add(&b->n_quiet, 1);
     return;
   }
   pthread_mutex_lock(&b->lock);
@@ -467,7 +466,7 @@ void bw__breaker_stats(bw__breaker_t *b, uint64_t now_ns, bw_breaker_stats_t *o)
   o->failures = b->c_failure;
   o->slow_calls = b->c_slow;
   pthread_mutex_unlock(&b->lock);
-  uint64_t q = atomic_load_explicit(&b->n_quiet, memory_order_relaxed);
+  uint64_t q = bw__counter_sum(&b->n_quiet);
   o->calls_permitted += q;
   o->successes += q;
   o->calls_rejected = atomic_load_explicit(&b->n_rejected, memory_order_relaxed);

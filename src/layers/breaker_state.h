@@ -26,6 +26,7 @@
 #include <stdint.h>
 
 #include "bulwark/circuit_breaker.h"
+#include "core/counter.h"
 
 #define BW__BRK_OK 0
 #define BW__BRK_REJECTED (-1) /* open */
@@ -93,7 +94,7 @@ typedef struct bw__breaker {
    * streak), so record() skips the lock and only counts it in n_quiet.
    * Written under the lock, read without it (a hint: relaxed). */
   _Atomic bool quiet;
-  _Atomic uint64_t n_quiet;
+  bw__counter_t n_quiet; /* sharded: every healthy call adds to it */
 } bw__breaker_t;
 
 /* opts may be NULL (defaults). Returns 0, BW__BRK_EINVAL, or -12 (no memory). */

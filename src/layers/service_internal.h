@@ -11,6 +11,7 @@
 #include <string.h>
 
 #include "bulwark/layer.h"
+#include "core/counter.h"
 #include "bulwark/metrics.h"
 #include "bulwark/service.h"
 
@@ -61,7 +62,6 @@ typedef struct bw__pool {
 
 struct bw_service {
   uint32_t magic;
-  atomic_int refs;
   const bw_service_ops_t *ops;
   void *impl;
   bw_layer_t *layer;   /* node: the layer; NULL for a leaf */
@@ -81,6 +81,10 @@ struct bw_service {
   bw__pool_t pool;
   uint64_t pool_id; /* unique per service, never reused (thread caches) */
   bw_service_t *reg_prev, *reg_next; /* global list for the shutdown scan */
+  /* Every root call takes and drops a reference: kept off the lines of the
+   * fields every call only reads (ops, the chain table). */
+  char pad_refs[64];
+  atomic_int refs;
 };
 
 struct bw_call {
@@ -157,7 +161,12 @@ struct bw__stack {
   bw_service_t *svc; /* the outermost node owning this (not a reference) */
   size_t nlayers;
   bw_layer_t **layers;
-  _Atomic uint64_t outcomes[BW_ERR__MAX];
+  /* calls by outcome, one row per counter shard (core/counter.h): every
+   * call of the stack adds to it */
+  struct {
+    _Atomic uint64_t n[BW_ERR__MAX];
+    char pad[64];
+  } outcomes[BW__COUNTER_SHARDS];
   _Atomic uint64_t *events; /* nlayers * BW_EVENT__MAX */
   bw_histogram_t *latency;
   bw_metric_t *collectors[3]; /* named stacks: calls, duration, events */

@@ -136,7 +136,7 @@ size_t bw_stack_check_order(bw_layer_t *const *layers, size_t n, bw_stack_warnin
 void bw__stack_record(bw__stack_t *st, const bw_error_t *err, uint64_t elapsed_ns) {
   bw_error_kind_t k = err ? bw_error_kind(err) : BW_ERR_NONE;
   if ((unsigned)k >= BW_ERR__MAX) k = BW_ERR_INTERNAL;
-  atomic_fetch_add_explicit(&st->outcomes[k], 1, memory_order_relaxed);
+  atomic_fetch_add_explicit(&st->outcomes[bw__counter_shard()].n[k], 1, memory_order_relaxed);
   bw_histogram_record(st->latency, elapsed_ns);
 }
 
@@ -148,10 +148,17 @@ void bw__stack_count_event(bw__stack_t *st, int layer_index, bw_event_type_t typ
                             memory_order_relaxed);
 }
 
+static uint64_t outcome_count(const bw__stack_t *st, bw_error_kind_t k) {
+  uint64_t n = 0;
+  for (unsigned s = 0; s < BW__COUNTER_SHARDS; s++)
+    n += atomic_load_explicit((_Atomic uint64_t *)&st->outcomes[s].n[k], memory_order_relaxed);
+  return n;
+}
+
 static void collect_calls(void *arg, bw__prom_t *w) {
   bw__stack_t *st = arg;
   for (int k = 0; k < BW_ERR__MAX; k++) {
-    uint64_t v = atomic_load_explicit(&st->outcomes[k], memory_order_relaxed);
+    uint64_t v = outcome_count(st, (bw_error_kind_t)k);
     if (!v && k != BW_ERR_NONE) continue;
     bw__prom_printf(w, "bulwark_calls_total{stack=\"%s\",outcome=\"%s\"} %llu\n", st->name,
                     k == BW_ERR_NONE ? "success" : bw_error_kind_name((bw_error_kind_t)k),
@@ -298,7 +305,7 @@ static const bw__stack_t *stack_of(const bw_service_t *s) {
 uint64_t bw_stack_outcome_count(const bw_service_t *stack, bw_error_kind_t kind) {
   const bw__stack_t *st = stack_of(stack);
   if (!st || (unsigned)kind >= BW_ERR__MAX) return 0;
-  return atomic_load_explicit((_Atomic uint64_t *)&st->outcomes[kind], memory_order_relaxed);
+  return outcome_count(st, kind);
 }
 
 uint64_t bw_stack_call_count(const bw_service_t *stack) {
