@@ -54,8 +54,7 @@ typedef struct bh_call {
   bw__child_slot_t slot;
   bh_t *bh;
   bw_call_t *call;
-  bw_timer_t *timer;
-  bw_runtime_t *timer_rt;
+  bw__call_timer_t timer;
   _Atomic int phase;
   uint64_t wait_ns; /* for the give-up message */
 } bh_call_t;
@@ -117,7 +116,7 @@ static void on_grant(bw__permit_waiter_t *w, void *arg) {
   bh_call_t *st = arg;
   bw_call_t *call = st->call;
   if (phase_cas(st, PH_QUEUED, PH_RUNNING)) {
-    if (st->timer && bw_timer_cancel(st->timer)) bw_call_unref(call);
+    if (st->timer.t && bw_timer_cancel(st->timer.t)) bw_call_unref(call);
     run(st);
   } else {
     bw__permits_release(&st->bh->p); /* gave up meanwhile: hand it on */
@@ -137,20 +136,6 @@ static void on_timer(bw_timer_t *t, void *arg) {
     bw_call_complete(call, NULL, NULL, e);
   }
   bw_call_unref(call); /* the timer's reference */
-}
-
-static int ensure_timer(bh_call_t *st, bw_runtime_t *rt) {
-  if (st->timer && st->timer_rt == rt) return 0;
-  bw_timer_free(st->timer);
-  st->timer = NULL;
-  bw_error_t *e = bw_timer_new(rt, on_timer, st, &st->timer);
-  if (e) {
-    bw_error_unref(e);
-    st->timer = NULL;
-    return -1;
-  }
-  st->timer_rt = rt;
-  return 0;
 }
 
 static void bh_call(bw_service_t *svc, bw_call_t *call) {
@@ -180,7 +165,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
   uint64_t deadline = bh->max_wait_ns ? now + bh->max_wait_ns : 0;
   uint64_t cd = bw_call_deadline_ns(call);
   if (cd && (!deadline || cd < deadline)) deadline = cd;
-  if (bh->p.max_queue > 0 && deadline && ensure_timer(st, rt) != 0) {
+  if (bh->p.max_queue > 0 && deadline && !bw__call_timer(&st->timer, rt, on_timer, st)) {
     bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_OUT_OF_MEMORY));
     goto out;
   }
@@ -207,7 +192,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
   if (deadline) {
     st->wait_ns = deadline > now ? deadline - now : 0;
     bw_call_ref(call); /* the timer's reference */
-    bw_error_t *e = bw_timer_arm(st->timer, deadline);
+    bw_error_t *e = bw_timer_arm(st->timer.t, deadline);
     if (e) {
       bw_error_unref(e);
       bw_call_unref(call);
@@ -219,7 +204,7 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
     phase_cas(st, PH_QUEUED, PH_GAVE_UP);
     if (atomic_load(&st->phase) == PH_GAVE_UP) {
       if (bw__permits_cancel(&bh->p, &st->w)) bw_call_unref(call);
-      if (st->timer && bw_timer_cancel(st->timer)) bw_call_unref(call);
+      if (st->timer.t && bw_timer_cancel(st->timer.t)) bw_call_unref(call);
     }
   }
 out:
@@ -231,22 +216,16 @@ static void bh_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reas
   bh_call_t *st = bw_call_state(call);
   if (phase_cas(st, PH_QUEUED, PH_GAVE_UP)) {
     if (bw__permits_cancel(&bh->p, &st->w)) bw_call_unref(call);
-    if (st->timer && bw_timer_cancel(st->timer)) bw_call_unref(call);
+    if (st->timer.t && bw_timer_cancel(st->timer.t)) bw_call_unref(call);
   }
   bw__child_slot_cancel(&st->slot, reason);
-}
-
-static int bh_state_init(bw_service_t *svc, void *state) {
-  (void)svc;
-  memset(state, 0, sizeof(bh_call_t));
-  return 0;
 }
 
 static void bh_state_fini(bw_service_t *svc, void *state) {
   (void)svc;
   bh_call_t *st = state;
-  bw_timer_free(st->timer);
-  st->timer = NULL;
+  bw_timer_free(st->timer.t);
+  st->timer.t = NULL;
 }
 
 static void bh_destroy(void *impl) {
@@ -265,7 +244,7 @@ static const bw_service_ops_t bh_ops = {
     .call_state_size = sizeof(bh_call_t),
     .call = bh_call,
     .cancel = bh_cancel,
-    .state_init = bh_state_init,
+    .state_init = bw__state_init_zero,
     .state_fini = bh_state_fini,
     .destroy = bh_destroy,
     .finish = bh_finish,

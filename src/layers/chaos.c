@@ -40,8 +40,7 @@ typedef struct ch_call {
   bw__child_slot_t slot;
   chaos_t *ch;
   bw_call_t *call;
-  bw_timer_t *timer;
-  bw_runtime_t *timer_rt;
+  bw__call_timer_t timer;
   _Atomic int phase;
 } ch_call_t;
 
@@ -180,28 +179,14 @@ static void on_timer(bw_timer_t *t, void *arg) {
   bw_call_unref(call); /* the timer's reference */
 }
 
-static int ensure_timer(ch_call_t *st, bw_runtime_t *rt) {
-  if (st->timer && st->timer_rt == rt) return 0;
-  bw_timer_free(st->timer);
-  st->timer = NULL;
-  bw_error_t *e = bw_timer_new(rt, on_timer, st, &st->timer);
-  if (e) {
-    bw_error_unref(e);
-    st->timer = NULL;
-    return -1;
-  }
-  st->timer_rt = rt;
-  return 0;
-}
-
 static void give_up(ch_call_t *st) {
   if (phase_cas(st, PH_DELAYING, PH_GAVE_UP) || phase_cas(st, PH_HANGING, PH_GAVE_UP))
-    if (st->timer && bw_timer_cancel(st->timer)) bw_call_unref(st->call);
+    if (st->timer.t && bw_timer_cancel(st->timer.t)) bw_call_unref(st->call);
 }
 
 static void arm(ch_call_t *st, uint64_t at_ns, int phase) {
   bw_call_t *call = st->call;
-  if (ensure_timer(st, bw_call_runtime(call)) != 0) {
+  if (!bw__call_timer(&st->timer, bw_call_runtime(call), on_timer, st)) {
     bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_OUT_OF_MEMORY));
     return;
   }
@@ -209,7 +194,7 @@ static void arm(ch_call_t *st, uint64_t at_ns, int phase) {
   atomic_store(&st->phase, phase);
   bw_call_ref(call); /* ours: the timer may finish the call on another thread */
   bw_call_ref(call); /* the timer's reference */
-  bw_error_t *e = bw_timer_arm(st->timer, at_ns);
+  bw_error_t *e = bw_timer_arm(st->timer.t, at_ns);
   if (e) {
     bw_call_unref(call);
     if (phase_cas(st, phase, PH_GAVE_UP)) bw_call_complete(call, NULL, NULL, e);
@@ -261,17 +246,11 @@ static void ch_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reas
   bw__child_slot_cancel(&st->slot, reason);
 }
 
-static int ch_state_init(bw_service_t *svc, void *state) {
-  (void)svc;
-  memset(state, 0, sizeof(ch_call_t));
-  return 0;
-}
-
 static void ch_state_fini(bw_service_t *svc, void *state) {
   (void)svc;
   ch_call_t *st = state;
-  bw_timer_free(st->timer);
-  st->timer = NULL;
+  bw_timer_free(st->timer.t);
+  st->timer.t = NULL;
 }
 
 static void ch_destroy(void *impl) {
@@ -286,7 +265,7 @@ static const bw_service_ops_t ch_ops = {
     .call_state_size = sizeof(ch_call_t),
     .call = ch_call,
     .cancel = ch_cancel,
-    .state_init = ch_state_init,
+    .state_init = bw__state_init_zero,
     .state_fini = ch_state_fini,
     .destroy = ch_destroy,
 };

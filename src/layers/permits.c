@@ -19,6 +19,7 @@
 #include "layers/service_internal.h"
 
 #include <stddef.h>
+#include <string.h>
 
 int bw__permits_init(bw__permits_t *p, uint32_t limit, uint32_t max_queue) {
   if (!p || limit < 1) return -1;
@@ -229,6 +230,25 @@ void bw__child_slot_cancel(bw__child_slot_t *slot, const bw_error_t *reason) {
   if (!c) return;
   bw_call_cancel_with(c, reason ? bw_error_ref(reason) : NULL);
   bw_call_unref(c);
+}
+
+bw_timer_t *bw__call_timer(bw__call_timer_t *ct, bw_runtime_t *rt, bw_timer_fn fn, void *arg) {
+  if (ct->t && ct->rt == rt) return ct->t;
+  bw_timer_free(ct->t);
+  ct->t = NULL;
+  bw_error_t *e = bw_timer_new(rt, fn, arg, &ct->t);
+  if (e) {
+    bw_error_unref(e);
+    ct->t = NULL;
+    return NULL;
+  }
+  ct->rt = rt;
+  return ct->t;
+}
+
+int bw__state_init_zero(bw_service_t *svc, void *state) {
+  memset(state, 0, svc->ops->call_state_size);
+  return 0;
 }
 
 int bw__reject_cache_init(bw__reject_cache_t *rc) {

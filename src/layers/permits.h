@@ -109,6 +109,20 @@ void bw__child_slot_clear(bw__child_slot_t *slot);
 /* From ops->cancel: cancel the published child, if any (reason borrowed). */
 void bw__child_slot_cancel(bw__child_slot_t *slot, const bw_error_t *reason);
 
+/* A runtime timer kept in a pooled call's state: made at its first use,
+ * made again if the call runs on another runtime, freed with the pool
+ * (bw_timer_free(ct.t) in ops->state_fini). Zeroed memory is empty. */
+typedef struct bw__call_timer {
+  bw_timer_t *t;
+  bw_runtime_t *rt;
+} bw__call_timer_t;
+/* The timer for rt, calling fn(t, arg); NULL when out of memory. */
+bw_timer_t *bw__call_timer(bw__call_timer_t *ct, bw_runtime_t *rt, bw_timer_fn fn, void *arg);
+
+/* ops->state_init for layers whose per-call state starts zeroed once per
+ * pooled call (ops->call_state_size bytes) and is reset in ops->call. */
+int bw__state_init_zero(bw_service_t *svc, void *state);
+
 /* A rejection error with a retry_after_ms hint, shared by all rejections
  * that give the same whole-millisecond hint: at most one allocation per
  * distinct hint value in a row, none while a burst of rejections repeats

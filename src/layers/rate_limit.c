@@ -50,8 +50,7 @@ typedef struct rl_call {
   bw__child_slot_t slot;
   rl_t *rl;
   bw_call_t *call;
-  bw_timer_t *timer;
-  bw_runtime_t *timer_rt;
+  bw__call_timer_t timer;
   _Atomic int phase;
 } rl_call_t;
 
@@ -88,26 +87,12 @@ static void on_timer(bw_timer_t *t, void *arg) {
   bw_call_unref(call); /* the timer's reference */
 }
 
-static int ensure_timer(rl_call_t *st, bw_runtime_t *rt) {
-  if (st->timer && st->timer_rt == rt) return 0;
-  bw_timer_free(st->timer);
-  st->timer = NULL;
-  bw_error_t *e = bw_timer_new(rt, on_timer, st, &st->timer);
-  if (e) {
-    bw_error_unref(e);
-    st->timer = NULL;
-    return -1;
-  }
-  st->timer_rt = rt;
-  return 0;
-}
-
 static void give_up_waiting(rl_call_t *st, bw_call_t *call) {
   if (!phase_cas(st, PH_WAITING, PH_GAVE_UP)) return;
   rl_t *rl = st->rl;
   uint64_t now = rl->cheap_clock ? bw__call_now_cheap_ns(call) : bw__call_now_ns(call);
   rl->store->vt->refund(rl->store, rl->n, now); /* same clock as the acquire */
-  if (bw_timer_cancel(st->timer)) bw_call_unref(call);
+  if (bw_timer_cancel(st->timer.t)) bw_call_unref(call);
 }
 
 static void rl_call(bw_service_t *svc, bw_call_t *call) {
@@ -147,7 +132,7 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
     if (bw__call_forward(call) == BW__FWD_NO) (void)bw__child_start(call, &st->slot, on_child, call);
     return;
   }
-  if (ensure_timer(st, rt) != 0) {
+  if (!bw__call_timer(&st->timer, rt, on_timer, st)) {
     rl->store->vt->refund(rl->store, rl->n, now);
     bw_call_complete(call, NULL, NULL, bw_error_static(BW_ERR_OUT_OF_MEMORY));
     return;
@@ -156,7 +141,7 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
   atomic_store(&st->phase, PH_WAITING);
   bw_call_ref(call); /* ours: the timer may finish the call on another thread */
   bw_call_ref(call); /* the timer's reference */
-  bw_error_t *e = bw_timer_arm(st->timer, now + wait);
+  bw_error_t *e = bw_timer_arm(st->timer.t, now + wait);
   if (e) {
     bw_call_unref(call);
     if (phase_cas(st, PH_WAITING, PH_GAVE_UP)) {
@@ -180,17 +165,11 @@ static void rl_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reas
   bw__child_slot_cancel(&st->slot, reason);
 }
 
-static int rl_state_init(bw_service_t *svc, void *state) {
-  (void)svc;
-  memset(state, 0, sizeof(rl_call_t));
-  return 0;
-}
-
 static void rl_state_fini(bw_service_t *svc, void *state) {
   (void)svc;
   rl_call_t *st = state;
-  bw_timer_free(st->timer);
-  st->timer = NULL;
+  bw_timer_free(st->timer.t);
+  st->timer.t = NULL;
 }
 
 static void rl_destroy(void *impl) {
@@ -209,7 +188,7 @@ static const bw_service_ops_t rl_ops = {
     .call_state_size = sizeof(rl_call_t),
     .call = rl_call,
     .cancel = rl_cancel,
-    .state_init = rl_state_init,
+    .state_init = bw__state_init_zero,
     .state_fini = rl_state_fini,
     .destroy = rl_destroy,
 };

@@ -25,6 +25,7 @@
 #include "bulwark/metrics.h"
 #include "bulwark/retry.h"
 #include "core/alloc.h"
+#include "layers/permits.h"
 #include "layers/service_internal.h"
 
 typedef struct retry_impl {
@@ -297,12 +298,6 @@ static void retry_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *r
   }
 }
 
-static int retry_state_init(bw_service_t *svc, void *state) {
-  retry_impl_t *im = bw_service_impl(svc);
-  memset(state, 0, sizeof(rstate_t) + im->o.max_attempts * sizeof(bw_error_t *));
-  return 0;
-}
-
 static void retry_state_fini(bw_service_t *svc, void *state) {
   rstate_t *st = state;
   drop_errs(st);
@@ -350,7 +345,7 @@ bw_error_t *bw_retry_new(bw_layer_t **out, const bw_retry_opts_t *opts) {
   im->ops.call_state_size = sizeof(rstate_t) + opts->max_attempts * sizeof(bw_error_t *);
   im->ops.call = retry_call;
   im->ops.cancel = retry_cancel;
-  im->ops.state_init = retry_state_init;
+  im->ops.state_init = bw__state_init_zero;
   im->ops.state_fini = retry_state_fini;
   im->ops.destroy = retry_destroy;
   im->ops.finish = retry_finish;

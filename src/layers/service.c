@@ -207,7 +207,7 @@ static void sweep(bw_runtime_t *rt) {
   for (bw_service_t *s = g_reg.services; s; s = s->reg_next) {
     pthread_mutex_lock(&s->pool.mu);
     for (bw_call_t *c = s->pool.all; c; c = c->all_next) {
-      if (BW__PHASE(atomic_load(&c->state)) != BW__CALL_RUNNING) continue;
+      if (atomic_load(&c->state) != BW__CALL_RUNNING) continue;
       if (n == cap) {
         size_t nc = cap ? 2 * cap : 64;
         bw_call_t **nl = bw__realloc(list, nc * sizeof *list);
@@ -222,7 +222,7 @@ static void sweep(bw_runtime_t *rt) {
   pthread_mutex_unlock(&g_reg.mu);
   for (size_t i = 0; i < n; i++) {
     bw_call_t *c = list[i];
-    if (c->rt == rt && BW__PHASE(atomic_load(&c->state)) == BW__CALL_RUNNING)
+    if (c->rt == rt && atomic_load(&c->state) == BW__CALL_RUNNING)
       bw_call_cancel_with(c, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
     bw_call_unref(c);
   }
@@ -721,7 +721,7 @@ void bw_call_free(bw_call_t *call) {
     return;
   }
   int fl = atomic_fetch_or(&call->flags, BW__CF_ABANDONED);
-  if ((fl & BW__CF_STARTED) && BW__PHASE(atomic_load(&call->state)) != BW__CALL_DONE)
+  if ((fl & BW__CF_STARTED) && atomic_load(&call->state) != BW__CALL_DONE)
     bw_call_cancel(call);
   bw_call_unref(call);
 }
@@ -855,7 +855,7 @@ bool bw_call_complete(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_e
 }
 
 bool bw_call_complete_from_child(bw_call_t *call, bw_call_t *child) {
-  if (BW__PHASE(atomic_load(&call->state)) != BW__CALL_RUNNING) return false;
+  if (atomic_load(&call->state) != BW__CALL_RUNNING) return false;
   void *resp = child->resp;
   bw_destroy_fn f = child->resp_free;
   child->resp = NULL;
@@ -942,7 +942,7 @@ bool bw__call_abort(bw_call_t *call, bw_error_t *err, int depth, bw_layer_t *lay
 }
 
 bool bw_call_is_done(const bw_call_t *call) {
-  return BW__PHASE(atomic_load((atomic_int *)&call->state)) == BW__CALL_DONE;
+  return atomic_load((atomic_int *)&call->state) == BW__CALL_DONE;
 }
 bool bw_call_is_cancelled(const bw_call_t *call) {
   return (atomic_load((atomic_int *)&call->flags) & BW__CF_CANCEL) != 0;
@@ -1113,7 +1113,7 @@ void *bw_call_take_response(bw_call_t *call, bw_destroy_fn *free_fn) {
   return r;
 }
 const bw_error_t *bw_call_error(const bw_call_t *call) {
-  return BW__PHASE(atomic_load((atomic_int *)&call->state)) == BW__CALL_DONE ? call->err : NULL;
+  return atomic_load((atomic_int *)&call->state) == BW__CALL_DONE ? call->err : NULL;
 }
 void bw_call_set_deadline_ns(bw_call_t *call, uint64_t deadline_ns) {
   uint64_t pd = call->parent ? bw_call_deadline_ns(call->parent) : 0;

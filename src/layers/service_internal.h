@@ -20,7 +20,6 @@
 
 /* bw_call.state: the call's phase. */
 enum { BW__CALL_IDLE = 0, BW__CALL_RUNNING = 1, BW__CALL_DONE = 2 };
-#define BW__PHASE(w) ((int)(w))
 #define BW__DEPTH_MAX 32 /* forwarding stops here (children take over) */
 /* bw_call.starter while a canceller hands its cancel to the starting thread */
 #define BW__HANDOFF ((void *)1)
@@ -281,7 +280,7 @@ static inline void *bw__inl_call_state(bw_call_t *c) {
          c->svc->chain[atomic_load_explicit(&c->depth, memory_order_relaxed)].off;
 }
 static inline bool bw__inl_call_is_done(const bw_call_t *c) {
-  return BW__PHASE(atomic_load((atomic_int *)&c->state)) == BW__CALL_DONE;
+  return atomic_load((atomic_int *)&c->state) == BW__CALL_DONE;
 }
 static inline const bw_error_t *bw__inl_call_error(const bw_call_t *c) {
   return bw__inl_call_is_done(c) ? c->err : NULL;

@@ -35,6 +35,7 @@
 #include "bulwark/metrics.h"
 #include "bulwark/timeout.h"
 #include "core/alloc.h"
+#include "layers/permits.h"
 #include "layers/service_internal.h"
 
 typedef struct timeout_impl {
@@ -232,12 +233,6 @@ static void timeout_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t 
   if (bw_timer_cancel(atomic_load(&st->timer))) bw_call_unref(call);
 }
 
-static int timeout_state_init(bw_service_t *svc, void *state) {
-  tstate_t *st = state;
-  memset(st, 0, sizeof *st);
-  return 0;
-}
-
 static void timeout_state_fini(bw_service_t *svc, void *state) {
   tstate_t *st = state;
   bw_timer_free(atomic_exchange(&st->timer, NULL));
@@ -250,7 +245,7 @@ static const bw_service_ops_t timeout_ops = {
     .call_state_size = sizeof(tstate_t),
     .call = timeout_call,
     .cancel = timeout_cancel,
-    .state_init = timeout_state_init,
+    .state_init = bw__state_init_zero,
     .state_fini = timeout_state_fini,
     .destroy = timeout_destroy,
     .finish = timeout_finish,
