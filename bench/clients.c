@@ -17,6 +17,7 @@
  * of redis_stack (0: the bare client service), RB_WORKERS=n sets its
  * runtime's worker count. */
 #include "paired.h"
+#include "servers.h"
 
 #if __has_include("http_bench.h")
 #include "http_bench.h"
@@ -43,7 +44,6 @@
 #include <hiredis/adapters/libuv.h>
 #include <hiredis/async.h>
 #include <hiredis/hiredis.h>
-#include <sys/prctl.h>
 #include <sys/resource.h>
 
 #include "bulwark/circuit_breaker.h"
@@ -62,27 +62,6 @@ static const char rb_value[] =
     "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"; /* 64 B */
 static const char *const rb_set[3] = {"SET", "bench:key", rb_value};
 static const char *const rb_get[2] = {"GET", "bench:key"};
-
-static double rb_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
-static int rb_free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
 
 /* ---- redis-server ------------------------------------------------------------ */
 
@@ -105,42 +84,16 @@ static int rb_ping(int port) {
 }
 
 static int rb_server_start(rb_server_t *s) {
-  s->port = rb_free_port();
+  s->port = bs_free_port();
   if (s->port <= 0) return -1;
   char port[16];
   snprintf(port, sizeof port, "%d", s->port);
-  s->pid = fork();
-  if (s->pid < 0) return -1;
-  if (s->pid == 0) {
-    prctl(PR_SET_PDEATHSIG, SIGKILL);
-    int devnull = open("/dev/null", 1);
-    if (devnull >= 0) {
-      dup2(devnull, 1);
-      dup2(devnull, 2);
-    }
-    execlp("redis-server", "redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
-           "--appendonly", "no", "--dir", "/tmp", (char *)NULL);
-    _exit(127);
-  }
-  for (int i = 0; i < 1000; i++) { /* up to 5 s */
-    if (rb_ping(s->port)) return 0;
-    int st;
-    if (waitpid(s->pid, &st, WNOHANG) == s->pid) {
-      s->pid = 0;
-      return -1;
-    }
-    usleep(5000);
-  }
-  return -1;
+  char *const argv[] = {"redis-server", "--port", port, "--bind", "127.0.0.1", "--save", "",
+                        "--appendonly", "no", "--dir", "/tmp", NULL};
+  return bs_start(&s->pid, argv, rb_ping, s->port, 1000, 5000); /* up to 5 s */
 }
 
-static void rb_server_stop(rb_server_t *s) {
-  if (s->pid > 0) {
-    kill(s->pid, SIGTERM);
-    waitpid(s->pid, NULL, 0);
-    s->pid = 0;
-  }
-}
+static void rb_server_stop(rb_server_t *s) { bs_stop(&s->pid); }
 
 /* ---- redis_raw ------------------------------------------------------------------ */
 
@@ -181,10 +134,10 @@ static double rb_raw_pass(int port, int count) {
   r.ac = redisAsyncConnect("127.0.0.1", port);
   if (!r.ac || r.ac->err) return -1;
   redisLibuvAttach(r.ac, &loop);
-  double t0 = rb_now_s();
+  double t0 = bs_now_s();
   for (int i = 0; i < RB_IN_FLIGHT && r.started < count; i++) rb_raw_send(&r);
   uv_run(&loop, UV_RUN_DEFAULT);
-  double dt = rb_now_s() - t0;
+  double dt = bs_now_s() - t0;
   uv_loop_close(&loop);
   if (r.failed || r.done != count) {
     printf("# redis_raw: %d of %d failed\n", r.failed + (count - r.done), count);
@@ -304,12 +257,12 @@ static double rb_stack_pass(int port, int count) {
     printf("# redis_stack: setup failed: %s\n", buf);
     bw_error_unref(err);
   } else {
-    double t0 = rb_now_s();
+    double t0 = bs_now_s();
     for (int i = 0; i < RB_IN_FLIGHT; i++) rb_stack_start(&s);
     pthread_mutex_lock(&s.mu);
     while (s.done < count) pthread_cond_wait(&s.cv, &s.mu);
     pthread_mutex_unlock(&s.mu);
-    double dt = rb_now_s() - t0;
+    double dt = bs_now_s() - t0;
     int failed = atomic_load(&s.failed);
     if (failed) {
       char buf[512] = "";

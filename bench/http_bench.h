@@ -19,6 +19,7 @@
 #define BW_BENCH_HTTP_BENCH_H
 
 #include "paired.h"
+#include "servers.h"
 
 #include <arpa/inet.h>
 #include <curl/curl.h>
@@ -52,12 +53,6 @@
 #define HB_REQUESTS 20000
 #define HB_IN_FLIGHT 64
 
-static double hb_now_s(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
-}
-
 /* ---- nginx ------------------------------------------------------------------ */
 
 typedef struct hb_nginx {
@@ -65,21 +60,6 @@ typedef struct hb_nginx {
   int port;
   char dir[64];
 } hb_nginx_t;
-
-static int hb_free_port(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a;
-  memset(&a, 0, sizeof a);
-  a.sin_family = AF_INET;
-  a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof a;
-  int port = -1;
-  if (fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0 &&
-      getsockname(fd, (struct sockaddr *)&a, &len) == 0)
-    port = ntohs(a.sin_port);
-  if (fd >= 0) close(fd);
-  return port;
-}
 
 static int hb_port_open(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
@@ -97,7 +77,7 @@ static int hb_nginx_start(hb_nginx_t *n) {
   memset(n, 0, sizeof *n);
   snprintf(n->dir, sizeof n->dir, "/tmp/bw-bench-nginx-XXXXXX");
   if (!mkdtemp(n->dir)) return -1;
-  n->port = hb_free_port();
+  n->port = bs_free_port();
   if (n->port <= 0) return -1;
   char conf[128], elog[128];
   snprintf(conf, sizeof conf, "%s/nginx.conf", n->dir);
@@ -118,34 +98,12 @@ static int hb_nginx_start(hb_nginx_t *n) {
           "  }\n}\n",
           n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->dir, n->port);
   fclose(f);
-  n->pid = fork();
-  if (n->pid < 0) return -1;
-  if (n->pid == 0) {
-    int devnull = open("/dev/null", 1);
-    if (devnull >= 0) {
-      dup2(devnull, 1);
-      dup2(devnull, 2);
-    }
-    execl("/usr/sbin/nginx", "nginx", "-e", elog, "-p", n->dir, "-c", conf, (char *)NULL);
-    _exit(127);
-  }
-  for (int i = 0; i < 500; i++) { /* up to 5 s */
-    if (hb_port_open(n->port)) return 0;
-    int st;
-    if (waitpid(n->pid, &st, WNOHANG) == n->pid) {
-      n->pid = 0;
-      return -1;
-    }
-    usleep(10000);
-  }
-  return -1;
+  char *const argv[] = {"/usr/sbin/nginx", "-e", elog, "-p", n->dir, "-c", conf, NULL};
+  return bs_start(&n->pid, argv, hb_port_open, n->port, 500, 10000); /* up to 5 s */
 }
 
 static void hb_nginx_stop(hb_nginx_t *n) {
-  if (n->pid > 0) {
-    kill(n->pid, SIGTERM);
-    waitpid(n->pid, NULL, 0);
-  }
+  bs_stop(&n->pid);
   char cmd[160];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", n->dir);
   if (n->dir[0] && system(cmd) != 0) fprintf(stderr, "# could not remove %s\n", n->dir);
@@ -267,13 +225,13 @@ static double hb_raw_pass(const char *url, int count) {
   curl_multi_setopt(r.multi, CURLMOPT_TIMERDATA, &r);
   curl_multi_setopt(r.multi, CURLMOPT_MAX_HOST_CONNECTIONS, (long)HB_IN_FLIGHT);
   curl_multi_setopt(r.multi, CURLMOPT_MAXCONNECTS, (long)HB_IN_FLIGHT);
-  double t0 = hb_now_s();
+  double t0 = bs_now_s();
   for (int i = 0; i < HB_IN_FLIGHT && r.started < count; i++) {
     r.slots[i] = curl_easy_init();
     hb_raw_start_one(&r, r.slots[i]);
   }
   while (r.done < count) uv_run(&r.loop, UV_RUN_ONCE);
-  double dt = hb_now_s() - t0;
+  double dt = bs_now_s() - t0;
   for (int i = 0; i < HB_IN_FLIGHT; i++)
     if (r.slots[i]) curl_easy_cleanup(r.slots[i]);
   curl_multi_cleanup(r.multi);
@@ -390,12 +348,12 @@ static double hb_stack_pass(const char *url, int count) {
     fprintf(stderr, "# http_stack: setup failed: %s\n", buf);
     bw_error_unref(err);
   } else {
-    double t0 = hb_now_s();
+    double t0 = bs_now_s();
     for (int i = 0; i < HB_IN_FLIGHT; i++) hb_stack_start(&s);
     pthread_mutex_lock(&s.mu);
     while (s.done < count) pthread_cond_wait(&s.cv, &s.mu);
     pthread_mutex_unlock(&s.mu);
-    double dt = hb_now_s() - t0;
+    double dt = bs_now_s() - t0;
     int failed = atomic_load(&s.failed);
     if (failed) fprintf(stderr, "# http_stack: %d of %d requests failed\n", failed, count);
     else rate = count / dt;
