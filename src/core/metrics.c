@@ -73,9 +73,10 @@ bw_error_t *bw_histogram_new(bw_histogram_t **out) {
 void bw_histogram_free(bw_histogram_t *h) { bw__free(h); }
 
 void bw_histogram_record(bw_histogram_t *h, uint64_t v) {
-  hist_shard_t *s = &h->s[bw__counter_shard()];
-  atomic_fetch_add_explicit(&s->b[bw__histogram_index(v)], 1, memory_order_relaxed);
-  atomic_fetch_add_explicit(&s->sum, v, memory_order_relaxed);
+  unsigned k = bw__counter_shard();
+  hist_shard_t *s = &h->s[k];
+  bw__shard_add(&s->b[bw__histogram_index(v)], k, 1);
+  bw__shard_add(&s->sum, k, v);
 }
 
 /* The count is the sum of the buckets (readers are rare; recording saves a

@@ -28,7 +28,7 @@
 
 #include "core/alloc.h"
 
-#define ST_MASK UINT64_C(7)
+#define ST_MASK ((uint64_t)BW__BRK_ST_MASK)
 #define NS_PER_MS UINT64_C(1000000)
 
 static uint64_t ms_to_ns(uint64_t ms) {
@@ -355,20 +355,14 @@ void bw__breaker_record(bw__breaker_t *b, uint64_t ticket, bw__outcome_t outcome
                         uint64_t duration_ns, uint64_t now_ns, bw__breaker_change_t *chg) {
   bw_breaker_state_t ts = (bw_breaker_state_t)(ticket & ST_MASK);
   if (ts == BW_BREAKER_DISABLED) return;
+  /* healthy steady state (breaker_state.h) */
+  if (outcome == BW__OUTCOME_SUCCESS && bw__breaker_try_record_success(b, ticket, duration_ns))
+    return;
   bool fail = outcome == BW__OUTCOME_FAILURE;
   bool slow = outcome != BW__OUTCOME_IGNORED && b->cfg.slow_ns && duration_ns > b->cfg.slow_ns;
   if (outcome == BW__OUTCOME_IGNORED) atomic_fetch_add_explicit(&b->n_ignored, 1, memory_order_relaxed);
   /* An ignored outcome outside half-open changes nothing: skip the lock. */
   if (ts != BW_BREAKER_HALF_OPEN && outcome == BW__OUTCOME_IGNORED) return;
-  /* Healthy steady state: a fast success into a quiet closed window changes
-   * nothing either (a race with a concurrent failure at worst drops this one
-   * success from the window, which no window is exact about anyway). */
-  if (outcome == BW__OUTCOME_SUCCESS && !slow &&
-      (ts == BW_BREAKER_CLOSED || ts == BW_BREAKER_FORCED_CLOSED) &&
-      atomic_load_explicit(&b->quiet, memory_order_relaxed)) {
-    bw__counter_add(&b->n_quiet, 1);
-    return;
-  }
   pthread_mutex_lock(&b->lock);
   b->c_permitted += outcome != BW__OUTCOME_IGNORED;
   b->c_success += outcome == BW__OUTCOME_SUCCESS;
@@ -518,6 +512,7 @@ int bw__breaker_store_mem_new(const bw__breaker_cfg_t *cfg, bw__breaker_store_t 
     return rc;
   }
   m->base.vt = &mem_vt;
+  m->base.mem = &m->b;
   *out = &m->base;
   return 0;
 }

@@ -65,8 +65,10 @@ typedef struct bw__bucket {
   uint32_t calls, fails, slow;
 } bw__bucket_t;
 
+#define BW__BRK_ST_MASK 7u
+
 typedef struct bw__breaker {
-  /* state (low 3 bits) | generation << 3. Written only by set_state under
+  /* state (low 3 bits, BW__BRK_ST_MASK) | generation << 3. Written only by set_state under
    * lock with release; read by the lock-free acquire with acquire. */
   _Atomic uint64_t word;
   pthread_mutex_t lock;
@@ -137,7 +139,41 @@ typedef struct bw__breaker_store_vt {
 } bw__breaker_store_vt_t;
 struct bw__breaker_store {
   const bw__breaker_store_vt_t *vt;
+  /* The in-memory breaker behind this store, or NULL (another kind): the
+   * layer takes the inline fast paths below on it instead of the vt. */
+  bw__breaker_t *mem;
 };
+
+/* bw__breaker_acquire's lock-free case, inline: true (and *ticket set)
+ * when the state admits every call by itself (closed, forced closed,
+ * disabled); false: call bw__breaker_acquire. */
+static inline bool bw__breaker_try_pass(bw__breaker_t *b, uint64_t *ticket) {
+  /* acquire: pairs with the release store in bw__breaker_set_state. */
+  uint64_t w = atomic_load_explicit(&b->word, memory_order_acquire);
+  bw_breaker_state_t s = (bw_breaker_state_t)(w & BW__BRK_ST_MASK);
+  if (s != BW_BREAKER_CLOSED && s != BW_BREAKER_FORCED_CLOSED && s != BW_BREAKER_DISABLED)
+    return false;
+  *ticket = w;
+  return true;
+}
+
+/* bw__breaker_record's lock-free cases for a success, inline: true when
+ * it is fully recorded (a disabled breaker, or a fast success into a quiet
+ * closed window); false: call bw__breaker_record. */
+static inline bool bw__breaker_try_record_success(bw__breaker_t *b, uint64_t ticket,
+                                                  uint64_t duration_ns) {
+  bw_breaker_state_t ts = (bw_breaker_state_t)(ticket & BW__BRK_ST_MASK);
+  if (ts == BW_BREAKER_DISABLED) return true;
+  /* A fast success into a quiet closed window changes nothing (a race
+   * with a concurrent failure at worst drops this one success from the
+   * window, which no window is exact about anyway): only count it. */
+  bool slow = b->cfg.slow_ns && duration_ns > b->cfg.slow_ns;
+  if (slow || (ts != BW_BREAKER_CLOSED && ts != BW_BREAKER_FORCED_CLOSED) ||
+      !atomic_load_explicit(&b->quiet, memory_order_relaxed))
+    return false;
+  bw__counter_add(&b->n_quiet, 1);
+  return true;
+}
 
 /* An in-memory store (a bw__breaker_t). Returns 0, BW__BRK_EINVAL or -12. */
 int bw__breaker_store_mem_new(const bw__breaker_cfg_t *cfg, bw__breaker_store_t **out);

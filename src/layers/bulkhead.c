@@ -147,19 +147,22 @@ static void bh_call(bw_service_t *svc, bw_call_t *call) {
   /* st->slot is not reset here: ops->cancel may read it concurrently (the
    * contract); it is zeroed by state_init and left empty by on_child, which
    * runs for every child published in it before this object is reused. */
-  memset(&st->w, 0, sizeof st->w);
-  st->w.grant = on_grant;
-  st->w.arg = st;
-  st->w.deadline_ns = UINT64_MAX;
-  /* Fast path: a free permit and nobody queueing. */
+  /* Fast path: a free permit and nobody queueing (st->w, the waiter, is
+   * only read once queued: set up below). */
   if (bw__permits_try_acquire(&bh->p) == BW__PERMITS_OK) {
-    /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
-    atomic_store(&st->phase, PH_RUNNING);
+    /* Relaxed: ops->cancel and the timer act only on PH_QUEUED, which this
+     * block never holds between calls (a queued call leaves it by a grant,
+     * a give-up or a cancel), so they do nothing either way. */
+    atomic_store_explicit(&st->phase, PH_RUNNING, memory_order_relaxed);
     run_here(st);
     return;
   }
   /* Slow path: from here on a grant (or timer) on another thread may run
    * and finish the call; our own reference keeps it valid until we return. */
+  memset(&st->w, 0, sizeof st->w);
+  st->w.grant = on_grant;
+  st->w.arg = st;
+  st->w.deadline_ns = UINT64_MAX;
   bw_call_ref(call);
   uint64_t now = bw_runtime_now_ns(rt);
   uint64_t deadline = bh->max_wait_ns ? now + bh->max_wait_ns : 0;

@@ -116,9 +116,11 @@ static bw__outcome_t classify(brk_t *b, const bw_error_t *err) {
 static void settle(brk_t *b, brk_call_t *st, bw_call_t *call, const bw_error_t *err) {
   if (st->store) {
     uint64_t now = brk_now(b, call);
-    bw__breaker_change_t chg = {0};
-    st->store->vt->record(st->store, st->ticket, classify(b, err),
-                          now > st->start_ns ? now - st->start_ns : 0, now, &chg);
+    uint64_t dur = now > st->start_ns ? now - st->start_ns : 0;
+    bw__breaker_change_t chg; /* only t[0..n) is ever read */
+    chg.n = 0;
+    if (err || !st->store->mem || !bw__breaker_try_record_success(st->store->mem, st->ticket, dur))
+      st->store->vt->record(st->store, st->ticket, classify(b, err), dur, now, &chg);
     if (st->entry) bw__keyed_put(b->keyed, st->entry);
     st->entry = NULL;
     st->store = NULL;
@@ -178,8 +180,11 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
   }
   if (store) {
     uint64_t now = brk_now(b, call), ra = 0, ticket = 0;
-    bw__breaker_change_t chg = {0};
-    int rc = store->vt->acquire(store, now, &ticket, &ra, &chg);
+    bw__breaker_change_t chg; /* only t[0..n) is ever read */
+    chg.n = 0;
+    int rc = BW__BRK_OK;
+    if (!store->mem || !bw__breaker_try_pass(store->mem, &ticket))
+      rc = store->vt->acquire(store, now, &ticket, &ra, &chg);
     if (chg.n) report(b, call, &chg, false);
     if (rc != BW__BRK_OK) {
       if (entry) bw__keyed_put(b->keyed, entry);

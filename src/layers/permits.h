@@ -141,10 +141,6 @@ bw_error_t *bw__reject_error(bw__reject_cache_t *rc, bw_error_kind_t kind, const
 
 /* The runtime clock of a call. */
 uint64_t bw__call_now_ns(const bw_call_t *call);
-/* The call's runtime clock, but cheap: on a paused clock the same value;
- * on a real clock CLOCK_MONOTONIC_COARSE (~6 ns instead of ~30 ns here,
- * resolution a few ms, same time base). For layers whose decisions are at
- * the scale of 100 ms or more (breaker windows, long token buckets). */
-uint64_t bw__call_now_cheap_ns(const bw_call_t *call);
+/* bw__call_now_cheap_ns (the cheap clock of a call): service_internal.h */
 /* A clock for API calls made outside a call: rt's if set, else CLOCK_MONOTONIC. */
 uint64_t bw__clock_now_ns(bw_runtime_t *rt);

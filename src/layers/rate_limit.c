@@ -104,8 +104,10 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
   /* st->slot is not reset here: ops->cancel may read it concurrently (the
    * contract); state_init zeroes it and on_child empties it for every child
    * published in it before this object is reused. */
-  /* seq_cst: pairs with the phase CAS in ops->cancel and the timer. */
-  atomic_store(&st->phase, PH_NONE);
+  /* Relaxed: ops->cancel and the timer act only on PH_WAITING, which this
+   * block never holds between calls (a wait ends by the timer, a give-up
+   * or a cancel), so they do nothing either way. */
+  atomic_store_explicit(&st->phase, PH_NONE, memory_order_relaxed);
   if (atomic_load_explicit(&rl->rt, memory_order_relaxed) != rt)
     atomic_store_explicit(&rl->rt, rt, memory_order_release); /* pairs with clock_rt() */
   uint64_t now = rl->cheap_clock ? bw__call_now_cheap_ns(call) : bw_runtime_now_ns(rt);

@@ -655,7 +655,7 @@ static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   c->cb_arg = NULL;
   atomic_store_explicit(&c->deadline_ns, 0, memory_order_relaxed);
   c->start_ns = 0;
-  c->end_ns = 0;
+  atomic_store_explicit(&c->end_ns, 0, memory_order_relaxed);
   c->ctx = NULL;
 }
 
@@ -730,7 +730,8 @@ void bw_call_free(bw_call_t *call) {
 
 static void record_root(bw_call_t *c) {
   if (c->stack_root) {
-    uint64_t now = c->end_ns ? c->end_ns : bw_runtime_now_ns(c->rt);
+    uint64_t now = atomic_load_explicit(&c->end_ns, memory_order_relaxed);
+    if (!now) now = bw_runtime_now_ns(c->rt);
     bw__stack_record(c->stack, c->err, now > c->start_ns ? now - c->start_ns : 0);
   }
 }
@@ -751,6 +752,8 @@ bool bw__call_resume(bw_call_t *c, int depth) {
   if (atomic_load(&c->flags) & (BW__CF_CANCEL | BW__CF_ABANDONED)) return false;
   bw__call_set_outcome(c, NULL, NULL, NULL);
   c->abort_depth = INT_MAX;
+  /* not answered any more (bw__call_now_cheap_ns) */
+  atomic_store_explicit(&c->end_ns, 0, memory_order_relaxed);
   atomic_store_explicit(&c->cur, c->svc->chain[depth].node, memory_order_relaxed);
   /* seq_cst store, then the flags: a cancel sets its flag, then tries the
    * state (win): either it sees RUNNING and completes the call, or we see
@@ -799,6 +802,13 @@ static void deferred_delivery(void *arg) {
 static void deliver(bw_call_t *c) {
   bool worker = bw__runtime_on_worker(c->rt);
   if (!worker || (c->is_root && tl.submitting > 0)) {
+    if (c == tl_starting && bw__runtime_defer_here(c->rt, deferred_delivery, c)) {
+      /* Runs on this thread after start() returned: start() leaves its
+       * starting reference to the delivery (one atomic less per call). */
+      c->fold++;
+      tl_start_folded = true;
+      return;
+    }
     if (bw__runtime_defer(c->rt, deferred_delivery, c) == 0) return;
     /* runtime gone: exactly once wins over "on a worker" */
   }
@@ -831,7 +841,9 @@ static bool win(bw_call_t *c) {
   /* Answered during a start chain: its clock reading is the end too
    * (within the chain's own duration; the latency histogram's first bucket
    * is 1 us wide), saving a clock read per call. */
-  if (c->stack_root) c->end_ns = bw__tl_now_rt == c->rt ? bw__tl_now : 0;
+  if (c->stack_root)
+    atomic_store_explicit(&c->end_ns, bw__tl_now_rt == c->rt ? bw__tl_now : 0,
+                          memory_order_relaxed);
   return true;
 }
 
@@ -903,10 +915,6 @@ static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_lay
   if (s && atomic_compare_exchange_strong(&call->starter, &s, BW__HANDOFF)) return true;
   finish_cancel(call);
   return true;
-}
-
-int bw__call_depth(const bw_call_t *call) {
-  return atomic_load_explicit(&((bw_call_t *)call)->depth, memory_order_relaxed);
 }
 
 void bw__call_set_outcome(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err) {
@@ -985,8 +993,9 @@ static void start(bw_call_t *c) {
       if (folded) return;
       /* Still inside an outer entry: keep the reference pending until it
        * ends (flush_pend) or the delivery gets queued here (deliver). */
-      if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX) { /* (a root's
-                                            delivery goes to a task: no fold) */
+      /* (A root's delivery is deferred: folded in deliver() when it went to
+       * this worker's ring, else it may run elsewhere at once.) */
+      if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX) {
         c->pend_idx = tl_npend;
         tl_pend[tl_npend++] = c;
         atomic_store_explicit(&c->pend_on, (void *)&tl, memory_order_relaxed);

@@ -148,8 +148,9 @@ struct bw_call {
   uint64_t start_ns;
   /* stack_root: when it completed, if that was inside a start chain on
    * the completing thread (the chain's shared reading, see
-   * bw__call_now_ns_shared); 0: read the clock when recording. */
-  uint64_t end_ns;
+   * bw__call_now_ns_shared); 0: read the clock when recording. Relaxed
+   * atomic: bw__call_now_cheap_ns may read it while a canceller wins. */
+  _Atomic uint64_t end_ns;
   void *ctx;
   alignas(16) unsigned char state_mem[];
 };
@@ -198,6 +199,16 @@ static inline bool bw__call_now_peek(const bw_call_t *call, uint64_t *now) {
 static inline uint64_t bw__call_now_ns_shared(const bw_call_t *call) {
   return bw__tl_now_rt == call->rt ? bw__tl_now : bw__call_now_ns_read(call);
 }
+/* The call's runtime clock, but cheap: the start chain's shared reading if
+ * there is one, else the time an answered call was answered, else on a
+ * paused clock the same value and on a real clock CLOCK_MONOTONIC_COARSE
+ * (~6 ns instead of ~30 ns here, resolution a few ms, same time base). For
+ * layers whose decisions are at the scale of 100 ms or more (breaker
+ * windows, long token buckets). permits.c */
+uint64_t bw__call_now_cheap_read(const bw_call_t *call);
+static inline uint64_t bw__call_now_cheap_ns(const bw_call_t *call) {
+  return bw__tl_now_rt == call->rt ? bw__tl_now : bw__call_now_cheap_read(call);
+}
 
 /* ---- forwarding (service.c): a node passes the call itself inward ----------
  * Instead of a child call, a layer whose fast path only needs "before" and
@@ -216,7 +227,9 @@ typedef enum {
 } bw__fwd_t;
 static inline bw__fwd_t bw__call_forward(bw_call_t *call);
 /* The forwarding depth of the node handling `call` now (in its ops->call). */
-int bw__call_depth(const bw_call_t *call);
+static inline int bw__call_depth(const bw_call_t *call) {
+  return atomic_load_explicit(&((bw_call_t *)call)->depth, memory_order_relaxed);
+}
 /* Finish a call forwarded through the node at `depth` with `err` (owned),
  * as a cancel from that node would: the innermost node's ops->cancel runs,
  * `ev` (if not NULL) is emitted for `layer`, then the call is delivered
@@ -285,7 +298,33 @@ static inline bool bw__inl_call_is_done(const bw_call_t *c) {
 static inline const bw_error_t *bw__inl_call_error(const bw_call_t *c) {
   return bw__inl_call_is_done(c) ? c->err : NULL;
 }
+static inline uint64_t bw__inl_call_deadline_ns(const bw_call_t *c) {
+  return atomic_load_explicit(&((bw_call_t *)c)->deadline_ns, memory_order_relaxed);
+}
+static inline void bw__inl_call_set_deadline_ns(bw_call_t *c, uint64_t ns) {
+  uint64_t pd = c->parent ? bw__inl_call_deadline_ns(c->parent) : 0;
+  if (pd && (ns == 0 || ns > pd)) ns = pd;
+  bw__call_put_deadline(c, ns);
+}
+/* (the start chain's shared clock reading when there is one) */
+static inline int64_t bw__inl_call_remaining_ns(const bw_call_t *c) {
+  uint64_t dl = bw__inl_call_deadline_ns(c);
+  if (!dl) return INT64_MAX;
+  uint64_t now = bw__call_now_ns_shared(c);
+  return now >= dl ? -(int64_t)(now - dl) : (int64_t)(dl - now);
+}
+static inline uint32_t bw__inl_call_attempt(const bw_call_t *c) {
+  return atomic_load_explicit(&((bw_call_t *)c)->attempt, memory_order_relaxed);
+}
+static inline void bw__inl_call_set_attempt(bw_call_t *c, uint32_t attempt) {
+  atomic_store_explicit(&c->attempt, attempt, memory_order_relaxed);
+}
 #ifndef BW__SERVICE_C
+#define bw_call_deadline_ns(c) bw__inl_call_deadline_ns(c)
+#define bw_call_set_deadline_ns(c, ns) bw__inl_call_set_deadline_ns(c, ns)
+#define bw_call_remaining_ns(c) bw__inl_call_remaining_ns(c)
+#define bw_call_attempt(c) bw__inl_call_attempt(c)
+#define bw_call_set_attempt(c, a) bw__inl_call_set_attempt(c, a)
 #define bw_call_state(c) bw__inl_call_state(c)
 #define bw_call_is_done(c) bw__inl_call_is_done(c)
 #define bw_call_error(c) bw__inl_call_error(c)

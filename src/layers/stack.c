@@ -136,7 +136,8 @@ size_t bw_stack_check_order(bw_layer_t *const *layers, size_t n, bw_stack_warnin
 void bw__stack_record(bw__stack_t *st, const bw_error_t *err, uint64_t elapsed_ns) {
   bw_error_kind_t k = err ? bw_error_kind(err) : BW_ERR_NONE;
   if ((unsigned)k >= BW_ERR__MAX) k = BW_ERR_INTERNAL;
-  atomic_fetch_add_explicit(&st->outcomes[bw__counter_shard()].n[k], 1, memory_order_relaxed);
+  unsigned shard = bw__counter_shard();
+  bw__shard_add(&st->outcomes[shard].n[k], shard, 1);
   bw_histogram_record(st->latency, elapsed_ns);
 }
 

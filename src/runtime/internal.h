@@ -9,17 +9,41 @@
 
 #include "bulwark/runtime.h"
 
+/* What the calling thread is doing for bulwark (owned by the runtime; here
+ * so that bw__runtime_on_worker can be inline on the call path). */
+typedef struct bw__ctx {
+  struct bw__local *local;   /* counters and task cache for rt */
+  bw_runtime_t *rt;          /* runtime whose worker / block_on thread this is */
+  struct bw__worker *worker; /* multi-thread worker, NULL on a current-thread core */
+  bw_task_t *task;           /* task being polled, or NULL */
+  bw_timer_t *firing;        /* timer whose callback is running, or NULL */
+  bool io_thread;            /* a reactor loop thread (blocking there is an error too) */
+} bw__ctx_t;
+/* initial-exec: the library is built -fPIC, and the default (global-
+ * dynamic) model would call __tls_get_addr on every access of this hot
+ * variable; initial-exec is a single %fs-relative load. */
+#define BW__TLS _Thread_local __attribute__((tls_model("initial-exec")))
+extern BW__TLS bw__ctx_t bw__ctx;
+
 /* True when the calling thread is a worker (or the block_on thread of a
  * current-thread runtime) of rt. */
-bool bw__runtime_on_worker(const bw_runtime_t *rt);
+static inline bool bw__runtime_on_worker(const bw_runtime_t *rt) { return rt && bw__ctx.rt == rt; }
 /* True if the calling thread is a worker of any runtime. */
 bool bw__on_any_worker(void);
 
-/* Run fn(arg) soon on a worker of rt, no lock held. Cheap (a pooled task).
- * Returns 0, or -1 if rt is shut down (fn will not run). Once accepted, fn
- * runs exactly once: on a worker, or, if the runtime shuts down first, on
- * the thread calling bw_runtime_shutdown (so completions are never lost). */
+/* Run fn(arg) soon on a worker of rt, no lock held. Cheap: on one of rt's
+ * own workers an entry in that worker's ring (worker.c), elsewhere a pooled
+ * task. Returns 0, or -1 if rt is shut down (fn will not run). Once
+ * accepted, fn runs exactly once: on a worker, or, if the runtime shuts
+ * down first, on the thread calling bw_runtime_shutdown (so completions are
+ * never lost). */
 int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg);
+
+/* bw__runtime_defer only if fn(arg) can go on the calling worker's own
+ * ring: then it is true, and fn runs on this thread after the function
+ * running now returns to the worker's loop (so what the caller holds stays
+ * valid until then). False (nothing queued) on any other thread. */
+bool bw__runtime_defer_here(bw_runtime_t *rt, void (*fn)(void *arg), void *arg);
 
 /* Hold the paused clock: while any hold is outstanding, auto-advance does
  * not jump to the next timer (bw_runtime_advance still moves it). For real

@@ -36,20 +36,7 @@ typedef struct bw__local {
                         memory_order_relaxed)
 #define BW__LOAD(c) atomic_load_explicit(&(c), memory_order_relaxed)
 
-/* What the calling thread is doing for bulwark. */
-typedef struct bw__ctx {
-  bw__local_t *local;   /* counters and task cache for rt */
-  bw_runtime_t *rt;     /* runtime whose worker / block_on thread this is */
-  bw__worker_t *worker; /* multi-thread worker, NULL on a current-thread core */
-  bw_task_t *task;      /* task being polled, or NULL */
-  bw_timer_t *firing;   /* timer whose callback is running, or NULL */
-  bool io_thread;       /* a reactor loop thread (blocking there is an error too) */
-} bw__ctx_t;
-/* initial-exec: the library is built -fPIC, and the default (global-
- * dynamic) model would call __tls_get_addr on every access of this hot
- * variable; initial-exec is a single %fs-relative load. */
-#define BW__TLS _Thread_local __attribute__((tls_model("initial-exec")))
-extern BW__TLS bw__ctx_t bw__ctx;
+/* bw__ctx, what the calling thread is doing for bulwark: runtime/internal.h */
 
 /* A wheel (timers of one worker, or of the current-thread core). */
 struct bw__wheel {
@@ -152,6 +139,9 @@ void bw__sched_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m);
 int bw__sched_worker_metrics(const bw_runtime_t *rt, unsigned i, uint64_t *steals,
                              uint64_t *depth, uint64_t *polls);
 unsigned bw__worker_index(const bw__worker_t *w);
+/* Queue fn(arg) on worker w's deferred ring (w must be the calling
+ * thread's own worker); false if the ring is full. worker.c */
+bool bw__worker_defer(bw__worker_t *w, void (*fn)(void *arg), void *arg);
 /* Count a spawned / completed task (metrics). */
 void bw__sched_count_complete(bw_runtime_t *rt);
 void bw__sched_count_spawn(bw_runtime_t *rt);

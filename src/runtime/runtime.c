@@ -72,7 +72,6 @@ void bw_runtime_opts_init(bw_runtime_opts_t *opts) {
 }
 
 bw_runtime_t *bw_runtime_current(void) { return bw__ctx.rt; }
-bool bw__runtime_on_worker(const bw_runtime_t *rt) { return rt && bw__ctx.rt == rt; }
 bool bw__on_any_worker(void) { return bw__ctx.rt != NULL || bw__ctx.io_thread; }
 
 bw__task_cache_t *bw__ctx_cache(const bw_runtime_t *rt) {
@@ -360,8 +359,18 @@ static bw_poll_t defer_poll(bw_task_t *self, void *arg) {
   return BW_READY;
 }
 
+bool bw__runtime_defer_here(bw_runtime_t *rt, void (*fn)(void *arg), void *arg) {
+  if (!bw__ctx.worker || bw__ctx.rt != rt ||
+      atomic_load_explicit(&rt->state, memory_order_acquire) == BW__RT_SHUTDOWN ||
+      !bw__worker_defer(bw__ctx.worker, fn, arg))
+    return false;
+  BW__INC(bw__ctx.local->spawned);
+  return true;
+}
+
 int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg) {
   if (!fn) return -1;
+  if (bw__runtime_defer_here(rt, fn, arg)) return 0;
   bw_error_t *err = NULL;
   /* aux_fn must be set before the task can run: build it unscheduled */
   if (!rt || rt->magic != BW__RT_MAGIC || bw__rt_forked(rt) ||

@@ -42,6 +42,19 @@
  *    and was the last searcher wakes another worker, so work spreads.
  * Every event_interval ticks the worker fires its due timers.
  *
+ * Deferred functions (bw__runtime_defer from one of this runtime's own
+ * workers, e.g. a call that completed inside bw_service_call handing its
+ * callback on): a fixed ring of (fn, arg) per worker, run after the task
+ * that deferred them returns, at most DEFER_BUDGET per turn of the loop so
+ * a chain of functions deferring each other cannot starve the queues or
+ * the timers. Why not a task each: a task costs an allocation from the
+ * pool, the publish/state/refcount atomics and a queue round trip; the ring
+ * is two plain stores. Like the LIFO slot the ring cannot be stolen: its
+ * entries wait while this worker runs a long poll. A full ring, or a defer
+ * from any other thread, falls back to a task. Ring entries count as tasks
+ * in the spawned/completed metrics, so a draining shutdown waits for them;
+ * a worker that stops runs what is left in its ring before it exits.
+ *
  * Parking: a worker sleeps until its wheel's next deadline (real clock) or
  * until unparked. A timer armed from outside into a sleeping worker's wheel
  * with an earlier deadline kicks that worker (timer.c). On waking the worker
@@ -71,6 +84,13 @@
 #include "runtime/rt.h"
 
 #define MAX_LIFO_POLLS 3u
+#define DEFER_RING 256u /* power of two; see "Deferred functions" */
+#define DEFER_BUDGET 64u
+
+typedef struct deferred {
+  void (*fn)(void *arg);
+  void *arg;
+} deferred_t;
 
 struct bw__worker {
   bw__lq_t lq;
@@ -85,6 +105,9 @@ struct bw__worker {
   pthread_t thread;
   bw__parker_t parker;
   bw__local_t local;
+  uint32_t defer_head;      /* owner only: next entry to run */
+  atomic_uint defer_len;    /* owner writes; others read it for the idle check */
+  deferred_t defer[DEFER_RING];
   char pad[64];
 };
 
@@ -252,8 +275,31 @@ static void run_task(bw__worker_t *w, bw_task_t *t) {
   }
 }
 
+bool bw__worker_defer(bw__worker_t *w, void (*fn)(void *arg), void *arg) {
+  unsigned len = atomic_load_explicit(&w->defer_len, memory_order_relaxed);
+  if (len == DEFER_RING) return false;
+  w->defer[(w->defer_head + len) & (DEFER_RING - 1)] = (deferred_t){fn, arg};
+  atomic_store_explicit(&w->defer_len, len + 1, memory_order_relaxed);
+  return true;
+}
+
+/* Run up to `budget` deferred functions (all of them for UINT32_MAX),
+ * including ones they defer in turn. */
+static void run_deferred(bw__worker_t *w, uint32_t budget) {
+  for (; budget; budget--) {
+    unsigned len = atomic_load_explicit(&w->defer_len, memory_order_relaxed);
+    if (!len) return;
+    deferred_t d = w->defer[w->defer_head];
+    w->defer_head = (w->defer_head + 1) & (DEFER_RING - 1);
+    atomic_store_explicit(&w->defer_len, len - 1, memory_order_relaxed);
+    d.fn(d.arg);
+    BW__INC(w->local.completed);
+  }
+}
+
 static bool has_local_work(bw__worker_t *w) {
-  return atomic_load_explicit(&w->lifo, memory_order_relaxed) || bw__lq_len(&w->lq) > 0;
+  return atomic_load_explicit(&w->lifo, memory_order_relaxed) || bw__lq_len(&w->lq) > 0 ||
+         atomic_load_explicit(&w->defer_len, memory_order_relaxed) > 0;
 }
 
 static void notify_if_work_pending(bw__sched_t *s, bw_runtime_t *rt) {
@@ -331,13 +377,26 @@ static void *worker_main(void *arg) {
       bw__wheel_fire(rt, w->index);
     }
     bw_task_t *t = next_task(w);
-    if (!t) t = steal_work(w);
     if (t) {
       run_task(w, t);
+      run_deferred(w, DEFER_BUDGET);
+      continue;
+    }
+    if (atomic_load_explicit(&w->defer_len, memory_order_relaxed)) {
+      run_deferred(w, DEFER_BUDGET);
+      continue;
+    }
+    t = steal_work(w);
+    if (t) {
+      run_task(w, t);
+      run_deferred(w, DEFER_BUDGET);
       continue;
     }
     park(w);
   }
+  /* The runtime is SHUTDOWN now, so these can defer nothing more here
+   * (bw__runtime_defer refuses and their completions run inline). */
+  run_deferred(w, UINT32_MAX);
   bw__task_cache_flush(rt, &w->local.cache);
   bw__ctx.rt = NULL;
   bw__ctx.worker = NULL;

@@ -353,6 +353,101 @@ static void test_defer(void **state) {
   bw_runtime_free(rt);
 }
 
+/* ---- defers made on a worker: its own ring (runtime/worker.c) ---- */
+typedef struct ring_run {
+  bw_runtime_t *rt;
+  int n;               /* defers to make from the task */
+  atomic_int ran[600]; /* times each ran */
+  atomic_int off_worker;
+  counter_t done;
+} ring_run_t;
+typedef struct ring_item {
+  ring_run_t *r;
+  int i;
+} ring_item_t;
+static ring_item_t ring_items[600];
+
+static void ring_fn(void *arg) {
+  ring_item_t *it = arg;
+  if (bw_runtime_current() != it->r->rt) atomic_fetch_add(&it->r->off_worker, 1);
+  atomic_fetch_add(&it->r->ran[it->i], 1);
+  counter_hit(&it->r->done);
+}
+static bw_poll_t ring_fill(bw_task_t *self, void *arg) {
+  (void)self;
+  ring_run_t *r = arg;
+  for (int i = 0; i < r->n; i++) {
+    ring_items[i] = (ring_item_t){r, i};
+    if (bw__runtime_defer(r->rt, ring_fn, &ring_items[i]) != 0) fail_msg("defer %d refused", i);
+  }
+  return BW_READY;
+}
+
+/* More defers than the ring holds (256): the rest go to tasks; every one
+ * runs exactly once, on a worker, and the metrics count them as tasks. */
+static void test_defer_from_worker_exactly_once(void **state) {
+  (void)state;
+  static ring_run_t r;
+  memset(&r, 0, sizeof r);
+  r.rt = mk(BW_FLAVOR_MULTI_THREAD, 2);
+  r.n = 600;
+  counter_init(&r.done, r.n);
+  assert_null(bw_spawn(r.rt, ring_fill, &r, NULL));
+  counter_wait(&r.done);
+  for (int i = 0; i < r.n; i++) assert_int_equal(atomic_load(&r.ran[i]), 1);
+  assert_int_equal(atomic_load(&r.off_worker), 0);
+  assert_null(bw_runtime_shutdown(r.rt, BW_SHUTDOWN_DRAIN, 0));
+  bw_runtime_metrics_t m;
+  assert_null(bw_runtime_metrics(r.rt, &m));
+  assert_int_equal(m.tasks_spawned, m.tasks_completed);
+  assert_true(m.tasks_spawned >= (uint64_t)r.n + 1);
+  bw_runtime_free(r.rt);
+}
+
+/* A function that defers itself again and again must not starve the
+ * worker's tasks: on a 1-worker runtime a task spawned beside it still
+ * runs and stops the chain long before the safety limit. */
+typedef struct chain {
+  bw_runtime_t *rt;
+  atomic_bool stop;
+  long links;
+  counter_t done;
+} chain_t;
+#define CHAIN_LIMIT 10000000L
+static bw_poll_t chain_stopper(bw_task_t *self, void *arg) {
+  (void)self;
+  atomic_store(&((chain_t *)arg)->stop, true);
+  return BW_READY;
+}
+static void chain_link(void *arg) {
+  chain_t *c = arg;
+  /* spawned from inside the chain: it can only run if the worker leaves
+   * the ring for its queues now and then */
+  if (++c->links == 1000) assert_null(bw_spawn(c->rt, chain_stopper, c, NULL));
+  if (atomic_load(&c->stop) || c->links >= CHAIN_LIMIT ||
+      bw__runtime_defer(c->rt, chain_link, c) != 0)
+    counter_hit(&c->done);
+}
+static bw_poll_t chain_start(bw_task_t *self, void *arg) {
+  (void)self;
+  chain_t *c = arg;
+  assert_int_equal(bw__runtime_defer(c->rt, chain_link, c), 0);
+  return BW_READY;
+}
+
+static void test_defer_chain_does_not_starve_tasks(void **state) {
+  (void)state;
+  static chain_t c;
+  memset(&c, 0, sizeof c);
+  c.rt = mk(BW_FLAVOR_MULTI_THREAD, 1);
+  counter_init(&c.done, 1);
+  assert_null(bw_spawn(c.rt, chain_start, &c, NULL));
+  counter_wait(&c.done);
+  assert_true(atomic_load(&c.stop));
+  assert_true(c.links < CHAIN_LIMIT);
+  bw_runtime_free(c.rt);
+}
+
 /* ---- a non-worker thread spawning on several runtimes in turn (its
  * allocation cache moves between them; freeing one must not break it) ---- */
 static void test_remote_spawn_alternating(void **state) {
@@ -426,6 +521,8 @@ int main(void) {
       cmocka_unit_test(test_wake_while_running),
       cmocka_unit_test(test_wake_from_other_thread),
       cmocka_unit_test(test_defer),
+      cmocka_unit_test(test_defer_from_worker_exactly_once),
+      cmocka_unit_test(test_defer_chain_does_not_starve_tasks),
       cmocka_unit_test(test_remote_spawn_alternating),
       cmocka_unit_test(test_bad_args),
   };
