@@ -257,6 +257,8 @@ struct bw_cancel_token *bw_background_token(bw_task_t *self);
 
 typedef struct bw_runtime_metrics {
   unsigned workers;
+  /* Tasks, and the runtime's internal deferred functions (a call's
+   * completion handed to a worker counts as one spawned and completed). */
   uint64_t tasks_spawned, tasks_completed, tasks_alive;
   uint64_t steals, steal_operations, parks, unparks, polls;
   uint64_t local_queue_depth;   /* sum over workers */

@@ -13,6 +13,9 @@
  *     by bw_call_free;
  *   - "in flight": 1 from start until the delivery has run (the callback
  *     returned, or was skipped because the owner abandoned the call);
+ *   - "starting": 1 while start() runs ops->call (a cancel elsewhere may
+ *     deliver meanwhile); for a root both are taken by bw_call_new already,
+ *     so bw_call_free of a root never started drops three;
  *   - a started child holds 1 on its parent until the child's memory is
  *     recycled, so a parent's state is alive while its children's callbacks
  *     run, and a late child (abandoned, or pinned by a timer) keeps the
@@ -669,6 +672,11 @@ bw_error_t *bw_call_new(bw_call_t **out, bw_service_t *svc, bw_runtime_t *rt) {
   bw_call_t *c = pool_get(svc);
   if (!c) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   call_init(c, svc, rt);
+  /* The owner's reference, and the in-flight and starting ones that
+   * bw_service_call would add: taken now (a plain store) so that starting
+   * costs no atomic add. bw_call_free of a call never started drops all
+   * three. */
+  atomic_store_explicit(&c->refs, 3, memory_order_relaxed);
   c->is_root = true;
   c->stack = svc->owns_stack ? svc->stack : NULL;
   c->holds_svc = true;
@@ -721,8 +729,11 @@ void bw_call_free(bw_call_t *call) {
     return;
   }
   int fl = atomic_fetch_or(&call->flags, BW__CF_ABANDONED);
-  if ((fl & BW__CF_STARTED) && atomic_load(&call->state) != BW__CALL_DONE)
-    bw_call_cancel(call);
+  if (!(fl & BW__CF_STARTED)) { /* a root never started (bw_call_new) */
+    unref_n(call, 3);
+    return;
+  }
+  if (atomic_load(&call->state) != BW__CALL_DONE) bw_call_cancel(call);
   bw_call_unref(call);
 }
 
@@ -1030,7 +1041,7 @@ bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, v
       seeded = true;
     }
   }
-  atomic_fetch_add_explicit(&call->refs, 2, memory_order_relaxed); /* in flight + starting */
+  /* (its in-flight and starting references were taken by bw_call_new) */
   if (!bw__runtime_on_worker(call->rt)) {
     /* Service code runs on workers; the start itself moves there. */
     if (bw__runtime_defer(call->rt, deferred_start, call) != 0) {

@@ -256,6 +256,16 @@ static inline void bw__call_put_deadline(bw_call_t *call, uint64_t ns) {
   atomic_store_explicit(&call->deadline_ns, ns, memory_order_relaxed);
 }
 
+/* In a finish hook: true once the start chain that forwarded `call` has
+ * returned. Then everything the forwarding nodes' ops->call wrote is
+ * visible here (start() clears the mark with a seq_cst CAS, read here with
+ * acquire), so a hook needs no ordering of its own against its ops->call.
+ * (A forwarded call's mark is set at its first forward: NULL here never
+ * means "not started yet".) */
+static inline bool bw__call_start_ended(const bw_call_t *call) {
+  return atomic_load_explicit(&((bw_call_t *)call)->starter, memory_order_acquire) == NULL;
+}
+
 /* A per-thread address naming the thread that runs a call's start chain
  * (bw_call.starter). */
 extern _Thread_local char bw__tl_token;
