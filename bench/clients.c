@@ -28,8 +28,8 @@
  * two more context switches per round trip. And the 2 cores of the bench
  * machine already carry redis-server and the reactor's I/O thread.
  * Measured on the 2-core VM with the client's direct writes (the `#` ratio
- * line, 9 runs each, noisy): 1 worker median 93% (88-112%), 2 workers
- * median 83% (75-101%). RB_WORKERS=2 measures the 2-worker figure. */
+ * line, 12 runs each, noisy): 1 worker median 90% (84-112%), 2 workers
+ * median 84% (75-101%). RB_WORKERS=2 measures the 2-worker figure. */
 #include "paired.h"
 #include "servers.h"
 
