@@ -118,6 +118,18 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
   uint64_t wait = 0;
   int rc = rl->store->vt->acquire(rl->store, rl->n, now, budget, &wait);
   if (rc != 0) {
+    /* `now` may be stale: this thread can have been preempted since it was
+     * read (or it is the start chain's shared reading) while others moved
+     * the bucket on with fresher ones, and a stale reading only errs
+     * towards "not yet". Decide once more on a fresh one before rejecting
+     * (the failed acquire took nothing). */
+    uint64_t fresh = rl->cheap_clock ? bw__call_now_cheap_read(call) : bw_runtime_now_ns(rt);
+    if (fresh > now) {
+      now = fresh;
+      rc = rl->store->vt->acquire(rl->store, rl->n, now, budget, &wait);
+    }
+  }
+  if (rc != 0) {
     bw_error_t *e = bw__reject_error(&rl->rej, BW_ERR_RATE_LIMITED, rl->what, wait);
     bw_event_t ev;
     memset(&ev, 0, sizeof ev);

@@ -236,6 +236,7 @@ static bw_poll_t tracker_poll(bw_task_t *self, void *arg) {
   tracker_t *t = arg;
   bw_cancel_token_t *tok = bw_background_token(self);
   if (tok && bw_cancel_token_poll(tok, self) == BW_PENDING) return BW_PENDING;
+  bw__runtime_close_calls(t->rt); /* calls running after the sweep end themselves */
   sweep(t->rt);
   return BW_READY;
 }
@@ -773,6 +774,8 @@ bool bw__call_resume(bw_call_t *c, int depth) {
   atomic_store(&c->state, BW__CALL_RUNNING);
   if (atomic_load(&c->flags) & (BW__CF_CANCEL | BW__CF_ABANDONED))
     abort_call(c, bw_error_static(BW_ERR_CANCELLED), 0, NULL, NULL);
+  else if (bw__runtime_calls_closing(c->rt)) /* the shutdown sweep may have passed it */
+    abort_call(c, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN), 0, NULL, NULL);
   return true;
 }
 
@@ -979,6 +982,9 @@ static void start(bw_call_t *c) {
   if (atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_RUNNING)) {
     if (atomic_load(&c->flags) & BW__CF_CANCEL) {
       bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_CANCELLED));
+    } else if (bw__runtime_calls_closing(c->rt)) {
+      /* the shutdown sweep may have passed it: it would not be cancelled */
+      bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
     } else {
       bw_call_t *prev = tl_starting;
       bool prev_folded = tl_start_folded;

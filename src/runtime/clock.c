@@ -48,13 +48,32 @@ static bool tsc_clocksource(void) {
   return ok;
 }
 
+/* A CLOCK_MONOTONIC reading and the TSC at that moment, taken between two
+ * TSC readings at most CAL_BRACKET ticks apart (a few us at any rate a TSC
+ * runs at): a thread preempted in between would put the two ends of the
+ * calibration out of step by the preemption (tens of ms on a busy machine,
+ * a rate off by as much, every reading after that off with it). false: no
+ * such reading in a few tries. */
+#define CAL_BRACKET 20000u
+static bool tsc_pair(uint64_t *tsc, uint64_t *ns) {
+  for (int i = 0; i < 8; i++) {
+    uint64_t t1 = __rdtsc();
+    uint64_t c = clock_mono_ns();
+    uint64_t t2 = __rdtsc();
+    if (t2 - t1 < CAL_BRACKET) {
+      *tsc = t1 + (t2 - t1) / 2;
+      *ns = c;
+      return true;
+    }
+  }
+  return false;
+}
+
 static void tsc_init(void) {
   unsigned a, b, c, d;
   /* CPUID 0x80000007 EDX bit 8: invariant TSC */
   if (!__get_cpuid(0x80000007, &a, &b, &c, &d) || !(d & (1u << 8)) || !tsc_clocksource()) return;
-  cal_tsc = __rdtsc();
-  cal_ns = clock_mono_ns();
-  tsc_usable = true;
+  tsc_usable = tsc_pair(&cal_tsc, &cal_ns);
 }
 
 /* Once CAL_NS has passed since tsc_init: the TSC rate, published. */
@@ -62,9 +81,11 @@ static void tsc_calibrate(uint64_t ns) {
   pthread_once(&tsc_once, tsc_init);
   /* (ns may predate cal_ns: read before tsc_init ran) */
   if (!tsc_usable || ns < cal_ns || ns - cal_ns < CAL_NS) return;
-  uint64_t ticks = __rdtsc() - cal_tsc;
-  if (ticks == 0) return;
-  uint64_t mult = (uint64_t)(((unsigned __int128)(ns - cal_ns) << 32) / ticks);
+  uint64_t t_end, ns_end;
+  if (!tsc_pair(&t_end, &ns_end)) return; /* a later reading tries again */
+  uint64_t ticks = t_end - cal_tsc;
+  if (ticks == 0 || ns_end <= cal_ns) return;
+  uint64_t mult = (uint64_t)(((unsigned __int128)(ns_end - cal_ns) << 32) / ticks);
   if (mult == 0) return;
   atomic_store_explicit(&anchor_ticks, (uint64_t)(((unsigned __int128)ANCHOR_NS << 32) / mult),
                         memory_order_relaxed);

@@ -39,6 +39,15 @@ bool bw__on_any_worker(void);
  * never lost). */
 int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg);
 
+/* Calls (layers/service.c) on rt are being swept at shutdown: every call
+ * running then is cancelled, so one that starts running afterwards (a new
+ * start, a retry resuming) must end itself with BW_ERR_RUNTIME_SHUTDOWN,
+ * or it could wait on a timer that shutdown discards and never complete.
+ * Both sides are seq_cst: close, then the sweep reads each call's state;
+ * a call's state becomes RUNNING, then it reads closing. */
+void bw__runtime_close_calls(bw_runtime_t *rt);
+bool bw__runtime_calls_closing(const bw_runtime_t *rt);
+
 /* bw__runtime_defer only if fn(arg) can go on the calling worker's own
  * ring: then it is true, and fn runs on this thread after the function
  * running now returns to the worker's loop (so what the caller holds stays

@@ -53,6 +53,7 @@ struct bw_runtime {
   unsigned nworkers;
   unsigned fork_gen;
   _Atomic int state; /* BW__RT_*; release on change, acquire on read */
+  atomic_bool calls_closing; /* bw__runtime_close_calls (seq_cst) */
   char name_prefix[16];
 
   /* clock */

@@ -359,6 +359,11 @@ static bw_poll_t defer_poll(bw_task_t *self, void *arg) {
   return BW_READY;
 }
 
+void bw__runtime_close_calls(bw_runtime_t *rt) { atomic_store(&rt->calls_closing, true); }
+bool bw__runtime_calls_closing(const bw_runtime_t *rt) {
+  return atomic_load(&((bw_runtime_t *)rt)->calls_closing);
+}
+
 bool bw__runtime_defer_here(bw_runtime_t *rt, void (*fn)(void *arg), void *arg) {
   if (!bw__ctx.worker || bw__ctx.rt != rt ||
       atomic_load_explicit(&rt->state, memory_order_acquire) == BW__RT_SHUTDOWN ||

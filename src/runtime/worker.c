@@ -39,7 +39,8 @@
  *    in random order), then tries the inject queue;
  *  - otherwise it parks. The last searcher to park re-checks every queue
  *    (the lost-wake-up argument is in idle.c). A searcher that finds work
- *    and was the last searcher wakes another worker, so work spreads.
+ *    and was the last searcher wakes another worker if work is left in
+ *    the queues, so work spreads.
  * Every event_interval ticks the worker fires its due timers.
  *
  * Deferred functions (bw__runtime_defer from one of this runtime's own
@@ -255,11 +256,22 @@ static void poll_one(bw__worker_t *w, bw_task_t *t) {
   bw__task_run(t);
 }
 
+static void notify_if_work_pending(bw__sched_t *s, bw_runtime_t *rt);
+
 static void run_task(bw__worker_t *w, bw_task_t *t) {
   bw__sched_t *s = w->rt->sched;
   if (w->is_searching) {
     w->is_searching = false;
-    if (bw__idle_transition_from_searching(&s->idle)) notify_parked(s);
+    /* The last searcher found work: another worker searches on, but only
+     * if there is work left to find (tokio wakes one regardless). A lone
+     * hand-off from another thread (a reactor's batch of completions)
+     * then costs one wake-up, not two. No wake-up is lost: our RMW, a
+     * fence, then the queue check, against a pusher's push, fence, then
+     * state load (idle.c); whichever comes second sees the other. */
+    if (bw__idle_transition_from_searching(&s->idle)) {
+      atomic_thread_fence(memory_order_seq_cst);
+      notify_if_work_pending(s, w->rt);
+    }
   }
   poll_one(w, t);
   for (unsigned lifo_polls = 0;;) {
