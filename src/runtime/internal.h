@@ -3,6 +3,7 @@
 #ifndef BW_RUNTIME_INTERNAL_H
 #define BW_RUNTIME_INTERNAL_H
 
+#include <stdatomic.h>
 #include <stdbool.h>
 #include <stdint.h>
 #include <uv.h>
@@ -46,7 +47,16 @@ int bw__runtime_defer(bw_runtime_t *rt, void (*fn)(void *arg), void *arg);
  * Both sides are seq_cst: close, then the sweep reads each call's state;
  * a call's state becomes RUNNING, then it reads closing. */
 void bw__runtime_close_calls(bw_runtime_t *rt);
-bool bw__runtime_calls_closing(const bw_runtime_t *rt);
+/* Inline on the call path: a process-wide count of runtimes whose calls
+ * are closing (until they are freed) gates the per-runtime flag, so the
+ * usual answer is one load of a line nobody writes. seq_cst: a start that
+ * reads the count after the close's increment also reads the flag, set
+ * before it; one that reads it before is seen RUNNING by the sweep. */
+extern atomic_uint bw__runtimes_closing_calls;
+bool bw__runtime_calls_closing_slow(const bw_runtime_t *rt);
+static inline bool bw__runtime_calls_closing(const bw_runtime_t *rt) {
+  return atomic_load(&bw__runtimes_closing_calls) && bw__runtime_calls_closing_slow(rt);
+}
 
 /* bw__runtime_defer only if fn(arg) can go on the calling worker's own
  * ring: then it is true, and fn runs on this thread after the function

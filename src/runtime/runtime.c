@@ -194,6 +194,7 @@ void bw_runtime_free(bw_runtime_t *rt) {
   if (bw__runtime_on_worker(rt)) return;
   bw_error_t *e = bw_runtime_shutdown(rt, BW_SHUTDOWN_CANCEL, 0);
   bw_error_unref(e);
+  if (atomic_load(&rt->calls_closing)) atomic_fetch_sub(&bw__runtimes_closing_calls, 1);
   bw__background_free(rt);
   bw__reactor_glue_free(rt);
   bw__blocking_free(rt);
@@ -359,8 +360,14 @@ static bw_poll_t defer_poll(bw_task_t *self, void *arg) {
   return BW_READY;
 }
 
-void bw__runtime_close_calls(bw_runtime_t *rt) { atomic_store(&rt->calls_closing, true); }
-bool bw__runtime_calls_closing(const bw_runtime_t *rt) {
+atomic_uint bw__runtimes_closing_calls;
+
+void bw__runtime_close_calls(bw_runtime_t *rt) {
+  if (atomic_exchange(&rt->calls_closing, true)) return;
+  /* after the flag: a start that sees the count sees the flag (internal.h) */
+  atomic_fetch_add(&bw__runtimes_closing_calls, 1);
+}
+bool bw__runtime_calls_closing_slow(const bw_runtime_t *rt) {
   return atomic_load(&((bw_runtime_t *)rt)->calls_closing);
 }
 
