@@ -388,23 +388,16 @@ static void *worker_main(void *arg) {
       w->ev_left = evi;
       bw__wheel_fire(rt, w->index);
     }
+    bool deferred = atomic_load_explicit(&w->defer_len, memory_order_relaxed) > 0;
     bw_task_t *t = next_task(w);
+    if (!t && !deferred) t = steal_work(w); /* (own ring first: no searching) */
     if (t) {
       run_task(w, t);
-      run_deferred(w, DEFER_BUDGET);
+    } else if (!deferred) {
+      park(w);
       continue;
     }
-    if (atomic_load_explicit(&w->defer_len, memory_order_relaxed)) {
-      run_deferred(w, DEFER_BUDGET);
-      continue;
-    }
-    t = steal_work(w);
-    if (t) {
-      run_task(w, t);
-      run_deferred(w, DEFER_BUDGET);
-      continue;
-    }
-    park(w);
+    run_deferred(w, DEFER_BUDGET);
   }
   /* The runtime is SHUTDOWN now, so these can defer nothing more here
    * (bw__runtime_defer refuses and their completions run inline). */
