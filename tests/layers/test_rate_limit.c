@@ -192,7 +192,10 @@ static void test_cancel_storm(void **state) {
   lh_tally_t t = lh_wait_tally(r, n);
   int ok = t.n[BW_ERR_NONE], cancelled = t.n[BW_ERR_CANCELLED];
   assert_int_equal(ok + cancelled, n);
-  assert_int_equal(atomic_load(&f->be->calls), ok);
+  /* every success reached the backend once; a cancel may still win after
+   * its call got there (it then completes CANCELLED), never before */
+  int reached = atomic_load(&f->be->calls);
+  assert_true(reached >= ok && reached <= n);
   assert_true(bw_rate_limit_tokens(f->layer, NULL) > -1.5);
   free(r);
   lh_fx_free(f);
