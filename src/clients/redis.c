@@ -598,15 +598,22 @@ bw_error_t *bw_redis_command(bw_redis_t *r, int argc, const char *const *argv,
 
 /* ---- Timer tick ----------------------------------------------------------- */
 
+/* Queue one of the client's own ops on the loop, unless it is queued
+ * already (`queued` is cleared by the op when it runs); the op holds a
+ * client reference. */
+static void queue_once(bw_redis_t *c, atomic_bool *queued, bw__reactor_op_t *op) {
+  if (atomic_exchange(queued, true)) return;
+  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  if (bw__reactor_submit(c->rt, op) != 0) {
+    atomic_store(queued, false);
+    client_unref(c);
+  }
+}
+
 static void tick_fired(bw_timer_t *t, void *arg) {
   (void)t;
   bw_redis_t *c = arg;
-  if (atomic_exchange(&c->tick_queued, true)) return;
-  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
-  if (bw__reactor_submit(c->rt, &c->tick_op) != 0) {
-    atomic_store(&c->tick_queued, false);
-    client_unref(c);
-  }
+  queue_once(c, &c->tick_queued, &c->tick_op);
 }
 
 static void schedule_tick(bw_redis_t *c, uint64_t at_ns) {
@@ -672,14 +679,7 @@ static void kick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   client_unref(c);
 }
 
-static void queue_kick(bw_redis_t *c) {
-  if (atomic_exchange(&c->kick_queued, true)) return;
-  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
-  if (bw__reactor_submit(c->rt, &c->kick_op) != 0) {
-    atomic_store(&c->kick_queued, false);
-    client_unref(c);
-  }
-}
+static void queue_kick(bw_redis_t *c) { queue_once(c, &c->kick_queued, &c->kick_op); }
 
 /* ---- Connection ----------------------------------------------------------- */
 

@@ -183,19 +183,11 @@ void bw__stack_count_event(bw__stack_t *st, int layer_index, bw_event_type_t typ
  * every layer's ops->call on this thread) all layers share one reading;
  * otherwise (timer callbacks, deliveries) it reads the clock. */
 static inline uint64_t bw__call_now_ns_shared(const bw_call_t *call);
-/* The shared reading if this thread has one for call's runtime now (then
- * true and *now set), without reading the clock. */
-static inline bool bw__call_now_peek(const bw_call_t *call, uint64_t *now);
 /* (the reading and its runtime, per thread; set while a start chain runs) */
 extern _Thread_local bw_runtime_t *bw__tl_now_rt;
 extern _Thread_local uint64_t bw__tl_now;
 /* Read the clock (and share the reading if inside a library entry). */
 uint64_t bw__call_now_ns_read(const bw_call_t *call);
-static inline bool bw__call_now_peek(const bw_call_t *call, uint64_t *now) {
-  if (bw__tl_now_rt != call->rt) return false;
-  *now = bw__tl_now;
-  return true;
-}
 static inline uint64_t bw__call_now_ns_shared(const bw_call_t *call) {
   return bw__tl_now_rt == call->rt ? bw__tl_now : bw__call_now_ns_read(call);
 }

@@ -115,18 +115,13 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
 static bool timeout_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
   tstate_t *st = state;
   bw__call_put_deadline(call, st->own_deadline_ns); /* outer nodes see their own again */
-  if (bw__call_start_ended(call)) {
-    /* forward() has returned (the usual case: an answer inside the start
-     * chain, delivered afterwards): `armed` is final, no race with it */
-    atomic_store_explicit(&st->live, false, memory_order_relaxed);
-    if (atomic_load_explicit(&st->armed, memory_order_relaxed) &&
-        bw_timer_cancel(atomic_load(&st->timer)))
-      bw_call_unref(call);
-    return false;
-  }
-  /* seq_cst store then load: forward() stores armed, then loads live */
-  atomic_store(&st->live, false);
-  if (atomic_load(&st->armed) && bw_timer_cancel(atomic_load(&st->timer))) bw_call_unref(call);
+  /* seq_cst store then load, against forward()'s store of armed then load
+   * of live; unless forward() has returned (the usual case: an answer
+   * inside the start chain, delivered afterwards), when armed is final */
+  memory_order mo = bw__call_start_ended(call) ? memory_order_relaxed : memory_order_seq_cst;
+  atomic_store_explicit(&st->live, false, mo);
+  if (atomic_load_explicit(&st->armed, mo) && bw_timer_cancel(atomic_load(&st->timer)))
+    bw_call_unref(call);
   return false;
 }
 

@@ -411,18 +411,6 @@ static void test_layer_many_calls(void **state) {
 /* Cancel storm: calls queued and running while another thread cancels a
  * third of them and this one completes the backend's calls. Every call
  * completes exactly once and every permit comes back. */
-static bool finish_any(lh_backend_t *be) {
-  pthread_mutex_lock(&lh_mu);
-  if (be->npending == 0) {
-    pthread_mutex_unlock(&lh_mu);
-    return false;
-  }
-  bw_call_t *c = be->pending[--be->npending];
-  pthread_mutex_unlock(&lh_mu);
-  bw_call_complete(c, NULL, NULL, NULL);
-  return true;
-}
-
 static void test_layer_cancel_storm(void **state) {
   (void)state;
   lh_fx_t *f = bfx_new(2, 4096, 0, true);
@@ -436,7 +424,7 @@ static void test_layer_cancel_storm(void **state) {
   lh_storm_start(&s, r, n, true);
   uint64_t end = lh_real_ms() + 60000;
   while (lh_wait_done(r, n, 0) < n && lh_real_ms() < end)
-    if (!finish_any(f->be)) sched_yield();
+    if (!lh_finish_any(f->be)) sched_yield();
   lh_storm_join(&s);
   assert_int_equal(lh_wait_done(r, n, n), n);
   int ok = 0, cancelled = 0;

@@ -108,6 +108,18 @@ void lh_finish_one(lh_backend_t *b, bw_error_kind_t k) {
   else bw_call_complete(c, NULL, NULL, bw_error_new(k, b->detail, "held call failed"));
 }
 
+bool lh_finish_any(lh_backend_t *b) {
+  pthread_mutex_lock(&lh_mu);
+  if (b->npending == 0) {
+    pthread_mutex_unlock(&lh_mu);
+    return false;
+  }
+  bw_call_t *c = b->pending[--b->npending];
+  pthread_mutex_unlock(&lh_mu);
+  bw_call_complete(c, NULL, NULL, NULL);
+  return true;
+}
+
 void lh_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
   lh_res_t *r = arg;
   r->kind = bw_error_kind(err);

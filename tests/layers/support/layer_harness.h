@@ -60,6 +60,9 @@ bw_service_t *lh_backend_svc(lh_backend_t *b);
 int lh_wait_pending(lh_backend_t *b, int n);
 /* Complete the oldest pending call (kind NONE = success). */
 void lh_finish_one(lh_backend_t *b, bw_error_kind_t k);
+/* Complete the newest pending call with success, if any (false: none);
+ * for storms where order does not matter. */
+bool lh_finish_any(lh_backend_t *b);
 
 /* A call from the test thread and its recorded completion. */
 typedef struct lh_res {
