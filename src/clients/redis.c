@@ -1,16 +1,11 @@
 /* Redis client on the reactor (see include/bulwark/redis.h).
  *
  * Design notes
- * - Threads. The connection state machine, the deadline scan and every
- *   uv call run on the reactor's loop thread. Other threads reach it with
- *   reactor ops: each request is its own op (intrusive, no allocation beyond
- *   the request itself), and the client has ops for its timer tick, connect,
- *   close and write kick. The hiredis context and the in-flight list are
- *   guarded by `io_mu`, which the loop holds for each op and each glue
- *   callback (loop_enter/loop_leave), so one more thread may use them: the
- *   worker running a delivery batch (below). No callback into user or
- *   service code runs with io_mu held: loop-side completions are batched
- *   and handed over after the unlock.
+ * - Threads. Everything hiredis is touched only on the reactor's loop thread:
+ *   the context, the connection state machine, the in-flight list, the
+ *   deadline scan. Other threads reach it with reactor ops: each request is
+ *   its own op (intrusive, no allocation beyond the request itself), and the
+ *   client has one op for its timer tick and one for close.
  * - A request is one allocation: the struct plus the command already
  *   formatted as RESP on the submitting thread (binary-safe, the loop only
  *   appends it to hiredis's buffer). Its `done` flag is the single point of
@@ -18,27 +13,12 @@
  *   cancel (any thread) and the close path race for it with a CAS; the
  *   winner owns the result and delivers it once. A loser's reply is
  *   dropped; hiredis frees its own reply object after our callback.
- * - Delivery: completions on the loop (one read's replies, a deadline scan,
- *   a close) are collected while io_mu is held and passed to a worker in
- *   ONE deferral (bw__runtime_defer), so 64 pipelined replies cost one
- *   wake-up, not 64. Cancels on other threads deliver one by one.
+ * - Delivery: completions on the loop that happen while the glue hands one
+ *   read to hiredis are collected and passed to a worker in ONE deferral
+ *   (bw__runtime_defer), so 64 pipelined replies cost one wake-up, not 64.
+ *   Completions elsewhere (timeouts, cancels, close) defer one by one.
  *   Measured on 2 cores: 22% -> ~90% of raw hiredis throughput, together
  *   with the glue's write coalescing.
- * - Direct writes. Commands submitted from the callbacks of a delivery
- *   batch (the usual "reply came, send the next one" loop) are held on
- *   that thread (tl_holder) and, when the batch's last callback returned,
- *   queued into hiredis and written to the socket by that worker itself
- *   under io_mu, in one write(2): the loop thread is not woken to do it.
- *   On the 2-core bench VM that halves the loop thread's context switches
- *   (one wake-up per round trip instead of two) and cuts ~15% of the
- *   client's CPU per command. Only when the connection is READY, io_mu is
- *   free (trylock: a loop busy with the socket is awake anyway) and none
- *   of this client's posted requests is still queued (`posted`, so one
- *   thread's commands keep their order); else the held requests are posted
- *   as usual. A partial write or a write error is handed to the loop with
- *   the kick op; hiredis's buffer keeps the byte order either way. Cost: a
- *   command submitted by an early callback of a batch waits for the
- *   batch's later callbacks (one batch is at most one read's replies).
  * - Request references: one for delivery (dropped after done() ran), one for
  *   the loop (dropped when hiredis gave its callback, or when the loop
  *   rejected it), optional ones for holders (the service's call state).
@@ -82,9 +62,7 @@
 
 struct bw__redis_req {
   bw__reactor_op_t op;
-  bw__redis_req_t *prev, *next; /* in-flight list (io_mu) */
-  bw__redis_req_t *batch_next;  /* completions handed over together */
-  bw__redis_req_t *held_next;   /* held by a delivery batch's thread */
+  bw__redis_req_t *prev, *next; /* in-flight list, loop only */
   bw_redis_t *client;
   atomic_int done;
   atomic_int refs;
@@ -118,11 +96,7 @@ struct bw_redis {
   pthread_mutex_t mu; /* only for the free() wait */
   pthread_cond_t cv;
 
-  /* under io_mu: the loop holds it for every op and glue callback; a
-   * worker takes it for a direct write (design notes). Lock order: io_mu,
-   * then the runtime's and the reactor's locks; never the other way. */
-  pthread_mutex_t io_mu;
-  atomic_int posted; /* requests posted to the loop and not yet taken */
+  /* loop-only state */
   redisAsyncContext *ac;
   bool ac_ready;           /* current context finished its handshake */
   int handshake_left;      /* AUTH/SELECT replies still expected */
@@ -143,8 +117,6 @@ struct bw_redis {
   bw__reactor_op_t tick_op;
   bw__reactor_op_t close_op;
   bw__reactor_op_t connect_op;
-  atomic_bool kick_queued;
-  bw__reactor_op_t kick_op;
 
   /* counters (relaxed) */
   atomic_uint_fast64_t n_connects, n_connect_failures, n_disconnects, n_commands, n_replies,
@@ -239,70 +211,31 @@ static void deliver(void *arg) {
   req_unref(r);
 }
 
-/* The delivery batch running on this thread (if any): submissions to its
- * client are held here and written when the batch ends (design notes). */
-typedef struct holder {
-  bw_redis_t *client;
-  bw__redis_req_t *head, *tail;
-} holder_t;
-static _Thread_local holder_t *tl_holder;
-
-static void write_held(bw_redis_t *c, bw__redis_req_t *list);
-
 static void deliver_batch(void *arg) {
-  bw__redis_req_t *first = arg;
-  holder_t h = {first->client, NULL, NULL}, *outer = tl_holder;
-  tl_holder = &h;
-  for (bw__redis_req_t *r = first, *nx; r; r = nx) {
-    nx = r->batch_next;
-    r->batch_next = NULL;
+  for (bw__redis_req_t *r = arg, *nx; r; r = nx) {
+    nx = r->next;
+    r->next = NULL;
     deliver(r);
   }
-  /* A completion write_held runs on this thread (a post refused at
-   * shutdown) may submit again: loop until nothing is held. (Its refusals
-   * are delivered by a nested batch with its own holder.) Each held
-   * request holds a client reference, so the client is alive whenever the
-   * list is not empty. */
-  while (h.head) {
-    bw__redis_req_t *list = h.head;
-    h.head = h.tail = NULL;
-    write_held(list->client, list);
-  }
-  tl_holder = outer;
 }
 
-/* Hand every completion collected under io_mu to a worker in one deferral
- * (one wake-up instead of one per reply). io_mu not held. */
-static void flush_batch(bw__redis_req_t *head) {
-  if (!head) return;
-  if (bw__runtime_defer(head->client->rt, deliver_batch, head) != 0) deliver_batch(head);
-}
-
-/* Every loop-side entry (ops, glue callbacks, the reactor's close hook)
- * runs between these two: io_mu held, completions batched. */
-static void loop_enter(bw_redis_t *c) {
-  pthread_mutex_lock(&c->io_mu);
-  c->batching = true;
-}
-
-static void loop_leave(bw_redis_t *c) {
+/* Loop: hand every completion collected during one read to a worker in one
+ * deferral (one wake-up instead of one per reply). */
+static void flush_batch(bw_redis_t *c) {
   bw__redis_req_t *head = c->batch_head;
   c->batch_head = c->batch_tail = NULL;
-  c->batching = false;
-  pthread_mutex_unlock(&c->io_mu);
-  flush_batch(head);
+  if (!head) return;
+  if (bw__runtime_defer(c->rt, deliver_batch, head) != 0) deliver_batch(head);
 }
 
-static void on_glue(void *arg, bool begin) {
+static void on_batch(void *arg, bool begin) {
   bw_redis_t *c = arg;
-  if (begin)
-    loop_enter(c);
-  else
-    loop_leave(c);
+  c->batching = begin;
+  if (!begin) flush_batch(c);
 }
 
-/* The one completion point. Consumes reply and err. `batch`: called with
- * io_mu held by loop_enter (joins the batch handed over at loop_leave). */
+/* The one completion point. Consumes reply and err. `batch`: called from
+ * on_reply on the loop thread (may join the current batch). */
 static bool complete_ex(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t *err,
                         bool batch) {
   int expect = 0;
@@ -324,9 +257,9 @@ static bool complete_ex(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t 
   r->reply = reply;
   r->err = err;
   if (batch && c->batching) {
-    r->batch_next = NULL; /* a timed-out r is still on the in-flight list */
+    r->next = NULL; /* off the in-flight list already */
     if (c->batch_tail)
-      c->batch_tail->batch_next = r;
+      c->batch_tail->next = r;
     else
       c->batch_head = r;
     c->batch_tail = r;
@@ -402,113 +335,41 @@ static void on_reply(redisAsyncContext *ac, void *rv, void *priv) {
   req_unref(r); /* a batched request keeps its delivery reference */
 }
 
-/* io_mu held, any thread: queue r into hiredis behind everything queued
- * before. Returns NULL, or the error to complete r with (r not queued). */
-static bw_error_t *enqueue_locked(bw_redis_t *c, bw__redis_req_t *r) {
-  bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
-  if (!c->ac || (st != BW_REDIS_READY && st != BW_REDIS_CONNECTING)) {
-    STAT_INC(c, n_fail_fast);
-    return not_connected_error(c);
-  }
-  if (c->in_flight >= c->max_in_flight)
-    return bw_error_new(BW_ERR_UNAVAILABLE, 0, "redis: too many commands in flight (%u)",
-                        c->max_in_flight);
-  if (r->deadline_ns && r->deadline_ns <= now_ns(c))
-    return bw_error_new(BW_ERR_TIMEOUT, 0, "redis: deadline passed before sending");
-  if (redisAsyncFormattedCommand(c->ac, on_reply, r, r->cmd, r->cmd_len) != REDIS_OK)
-    return not_connected_error(c);
-  r->prev = c->tail;
-  r->next = NULL;
-  if (c->tail)
-    c->tail->next = r;
-  else
-    c->head = r;
-  c->tail = r;
-  c->in_flight++;
-  atomic_store_explicit(&c->n_in_flight, c->in_flight, memory_order_relaxed);
-  if (r->deadline_ns) schedule_tick(c, r->deadline_ns);
-  return NULL; /* the loop reference now belongs to hiredis's callback */
-}
-
 /* Loop: a request arrives. */
 static void submit_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
   bw__redis_req_t *r = (bw__redis_req_t *)op;
   bw_redis_t *c = r->client;
-  loop_enter(c);
-  bool queued = false;
-  if (!atomic_load_explicit(&r->done, memory_order_acquire)) {
-    bw_error_t *e = enqueue_locked(c, r);
-    if (e)
-      complete_ex(r, NULL, e, true);
+  if (atomic_load_explicit(&r->done, memory_order_acquire)) {
+    req_unref(r);
+    return;
+  }
+  bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
+  if (!c->ac || (st != BW_REDIS_READY && st != BW_REDIS_CONNECTING)) {
+    STAT_INC(c, n_fail_fast);
+    complete(r, NULL, not_connected_error(c));
+  } else if (c->in_flight >= c->max_in_flight) {
+    complete(r, NULL,
+             bw_error_new(BW_ERR_UNAVAILABLE, 0, "redis: too many commands in flight (%u)",
+                          c->max_in_flight));
+  } else if (r->deadline_ns && r->deadline_ns <= now_ns(c)) {
+    complete(r, NULL, bw_error_new(BW_ERR_TIMEOUT, 0, "redis: deadline passed before sending"));
+  } else if (redisAsyncFormattedCommand(c->ac, on_reply, r, r->cmd, r->cmd_len) != REDIS_OK) {
+    complete(r, NULL, not_connected_error(c));
+  } else {
+    r->prev = c->tail;
+    r->next = NULL;
+    if (c->tail)
+      c->tail->next = r;
     else
-      queued = true;
+      c->head = r;
+    c->tail = r;
+    c->in_flight++;
+    atomic_store_explicit(&c->n_in_flight, c->in_flight, memory_order_relaxed);
+    if (r->deadline_ns) schedule_tick(c, r->deadline_ns);
+    return; /* the loop reference now belongs to hiredis's callback */
   }
-  /* under io_mu and after the enqueue: a direct writer that sees 0 knows
-   * every posted request is already in hiredis (keeps a thread's order) */
-  atomic_fetch_sub_explicit(&c->posted, 1, memory_order_relaxed);
-  loop_leave(c);
-  if (!queued) req_unref(r); /* the loop's reference; c may go with it */
-}
-
-/* Post r to the loop (its op), or finish it if the runtime is gone. */
-static void post_one(bw_redis_t *c, bw__redis_req_t *r) {
-  atomic_fetch_add_explicit(&c->posted, 1, memory_order_relaxed);
-  if (bw__reactor_submit(c->rt, &r->op) != 0) {
-    atomic_fetch_sub_explicit(&c->posted, 1, memory_order_relaxed);
-    complete(r, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
-    req_unref(r); /* the loop's reference */
-  }
-}
-
-static void queue_kick(bw_redis_t *c);
-
-/* End of a delivery batch, on its worker: queue the requests its callbacks
- * submitted and write them to the socket here (design notes), or post them
- * to the loop when that is not possible right now. */
-static void write_held(bw_redis_t *c, bw__redis_req_t *list) {
-  if (pthread_mutex_trylock(&c->io_mu) == 0) {
-    redisAsyncContext *ac = c->ac;
-    bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
-    if (ac && c->ac_ready && !c->closing && st == BW_REDIS_READY &&
-        atomic_load_explicit(&c->posted, memory_order_relaxed) == 0) {
-      bw__redis_req_t *drop = NULL;
-      c->batching = true; /* rejections: delivered below, after the unlock */
-      bw__redis_uv_external(ac, true);
-      for (bw__redis_req_t *r = list, *nx; r; r = nx) {
-        nx = r->held_next;
-        r->held_next = NULL;
-        bw_error_t *e = NULL;
-        if (atomic_load_explicit(&r->done, memory_order_acquire) || (e = enqueue_locked(c, r))) {
-          if (e) complete_ex(r, NULL, e, true);
-          r->held_next = drop;
-          drop = r;
-        }
-      }
-      bw__redis_uv_external(ac, false);
-      /* A partial write or an error goes to the loop. Queued while io_mu
-       * still pins c (the requests just queued hold references that only
-       * the loop, under io_mu, can drop). */
-      if (bw__redis_uv_write_now(ac) != 0) queue_kick(c);
-      bw__redis_req_t *rejected = c->batch_head;
-      c->batch_head = c->batch_tail = NULL;
-      c->batching = false;
-      pthread_mutex_unlock(&c->io_mu);
-      if (rejected) deliver_batch(rejected);
-      for (bw__redis_req_t *r = drop, *nx; r; r = nx) {
-        nx = r->held_next;
-        r->held_next = NULL;
-        req_unref(r); /* the loop's reference */
-      }
-      return;
-    }
-    pthread_mutex_unlock(&c->io_mu);
-  }
-  for (bw__redis_req_t *r = list, *nx; r; r = nx) {
-    nx = r->held_next;
-    r->held_next = NULL;
-    post_one(c, r);
-  }
+  req_unref(r);
 }
 
 bw_error_t *bw__redis_submit(bw_redis_t *c, int argc, const char *const *argv,
@@ -555,16 +416,10 @@ bw_error_t *bw__redis_submit(bw_redis_t *c, int argc, const char *const *argv,
       }
     }
   }
-  holder_t *h = tl_holder;
-  if (h && h->client == c) { /* written when the delivery batch ends */
-    if (h->tail)
-      h->tail->held_next = r;
-    else
-      h->head = r;
-    h->tail = r;
-    return NULL;
+  if (bw__reactor_submit(c->rt, &r->op) != 0) {
+    complete(r, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
+    req_unref(r); /* the loop's reference */
   }
-  post_one(c, r);
   return NULL;
 }
 
@@ -598,22 +453,15 @@ bw_error_t *bw_redis_command(bw_redis_t *r, int argc, const char *const *argv,
 
 /* ---- Timer tick ----------------------------------------------------------- */
 
-/* Queue one of the client's own ops on the loop, unless it is queued
- * already (`queued` is cleared by the op when it runs); the op holds a
- * client reference. */
-static void queue_once(bw_redis_t *c, atomic_bool *queued, bw__reactor_op_t *op) {
-  if (atomic_exchange(queued, true)) return;
-  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
-  if (bw__reactor_submit(c->rt, op) != 0) {
-    atomic_store(queued, false);
-    client_unref(c);
-  }
-}
-
 static void tick_fired(bw_timer_t *t, void *arg) {
   (void)t;
   bw_redis_t *c = arg;
-  queue_once(c, &c->tick_queued, &c->tick_op);
+  if (atomic_exchange(&c->tick_queued, true)) return;
+  atomic_fetch_add_explicit(&c->refs, 1, memory_order_relaxed);
+  if (bw__reactor_submit(c->rt, &c->tick_op) != 0) {
+    atomic_store(&c->tick_queued, false);
+    client_unref(c);
+  }
 }
 
 static void schedule_tick(bw_redis_t *c, uint64_t at_ns) {
@@ -630,10 +478,8 @@ static void tick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
   bw_redis_t *c = (bw_redis_t *)(void *)((char *)op - offsetof(bw_redis_t, tick_op));
   atomic_store(&c->tick_queued, false);
-  loop_enter(c);
   c->tick_at_ns = 0;
   if (c->closing) {
-    loop_leave(c);
     client_unref(c);
     return;
   }
@@ -653,8 +499,7 @@ static void tick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
     nx = r->next;
     if (!r->deadline_ns || atomic_load_explicit(&r->done, memory_order_acquire)) continue;
     if (r->deadline_ns <= now) {
-      complete_ex(r, NULL, bw_error_new(BW_ERR_TIMEOUT, 0, "redis: no reply before the deadline"),
-                  true);
+      complete(r, NULL, bw_error_new(BW_ERR_TIMEOUT, 0, "redis: no reply before the deadline"));
     } else if (!next || r->deadline_ns < next) {
       next = r->deadline_ns;
     }
@@ -663,23 +508,8 @@ static void tick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   if (st == BW_REDIS_CONNECTING) schedule_tick(c, c->connect_deadline_ns);
   if (st == BW_REDIS_BACKOFF) schedule_tick(c, c->reconnect_at_ns);
   schedule_tick(c, next);
-  loop_leave(c);
   client_unref(c);
 }
-
-/* Loop: write what a direct writer left in hiredis's buffer, or let
- * hiredis see its write error (queue_kick). */
-static void kick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
-  (void)loop;
-  bw_redis_t *c = (bw_redis_t *)(void *)((char *)op - offsetof(bw_redis_t, kick_op));
-  atomic_store(&c->kick_queued, false);
-  loop_enter(c);
-  if (c->ac) bw__redis_uv_kick(c->ac);
-  loop_leave(c);
-  client_unref(c);
-}
-
-static void queue_kick(bw_redis_t *c) { queue_once(c, &c->kick_queued, &c->kick_op); }
 
 /* ---- Connection ----------------------------------------------------------- */
 
@@ -825,7 +655,7 @@ static void start_connect(bw_redis_t *c) {
                               uv_strerror(rc)));
     return;
   }
-  bw__redis_uv_set_hook(ac, on_glue);
+  bw__redis_uv_set_batch_hook(ac, on_batch);
   hold_clock(c, true);
   c->connect_deadline_ns = now_ns(c) + (uint64_t)c->connect_timeout_ms * 1000000u;
   schedule_tick(c, c->connect_deadline_ns);
@@ -834,9 +664,7 @@ static void start_connect(bw_redis_t *c) {
 static void connect_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
   bw_redis_t *c = (bw_redis_t *)(void *)((char *)op - offsetof(bw_redis_t, connect_op));
-  loop_enter(c);
   if (!c->closing) start_connect(c);
-  loop_leave(c);
   client_unref(c);
 }
 
@@ -863,10 +691,8 @@ static void reactor_closing(void *arg, uv_loop_t *loop);
 static void close_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
   bw_redis_t *c = (bw_redis_t *)(void *)((char *)op - offsetof(bw_redis_t, close_op));
-  loop_enter(c);
   hook_box_t *box = c->box;
   close_now(c); /* clears box->client */
-  loop_leave(c);
   /* An op runs before shutdown takes the hooks: remove ours so a client
    * freed before its runtime leaves nothing registered. */
   if (box && bw__reactor_off_close(c->rt, reactor_closing, box)) bw__free(box);
@@ -878,9 +704,7 @@ static void reactor_closing(void *arg, uv_loop_t *loop) {
   hook_box_t *box = arg;
   if (box->client) {
     bw_redis_t *c = box->client;
-    loop_enter(c);
     close_now(c); /* clears box->client */
-    loop_leave(c);
   }
   bw__free(box);
 }
@@ -920,7 +744,6 @@ static void client_destroy(bw_redis_t *c) {
   bw_error_unref(c->last_err);
   bw_error_unref(c->handshake_err);
   pthread_mutex_destroy(&c->mu);
-  pthread_mutex_destroy(&c->io_mu);
   pthread_cond_destroy(&c->cv);
   bw__free(c->host);
   bw__free(c->unix_path);
@@ -941,9 +764,7 @@ void bw_redis_free(bw_redis_t *c) {
   if (bw__reactor_submit(c->rt, &c->close_op) != 0) {
     /* The reactor is gone: its on_close hook already closed us (or we never
      * connected); nothing runs on the loop any more. */
-    loop_enter(c);
     close_now(c);
-    loop_leave(c);
     client_unref(c);
   }
   wait_last_ref(c);
@@ -997,10 +818,8 @@ bw_error_t *bw_redis_new(bw_runtime_t *rt, const bw_redis_opts_t *opts, bw_redis
   atomic_init(&c->refs, 1);
   atomic_init(&c->state, BW_REDIS_CONNECTING);
   pthread_mutex_init(&c->mu, NULL);
-  pthread_mutex_init(&c->io_mu, NULL);
   pthread_cond_init(&c->cv, NULL);
   c->tick_op.fn = tick_on_loop;
-  c->kick_op.fn = kick_on_loop;
   c->box = bw__calloc(1, sizeof *c->box);
   if (oom || !c->box) {
     bw__free(c->box);
