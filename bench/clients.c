@@ -17,19 +17,13 @@
  * of redis_stack (0: the bare client service), RB_WORKERS=n sets its
  * runtime's worker count.
  *
- * Why redis_stack runs on 1 worker (BENCH.md's default is 2): it is the
- * size a user would pick for this job on this machine. The job is one
- * pipelined connection: the replies of one read reach the runtime as one
- * batch, run on one worker, and that worker writes the next commands
- * itself (src/clients/redis.c, "Direct writes"), so a second worker never
- * has anything to run beside the first. It still costs: every hand-off
- * from the I/O thread wakes the second worker too (the first one, having
- * found the work as the last searcher, wakes another: runtime/worker.c),
- * two more context switches per round trip. And the 2 cores of the bench
- * machine already carry redis-server and the reactor's I/O thread.
- * Measured on the 2-core VM with the client's direct writes (the `#` ratio
- * line, 12 runs each, noisy): 1 worker median 90% (84-112%), 2 workers
- * median 84% (75-101%). RB_WORKERS=2 measures the 2-worker figure. */
+ * Why redis_stack runs on 1 worker (BENCH.md states no worker count for
+ * the clients table): it is the size a user would pick for this job on
+ * this machine. The job is one pipelined connection: the replies of one
+ * read reach the runtime as one batch and run on one worker, so a second
+ * worker has nothing to run beside the first, and the 2 cores already
+ * carry redis-server and the reactor's I/O thread. RB_WORKERS=2 measures
+ * the 2-worker figure. */
 #include "paired.h"
 #include "servers.h"
 
