@@ -651,6 +651,7 @@ static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   atomic_store_explicit(&c->depth, 0, memory_order_relaxed);
   atomic_store_explicit(&c->starter, NULL, memory_order_relaxed);
   atomic_store_explicit(&c->flags, 0, memory_order_relaxed);
+  atomic_store_explicit(&c->started, false, memory_order_relaxed);
   c->is_root = false;
   c->holds_svc = false;
   c->stack_root = svc->owns_stack;
@@ -694,10 +695,9 @@ bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *
   bw_call_t *c = pool_get(svc);
   if (!c) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   call_init(c, svc, parent->rt);
-  /* Marked started from birth (one relaxed store instead of an atomic OR at
-   * start): bw_call_free of a never-started child then just finds it IDLE,
-   * whose cancel is a no-op. */
-  atomic_store_explicit(&c->flags, BW__CF_STARTED, memory_order_relaxed);
+  /* Marked started from birth: bw_call_free of a never-started child then
+   * just finds it IDLE, whose cancel is a no-op. */
+  atomic_store_explicit(&c->started, true, memory_order_relaxed);
   c->parent = parent;
   /* A built stack's outermost node starts its own stack here, whatever
    * wraps it (a registry service, a layer, another stack): its metrics and
@@ -729,11 +729,11 @@ void bw_call_free(bw_call_t *call) {
     tl_freed_in_cb = true;
     return;
   }
-  int fl = atomic_fetch_or(&call->flags, BW__CF_ABANDONED);
-  if (!(fl & BW__CF_STARTED)) { /* a root never started (bw_call_new) */
-    unref_n(call, 3);
+  if (!atomic_load_explicit(&call->started, memory_order_relaxed)) {
+    unref_n(call, 3); /* a root never started (bw_call_new) */
     return;
   }
+  atomic_fetch_or(&call->flags, BW__CF_ABANDONED);
   if (atomic_load(&call->state) != BW__CALL_DONE) bw_call_cancel(call);
   bw_call_unref(call);
 }
@@ -1033,8 +1033,9 @@ static void deferred_start(void *arg) {
 bw_error_t *bw_service_call(bw_service_t *svc, bw_call_t *call, bw_call_cb cb, void *arg) {
   if (!svc || !call || call->svc != svc || !call->is_root)
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_service_call: call was not made for this service");
-  if (atomic_fetch_or(&call->flags, BW__CF_STARTED) & BW__CF_STARTED)
+  if (atomic_load_explicit(&call->started, memory_order_relaxed))
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "bw_service_call: call already started");
+  atomic_store_explicit(&call->started, true, memory_order_relaxed);
   call->cb = cb;
   call->cb_arg = arg;
   bool seeded = false;
@@ -1081,7 +1082,7 @@ static void deferred_list(void *arg) {
 void bw_call_child_start(bw_call_t *child, bw_call_cb cb, void *arg) {
   child->cb = cb;
   child->cb_arg = arg;
-  /* BW__CF_STARTED was set by bw_call_child_new (see there) */
+  /* `started` was set by bw_call_child_new (see there) */
   atomic_fetch_add_explicit(&child->refs, 2, memory_order_relaxed); /* in flight + starting */
   atomic_fetch_add_explicit(&child->parent->refs, 1, memory_order_relaxed); /* hold parent */
   child->holds_parent = true;

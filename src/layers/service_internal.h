@@ -26,7 +26,6 @@ enum { BW__CALL_IDLE = 0, BW__CALL_RUNNING = 1, BW__CALL_DONE = 2 };
 enum {
   BW__CF_CANCEL = 1 << 0,    /* cancel requested */
   BW__CF_ABANDONED = 1 << 1, /* owner freed it before delivery: skip the callback */
-  BW__CF_STARTED = 1 << 2,   /* bw_service_call / child_start happened */
 };
 
 typedef struct bw__stack bw__stack_t;
@@ -128,6 +127,10 @@ struct bw_call {
    * from outside. Written by the completion winner before delivery. */
   int abort_depth;
   atomic_int flags;   /* BW__CF_* */
+  /* bw_service_call happened (children: from birth). Apart from flags so
+   * that starting needs no atomic OR: only the owner starts or frees a
+   * call, and it orders those itself (relaxed). */
+  atomic_bool started;
   bool is_root;
   bool holds_parent; /* started child: one ref on parent until recycled */
   bool holds_svc;    /* one ref on svc until recycled (roots, foreign children) */

@@ -115,13 +115,19 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
 static bool timeout_finish(bw_service_t *svc, bw_call_t *call, void *state, bool aborted) {
   tstate_t *st = state;
   bw__call_put_deadline(call, st->own_deadline_ns); /* outer nodes see their own again */
-  /* seq_cst store then load, against forward()'s store of armed then load
-   * of live; unless forward() has returned (the usual case: an answer
-   * inside the start chain, delivered afterwards), when armed is final */
-  memory_order mo = bw__call_start_ended(call) ? memory_order_relaxed : memory_order_seq_cst;
-  atomic_store_explicit(&st->live, false, mo);
-  if (atomic_load_explicit(&st->armed, mo) && bw_timer_cancel(atomic_load(&st->timer)))
-    bw_call_unref(call);
+  if (bw__call_start_ended(call)) {
+    /* forward() has returned (the usual case: an answer inside the start
+     * chain, delivered afterwards): armed is final, and no timer means
+     * nothing to tell. (Constant orders: gcc makes a variable one seq_cst.) */
+    if (!atomic_load_explicit(&st->armed, memory_order_relaxed)) return false;
+    atomic_store_explicit(&st->live, false, memory_order_relaxed);
+  } else {
+    /* seq_cst store then load, against forward()'s store of armed then
+     * load of live */
+    atomic_store(&st->live, false);
+    if (!atomic_load(&st->armed)) return false;
+  }
+  if (bw_timer_cancel(atomic_load(&st->timer))) bw_call_unref(call);
   return false;
 }
 
