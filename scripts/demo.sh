@@ -7,16 +7,24 @@
 #
 #   bash scripts/demo.sh             config: $BW_DEMO_CONFIG or examples/stacks.yaml
 #   BW_DEMO_PHASE_MS=2000 bash scripts/demo.sh   shorter phases
+#   BW_DEMO_PRESET=asan bash scripts/demo.sh     built with ASan+UBSan
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
 
 bash scripts/setup.sh
-cmake --preset release >/dev/null
-# Only what the demo needs (the full release build is `cmake --build --preset release`).
-cmake --build --preset release --target example_demo example_runtime_tour bw-test-httpd
+# BW_DEMO_PRESET=asan runs the same demo built with ASan+UBSan (the test
+# suite does: a fault only the faulted demo hit once went unseen).
+preset=${BW_DEMO_PRESET:-release}
+if [[ $preset == asan ]]; then
+  export ASAN_OPTIONS=${ASAN_OPTIONS:-halt_on_error=1:abort_on_error=1:detect_leaks=1}
+  export UBSAN_OPTIONS=${UBSAN_OPTIONS:-halt_on_error=1:print_stacktrace=1}
+fi
+cmake --preset "$preset" >/dev/null
+# Only what the demo needs (the full build is `cmake --build --preset <preset>`).
+cmake --build --preset "$preset" --target example_demo example_runtime_tour bw-test-httpd
 
-bin=$root/build/release
+bin=$root/build/$preset
 config=${BW_DEMO_CONFIG:-examples/stacks.yaml}
 tmp=$(mktemp -d "${TMPDIR:-/tmp}/bulwark-demo.XXXXXX")
 redis_pid="" httpd_pid="" demo_pid=""
