@@ -528,7 +528,6 @@ static void hold_clock(bw_redis_t *c, bool hold) {
 }
 
 static void conn_lost(bw_redis_t *c, bw_error_t *why) {
-  hold_clock(c, false);
   bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
   c->ac = NULL;
   c->ac_ready = false;
@@ -536,7 +535,10 @@ static void conn_lost(bw_redis_t *c, bw_error_t *why) {
   c->handshake_err = NULL;
   bw_error_unref(c->last_err);
   c->last_err = why;
-  if (c->closing) return;
+  if (c->closing) {
+    hold_clock(c, false);
+    return;
+  }
   if (st == BW_REDIS_READY)
     STAT_INC(c, n_disconnects);
   else
@@ -547,6 +549,9 @@ static void conn_lost(bw_redis_t *c, bw_error_t *why) {
   c->backoff_ms = delay * 2 > c->reconnect_max_ms ? c->reconnect_max_ms : delay * 2;
   c->reconnect_at_ns = now_ns(c) + (uint64_t)delay * 1000000u;
   schedule_tick(c, c->reconnect_at_ns);
+  /* After the tick moved to the reconnect time: released before, the
+   * paused clock could jump to the failed connect's deadline first. */
+  hold_clock(c, false);
 }
 
 static void become_ready(bw_redis_t *c) {
@@ -589,7 +594,6 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
 static void on_tcp_connect(redisAsyncContext *ac, int err, void *arg) {
   bw_redis_t *c = arg;
   if (ac != c->ac) return;
-  hold_clock(c, false);
   if (err) {
     char where[160];
     if (c->unix_path)
@@ -600,6 +604,7 @@ static void on_tcp_connect(redisAsyncContext *ac, int err, void *arg) {
                               strerror(err)));
     return; /* the glue frees the context */
   }
+  hold_clock(c, false);
   if (c->handshake_left == 0) become_ready(c);
 }
 

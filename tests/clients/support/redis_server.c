@@ -1,7 +1,8 @@
 /* Test fixture: a real redis-server child (see redis_server.h).
  *
- * Readiness is "answers PING": the server is polled with a short blocking
- * hiredis connection every few milliseconds, for at most 10 s. Children are
+ * Readiness is "answers PING" on its own unix socket: the server is polled
+ * with a short blocking hiredis connection every few milliseconds, for at
+ * most 10 s. Ports: see bw_test_free_port. Children are
  * recorded in a small table that an atexit handler kills, and each child asks
  * the kernel for SIGKILL when its parent dies (PR_SET_PDEATHSIG), so a
  * crashed test leaves no server running. */
@@ -19,6 +20,7 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
+#include <stdint.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -87,14 +89,48 @@ static void untrack(pid_t pid) {
     if (children[i] == pid) children[i] = 0;
 }
 
+static bool bindable(int port) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  if (fd < 0) return false;
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  sa.sin_port = htons((uint16_t)port);
+  bool ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  close(fd);
+  return ok;
+}
+
+/* A random free port below the kernel's ephemeral range (where bind(0) and
+ * outgoing connections take their ports). A server's port inside that
+ * range, once the test kills the server, can be handed to another test
+ * process running in parallel: our reconnecting client then reaches that
+ * process's server, and our restart cannot bind (both seen under ctest -j).
+ * A client reconnecting there can even connect to itself. */
 int bw_test_free_port(void) {
+  int low = 32768;
+  FILE *f = fopen("/proc/sys/net/ipv4/ip_local_port_range", "r");
+  if (f) {
+    if (fscanf(f, "%d", &low) != 1) low = 32768;
+    fclose(f);
+  }
+  static unsigned seed;
+  if (!seed) seed = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL);
+  if (low > 12000) {
+    for (int i = 0; i < 200; i++) {
+      seed = seed * 1103515245u + 12345u;
+      int port = 10000 + (int)((seed >> 8) % (unsigned)(low - 10000));
+      if (bindable(port)) return port;
+    }
+  }
+  /* no room below the range: any free port */
   int fd = socket(AF_INET, SOCK_STREAM, 0);
   if (fd < 0) return -1;
   struct sockaddr_in sa;
   memset(&sa, 0, sizeof sa);
   sa.sin_family = AF_INET;
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  sa.sin_port = 0;
   socklen_t len = sizeof sa;
   int port = -1;
   if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
@@ -112,7 +148,9 @@ static void sleep_ms(long ms) {
 
 static bool answers_ping(const bw_test_redis_t *rs) {
   struct timeval tv = {0, 200000};
-  redisContext *c = redisConnectWithTimeout("127.0.0.1", rs->port, tv);
+  /* through the server's own unix socket (a path no other test uses): a
+   * PONG on the TCP port could come from another process's server */
+  redisContext *c = redisConnectUnixWithTimeout(rs->unix_path, tv);
   bool ok = false;
   if (c && !c->err) {
     redisSetTimeout(c, tv);

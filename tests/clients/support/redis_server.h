@@ -36,7 +36,8 @@ void bw_test_redis_pause(bw_test_redis_t *rs);
 void bw_test_redis_resume(bw_test_redis_t *rs);
 /* Stop the server and remove its temporary directory. */
 void bw_test_redis_destroy(bw_test_redis_t *rs);
-/* A port on 127.0.0.1 where nothing listens (bound then closed). */
+/* A port on 127.0.0.1 where nothing listens (bound then closed), below
+ * the kernel's ephemeral port range when there is room. */
 int bw_test_free_port(void);
 
 #endif
