@@ -89,17 +89,23 @@ static void untrack(pid_t pid) {
     if (children[i] == pid) children[i] = 0;
 }
 
-static bool bindable(int port) {
+/* Bind a loopback socket to port (0: any) and close it: the port it got,
+ * or -1. */
+static int try_port(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return false;
+  if (fd < 0) return -1;
   struct sockaddr_in sa;
   memset(&sa, 0, sizeof sa);
   sa.sin_family = AF_INET;
   sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
   sa.sin_port = htons((uint16_t)port);
-  bool ok = bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0;
+  socklen_t len = sizeof sa;
+  int got = -1;
+  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
+      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
+    got = ntohs(sa.sin_port);
   close(fd);
-  return ok;
+  return got;
 }
 
 /* A random free port below the kernel's ephemeral range (where bind(0) and
@@ -117,27 +123,12 @@ int bw_test_free_port(void) {
   }
   static unsigned seed;
   if (!seed) seed = (unsigned)getpid() * 2654435761u ^ (unsigned)time(NULL);
-  if (low > 12000) {
-    for (int i = 0; i < 200; i++) {
-      seed = seed * 1103515245u + 12345u;
-      int port = 10000 + (int)((seed >> 8) % (unsigned)(low - 10000));
-      if (bindable(port)) return port;
-    }
+  for (int i = 0; low > 12000 && i < 200; i++) {
+    seed = seed * 1103515245u + 12345u;
+    int port = 10000 + (int)((seed >> 8) % (unsigned)(low - 10000));
+    if (try_port(port) == port) return port;
   }
-  /* no room below the range: any free port */
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  if (fd < 0) return -1;
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof sa;
-  int port = -1;
-  if (bind(fd, (struct sockaddr *)&sa, sizeof sa) == 0 &&
-      getsockname(fd, (struct sockaddr *)&sa, &len) == 0)
-    port = ntohs(sa.sin_port);
-  close(fd);
-  return port;
+  return try_port(0); /* no room below the range: any free port */
 }
 
 static void sleep_ms(long ms) {
