@@ -14,6 +14,12 @@
  * returned true). The holder that finds the call done cleans up (frees the
  * collected errors). The timer holds a call reference while armed.
  *
+ * Generations: after retry_finish resumed the forwarded call (its first
+ * attempt failed), the nodes and service inside may still complete it late
+ * (an aborted attempt's answer); those completions lose (service.c, "Call
+ * state"). Retry's own completions name the generation it resumed
+ * (st->gen; 0 when the call was never resumed), so they still win.
+ *
  * Synchronous failures: on_child runs from the trampoline (service.c), so
  * starting the next attempt from it does not nest; 10,000 synchronous
  * failures loop on a flat stack. */
@@ -44,6 +50,7 @@ typedef struct rstate {
   _Atomic(bw_timer_t *) timer; /* release-stored once made; cancel loads it */
   bw_runtime_t *timer_rt;
   _Atomic(bw_call_t *) child;
+  uint32_t gen;     /* the call's generation this node completes in */
   uint32_t attempt; /* attempts started */
   uint32_t nerrs;
   uint64_t prev_delay_ns;
@@ -151,7 +158,7 @@ static void wait_then_retry(retry_impl_t *im, rstate_t *st, uint64_t now, uint64
     atomic_store(&st->timer, nt);
     if (e) {
       drop_errs(st);
-      bw_call_complete(call, NULL, NULL, e);
+      bw__call_complete_gen(call, st->gen, NULL, NULL, e);
       return;
     }
     st->timer_rt = rt;
@@ -161,7 +168,7 @@ static void wait_then_retry(retry_impl_t *im, rstate_t *st, uint64_t now, uint64
   if (e) {
     bw_call_unref(call);
     drop_errs(st);
-    bw_call_complete(call, NULL, NULL, e);
+    bw__call_complete_gen(call, st->gen, NULL, NULL, e);
     return;
   }
   /* seq_cst: a cancel that ran before the arm could not disarm it. */
@@ -177,7 +184,7 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   if (atomic_exchange(&st->child, NULL) != child) return; /* cancel stole it */
   retry_impl_t *im = st->im;
   if (!err || bw_call_is_done(call)) {
-    if (!err) bw_call_complete_from_child(call, child);
+    if (!err) bw__call_complete_from_child_gen(call, st->gen, child);
     bw_call_free(child);
     drop_errs(st);
     return;
@@ -186,13 +193,13 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   uint64_t delay = 0, now = 0;
   switch (decide(im, st, err, &fail, &delay, &now)) {
   case R_PASS:
-    bw_call_complete_from_child(call, child);
+    bw__call_complete_from_child_gen(call, st->gen, child);
     bw_call_free(child);
     drop_errs(st);
     return;
   case R_FAIL:
     bw_call_free(child);
-    bw_call_complete(call, NULL, NULL, fail);
+    bw__call_complete_gen(call, st->gen, NULL, NULL, fail);
     return;
   case R_NEXT:
     bw_call_free(child);
@@ -227,7 +234,7 @@ static bool retry_finish(bw_service_t *svc, bw_call_t *call, void *state, bool a
     drop_errs(st);
     return false;
   }
-  if (!bw__call_resume(call, st->depth)) { /* freed or cancelled meanwhile */
+  if (!bw__call_resume(call, st->depth, &st->gen)) { /* freed or cancelled meanwhile */
     drop_errs(st);
     return false;
   }
@@ -242,7 +249,7 @@ static void start_attempt(retry_impl_t *im, rstate_t *st) {
   bw_error_t *e = bw_call_child_new(&child, call, NULL);
   if (e) {
     drop_errs(st);
-    bw_call_complete(call, NULL, NULL, e);
+    bw__call_complete_gen(call, st->gen, NULL, NULL, e);
     return;
   }
   st->attempt++;
@@ -266,6 +273,7 @@ static void retry_call(bw_service_t *svc, bw_call_t *call) {
   rstate_t *st = bw_call_state(call);
   st->call = call;
   st->im = im;
+  st->gen = 0; /* ops->call runs in the start chain: generation 0 */
   st->attempt = 0;
   st->nerrs = 0;
   st->prev_delay_ns = 0;

@@ -6,6 +6,14 @@
  * cancel wins a CAS RUNNING->DONE). The winner stores the result and
  * delivers it; losers free what they brought. That single CAS is the whole
  * exactly-once argument; everything else is about memory lifetime.
+ * A finish hook may make a DONE call RUNNING again (bw__call_resume, retry
+ * after its forwarded first attempt failed); the state word then counts a
+ * new generation. Nodes and services inside the resuming node may still
+ * hold the call (an aborted attempt that answers late): their completions
+ * (bw_call_complete, bw_call_complete_from_child, a timeout's abort) win
+ * only in the generation they were handed the call in, so they lose
+ * against the resumed call; the resuming node completes it with
+ * bw__call_complete_gen, cancels from outside win in any generation.
  *
  * # References (refs)
  * A call's memory returns to its pool when refs hits 0. Holders:
@@ -106,8 +114,8 @@ _Thread_local uint64_t bw__tl_now;
 
 static void run_delivery(bw_call_t *c);
 static void unref_n(bw_call_t *call, int n);
-static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_layer_t *layer,
-                       bw_event_t *ev);
+static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bool fenced,
+                       bw_layer_t *layer, bw_event_t *ev);
 
 /* Starting references kept past their start() until the outermost entry of
  * this thread ends: a call whose delivery is queued here meanwhile (the
@@ -210,7 +218,7 @@ static void sweep(bw_runtime_t *rt) {
   for (bw_service_t *s = g_reg.services; s; s = s->reg_next) {
     pthread_mutex_lock(&s->pool.mu);
     for (bw_call_t *c = s->pool.all; c; c = c->all_next) {
-      if (atomic_load(&c->state) != BW__CALL_RUNNING) continue;
+      if (BW__CALL_PHASE(atomic_load(&c->state)) != BW__CALL_RUNNING) continue;
       if (n == cap) {
         size_t nc = cap ? 2 * cap : 64;
         bw_call_t **nl = bw__realloc(list, nc * sizeof *list);
@@ -225,7 +233,7 @@ static void sweep(bw_runtime_t *rt) {
   pthread_mutex_unlock(&g_reg.mu);
   for (size_t i = 0; i < n; i++) {
     bw_call_t *c = list[i];
-    if (c->rt == rt && atomic_load(&c->state) == BW__CALL_RUNNING)
+    if (c->rt == rt && BW__CALL_PHASE(atomic_load(&c->state)) == BW__CALL_RUNNING)
       bw_call_cancel_with(c, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
     bw_call_unref(c);
   }
@@ -734,7 +742,7 @@ void bw_call_free(bw_call_t *call) {
     return;
   }
   atomic_fetch_or(&call->flags, BW__CF_ABANDONED);
-  if (atomic_load(&call->state) != BW__CALL_DONE) bw_call_cancel(call);
+  if (BW__CALL_PHASE(atomic_load(&call->state)) != BW__CALL_DONE) bw_call_cancel(call);
   bw_call_unref(call);
 }
 
@@ -760,7 +768,7 @@ static bool run_finish(bw_call_t *c) {
   return false;
 }
 
-bool bw__call_resume(bw_call_t *c, int depth) {
+bool bw__call_resume(bw_call_t *c, int depth, uint32_t *gen) {
   if (atomic_load(&c->flags) & (BW__CF_CANCEL | BW__CF_ABANDONED)) return false;
   bw__call_set_outcome(c, NULL, NULL, NULL);
   c->abort_depth = INT_MAX;
@@ -771,11 +779,15 @@ bool bw__call_resume(bw_call_t *c, int depth) {
    * state (win): either it sees RUNNING and completes the call, or we see
    * its flag here and do it (win decides between us). */
   atomic_store_explicit(&c->depth, depth, memory_order_relaxed);
-  atomic_store(&c->state, BW__CALL_RUNNING);
+  /* DONE (only we change it now): the next generation, RUNNING. The
+   * depth above is read by fenced aborts after they load this (seq_cst). */
+  int g = (atomic_load_explicit(&c->state, memory_order_relaxed) >> BW__CALL_GEN_SHIFT) + 1;
+  *gen = (uint32_t)g;
+  atomic_store(&c->state, (g << BW__CALL_GEN_SHIFT) | BW__CALL_RUNNING);
   if (atomic_load(&c->flags) & (BW__CF_CANCEL | BW__CF_ABANDONED))
-    abort_call(c, bw_error_static(BW_ERR_CANCELLED), 0, NULL, NULL);
+    abort_call(c, bw_error_static(BW_ERR_CANCELLED), 0, false, NULL, NULL);
   else if (bw__runtime_calls_closing(c->rt)) /* the shutdown sweep may have passed it */
-    abort_call(c, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN), 0, NULL, NULL);
+    abort_call(c, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN), 0, false, NULL, NULL);
   return true;
 }
 
@@ -847,22 +859,52 @@ static void deliver(bw_call_t *c) {
   leave();
 }
 
-/* RUNNING -> DONE. seq_cst: layers pair their "publish, then
- * bw_call_is_done" with it, and forwarding its first "starter" exchange. */
-static bool win(bw_call_t *c) {
-  int expect = BW__CALL_RUNNING;
-  if (!atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_DONE)) return false;
-  /* Answered during a start chain: its clock reading is the end too
-   * (within the chain's own duration; the latency histogram's first bucket
-   * is 1 us wide), saving a clock read per call. */
+/* Answered during a start chain: its clock reading is the end too
+ * (within the chain's own duration; the latency histogram's first bucket
+ * is 1 us wide), saving a clock read per call. */
+static void mark_end(bw_call_t *c) {
   if (c->stack_root)
     atomic_store_explicit(&c->end_ns, bw__tl_now_rt == c->rt ? bw__tl_now : 0,
                           memory_order_relaxed);
+}
+
+/* RUNNING -> DONE in generation gen. seq_cst: layers pair their "publish,
+ * then bw_call_is_done" with it, and forwarding its first "starter"
+ * exchange. */
+static bool win(bw_call_t *c, uint32_t gen) {
+  int g = (int)gen << BW__CALL_GEN_SHIFT;
+  int expect = g | BW__CALL_RUNNING;
+  if (!atomic_compare_exchange_strong(&c->state, &expect, g | BW__CALL_DONE)) return false;
+  mark_end(c);
   return true;
 }
 
+/* RUNNING -> DONE in any generation (a cancel), or, `fenced`, for an abort
+ * from the node at abort_depth: in a later generation only if that node is
+ * outside the one that resumed the call (the call's depth now); an inner
+ * one was finished before the resume (its timer fired late). */
+static bool win_any(bw_call_t *c, int abort_depth, bool fenced) {
+  int s = atomic_load(&c->state);
+  while (BW__CALL_PHASE(s) == BW__CALL_RUNNING) {
+    /* the depth the resume stored before its state store, which we loaded */
+    if (fenced && (s >> BW__CALL_GEN_SHIFT) > 0 &&
+        abort_depth >= atomic_load_explicit(&c->depth, memory_order_relaxed))
+      return false;
+    if (atomic_compare_exchange_weak(&c->state, &s, (s & ~3) | BW__CALL_DONE)) {
+      mark_end(c);
+      return true;
+    }
+  }
+  return false;
+}
+
 bool bw_call_complete(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err) {
-  if (!win(call)) {
+  return bw__call_complete_gen(call, 0, resp, resp_free, err);
+}
+
+bool bw__call_complete_gen(bw_call_t *call, uint32_t gen, void *resp, bw_destroy_fn resp_free,
+                           bw_error_t *err) {
+  if (!win(call, gen)) {
     if (resp && resp_free) resp_free(resp);
     bw_error_unref(err);
     return false;
@@ -881,13 +923,18 @@ bool bw_call_complete(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_e
 }
 
 bool bw_call_complete_from_child(bw_call_t *call, bw_call_t *child) {
-  if (atomic_load(&call->state) != BW__CALL_RUNNING) return false;
+  return bw__call_complete_from_child_gen(call, 0, child);
+}
+
+bool bw__call_complete_from_child_gen(bw_call_t *call, uint32_t gen, bw_call_t *child) {
+  if (atomic_load(&call->state) != (((int)gen << BW__CALL_GEN_SHIFT) | BW__CALL_RUNNING))
+    return false;
   void *resp = child->resp;
   bw_destroy_fn f = child->resp_free;
   child->resp = NULL;
   child->resp_free = NULL;
   if (child->fallback_err && !call->fallback_err) call->fallback_err = bw_error_ref(child->fallback_err);
-  return bw_call_complete(call, resp, f, child->err ? bw_error_ref(child->err) : NULL);
+  return bw__call_complete_gen(call, gen, resp, f, child->err ? bw_error_ref(child->err) : NULL);
 }
 
 void bw_call_cancel(bw_call_t *call) { bw_call_cancel_with(call, NULL); }
@@ -907,10 +954,11 @@ static void finish_cancel(bw_call_t *call) {
 }
 
 /* Complete with err (owned) as a cancel made at `abort_depth` (0: from
- * outside every node), emit ev if given, then finish_cancel. */
-static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bw_layer_t *layer,
-                       bw_event_t *ev) {
-  if (!win(call)) {
+ * outside every node; fenced: by that node, see win_any), emit ev if
+ * given, then finish_cancel. */
+static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bool fenced,
+                       bw_layer_t *layer, bw_event_t *ev) {
+  if (!win_any(call, abort_depth, fenced)) {
     bw_error_unref(err);
     return false;
   }
@@ -952,19 +1000,19 @@ void bw_call_cancel_with(bw_call_t *call, bw_error_t *reason) {
     return;
   }
   bw_call_ref(call); /* the callback may free it; we are not done with it */
-  abort_call(call, reason ? reason : bw_error_static(BW_ERR_CANCELLED), 0, NULL, NULL);
+  abort_call(call, reason ? reason : bw_error_static(BW_ERR_CANCELLED), 0, false, NULL, NULL);
   bw_call_unref(call);
 }
 
 bool bw__call_abort(bw_call_t *call, bw_error_t *err, int depth, bw_layer_t *layer, bw_event_t *ev) {
   bw_call_ref(call);
-  bool won = abort_call(call, err, depth, layer, ev);
+  bool won = abort_call(call, err, depth, true, layer, ev);
   bw_call_unref(call);
   return won;
 }
 
 bool bw_call_is_done(const bw_call_t *call) {
-  return atomic_load((atomic_int *)&call->state) == BW__CALL_DONE;
+  return BW__CALL_PHASE(atomic_load((atomic_int *)&call->state)) == BW__CALL_DONE;
 }
 bool bw_call_is_cancelled(const bw_call_t *call) {
   return (atomic_load((atomic_int *)&call->flags) & BW__CF_CANCEL) != 0;
@@ -1140,7 +1188,7 @@ void *bw_call_take_response(bw_call_t *call, bw_destroy_fn *free_fn) {
   return r;
 }
 const bw_error_t *bw_call_error(const bw_call_t *call) {
-  return atomic_load((atomic_int *)&call->state) == BW__CALL_DONE ? call->err : NULL;
+  return BW__CALL_PHASE(atomic_load((atomic_int *)&call->state)) == BW__CALL_DONE ? call->err : NULL;
 }
 void bw_call_set_deadline_ns(bw_call_t *call, uint64_t deadline_ns) {
   uint64_t pd = call->parent ? bw_call_deadline_ns(call->parent) : 0;

@@ -18,8 +18,13 @@
 #define BW__SVC_MAGIC 0x62777376u   /* "bwsv" */
 #define BW__LAYER_MAGIC 0x62776c79u /* "bwly" */
 
-/* bw_call.state: the call's phase. */
+/* bw_call.state: the call's phase in the low 2 bits; above them its
+ * generation: how many times a finish hook made it RUNNING again
+ * (bw__call_resume). A completion wins only in the generation it is meant
+ * for (see bw__call_complete_gen). */
 enum { BW__CALL_IDLE = 0, BW__CALL_RUNNING = 1, BW__CALL_DONE = 2 };
+#define BW__CALL_PHASE(s) ((s) & 3)
+#define BW__CALL_GEN_SHIFT 2
 #define BW__DEPTH_MAX 32 /* forwarding stops here (children take over) */
 /* bw_call.starter while a canceller hands its cancel to the starting thread */
 #define BW__HANDOFF ((void *)1)
@@ -110,7 +115,7 @@ struct bw_call {
   _Atomic(void *) pend_on;
   int pend_idx;
   atomic_int refs;
-  atomic_int state;   /* BW__CALL_*; seq_cst (see cancel vs start) */
+  atomic_int state;   /* BW__CALL_* and generation; seq_cst (see cancel vs start) */
   /* Forwarding depth: how many nodes passed the call itself inward (see
    * bw__call_forward). Relaxed: written by the thread running the call's
    * start chain (or a resuming finish hook); others read it only after
@@ -234,8 +239,22 @@ bool bw__call_abort(bw_call_t *call, bw_error_t *err, int depth, bw_layer_t *lay
  * again at that node (its outcome is dropped; the hooks of outer nodes have
  * not run), so the node can go on with children. False (nothing changed)
  * if the caller cancelled or freed it. A cancel racing with the resume
- * still completes it once. */
-bool bw__call_resume(bw_call_t *call, int depth);
+ * still completes it once. On true, *gen is the call's new generation:
+ * from now on only bw__call_complete_gen(call, *gen, ...) (the resuming
+ * node's own completions), cancels, and aborts from nodes outside `depth`
+ * can complete it. The nodes inside were aborted or answered already, yet
+ * may still hold the call and complete it late (bw_call_complete after a
+ * cancel is allowed and ignored): such a completion must not end the new
+ * attempt, so bw_call_complete, bw_call_complete_from_child and
+ * bw__call_abort from an inner node lose in a later generation. */
+bool bw__call_resume(bw_call_t *call, int depth, uint32_t *gen);
+/* bw_call_complete / bw_call_complete_from_child for a node that resumed
+ * the call: they win only while the call is RUNNING in generation `gen`
+ * (the public ones: in generation 0, the only one in which a call is
+ * forwarded inward). */
+bool bw__call_complete_gen(bw_call_t *call, uint32_t gen, void *resp, bw_destroy_fn resp_free,
+                           bw_error_t *err);
+bool bw__call_complete_from_child_gen(bw_call_t *call, uint32_t gen, bw_call_t *child);
 /* In a finish hook: replace the outcome (resp/err owned; the old ones are
  * freed). */
 void bw__call_set_outcome(bw_call_t *call, void *resp, bw_destroy_fn resp_free, bw_error_t *err);
@@ -281,6 +300,7 @@ static inline bw__fwd_t bw__call_forward(bw_call_t *call) {
   if (l->zero) memset(call->state_mem + l->off, 0, l->zero);
   if (atomic_load_explicit(&call->starter, memory_order_relaxed) == NULL)
     atomic_exchange(&call->starter, (void *)&bw__tl_token);
+  /* (a call is forwarded in generation 0 only: its start chain) */
   if (atomic_load(&call->state) != BW__CALL_RUNNING) return BW__FWD_DONE;
   atomic_store_explicit(&call->depth, d, memory_order_relaxed);
   atomic_store_explicit(&call->cur, l->node, memory_order_relaxed);
@@ -298,7 +318,7 @@ static inline void *bw__inl_call_state(bw_call_t *c) {
          c->svc->chain[atomic_load_explicit(&c->depth, memory_order_relaxed)].off;
 }
 static inline bool bw__inl_call_is_done(const bw_call_t *c) {
-  return atomic_load((atomic_int *)&c->state) == BW__CALL_DONE;
+  return BW__CALL_PHASE(atomic_load((atomic_int *)&c->state)) == BW__CALL_DONE;
 }
 static inline const bw_error_t *bw__inl_call_error(const bw_call_t *c) {
   return bw__inl_call_is_done(c) ? c->err : NULL;

@@ -15,7 +15,9 @@
  *   - abandoned calls (bw_call_free in flight) still return their permit,
  *     exactly once, even when the backend answers late;
  *   - a forwarding timeout whose inner answers during the start arms no
- *     timer and leaves no reference (no pool growth, no armed timer).
+ *     timer and leaves no reference (no pool growth, no armed timer);
+ *   - a late answer to a timed-out first attempt loses after retry has
+ *     resumed the call for its next attempt.
  * Every time-dependent check runs on the paused clock. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -924,6 +926,70 @@ static void test_timeout_async_arms_timer(void **state) {
   fx_free(f);
 }
 
+/* ---- 7. retry resuming a forwarded call ------------------------------------- */
+
+/* retry(2 attempts, 20 ms backoff) over timeout(50 ms) over a backend that
+ * ignores the cancel and answers late. The first attempt is the call itself
+ * (forwarded); the timeout aborts it, retry's finish hook makes it RUNNING
+ * again (bw__call_resume) and waits. The backend's late answer to the
+ * aborted first attempt, given during that wait, must lose: it is not the
+ * outcome of the retried call (before the fix it won, the caller got it
+ * and the backoff timer then fired on a finished call). The second attempt
+ * answers the caller. */
+static void test_retry_late_answer_after_resume(void **state) {
+  (void)state;
+  bw_runtime_t *rt = held_rt();
+  stubborn_t sb = {0};
+  bw_service_t *be = stubborn_svc(&sb);
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 2;
+  ro.backoff.kind = BW_BACKOFF_CONSTANT;
+  ro.backoff.base_ns = 20 * MS_;
+  ro.backoff.jitter = BW_JITTER_NONE;
+  bw_layer_t *retry = NULL;
+  assert_null(bw_retry_new(&retry, &ro));
+  bw_layer_t *l[] = {retry, timeout_ms(50)};
+  bw_service_t *svc = lh_stack(l, 2, be);
+  lh_events_t ev = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  bw_event_hook_t *hook = NULL;
+  assert_null(bw_event_hook_add(&hook, svc, NULL, lh_on_event, &ev));
+
+  lh_res_t r;
+  lh_start(&r, svc, rt, 0);
+  assert_int_equal(stubborn_wait(&sb, 1), 1);
+  LH_UNTIL(timers_armed(rt) == 1); /* the timeout's */
+  assert_int_equal(timers_armed(rt), 1);
+  assert_null(bw_runtime_advance(rt, 50));
+  /* the timeout fired, retry scheduled attempt 2 and armed its backoff
+   * (after resuming the call) */
+  LH_UNTIL(lh_count_events(&ev, BW_EVENT_RETRY_SCHEDULED) == 1 && timers_armed(rt) == 1);
+  assert_int_equal(lh_count_events(&ev, BW_EVENT_TIMEOUT), 1);
+  assert_int_equal(timers_armed(rt), 1);
+  assert_int_equal(atomic_load(&r.done), 0);
+
+  assert_false(stubborn_answer(&sb)); /* attempt 1's late answer loses */
+  assert_int_equal(atomic_load(&r.done), 0);
+
+  assert_null(bw_runtime_advance(rt, 20)); /* the backoff ends: attempt 2 */
+  assert_int_equal(stubborn_wait(&sb, 1), 1);
+  assert_true(stubborn_answer(&sb));
+  lh_wait(&r);
+  assert_int_equal(r.kind, BW_ERR_NONE);
+  assert_int_equal(r.resp, 99);
+  assert_int_equal(atomic_load(&sb.calls), 2);
+  lh_free(&r);
+  LH_UNTIL(timers_armed(rt) == 0);
+  assert_int_equal(timers_armed(rt), 0);
+
+  bw_event_hook_remove(hook);
+  pthread_mutex_destroy(&ev.mu);
+  bw_service_release(svc);
+  bw_service_release(be);
+  release_all(l, 2);
+  rt_free(rt);
+}
+
 int main(void) {
   if (lh_count_allocs_install() != 0) return 1; /* before any bulwark object */
   const struct CMUnitTest tests[] = {
@@ -940,6 +1006,7 @@ int main(void) {
       cmocka_unit_test(test_timeout_sync_no_timer),
       cmocka_unit_test(test_timeout_async_arms_timer),
       cmocka_unit_test(test_caller_sees_own_call),
+      cmocka_unit_test(test_retry_late_answer_after_resume),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
