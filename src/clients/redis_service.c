@@ -1,11 +1,20 @@
 /* The Redis client as a bw_service_t (see include/bulwark/redis.h).
  *
- * Per-call state is one atomic pointer to the in-flight request, holding a
- * request reference. ops->call publishes it (seq_cst) and then checks
- * bw_call_is_done(); ops->cancel and the completion take it with an
- * exchange, so exactly one of them drops that reference, and a cancel that
- * raced the start is seen by one side or the other (layer.h's rule). The
- * call is referenced (bw_call_ref) while a request may still complete it.
+ * Per-call state: the call, and one atomic slot for the in-flight request,
+ * holding a request reference. ops->call publishes the request with a CAS
+ * from NULL; ops->cancel and the completion take it out with an exchange
+ * that leaves GONE behind, so exactly one of them drops that reference,
+ * and whichever of publish and take comes second sees the other (a cancel
+ * before the publish: ops->call finds GONE and cancels the request
+ * itself). The call is referenced (bw_call_ref) while a request may still
+ * complete it.
+ *
+ * The completion gets this state, not the call: the call may have been
+ * forwarded here by outer nodes, and an outer retry may have resumed it
+ * after a timeout aborted this attempt (service_internal.h,
+ * bw__call_resume). bw_call_state(call) then names the retry node's state,
+ * not ours; and our late bw_call_complete loses (the call is in a later
+ * generation), so a late reply never answers the next attempt.
  * Completion is `direct`: bw_call_complete moves the caller's callback to a
  * worker itself, so the loop thread completes calls without another hop. */
 #include <stdatomic.h>
@@ -23,8 +32,13 @@ struct bw_redis_request {
 };
 
 typedef struct call_state {
-  _Atomic(bw__redis_req_t *) req;
+  _Atomic(bw__redis_req_t *) req; /* NULL, the request, or GONE */
+  bw_call_t *call;
 } call_state_t;
+
+/* The slot's value once the completion or the cancel took the request. */
+#define GONE ((bw__redis_req_t *)(void *)&gone_mark)
+static const char gone_mark;
 
 bw_error_t *bw_redis_request_new(bw_redis_request_t **out, int argc, const char *const *argv,
                                  const size_t *argvlen) {
@@ -62,10 +76,10 @@ void bw_redis_request_free(void *req) { bw__free(req); }
 static void reply_free(void *p) { bw_redis_reply_free(p); }
 
 static void on_done(bw_redis_reply_t *reply, bw_error_t *err, void *arg) {
-  bw_call_t *call = arg;
-  call_state_t *st = bw_call_state(call);
-  bw__redis_req_t *r = atomic_exchange(&st->req, NULL);
-  if (r) bw__redis_req_release(r); /* safe: delivery holds its own reference */
+  call_state_t *st = arg;
+  bw_call_t *call = st->call;
+  bw__redis_req_t *r = atomic_exchange(&st->req, GONE);
+  if (r && r != GONE) bw__redis_req_release(r); /* safe: delivery holds its own reference */
   bw_service_t *svc = bw__call_pool_service(call);
   bw_call_complete(call, reply, reply ? reply_free : NULL, err);
   bw_call_unref(call);
@@ -75,7 +89,8 @@ static void on_done(bw_redis_reply_t *reply, bw_error_t *err, void *arg) {
 static void svc_call(bw_service_t *svc, bw_call_t *call) {
   bw_redis_t *client = bw_service_impl(svc);
   call_state_t *st = bw_call_state(call);
-  atomic_store(&st->req, NULL);
+  atomic_store_explicit(&st->req, NULL, memory_order_relaxed);
+  st->call = call;
   const bw_redis_request_t *rq = bw_call_request(call);
   if (!rq) {
     bw_call_complete(call, NULL, NULL,
@@ -97,7 +112,7 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
   bw_call_ref(call);
   bw__redis_req_t *hold = NULL;
   bw_error_t *e = bw__redis_submit(client, rq->argc, (const char *const *)rq->argv, rq->lens,
-                                   bw_call_deadline_ns(call), NULL, true, on_done, call, &hold);
+                                   bw_call_deadline_ns(call), NULL, true, on_done, st, &hold);
   if (e) {
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
@@ -106,13 +121,13 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
     bw_service_release(pool);
     return;
   }
-  atomic_store(&st->req, hold); /* seq_cst: pairs with the exchange in svc_cancel */
-  if (bw_call_is_done(call)) {
-    bw__redis_req_t *r = atomic_exchange(&st->req, NULL);
-    if (r) {
-      bw__redis_req_cancel(r, NULL);
-      bw__redis_req_release(r);
-    }
+  /* Publish. If the cancel or the completion came first (it left GONE),
+   * the request is ours to drop, and to cancel in case that was the cancel
+   * (a done request ignores it). */
+  bw__redis_req_t *expect = NULL;
+  if (!atomic_compare_exchange_strong(&st->req, &expect, hold)) {
+    bw__redis_req_cancel(hold, NULL);
+    bw__redis_req_release(hold);
   }
   bw_call_unref(call);
   bw_service_release(pool);
@@ -121,8 +136,8 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
 static void svc_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
   (void)svc;
   call_state_t *st = bw_call_state(call);
-  bw__redis_req_t *r = atomic_exchange(&st->req, NULL);
-  if (!r) return;
+  bw__redis_req_t *r = atomic_exchange(&st->req, GONE);
+  if (!r || r == GONE) return; /* svc_call, or the completion, drops it */
   bw__redis_req_cancel(r, reason ? bw_error_ref(reason) : NULL);
   bw__redis_req_release(r);
 }
