@@ -22,6 +22,12 @@
  *   iteration's ops and I/O callbacks, and writes everything queued in one
  *   go. Only if that write is partial (socket buffer full) does hiredis ask
  *   again, and then we really poll for POLLOUT.
+ * - Writes from another thread (redis.c's direct path): the owner holds
+ *   its own lock over every glue callback (the hook below) and over its
+ *   hiredis calls elsewhere. With `external` set, hiredis's addWrite is
+ *   ignored and the caller writes hiredis's buffer itself
+ *   (bw__redis_uv_write_now); whatever is left is handed back to the loop
+ *   (bw__redis_uv_kick). No uv call is made off the loop thread.
  * - Lifetime: `ac` is cleared in the cleanup hook (hiredis is freeing the
  *   context; its fd is closed right after), where the poll is stopped (so
  *   the fd leaves epoll before close) and both handles are closed; the
@@ -42,10 +48,11 @@ typedef struct glue {
   bool connecting;       /* connect result not reported yet */
   bool flush_armed;      /* check handle started for a coalesced write */
   bool in_flush;         /* inside the coalesced write */
+  bool external;         /* a non-loop thread is queuing: ignore addWrite */
   int open_handles;      /* closed when this drops to 0 */
   uv_check_t check;
   bw__redis_uv_connect_fn on_connect;
-  void (*batch)(void *arg, bool begin);
+  void (*hook)(void *arg, bool begin);
   void *arg;
 } glue_t;
 
@@ -54,7 +61,7 @@ static void on_poll(uv_poll_t *h, int status, int events);
 static void update(glue_t *g, int events) {
   /* uv_poll_start re-registers the fd (epoll_ctl); hiredis re-adds read
    * interest after every read, so only touch the poll on a real change. */
-  if (!g->ac || events == g->events) return;
+  if (!g->ac || g->external || events == g->events) return;
   g->events = events;
   if (events)
     uv_poll_start(&g->poll, events, on_poll);
@@ -75,14 +82,20 @@ static void on_check(uv_check_t *h) {
   uv_check_stop(&g->check);
   g->flush_armed = false;
   if (!g->ac) return;
-  g->in_flush = true;
-  redisAsyncHandleWrite(g->ac);
-  g->in_flush = false;
+  void (*fn)(void *, bool) = g->hook; /* g->ac may be gone by the end */
+  void *arg = g->arg;
+  if (fn) fn(arg, true);
+  if (g->ac) {
+    g->in_flush = true;
+    redisAsyncHandleWrite(g->ac);
+    g->in_flush = false;
+  }
+  if (fn) fn(arg, false);
 }
 
 static void add_write(void *p) {
   glue_t *g = p;
-  if (!g->ac) return;
+  if (!g->ac || g->external) return;
   if (g->connecting || g->in_flush || (g->events & UV_WRITABLE)) {
     update(g, g->events | UV_WRITABLE);
   } else if (!g->flush_armed) {
@@ -129,9 +142,7 @@ static void finish_connect(glue_t *g, int status) {
   if (g->ac) redisAsyncHandleWrite(g->ac); /* hiredis marks it connected, flushes */
 }
 
-static void on_poll(uv_poll_t *h, int status, int events) {
-  glue_t *g = h->data;
-  if (!g->ac) return;
+static void handle_poll(glue_t *g, int status, int events) {
   if (g->connecting) {
     if (status < 0 || (events & UV_WRITABLE)) finish_connect(g, status);
     return;
@@ -145,18 +156,37 @@ static void on_poll(uv_poll_t *h, int status, int events) {
     }
     return;
   }
-  void (*batch)(void *, bool) = g->batch;
-  void *arg = g->arg;
-  if (batch) batch(arg, true);
   if (events & UV_READABLE) redisAsyncHandleRead(g->ac);
   if (g->ac && (events & UV_WRITABLE)) redisAsyncHandleWrite(g->ac);
-  if (batch) batch(arg, false);
 }
 
-void bw__redis_uv_set_batch_hook(redisAsyncContext *ac, void (*fn)(void *arg, bool begin)) {
-  glue_t *g = ac->ev.data;
-  if (g) g->batch = fn;
+static void on_poll(uv_poll_t *h, int status, int events) {
+  glue_t *g = h->data;
+  if (!g->ac) return;
+  void (*fn)(void *, bool) = g->hook; /* g->ac may be gone by the end */
+  void *arg = g->arg;
+  if (fn) fn(arg, true);
+  if (g->ac) handle_poll(g, status, events);
+  if (fn) fn(arg, false);
 }
+
+void bw__redis_uv_set_hook(redisAsyncContext *ac, void (*fn)(void *arg, bool begin)) {
+  glue_t *g = ac->ev.data;
+  if (g) g->hook = fn;
+}
+
+void bw__redis_uv_external(redisAsyncContext *ac, bool on) {
+  glue_t *g = ac->ev.data;
+  if (g) g->external = on;
+}
+
+int bw__redis_uv_write_now(redisAsyncContext *ac) {
+  int done = 0;
+  if (redisBufferWrite(&ac->c, &done) != REDIS_OK) return -1;
+  return done ? 0 : 1;
+}
+
+void bw__redis_uv_kick(redisAsyncContext *ac) { add_write(ac->ev.data); }
 
 int bw__redis_uv_attach(uv_loop_t *loop, redisAsyncContext *ac, bw__redis_uv_connect_fn cb,
                         void *arg) {

@@ -245,6 +245,138 @@ static void test_pipelining(void **state) {
   bw_redis_free(c);
 }
 
+/* Commands submitted from completion callbacks: a delivery batch's worker
+ * writes them to the socket itself when the batch ends (redis.c, "Direct
+ * writes"). Each chain step pushes 2 values; the lists read at the end
+ * show that every command ran once and in submission order. */
+typedef struct chain {
+  bw_redis_t *c;
+  waiter_t *w;
+  int next, rounds;
+  char key[32];
+} chain_t;
+
+/* A callback's view of a failure or a wrong thread: recorded, not asserted
+ * (cmocka's asserts belong to the test thread). */
+static void chain_note(waiter_t *w, const bw_error_t *err, bool done) {
+  pthread_mutex_lock(&w->mu);
+  if (bw_runtime_current() != rt) w->bad_thread = true;
+  if (err) w->errors_by_kind[bw_error_kind(err)]++;
+  if (done) w->got++;
+  pthread_cond_broadcast(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+static void on_chain_first(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  chain_note(arg, err, false);
+  bw_redis_reply_free(reply);
+}
+
+static void on_chain(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  chain_t *ch = arg;
+  bw_redis_reply_free(reply);
+  if (err || ch->next >= 2 * ch->rounds) {
+    chain_note(ch->w, err, true);
+    return;
+  }
+  char v[2][16];
+  const char *argv[2][3];
+  for (int k = 0; k < 2; k++) {
+    snprintf(v[k], sizeof v[k], "%d", ch->next++);
+    argv[k][0] = "RPUSH";
+    argv[k][1] = ch->key;
+    argv[k][2] = v[k];
+  }
+  /* the second of the pair continues the chain */
+  bw_error_t *e = bw_redis_command(ch->c, 3, argv[0], NULL, NULL, on_chain_first, ch->w);
+  if (!e) e = bw_redis_command(ch->c, 3, argv[1], NULL, NULL, on_chain, ch);
+  if (e) {
+    chain_note(ch->w, e, true);
+    bw_error_unref(e);
+  }
+}
+
+static void test_commands_from_callbacks(void **state) {
+  (void)state;
+  bw_redis_t *c = client_new(NULL);
+  enum { CHAINS = 16 };
+  int rounds = (int)(200 * scale());
+  chain_t ch[CHAINS];
+  waiter_t w;
+  for (int i = 0; i < CHAINS; i++) {
+    ch[i] = (chain_t){c, NULL, 0, rounds, ""};
+    snprintf(ch[i].key, sizeof ch[i].key, "chain:%d", i);
+    cmd1(c, &w, "DEL", ch[i].key, NULL);
+    waiter_fini(&w);
+  }
+  waiter_init(&w, CHAINS);
+  const char *ping[1] = {"PING"};
+  for (int i = 0; i < CHAINS; i++) {
+    ch[i].w = &w;
+    assert_null(bw_redis_command(c, 1, ping, NULL, NULL, on_chain, &ch[i]));
+  }
+  assert_true(waiter_wait(&w, 30));
+  assert_false(w.bad_thread);
+  for (int k = 0; k < BW_ERR__MAX; k++) assert_int_equal(w.errors_by_kind[k], 0);
+  waiter_fini(&w);
+  for (int i = 0; i < CHAINS; i++) {
+    const char *argv[4] = {"LRANGE", ch[i].key, "0", "-1"};
+    run(c, &w, 4, argv, NULL, NULL);
+    assert_int_equal(w.reply->type, BW_REDIS_REPLY_ARRAY);
+    assert_int_equal(w.reply->elements, (size_t)(2 * rounds));
+    for (int j = 0; j < 2 * rounds; j++) assert_int_equal(atoi(w.reply->element[j]->str), j);
+    waiter_fini(&w);
+  }
+  bw_redis_stats_t st;
+  bw_redis_stats(c, &st);
+  assert_int_equal(st.errors, 0);
+  bw_redis_free(c);
+}
+
+/* A burst from a callback beyond max_in_flight: the excess is refused
+ * (BW_ERR_UNAVAILABLE) on whichever path writes it, and every command
+ * completes exactly once. */
+typedef struct burst {
+  bw_redis_t *c;
+  waiter_t *w;
+} burst_t;
+
+static void on_burst(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  burst_t *b = arg;
+  const char *argv[1] = {"PING"};
+  for (int i = 0; i < 32; i++) {
+    bw_error_t *e = bw_redis_command(b->c, 1, argv, NULL, NULL, on_cb, b->w);
+    if (e) {
+      on_cb(NULL, e, b->w);
+      bw_error_unref(e);
+    }
+  }
+  on_cb(reply, err, b->w);
+}
+
+static void test_callback_burst_over_limit(void **state) {
+  (void)state;
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.max_in_flight = 4;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  waiter_init(&w, 1 + 32);
+  burst_t b = {c, &w};
+  const char *argv[1] = {"PING"};
+  assert_null(bw_redis_command(c, 1, argv, NULL, NULL, on_burst, &b));
+  assert_true(waiter_wait(&w, 10));
+  bw_redis_free(c); /* every callback has run when this returns */
+  assert_int_equal(w.got, 1 + 32);
+  assert_false(w.bad_thread);
+  int unavailable = w.errors_by_kind[BW_ERR_UNAVAILABLE];
+  assert_true(unavailable <= 32 - 4);
+  int others = 0;
+  for (int k = 0; k < BW_ERR__MAX; k++) others += k == BW_ERR_UNAVAILABLE ? 0 : w.errors_by_kind[k];
+  assert_int_equal(others, 0);
+  waiter_fini(&w);
+}
+
 /* Server error replies, produced with redis.error_reply() so every prefix
  * can be made on a single plain server. */
 static void script_error(bw_redis_t *c, waiter_t *w, const char *msg) {
@@ -570,6 +702,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_set_get_binary),
       cmocka_unit_test(test_pipelining),
+      cmocka_unit_test(test_commands_from_callbacks),
+      cmocka_unit_test(test_callback_burst_over_limit),
       cmocka_unit_test(test_classification),
       cmocka_unit_test(test_refused),
       cmocka_unit_test(test_unix_socket),
