@@ -355,14 +355,22 @@ static void park(bw__worker_t *w) {
   BW__INC(w->local.parks);
   bw__wheel_t *wh = &rt->wheels[w->index];
   while (!atomic_load_explicit(&s->stop, memory_order_acquire)) {
+    uint64_t next = BW__TIMER_NEVER;
+    pthread_mutex_lock(&wh->mu);
+    /* Paused: published before the clock may move, so a timer armed on our
+     * wheel after try_advance's scan (by a thread that is not a worker, such
+     * as the reactor loop) kicks us; published after it, the arm found 0 and
+     * its timer waited for a wake-up that never came. */
+    if (!rt->paused) next = bw__timer_wheel_next_expiry(&wh->tw);
+    wh->parked_until_ms = next;
+    pthread_mutex_unlock(&wh->mu);
     if (rt->paused && bw__clock_try_advance(rt, all_idle)) {
+      pthread_mutex_lock(&wh->mu);
+      wh->parked_until_ms = 0;
+      pthread_mutex_unlock(&wh->mu);
       if (transition_from_parked(w)) return;
       continue;
     }
-    pthread_mutex_lock(&wh->mu);
-    uint64_t next = rt->paused ? BW__TIMER_NEVER : bw__timer_wheel_next_expiry(&wh->tw);
-    wh->parked_until_ms = next;
-    pthread_mutex_unlock(&wh->mu);
     bw__park(&w->parker, next == BW__TIMER_NEVER ? UINT64_MAX : next * 1000000u);
     pthread_mutex_lock(&wh->mu);
     wh->parked_until_ms = 0;

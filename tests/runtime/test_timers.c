@@ -6,6 +6,7 @@
 #include <cmocka.h>
 
 #include <pthread.h>
+#include <sched.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -13,6 +14,10 @@
 #include <time.h>
 
 #include "bulwark/runtime.h"
+
+/* runtime/internal.h (not included: it pulls in uv.h). */
+void bw__runtime_clock_hold(bw_runtime_t *rt);
+void bw__runtime_clock_release(bw_runtime_t *rt);
 
 static double scale(void) {
   const char *s = getenv("BW_TEST_SCALE");
@@ -370,6 +375,52 @@ static void test_same_tick_interplay(void **state) {
   }
 }
 
+/* ---- a remote arm right after a clock hold ends ---- */
+static atomic_int remote_fires;
+
+static void count_fire(bw_timer_t *t, void *arg) {
+  (void)t;
+  (void)arg;
+  atomic_fetch_add(&remote_fires, 1);
+}
+
+static uint64_t real_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
+}
+
+/* A paused runtime whose workers are parked; a thread that is not a worker
+ * ends a clock hold (which kicks a worker) and arms a timer just after, as
+ * the Redis client's loop does on a refused reconnect. The clock must
+ * still move to the timer. Regression: a worker kicked by the release
+ * scanned the wheels before the arm and published its park after it, so
+ * the arm kicked nobody and the timer waited forever (about 1 in 5,000
+ * arms at these spacings; the real-time spin between release and arm
+ * sweeps 0-40 us so that some arms land in that window). Each fire takes
+ * microseconds; 2 s of real time is only the safety limit. */
+static void test_remote_arm_after_hold_release(void **state) {
+  (void)state;
+  bw_runtime_t *rt = mk(BW_FLAVOR_MULTI_THREAD, BW_CLOCK_PAUSED);
+  bw_timer_t *t = NULL;
+  assert_null(bw_timer_new(rt, count_fire, NULL, &t));
+  int n = (int)(20000 * scale());
+  for (int i = 0; i < n; i++) {
+    int before = atomic_load(&remote_fires);
+    bw__runtime_clock_hold(rt);
+    bw__runtime_clock_release(rt);
+    uint64_t until = real_ns() + (uint64_t)(i % 400) * 100u;
+    while (real_ns() < until) {
+    }
+    assert_null(bw_timer_arm(t, bw_runtime_now_ns(rt) + 5 * MS));
+    uint64_t limit = real_ns() + 2000 * MS;
+    while (atomic_load(&remote_fires) == before && real_ns() < limit) sched_yield();
+    if (atomic_load(&remote_fires) == before) fail_msg("arm %d of %d never fired", i, n);
+  }
+  bw_timer_free(t);
+  bw_runtime_free(rt);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sleep_paused),
@@ -380,6 +431,7 @@ int main(void) {
       cmocka_unit_test(test_free_inside_callback),
       cmocka_unit_test(test_timers_at_shutdown),
       cmocka_unit_test(test_same_tick_interplay),
+      cmocka_unit_test(test_remote_arm_after_hold_release),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }
