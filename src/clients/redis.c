@@ -403,8 +403,9 @@ static void on_reply(redisAsyncContext *ac, void *rv, void *priv) {
 }
 
 /* io_mu held, any thread: queue r into hiredis behind everything queued
- * before. Returns NULL, or the error to complete r with (r not queued). */
-static bw_error_t *enqueue_locked(bw_redis_t *c, bw__redis_req_t *r) {
+ * before. Returns NULL, or the error to complete r with (r not queued).
+ * *now: the clock, read here once for a whole batch (0: not yet). */
+static bw_error_t *enqueue_locked(bw_redis_t *c, bw__redis_req_t *r, uint64_t *now) {
   bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
   if (!c->ac || (st != BW_REDIS_READY && st != BW_REDIS_CONNECTING)) {
     STAT_INC(c, n_fail_fast);
@@ -413,7 +414,8 @@ static bw_error_t *enqueue_locked(bw_redis_t *c, bw__redis_req_t *r) {
   if (c->in_flight >= c->max_in_flight)
     return bw_error_new(BW_ERR_UNAVAILABLE, 0, "redis: too many commands in flight (%u)",
                         c->max_in_flight);
-  if (r->deadline_ns && r->deadline_ns <= now_ns(c))
+  if (r->deadline_ns && !*now) *now = now_ns(c);
+  if (r->deadline_ns && r->deadline_ns <= *now)
     return bw_error_new(BW_ERR_TIMEOUT, 0, "redis: deadline passed before sending");
   if (redisAsyncFormattedCommand(c->ac, on_reply, r, r->cmd, r->cmd_len) != REDIS_OK)
     return not_connected_error(c);
@@ -438,7 +440,8 @@ static void submit_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   loop_enter(c);
   bool queued = false;
   if (!atomic_load_explicit(&r->done, memory_order_acquire)) {
-    bw_error_t *e = enqueue_locked(c, r);
+    uint64_t now = 0;
+    bw_error_t *e = enqueue_locked(c, r, &now);
     if (e)
       complete_ex(r, NULL, e, true);
     else
@@ -473,13 +476,14 @@ static void write_held(bw_redis_t *c, bw__redis_req_t *list) {
     if (ac && c->ac_ready && !c->closing && st == BW_REDIS_READY &&
         atomic_load_explicit(&c->posted, memory_order_relaxed) == 0) {
       bw__redis_req_t *drop = NULL;
+      uint64_t now = 0;
       c->batching = true; /* rejections: delivered below, after the unlock */
       bw__redis_uv_external(ac, true);
       for (bw__redis_req_t *r = list, *nx; r; r = nx) {
         nx = r->held_next;
         r->held_next = NULL;
         bw_error_t *e = NULL;
-        if (atomic_load_explicit(&r->done, memory_order_acquire) || (e = enqueue_locked(c, r))) {
+        if (atomic_load_explicit(&r->done, memory_order_acquire) || (e = enqueue_locked(c, r, &now))) {
           if (e) complete_ex(r, NULL, e, true);
           r->held_next = drop;
           drop = r;

@@ -97,18 +97,15 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
                      bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "redis service: no request"));
     return;
   }
-  /* Two call references: one for the request (dropped in on_done), one for
-   * the rest of this function, which may still touch the call after the
-   * reply came, was delivered on a worker and the caller freed the call
-   * (without it the pooled call could be reused under us). Each comes with
-   * a reference on the service whose pool holds the call (not svc: a
+  /* A call reference for the request (dropped in on_done), with a
+   * reference on the service whose pool holds the call (not svc: a
    * forwarded call lives in an outer node's pool), so the pool outlives
-   * our unref: the caller may release everything as soon as its callback
-   * ran. */
+   * that unref: the caller may release everything as soon as its callback
+   * ran. The rest of this function needs none: the call's start holds it
+   * until ops->call returned (service.c, the "starting" reference), even
+   * when the reply is delivered on another worker meanwhile. */
   bw_service_t *pool = bw__call_pool_service(call);
   bw_service_ref(pool); /* for the request, released in on_done */
-  bw_service_ref(pool); /* for this function */
-  bw_call_ref(call);
   bw_call_ref(call);
   bw__redis_req_t *hold = NULL;
   bw_error_t *e = bw__redis_submit(client, rq->argc, (const char *const *)rq->argv, rq->lens,
@@ -116,8 +113,6 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
   if (e) {
     bw_call_complete(call, NULL, NULL, e);
     bw_call_unref(call);
-    bw_call_unref(call);
-    bw_service_release(pool);
     bw_service_release(pool);
     return;
   }
@@ -129,8 +124,6 @@ static void svc_call(bw_service_t *svc, bw_call_t *call) {
     bw__redis_req_cancel(hold, NULL);
     bw__redis_req_release(hold);
   }
-  bw_call_unref(call);
-  bw_service_release(pool);
 }
 
 static void svc_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
