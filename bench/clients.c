@@ -20,10 +20,11 @@
  * Why redis_stack runs on 1 worker (BENCH.md states no worker count for
  * the clients table): it is the size a user would pick for this job on
  * this machine. The job is one pipelined connection: the replies of one
- * read reach the runtime as one batch and run on one worker, so a second
- * worker has nothing to run beside the first, and the 2 cores already
- * carry redis-server and the reactor's I/O thread. RB_WORKERS=2 measures
- * the 2-worker figure. */
+ * read reach the runtime as one batch and run on one worker, which writes
+ * the next commands itself (src/clients/redis.c, "Direct writes"), so a
+ * second worker has nothing to run beside the first, and the 2 cores
+ * already carry redis-server and the reactor's I/O thread. RB_WORKERS=2
+ * measures the 2-worker figure. */
 #include "paired.h"
 #include "servers.h"
 

@@ -197,7 +197,10 @@ bw_error_t *bw_service_from_fn(bw_service_t **out, const bw_fn_service_opts_t *o
 
 /* Per-call scratch for the service handling `call` (call_state_size bytes,
  * zeroed when the call is acquired from the pool unless the service has a
- * state_init hook; see layer.h). */
+ * state_init hook; see layer.h). Call it in ops->call and ops->cancel and
+ * keep the pointer for later callbacks: a call an outer node passed to
+ * you may be handled by another node by then (a retry going on after a
+ * timeout aborted your attempt), whose state this would return. */
 void *bw_call_state(bw_call_t *call);
 
 #ifdef __cplusplus
