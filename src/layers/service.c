@@ -890,7 +890,7 @@ static bool win_any(bw_call_t *c, int abort_depth, bool fenced) {
     if (fenced && (s >> BW__CALL_GEN_SHIFT) > 0 &&
         abort_depth >= atomic_load_explicit(&c->depth, memory_order_relaxed))
       return false;
-    if (atomic_compare_exchange_weak(&c->state, &s, (s & ~3) | BW__CALL_DONE)) {
+    if (atomic_compare_exchange_weak(&c->state, &s, (s & ~BW__CALL_PHASE_MASK) | BW__CALL_DONE)) {
       mark_end(c);
       return true;
     }

@@ -23,7 +23,8 @@
  * (bw__call_resume). A completion wins only in the generation it is meant
  * for (see bw__call_complete_gen). */
 enum { BW__CALL_IDLE = 0, BW__CALL_RUNNING = 1, BW__CALL_DONE = 2 };
-#define BW__CALL_PHASE(s) ((s) & 3)
+#define BW__CALL_PHASE_MASK 3
+#define BW__CALL_PHASE(s) ((s) & BW__CALL_PHASE_MASK)
 #define BW__CALL_GEN_SHIFT 2
 #define BW__DEPTH_MAX 32 /* forwarding stops here (children take over) */
 /* bw_call.starter while a canceller hands its cancel to the starting thread */
