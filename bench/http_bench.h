@@ -11,8 +11,13 @@
  * afterwards. Method: bench/paired.h (raw and stack passes alternate); a
  * fresh runtime per pass for http_stack.
  *
- * Diagnostics: HB_BARE=1 in the environment runs http_stack on the bare
- * client service (no layers), to split layer cost from client cost.
+ * Both send the same request (http_stack sets user_agent "": libcurl, like
+ * http_raw, then sends no User-Agent; formatting that one header costs curl
+ * about 5,000 instructions per request on the loop thread).
+ *
+ * Diagnostics (environment): HB_BARE=1 runs http_stack on the bare client
+ * service (no layers), to split layer cost from client cost; HB_WORKERS=n
+ * sets its runtime's worker count (default 2).
  * Usage: call run_http_benchmarks() once. Needs -lcurl -luv -lpthread and
  * the bulwark libraries. */
 #ifndef BW_BENCH_HTTP_BENCH_H
@@ -330,12 +335,13 @@ static double hb_stack_pass(const char *url, int count) {
   s.target = count;
   bw_runtime_opts_t o;
   bw_runtime_opts_init(&o);
-  o.worker_threads = 2;
+  o.worker_threads = getenv("HB_WORKERS") ? atoi(getenv("HB_WORKERS")) : 2;
   bw_http_client_t *cli = NULL;
   bw_http_client_opts_t co;
   bw_http_client_opts_init(&co);
   co.max_host_connections = HB_IN_FLIGHT;
   co.max_total_connections = HB_IN_FLIGHT;
+  co.user_agent = ""; /* the same request bytes as http_raw (no User-Agent) */
   double rate = -1;
   bw_error_t *err = bw_runtime_new(&s.rt, &o);
   if (!err) err = bw_http_client_new(&cli, s.rt, &co);

@@ -71,7 +71,9 @@ typedef struct bw_http_client_opts {
   size_t max_response_bytes;   /* 0: 16 MiB; per request overrides */
   bw_http_status_pred status_is_error; /* NULL: status >= 500 || status == 429 */
   void *status_arg;
-  const char *user_agent;      /* NULL: "bulwark/0.1"; copied */
+  /* NULL: "bulwark/0.1"; "": no User-Agent header (libcurl's default);
+   * copied */
+  const char *user_agent;
 } bw_http_client_opts_t;
 
 void bw_http_client_opts_init(bw_http_client_opts_t *opts);

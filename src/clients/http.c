@@ -86,6 +86,7 @@ typedef struct hstate {
   size_t cap;
   uint64_t timeout_ms, connect_timeout_ms;
   bool started, finished, cancel_seen, too_large, deadline_capped, oom;
+  bool plain; /* set only the options every request sets (see set_options) */
   atomic_bool published; /* seq_cst: pairs with the load in http_cancel */
   struct hstate *bnext;  /* loopside batch link */
   bw_http_response_t *out_resp;
@@ -175,7 +176,7 @@ static void put_req(hstate_t *st) {
 static void release_transfer(hstate_t *st) {
   loopside_t *ls = st->core->ls;
   st->finished = true;
-  if (ls->engine) bw__curlm_easy_put(ls->engine, st->x.easy);
+  if (ls->engine) bw__curlm_easy_put(ls->engine, st->x.easy, st->plain);
   else if (st->x.easy) curl_easy_cleanup(st->x.easy);
   st->x.easy = NULL;
   bw_http_response_free(st->resp);
@@ -220,7 +221,7 @@ static void on_done(bw__curl_xfer_t *x, CURLcode rc) {
         .connect_timeout_ms = st->connect_timeout_ms,
         .max_response_bytes = st->cap,
         .curl_errbuf = st->errbuf,
-        .retry_after = bw_http_response_header(st->resp, "Retry-After"),
+        .resp = st->resp,
     };
     err = bw__http_classify(st->req, &o, cc->status_is_error, cc->status_arg);
     if (err && !st->req->idempotent && !bw_error_is(err, BW_ERR_DNS) &&
@@ -285,6 +286,60 @@ static void fail_start(hstate_t *st, bw_error_t *err) {
 
 static uint64_t pick(uint64_t req, uint64_t dflt) { return req ? req : dflt; }
 
+/* A GET without body, extra headers or redirects, verifying TLS. */
+static bool is_plain(const bw_http_request_t *req) {
+  return strcmp(req->method, "GET") == 0 && !req->body && !req->headers &&
+         !req->follow_redirects && req->tls_verify;
+}
+
+/* The transfer's curl options. A handle that served a plain request
+ * comes back from the pool with its options kept (primed): a plain
+ * request then sets only what differs per request, and every option any
+ * request sets is in that list or makes the request not plain (a handle
+ * that served one is reset before reuse). Saves curl_easy_reset and the
+ * client-wide options' copies on the loop thread for the common GET. */
+static void set_options(hstate_t *st, CURL *e, bool primed) {
+  const core_t *cc = st->core;
+  const bw_http_request_t *req = st->req;
+  st->plain = is_plain(req);
+  /* every request */
+  curl_easy_setopt(e, CURLOPT_URL, req->url);
+  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, st->errbuf);
+  curl_easy_setopt(e, CURLOPT_WRITEDATA, st);
+  curl_easy_setopt(e, CURLOPT_HEADERDATA, st);
+  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)st->connect_timeout_ms);
+  curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)st->timeout_ms); /* 0: none */
+  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)st->cap);
+  if (!primed) { /* the same for every request of this client */
+    curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
+    curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
+    curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
+    curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
+    curl_easy_setopt(e, CURLOPT_USERAGENT, cc->user_agent);
+  }
+  if (st->plain) return;
+  if (req->headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
+  if (req->body) {
+    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
+    curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body);
+  }
+  if (strcmp(req->method, "HEAD") == 0) {
+    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
+  } else if (!(strcmp(req->method, "GET") == 0 && !req->body) &&
+             !(strcmp(req->method, "POST") == 0 && req->body)) {
+    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
+  }
+  if (req->follow_redirects) {
+    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
+    curl_easy_setopt(e, CURLOPT_MAXREDIRS, req->max_redirects);
+  }
+  if (!req->tls_verify) {
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
+    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
+  }
+}
+
 static void start_op(bw__reactor_op_t *op, uv_loop_t *loop) {
   hstate_t *st = CONTAINER_OF(op, hstate_t, start_op);
   core_t *cc = st->core;
@@ -326,9 +381,10 @@ static void start_op(bw__reactor_op_t *op, uv_loop_t *loop) {
   st->connect_timeout_ms = pick(req->connect_timeout_ms, cc->connect_timeout_ms);
   st->cap = req->max_response_bytes ? req->max_response_bytes : cc->max_response_bytes;
   st->resp = bw__http_response_new();
-  CURL *e = bw__curlm_easy_get(ls->engine);
+  bool primed;
+  CURL *e = bw__curlm_easy_get(ls->engine, &primed);
   if (!st->resp || !e) {
-    if (e) bw__curlm_easy_put(ls->engine, e);
+    if (e) bw__curlm_easy_put(ls->engine, e, primed);
     bw_http_response_free(st->resp);
     st->resp = NULL;
     fail_start(st, bw_error_static(BW_ERR_OUT_OF_MEMORY));
@@ -337,44 +393,13 @@ static void start_op(bw__reactor_op_t *op, uv_loop_t *loop) {
   st->x.easy = e;
   st->x.done = on_done;
   st->errbuf[0] = 0;
-  curl_easy_setopt(e, CURLOPT_URL, req->url);
-  curl_easy_setopt(e, CURLOPT_NOSIGNAL, 1L);
-  curl_easy_setopt(e, CURLOPT_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-  curl_easy_setopt(e, CURLOPT_ERRORBUFFER, st->errbuf);
-  curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, on_write);
-  curl_easy_setopt(e, CURLOPT_WRITEDATA, st);
-  curl_easy_setopt(e, CURLOPT_HEADERFUNCTION, on_header);
-  curl_easy_setopt(e, CURLOPT_HEADERDATA, st);
-  curl_easy_setopt(e, CURLOPT_USERAGENT, cc->user_agent);
-  if (req->headers) curl_easy_setopt(e, CURLOPT_HTTPHEADER, req->headers);
-  if (req->body) {
-    curl_easy_setopt(e, CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)req->body_len);
-    curl_easy_setopt(e, CURLOPT_POSTFIELDS, req->body);
-  }
-  if (strcmp(req->method, "HEAD") == 0) {
-    curl_easy_setopt(e, CURLOPT_NOBODY, 1L);
-  } else if (!(strcmp(req->method, "GET") == 0 && !req->body) &&
-             !(strcmp(req->method, "POST") == 0 && req->body)) {
-    curl_easy_setopt(e, CURLOPT_CUSTOMREQUEST, req->method);
-  }
-  curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS, (long)st->connect_timeout_ms);
-  if (st->timeout_ms) curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, (long)st->timeout_ms);
-  curl_easy_setopt(e, CURLOPT_MAXFILESIZE_LARGE, (curl_off_t)st->cap);
-  if (req->follow_redirects) {
-    curl_easy_setopt(e, CURLOPT_FOLLOWLOCATION, 1L);
-    curl_easy_setopt(e, CURLOPT_MAXREDIRS, req->max_redirects);
-  }
-  if (!req->tls_verify) {
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYPEER, 0L);
-    curl_easy_setopt(e, CURLOPT_SSL_VERIFYHOST, 0L);
-  }
+  set_options(st, e, primed);
   st->started = true;
   atomic_fetch_add_explicit(&ls->active, 1, memory_order_relaxed);
   if (bw__curlm_add(ls->engine, &st->x) != 0) {
     st->started = false;
     atomic_fetch_sub_explicit(&ls->active, 1, memory_order_relaxed);
-    bw__curlm_easy_put(ls->engine, e);
+    bw__curlm_easy_put(ls->engine, e, false);
     st->x.easy = NULL;
     bw_http_response_free(st->resp);
     st->resp = NULL;

@@ -177,7 +177,8 @@ bw_error_t *bw__http_classify(const bw_http_request_t *req, const bw__http_outco
   if (o->rc == CURLE_OK) {
     if (!(pred ? pred : bw__http_default_status_is_error)(o->status, pred_arg)) return NULL;
     bw_error_hints_t hints = {0};
-    hints.retry_after_ms = bw__http_parse_retry_after(o->retry_after, (int64_t)time(NULL));
+    const char *ra = o->resp ? bw_http_response_header(o->resp, "Retry-After") : NULL;
+    hints.retry_after_ms = bw__http_parse_retry_after(ra, (int64_t)time(NULL));
     return bw_error_make(BW_ERR_HTTP_STATUS, o->status, NULL, &hints, NULL, 0, __FILE__,
                          __LINE__, "http: %s %s: status %d", m, u, o->status);
   }

@@ -85,7 +85,7 @@ typedef struct bw__http_outcome {
   uint64_t connect_timeout_ms;
   size_t max_response_bytes;
   const char *curl_errbuf; /* may be NULL or "" */
-  const char *retry_after; /* header value or NULL */
+  const bw_http_response_t *resp; /* its Retry-After is read on an error status */
 } bw__http_outcome_t;
 
 bw_error_t *bw__http_classify(const bw_http_request_t *req, const bw__http_outcome_t *o,

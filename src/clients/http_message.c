@@ -189,8 +189,9 @@ int bw__http_response_add_header_line(bw_http_response_t *r, const char *line, s
 int bw__http_response_append(bw_http_response_t *r, const char *data, size_t len, size_t hint) {
   size_t need = r->body_len + len + 1; /* +1: keep a NUL after the body */
   if (need > r->body_cap) {
-    size_t ncap = r->body_cap ? r->body_cap : 4096;
-    if (hint + 1 > ncap) ncap = hint + 1;
+    /* first growth: the Content-Length when known (a small body gets a
+     * small buffer), else 4 KiB */
+    size_t ncap = r->body_cap ? r->body_cap : hint ? hint + 1 : 4096;
     while (ncap < need) ncap *= 2;
     char *nb = bw__realloc(r->body, ncap);
     if (!nb) return -1;

@@ -50,11 +50,16 @@ int bw__curlm_add(bw__curlm_t *m, bw__curl_xfer_t *x);
  * The easy handle is the caller's again. No-op if not active. */
 void bw__curlm_remove(bw__curlm_t *m, bw__curl_xfer_t *x);
 
-/* An easy handle from the engine's pool (reset to defaults), or a new one.
- * NULL when out of memory. */
-CURL *bw__curlm_easy_get(bw__curlm_t *m);
-/* Give an easy handle back to the pool (or clean it up if the pool is full). */
-void bw__curlm_easy_put(bw__curlm_t *m, CURL *easy);
+/* An easy handle from the engine's pool, or a new one; NULL when out of
+ * memory. *primed (may be NULL) says whether it still has the options its
+ * last user set (it was put back with keep_options), else it is at curl's
+ * defaults. */
+CURL *bw__curlm_easy_get(bw__curlm_t *m, bool *primed);
+/* Give an easy handle back to the pool (or clean it up if the pool is
+ * full). keep_options: skip curl_easy_reset, so the next user that sets
+ * the same options again need not set them all (the owner decides which
+ * requests leave a handle in a state it can reuse). */
+void bw__curlm_easy_put(bw__curlm_t *m, CURL *easy, bool keep_options);
 
 /* Call fn(arg) on the loop thread after each batch of done callbacks: once
  * per loop iteration in which transfers finished on socket events (a

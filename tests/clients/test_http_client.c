@@ -439,6 +439,54 @@ static void test_idempotency_mark(void **state) {
   bw_call_free(c);
 }
 
+/* Easy handles are pooled, and one that served a plain GET keeps its
+ * options (no curl_easy_reset). A request after each kind of request on
+ * the same (LIFO-pooled) handle must carry nothing of the one before:
+ * method, body, extra headers. */
+static void test_handle_reuse_keeps_requests_apart(void **state) {
+  (void)state;
+  static const char *const get_echo = "GET /echo/g\n";
+  for (int round = 0; round < 3; round++) {
+    bw_http_request_t *r = mkreq(round == 1 ? "HEAD" : "PUT", "/echo/p");
+    if (round != 1) {
+      assert_null(bw_http_request_add_header(r, "X-Token: abc"));
+      assert_null(bw_http_request_set_body(r, "payload", 7, BW_HTTP_BODY_COPY));
+    }
+    bw_call_t *c = run(r);
+    assert_null(bw_call_error(c));
+    bw_call_free(c);
+    for (int i = 0; i < 2; i++) { /* the second GET reuses a primed handle */
+      c = run(mkreq("GET", "/echo/g"));
+      assert_null(bw_call_error(c));
+      const char *b = bw_http_response_body(bw_call_response(c), NULL);
+      assert_true(strncmp(b, get_echo, strlen(get_echo)) == 0);
+      assert_null(strstr(b, "X-Token"));
+      assert_null(strstr(b, "payload"));
+      assert_non_null(strstr(b, "User-Agent: bulwark/0.1\n"));
+      bw_call_free(c);
+    }
+  }
+}
+
+/* user_agent "" sends no User-Agent header (libcurl's own default). */
+static void test_user_agent_empty_sends_none(void **state) {
+  (void)state;
+  bw_http_client_opts_t o;
+  bw_http_client_opts_init(&o);
+  o.user_agent = "";
+  bw_http_client_t *quiet;
+  assert_null(bw_http_client_new(&quiet, rt, &o));
+  for (int i = 0; i < 2; i++) {
+    bw_call_t *c = run_on(bw_http_client_service(quiet), mkreq("GET", "/echo/q"), 0);
+    assert_null(bw_call_error(c));
+    const char *b = bw_http_response_body(bw_call_response(c), NULL);
+    assert_true(strncmp(b, "GET /echo/q\n", 12) == 0);
+    assert_null(strstr(b, "User-Agent"));
+    bw_call_free(c);
+  }
+  bw_http_client_free(quiet);
+}
+
 static void test_cancel_frees_transfer(void **state) {
   (void)state;
   bw_http_client_stats_t st0, st1;
@@ -694,6 +742,8 @@ int main(void) {
       cmocka_unit_test(test_size_cap),
       cmocka_unit_test(test_secrets_redacted),
       cmocka_unit_test(test_idempotency_mark),
+      cmocka_unit_test(test_handle_reuse_keeps_requests_apart),
+      cmocka_unit_test(test_user_agent_empty_sends_none),
       cmocka_unit_test(test_cancel_frees_transfer),
       cmocka_unit_test(test_many_concurrent),
       cmocka_unit_test(test_shutdown_mid_call),

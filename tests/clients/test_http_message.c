@@ -212,6 +212,16 @@ static void test_classify_curl_codes(void **state) {
   }
 }
 
+/* A response carrying one Retry-After header (the classifier reads it on
+ * an error status). Free with bw_http_response_free. */
+static bw_http_response_t *with_retry_after(const char *value) {
+  bw_http_response_t *r = bw__http_response_new();
+  char line[128];
+  snprintf(line, sizeof line, "Retry-After: %s\r\n", value);
+  assert_int_equal(bw__http_response_add_header_line(r, line, strlen(line)), 0);
+  return r;
+}
+
 static void test_classify_status(void **state) {
   (void)state;
   const char *url = "http://127.0.0.1/";
@@ -222,12 +232,14 @@ static void test_classify_status(void **state) {
   }
   int bad[] = {429, 500, 502, 503, 504, 599};
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
-    bw__http_outcome_t o = {.rc = CURLE_OK, .status = bad[i], .retry_after = "3"};
+    bw_http_response_t *resp = with_retry_after("3");
+    bw__http_outcome_t o = {.rc = CURLE_OK, .status = bad[i], .resp = resp};
     bw_error_t *e = classify(url, o);
     assert_int_equal(bw_error_kind(e), BW_ERR_HTTP_STATUS);
     assert_int_equal(bw_error_detail(e), bad[i]);
     assert_int_equal(bw_error_retry_after_ms(e), 3000);
     bw_error_unref(e);
+    bw_http_response_free(resp);
   }
   /* HTTP-date Retry-After, 40 s ahead of the wall clock */
   char date[64];
@@ -235,11 +247,13 @@ static void test_classify_status(void **state) {
   struct tm tm;
   gmtime_r(&t, &tm);
   strftime(date, sizeof date, "%a, %d %b %Y %H:%M:%S GMT", &tm);
-  bw__http_outcome_t o = {.rc = CURLE_OK, .status = 503, .retry_after = date};
+  bw_http_response_t *resp = with_retry_after(date);
+  bw__http_outcome_t o = {.rc = CURLE_OK, .status = 503, .resp = resp};
   bw_error_t *e = classify(url, o);
   int64_t ra = bw_error_retry_after_ms(e);
   assert_true(ra >= 38000 && ra <= 40000);
   bw_error_unref(e);
+  bw_http_response_free(resp);
   /* too large wins over a good status */
   bw__http_outcome_t big = {.rc = CURLE_WRITE_ERROR, .status = 200, .too_large = true,
                             .max_response_bytes = 1000};

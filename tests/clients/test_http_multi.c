@@ -43,7 +43,7 @@ static void on_done(bw__curl_xfer_t *x, CURLcode rc) {
   r->rc = rc;
   r->done_calls++;
   curl_easy_getinfo(x->easy, CURLINFO_RESPONSE_CODE, &r->status);
-  bw__curlm_easy_put(r->m, x->easy);
+  bw__curlm_easy_put(r->m, x->easy, false);
   x->easy = NULL;
   (*r->ndone)++;
 }
@@ -53,7 +53,7 @@ static void prep(req_t *r, bw__curlm_t *m, int *ndone, const char *query, long t
   r->m = m;
   r->ndone = ndone;
   snprintf(r->url, sizeof r->url, "http://127.0.0.1:%d%s", httpd_port(srv), query);
-  r->x.easy = bw__curlm_easy_get(m);
+  r->x.easy = bw__curlm_easy_get(m, NULL);
   r->x.done = on_done;
   curl_easy_setopt(r->x.easy, CURLOPT_URL, r->url);
   curl_easy_setopt(r->x.easy, CURLOPT_NOSIGNAL, 1L);
@@ -140,7 +140,7 @@ static void test_timeout_and_refused(void **state) {
 static void on_remove_timer(uv_timer_t *t) {
   req_t *r = t->data;
   bw__curlm_remove(r->m, &r->x);
-  bw__curlm_easy_put(r->m, r->x.easy);
+  bw__curlm_easy_put(r->m, r->x.easy, false);
   r->x.easy = NULL;
   uv_close((uv_handle_t *)t, NULL);
 }
