@@ -146,13 +146,23 @@ void bw__ct_drain(bw_runtime_t *rt) {
   }
 }
 
-/* Sleep until a remote push, a kick or the next timer. */
+/* Sleep until a remote push, a kick or the next timer; with a paused clock
+ * first try to move it to the next timer (then return without sleeping). */
 static void idle_wait(bw_runtime_t *rt, bw__ct_core_t *c) {
   bw__wheel_t *wh = &rt->wheels[0];
   pthread_mutex_lock(&wh->mu);
   uint64_t next = rt->paused ? BW__TIMER_NEVER : bw__timer_wheel_next_expiry(&wh->tw);
   wh->parked_until_ms = next;
   pthread_mutex_unlock(&wh->mu);
+  /* Paused: published before the clock may move (as a worker's park() does,
+   * worker.c), so a timer armed on our wheel by another thread after
+   * try_advance's scan kicks us (c->kicked, seen below). Published after
+   * it, such an arm found 0 there, kicked nobody, and the timer waited for
+   * a wake-up that never came: a paused clock does not move while we sleep
+   * (test_timers's test_ct_remote_arm_after_hold_release). A timer callback
+   * run by the advance that arms on our wheel kicks us too: one spurious
+   * turn of the loop. */
+  if (rt->paused && bw__clock_try_advance(rt, NULL)) goto out;
   bw__reactor_t *r = bw__reactor_get_if_started(rt);
   pthread_mutex_lock(&c->mu);
   if (c->rhead || c->kicked || atomic_load_explicit(&rt->state, memory_order_acquire) ==
@@ -194,6 +204,7 @@ static void idle_wait(bw_runtime_t *rt, bw__ct_core_t *c) {
     c->kicked = false;
     pthread_mutex_unlock(&c->mu);
   }
+out:
   pthread_mutex_lock(&wh->mu);
   wh->parked_until_ms = 0;
   pthread_mutex_unlock(&wh->mu);
@@ -249,8 +260,7 @@ static void drive(bw_runtime_t *rt, bw_task_t *until, uint64_t deadline_ns) {
       bw__reactor_turn(r, 0);
       if (c->lhead) continue;
     }
-    if (rt->paused && bw__clock_try_advance(rt, NULL)) continue;
-    idle_wait(rt, c);
+    idle_wait(rt, c); /* (moves a paused clock, or sleeps) */
   }
 }
 

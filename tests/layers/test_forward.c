@@ -17,7 +17,11 @@
  *   - a forwarding timeout whose inner answers during the start arms no
  *     timer and leaves no reference (no pool growth, no armed timer);
  *   - a late answer to a timed-out first attempt loses after retry has
- *     resumed the call for its next attempt.
+ *     resumed the call for its next attempt (during the backoff, and while
+ *     the next attempt runs), and its response is freed;
+ *   - a second attempt's own timeout: the give-up error names the duration;
+ *   - attempt 1's timer and its failure racing on two threads: one wins,
+ *     the stale one never ends the resumed call.
  * Every time-dependent check runs on the paused clock. */
 #include <stdarg.h>
 #include <stddef.h>
@@ -990,6 +994,334 @@ static void test_retry_late_answer_after_resume(void **state) {
   rt_free(rt);
 }
 
+/* ---- 8. a per-attempt timeout's leftovers after retry resumed the call -------- */
+
+/* Responses whose destroy function counts: a late answer that loses must
+ * be freed (once), the winning one too (with the call that carries it). */
+static atomic_int late_freed;
+static void counted_free(void *p) {
+  atomic_fetch_add(&late_freed, 1);
+  free(p);
+}
+
+/* Take the held call at index i (the backend keeps the order it got them). */
+static bw_call_t *stubborn_take(stubborn_t *s, int i) {
+  pthread_mutex_lock(&lh_mu);
+  assert_true(i < s->nheld);
+  bw_call_t *c = s->held[i];
+  memmove(&s->held[i], &s->held[i + 1], sizeof s->held[0] * (size_t)(s->nheld - i - 1));
+  s->nheld--;
+  pthread_mutex_unlock(&lh_mu);
+  return c;
+}
+
+/* Answer c (taken from the backend) with an int `v` whose destroy counts,
+ * drop the backend's reference; returns whether the answer won. */
+static bool answer_counted(bw_call_t *c, int v) {
+  int *p = malloc(sizeof *p);
+  *p = v;
+  bool won = bw_call_complete(c, p, counted_free, NULL);
+  bw_call_unref(c);
+  return won;
+}
+
+/* Busy-wait ns of real time (sweeps the interleaving of two threads). */
+static void spin_ns(uint64_t ns) {
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  do clock_gettime(CLOCK_MONOTONIC, &b);
+  while ((uint64_t)(b.tv_sec - a.tv_sec) * 1000000000u + (uint64_t)b.tv_nsec - (uint64_t)a.tv_nsec < ns);
+}
+
+static bw_layer_t *retry_const(uint32_t attempts, uint64_t backoff_ms) {
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = attempts;
+  ro.backoff.kind = BW_BACKOFF_CONSTANT;
+  ro.backoff.base_ns = backoff_ms * MS_;
+  ro.backoff.jitter = BW_JITTER_NONE;
+  bw_layer_t *l = NULL;
+  assert_null(bw_retry_new(&l, &ro));
+  return l;
+}
+
+/* Bring a call on retry(20 ms backoff) + timeout(50 ms) over `sb` to its
+ * second attempt: attempt 1 (the caller's call itself, forwarded) times
+ * out at +50 ms and is held on by the backend, retry resumes the call and
+ * backs off, attempt 2 (a child) reaches the backend at +70 ms with its
+ * own timeout armed. Returns the time the call started. */
+static uint64_t to_second_attempt(bw_runtime_t *rt, bw_service_t *svc, stubborn_t *sb,
+                                  lh_events_t *ev, lh_res_t *r) {
+  uint64_t t0 = bw_runtime_now_ns(rt);
+  lh_start(r, svc, rt, 0);
+  assert_int_equal(stubborn_wait(sb, 1), 1);
+  LH_UNTIL(timers_armed(rt) == 1); /* attempt 1's timeout */
+  assert_int_equal(timers_armed(rt), 1);
+  assert_null(bw_runtime_advance(rt, 50));
+  LH_UNTIL(lh_count_events(ev, BW_EVENT_RETRY_SCHEDULED) == 1 && timers_armed(rt) == 1);
+  assert_int_equal(lh_count_events(ev, BW_EVENT_TIMEOUT), 1);
+  assert_int_equal(timers_armed(rt), 1); /* the backoff */
+  assert_null(bw_runtime_advance(rt, 20));
+  assert_int_equal(stubborn_wait(sb, 2), 2);
+  LH_UNTIL(timers_armed(rt) == 1); /* attempt 2's timeout */
+  assert_int_equal(timers_armed(rt), 1);
+  pthread_mutex_lock(&lh_mu);
+  bool first_is_call = sb->held[0] == r->call && sb->held[1] != r->call;
+  pthread_mutex_unlock(&lh_mu);
+  assert_true(first_is_call); /* attempt 1 was the call itself, attempt 2 a child */
+  assert_int_equal(atomic_load(&r->done), 0);
+  return t0;
+}
+
+/* retry(3, 20 ms) + timeout(50 ms) over a backend that ignores cancels.
+ * Attempt 1's late answer (a success, with a response) arrives while
+ * attempt 2 is running: it must lose (it names generation 0 of a call now
+ * in generation 1), its response must be freed at once, and it must not
+ * disturb attempt 2 (whose timeout stays armed). Attempt 2's answer is the
+ * caller's result, delivered once. test_retry_late_answer_after_resume
+ * covers the same answer during the backoff, before attempt 2 exists. */
+static void test_retry_late_answer_during_next_attempt(void **state) {
+  (void)state;
+  bw_runtime_t *rt = held_rt();
+  stubborn_t sb = {0};
+  bw_service_t *be = stubborn_svc(&sb);
+  bw_layer_t *l[] = {retry_const(3, 20), timeout_ms(50)};
+  bw_service_t *svc = lh_stack(l, 2, be);
+  lh_events_t ev = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  bw_event_hook_t *hook = NULL;
+  assert_null(bw_event_hook_add(&hook, svc, NULL, lh_on_event, &ev));
+  atomic_store(&late_freed, 0);
+
+  lh_res_t r;
+  uint64_t t0 = to_second_attempt(rt, svc, &sb, &ev, &r);
+
+  assert_false(answer_counted(stubborn_take(&sb, 0), 1)); /* attempt 1, late */
+  assert_int_equal(atomic_load(&late_freed), 1);          /* freed by the loser */
+  assert_int_equal(atomic_load(&r.done), 0);
+  assert_int_equal(timers_armed(rt), 1); /* attempt 2's timeout still armed */
+
+  assert_null(bw_runtime_advance(rt, 49)); /* 1 ms before attempt 2's timeout */
+  assert_true(answer_counted(stubborn_take(&sb, 0), 2));
+  lh_wait(&r);
+  assert_int_equal(r.kind, BW_ERR_NONE);
+  assert_int_equal(r.resp, 2);
+  assert_int_equal(r.at_ns - t0, 119 * MS_);
+  assert_int_equal(atomic_load(&late_freed), 1); /* attempt 2's is the caller's now */
+  LH_UNTIL(timers_armed(rt) == 0);
+  assert_int_equal(timers_armed(rt), 0);
+  /* nothing left to fire: the callback stays at one */
+  assert_null(bw_runtime_advance(rt, 1000));
+  assert_int_equal(atomic_load(&r.done), 1);
+  assert_int_equal(atomic_load(&sb.calls), 2);
+  assert_int_equal(lh_count_events(&ev, BW_EVENT_TIMEOUT), 1);
+  assert_int_equal(lh_count_events(&ev, BW_EVENT_ATTEMPT_FAILED), 1);
+  assert_int_equal(lh_count_events(&ev, BW_EVENT_GIVE_UP), 0);
+  lh_free(&r);
+  /* with the call's memory, once (the worker that ran the callback may
+   * still hold its in-flight reference for a moment) */
+  LH_UNTIL(atomic_load(&late_freed) == 2);
+  assert_int_equal(atomic_load(&late_freed), 2);
+
+  bw_event_hook_remove(hook);
+  pthread_mutex_destroy(&ev.mu);
+  bw_service_release(svc);
+  bw_service_release(be);
+  release_all(l, 2);
+  rt_free(rt);
+}
+
+/* The same stack with 2 attempts, and attempt 2 also times out: the caller
+ * gets retry's give-up once, at +120 ms, and its error says the timeout's
+ * duration for both attempts (attempt 2's timeout runs on a child, not on
+ * the resumed call: same text). Both attempts answer late afterwards: both
+ * lose, both responses are freed, the callback stays at one. */
+static void test_retry_second_attempt_times_out(void **state) {
+  (void)state;
+  bw_runtime_t *rt = held_rt();
+  stubborn_t sb = {0};
+  bw_service_t *be = stubborn_svc(&sb);
+  bw_layer_t *l[] = {retry_const(2, 20), timeout_ms(50)};
+  bw_service_t *svc = lh_stack(l, 2, be);
+  lh_events_t ev = {.mu = PTHREAD_MUTEX_INITIALIZER};
+  bw_event_hook_t *hook = NULL;
+  assert_null(bw_event_hook_add(&hook, svc, NULL, lh_on_event, &ev));
+  atomic_store(&late_freed, 0);
+
+  lh_res_t r;
+  uint64_t t0 = to_second_attempt(rt, svc, &sb, &ev, &r);
+  assert_null(bw_runtime_advance(rt, 49));
+  assert_int_equal(atomic_load(&r.done), 0);
+  assert_null(bw_runtime_advance(rt, 1)); /* attempt 2's timeout */
+  lh_wait(&r);
+  assert_int_equal(r.kind, BW_ERR_RETRIES_EXHAUSTED);
+  assert_int_equal(r.at_ns - t0, 120 * MS_);
+  const bw_error_t *e = bw_call_error(r.call);
+  char buf[512];
+  bw_error_format(e, buf, sizeof buf, 0);
+  assert_non_null(strstr(buf, "gave up after 2 attempts"));
+  assert_non_null(strstr(buf, "no response within 50 ms"));
+  const bw_error_t *cause = bw_error_cause(e); /* the last attempt's */
+  assert_int_equal(bw_error_kind(cause), BW_ERR_TIMEOUT);
+  assert_int_equal(bw_error_detail(cause), 50);
+  assert_string_equal(bw_error_message(cause), "no response within 50 ms");
+  assert_int_equal(bw_error_related_count(e), 2);
+  for (size_t i = 0; i < 2; i++) {
+    const bw_error_t *a = bw_error_related(e, i);
+    assert_int_equal(bw_error_kind(a), BW_ERR_TIMEOUT);
+    assert_string_equal(bw_error_message(a), "no response within 50 ms");
+  }
+
+  assert_int_equal(stubborn_held(&sb), 2);
+  assert_false(answer_counted(stubborn_take(&sb, 0), 1)); /* attempt 1 */
+  assert_false(answer_counted(stubborn_take(&sb, 0), 2)); /* attempt 2 */
+  assert_int_equal(atomic_load(&late_freed), 2);
+  LH_UNTIL(timers_armed(rt) == 0);
+  assert_int_equal(timers_armed(rt), 0);
+  assert_null(bw_runtime_advance(rt, 1000));
+  assert_int_equal(atomic_load(&r.done), 1);
+  assert_int_equal(r.kind, BW_ERR_RETRIES_EXHAUSTED);
+  assert_int_equal(atomic_load(&sb.calls), 2);
+  assert_int_equal(lh_count_events(&ev, BW_EVENT_TIMEOUT), 2);
+  assert_int_equal(lh_count_events(&ev, BW_EVENT_GIVE_UP), 1);
+  lh_free(&r);
+  assert_int_equal(atomic_load(&late_freed), 2);
+
+  bw_event_hook_remove(hook);
+  pthread_mutex_destroy(&ev.mu);
+  bw_service_release(svc);
+  bw_service_release(be);
+  release_all(l, 2);
+  rt_free(rt);
+}
+
+/* The answerer of the test below: a task that keeps one worker to itself
+ * (it blocks on a condition variable; everything else runs on the other
+ * worker) and completes the call it is handed there when told to: that
+ * completion, and the delivery that follows inline (finish hooks, retry's
+ * resume, attempt 2's start), run on that worker, in parallel with the
+ * other worker's timers. */
+typedef struct answerer {
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int go;          /* 1: answer `call` now; -1: return */
+  bw_call_t *call; /* the backend's reference, dropped here */
+  bw_error_t *err; /* made on the test thread (allocations on workers are slowed) */
+  int won;         /* -1 until answered, then 0/1 */
+} answerer_t;
+
+static bw_poll_t answerer_poll(bw_task_t *self, void *arg) {
+  (void)self;
+  answerer_t *a = arg;
+  pthread_mutex_lock(&a->mu);
+  for (;;) {
+    while (a->go == 0) pthread_cond_wait(&a->cv, &a->mu);
+    if (a->go < 0) break;
+    a->go = 0;
+    bw_call_t *c = a->call;
+    bw_error_t *e = a->err;
+    pthread_mutex_unlock(&a->mu);
+    bool won = bw_call_complete(c, NULL, NULL, e);
+    bw_call_unref(c);
+    pthread_mutex_lock(&a->mu);
+    a->won = won;
+    pthread_cond_broadcast(&a->cv);
+  }
+  pthread_mutex_unlock(&a->mu);
+  return BW_READY;
+}
+
+/* Hand c to the answerer with a retryable error; wait for its verdict. */
+static bool answerer_answer(answerer_t *a, bw_call_t *c, uint64_t after_ns) {
+  bw_error_t *e = bw_error_new(BW_ERR_TRANSPORT, 0, "attempt 1 failed");
+  spin_ns(after_ns);
+  pthread_mutex_lock(&a->mu);
+  a->call = c;
+  a->err = e;
+  a->won = -1;
+  a->go = 1;
+  pthread_cond_broadcast(&a->cv);
+  while (a->won < 0) pthread_cond_wait(&a->cv, &a->mu);
+  bool won = a->won;
+  pthread_mutex_unlock(&a->mu);
+  return won;
+}
+
+static void answerer_stop(answerer_t *a) {
+  pthread_mutex_lock(&a->mu);
+  a->go = -1;
+  pthread_cond_broadcast(&a->cv);
+  pthread_mutex_unlock(&a->mu);
+}
+
+/* Attempt 1's timer and attempt 1's own failure land together, on two
+ * workers: this thread moves the clock onto the timeout (one worker fires
+ * it) and, 0-25 us later, has the other worker answer attempt 1 with a
+ * retryable error. Either may win; no backoff, so the winner's finish
+ * makes retry resume the call and start attempt 2 at once. The loser is
+ * stale: a late answer, or a timer that read `live` before the answer's
+ * finish cleared it and aborts a call that is already running attempt 2
+ * in its next generation (bw__call_abort from inside the resuming node
+ * loses there). On odd rounds the timer's error takes 300 us to make
+ * (between its `live` check and its abort) so that the second kind comes
+ * up often: about one round in five here (counted with a print in
+ * timeout.c), none without the slowdown. Whatever the order: exactly one
+ * of them wins (a TIMEOUT event exactly when the answer lost), attempt 2
+ * runs, and its answer is the caller's, once. With service.c's generation
+ * fence for aborts (win_any) switched off, this fails in every run, also
+ * at tsan's BW_TEST_SCALE of 0.05 (20 rounds). */
+static void test_retry_stale_timer_races_answer(void **state) {
+  (void)state;
+  bw_runtime_t *rt = held_rt();
+  stubborn_t sb = {0};
+  bw_service_t *be = stubborn_svc(&sb);
+  bw_layer_t *l[] = {retry_const(3, 0), timeout_ms(50)};
+  bw_service_t *svc = lh_stack(l, 2, be);
+  atomic_store(&late_freed, 0);
+  answerer_t a = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .won = -1};
+  bw_join_t *aj = NULL;
+  assert_null(bw_spawn(rt, answerer_poll, &a, &aj));
+  int n = lh_scaled(400), answer_won = 0;
+  for (int i = 0; i < n; i++) {
+    lh_res_t r;
+    lh_start(&r, svc, rt, 0);
+    assert_int_equal(stubborn_wait(&sb, 1), 1);
+    LH_UNTIL(timers_armed(rt) == 1);
+    assert_int_equal(timers_armed(rt), 1);
+    bw_call_t *c = stubborn_take(&sb, 0);
+    assert_ptr_equal(c, r.call); /* attempt 1: the call itself */
+    lh_slow_worker_allocs(rt, i % 2 ? 300000 : 0);
+    assert_null(bw_runtime_advance(rt, 50)); /* kicks a worker to fire it */
+    answer_won += answerer_answer(&a, c, (uint64_t)(i / 2 % 64) * 400u);
+    assert_int_equal(stubborn_wait(&sb, 1), 1); /* attempt 2 */
+    lh_slow_worker_allocs(rt, 0);
+    assert_true(answer_counted(stubborn_take(&sb, 0), 2));
+    lh_wait(&r);
+    assert_int_equal(r.kind, BW_ERR_NONE);
+    assert_int_equal(r.resp, 2);
+    LH_UNTIL(timers_armed(rt) == 0);
+    assert_int_equal(timers_armed(rt), 0);
+    assert_int_equal(atomic_load(&r.done), 1);
+    lh_free(&r);
+    LH_UNTIL(atomic_load(&late_freed) == i + 1); /* with the call's memory */
+    assert_int_equal(atomic_load(&late_freed), i + 1);
+    assert_int_equal(atomic_load(&sb.calls), 2 * (i + 1));
+    /* the events are counted before the callback runs */
+    assert_int_equal(bw_stack_event_count(svc, 1, BW_EVENT_TIMEOUT), (uint64_t)(i + 1 - answer_won));
+  }
+  answerer_stop(&a);
+  assert_null(bw_join_wait(aj, NULL));
+  pthread_mutex_destroy(&a.mu);
+  pthread_cond_destroy(&a.cv);
+  assert_int_equal(bw_stack_event_count(svc, 0, BW_EVENT_RETRY_SCHEDULED), (uint64_t)n);
+  assert_int_equal(bw_stack_event_count(svc, 0, BW_EVENT_GIVE_UP), 0);
+  assert_int_equal(bw_stack_outcome_count(svc, BW_ERR_NONE), (uint64_t)n);
+  print_message("attempt 1's answer won %d of %d, its timer the others\n", answer_won, n);
+  bw_service_release(svc);
+  bw_service_release(be);
+  release_all(l, 2);
+  rt_free(rt);
+}
+
 int main(void) {
   if (lh_count_allocs_install() != 0) return 1; /* before any bulwark object */
   const struct CMUnitTest tests[] = {
@@ -1007,6 +1339,9 @@ int main(void) {
       cmocka_unit_test(test_timeout_async_arms_timer),
       cmocka_unit_test(test_caller_sees_own_call),
       cmocka_unit_test(test_retry_late_answer_after_resume),
+      cmocka_unit_test(test_retry_late_answer_during_next_attempt),
+      cmocka_unit_test(test_retry_second_attempt_times_out),
+      cmocka_unit_test(test_retry_stale_timer_races_answer),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,4 +1,5 @@
-/* Retry layer, backoff and budget, on the paused clock. */
+/* Retry layer, backoff and budget, and retries nested in retries, on the
+ * paused clock. */
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -380,6 +381,299 @@ static void test_bad_opts(void **state) {
   bw_layer_release(l);
 }
 
+/* ---- nested retries ------------------------------------------------------------- */
+
+/* A leaf that counts its calls: calls 1..fail_first fail with TRANSPORT
+ * ("leaf failure N"; fail_first -1: every call), later ones answer an int
+ * holding N. Sync (answers inside the call) or async (answers 1 ms of
+ * runtime clock later, from a timer, so every attempt crosses threads). */
+typedef struct counted_leaf {
+  atomic_int calls;
+  int fail_first;
+} counted_leaf_t;
+
+typedef struct counted_state {
+  counted_leaf_t *leaf;
+  bw_call_t *call;
+  int n;
+} counted_state_t;
+
+enum { LEAF_DELAY_MS = 1 };
+
+static void counted_answer(counted_leaf_t *l, bw_call_t *call, int n) {
+  if (l->fail_first < 0 || n <= l->fail_first)
+    bw_call_complete(call, NULL, NULL, bw_error_new(BW_ERR_TRANSPORT, 0, "leaf failure %d", n));
+  else
+    bw_call_complete(call, h4_int(n), h4_resp_free, NULL);
+}
+
+static bw_error_t *counted_sync(void *arg, bw_call_t *call, void **resp, bw_destroy_fn *rf) {
+  (void)call;
+  counted_leaf_t *l = arg;
+  int n = atomic_fetch_add(&l->calls, 1) + 1;
+  if (l->fail_first < 0 || n <= l->fail_first)
+    return bw_error_new(BW_ERR_TRANSPORT, 0, "leaf failure %d", n);
+  *resp = h4_int(n);
+  *rf = h4_resp_free;
+  return NULL;
+}
+
+static void counted_fire(bw_timer_t *t, void *arg) {
+  counted_state_t *st = arg;
+  bw_call_t *call = st->call;
+  counted_answer(st->leaf, call, st->n);
+  bw_timer_free(t); /* allowed in its own callback */
+  bw_call_unref(call); /* the timer's */
+}
+
+/* No cancel hook: nothing cancels these calls (no timeout in the stacks). */
+static void counted_async(void *arg, bw_call_t *call) {
+  counted_leaf_t *l = arg;
+  counted_state_t *st = bw_call_state(call);
+  st->leaf = l;
+  st->call = call;
+  st->n = atomic_fetch_add(&l->calls, 1) + 1;
+  bw_runtime_t *rt = bw_call_runtime(call);
+  bw_timer_t *t = NULL;
+  bw_error_t *e = bw_timer_new(rt, counted_fire, st, &t);
+  if (e) {
+    bw_call_complete(call, NULL, NULL, e);
+    return;
+  }
+  bw_call_ref(call); /* the timer's */
+  e = bw_timer_arm(t, bw_runtime_now_ns(rt) + LEAF_DELAY_MS * 1000000ull);
+  if (e) {
+    bw_timer_free(t);
+    bw_call_unref(call);
+    bw_call_complete(call, NULL, NULL, e);
+  }
+}
+
+static bw_service_t *counted_service(counted_leaf_t *l, bool async) {
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  if (async) {
+    o.async = counted_async;
+    o.call_state_size = sizeof(counted_state_t);
+  } else {
+    o.sync = counted_sync;
+  }
+  o.arg = l;
+  o.kind = "counted";
+  bw_service_t *s;
+  assert_null(bw_service_from_fn(&s, &o));
+  return s;
+}
+
+/* Retries what the default predicate retries, looking through a retry
+ * layer's give-up (BW_ERR_RETRIES_EXHAUSTED) to the error that made it:
+ * the default predicate stops at that kind and never retries it. */
+static bool look_through(const bw_error_t *err, void *arg) {
+  (void)arg;
+  while (err && bw_error_kind(err) == BW_ERR_RETRIES_EXHAUSTED) err = bw_error_cause(err);
+  return err && bw_retry_default_predicate(err, NULL);
+}
+
+static bw_layer_t *retry_const_ms(uint32_t attempts, uint64_t ms, bw_retry_predicate pred) {
+  bw_retry_opts_t o;
+  bw_retry_opts_init(&o);
+  o.max_attempts = attempts;
+  o.backoff.kind = BW_BACKOFF_CONSTANT;
+  o.backoff.base_ns = ms * 1000000ull;
+  o.backoff.jitter = BW_JITTER_NONE;
+  o.predicate = pred;
+  bw_layer_t *l;
+  assert_null(bw_retry_new(&l, &o));
+  return l;
+}
+
+enum { OUTER_ATTEMPTS = 2, OUTER_BACKOFF_MS = 100, INNER_ATTEMPTS = 3, INNER_BACKOFF_MS = 10 };
+
+/* retry(2 attempts, 100 ms) around retry(3 attempts, 10 ms) around a
+ * counted leaf, built two ways: one stack with both retry layers (its
+ * order check warns: attempts multiply), or the inner retry in a stack of
+ * its own that is the outer stack's service (no forwarding into it: the
+ * outer attempts are child calls; the order check sees one list only and
+ * says nothing). */
+typedef struct nested {
+  bw_runtime_t *rt;
+  counted_leaf_t leaf;
+  bw_service_t *base, *inner, *svc; /* inner: NULL for one stack */
+  bw_layer_t *outer_l, *inner_l;
+  h4_events_t outer_ev, inner_ev;
+  bw_event_hook_t *outer_hook, *inner_hook;
+  h4_wait_t w;
+} nested_t;
+
+static void nested_init(nested_t *n, bool one_stack, bool async, int fail_first,
+                        bw_retry_predicate outer_pred) {
+  memset(n, 0, sizeof *n);
+  n->rt = h4_rt(true, 2);
+  n->leaf.fail_first = fail_first;
+  n->base = counted_service(&n->leaf, async);
+  n->outer_l = retry_const_ms(OUTER_ATTEMPTS, OUTER_BACKOFF_MS, outer_pred);
+  n->inner_l = retry_const_ms(INNER_ATTEMPTS, INNER_BACKOFF_MS, NULL);
+  bw_stack_warnings_t w;
+  if (one_stack) {
+    bw_layer_t *l[] = {n->outer_l, n->inner_l};
+    assert_null(bw_stack_build(&n->svc, NULL, l, 2, n->base, &w));
+    assert_int_equal(w.count, 1);
+    assert_int_equal(w.items[0].code, BW_STACK_WARN_NESTED_RETRY);
+    assert_int_equal(w.items[0].outer, 0);
+    assert_int_equal(w.items[0].inner, 1);
+  } else {
+    assert_null(bw_stack_build(&n->inner, NULL, &n->inner_l, 1, n->base, &w));
+    assert_int_equal(w.count, 0);
+    assert_null(bw_stack_build(&n->svc, NULL, &n->outer_l, 1, n->inner, &w));
+    assert_int_equal(w.count, 0);
+  }
+  pthread_mutex_init(&n->outer_ev.mu, NULL);
+  pthread_mutex_init(&n->inner_ev.mu, NULL);
+  assert_null(bw_event_hook_add(&n->outer_hook, NULL, n->outer_l, h4_record_event, &n->outer_ev));
+  assert_null(bw_event_hook_add(&n->inner_hook, NULL, n->inner_l, h4_record_event, &n->inner_ev));
+  h4_wait_init(&n->w);
+}
+
+/* One call to completion: its result in r (err referenced, the call freed
+ * after its response was read into *resp_val, -1 if none), the runtime
+ * clock time it took in *elapsed_ns. */
+static void nested_call(nested_t *n, h4_result_t *r, int *resp_val, uint64_t *elapsed_ns) {
+  memset(r, 0, sizeof *r);
+  r->wait = &n->w;
+  r->rt = n->rt;
+  bw_call_t *c;
+  assert_null(bw_call_new(&c, n->svc, n->rt));
+  uint64_t t0 = bw_runtime_now_ns(n->rt);
+  assert_null(h4_submit(n->svc, c, h4_on_done, r));
+  assert_int_equal(h4_wait_for(&n->w, 1), 1);
+  *elapsed_ns = r->at_ns - t0;
+  *resp_val = r->resp ? *(int *)r->resp : -1;
+  bw_call_free(c);
+}
+
+/* Frees everything; the runtime goes first, so that no callback can come
+ * after this: r's completion count is final. */
+static void nested_fini(nested_t *n, h4_result_t *r) {
+  bw_event_hook_remove(n->outer_hook);
+  bw_event_hook_remove(n->inner_hook);
+  bw_runtime_free(n->rt);
+  assert_int_equal(atomic_load(&r->completions), 1);
+  bw_error_unref(r->err);
+  bw_service_release(n->svc);
+  bw_service_release(n->inner);
+  bw_service_release(n->base);
+  bw_layer_release(n->outer_l);
+  bw_layer_release(n->inner_l);
+  pthread_mutex_destroy(&n->outer_ev.mu);
+  pthread_mutex_destroy(&n->inner_ev.mu);
+  h4_wait_fini(&n->w);
+}
+
+/* Every attempt fails with a retryable error and the outer retry looks
+ * through the inner one's give-up: 2 x 3 = 6 leaf calls, one callback,
+ * with the outer give-up (2 attempts) whose cause and related errors are
+ * the inner give-ups (3 attempts each), and the time is every backoff:
+ * 10 + 10, then 100, then 10 + 10 ms (plus 1 ms per async answer). */
+static void test_nested_retry_multiplies(void **state) {
+  (void)state;
+  for (int form = 0; form < 4; form++) {
+    bool one_stack = form & 1, async = form & 2;
+    nested_t n;
+    nested_init(&n, one_stack, async, -1, look_through);
+    h4_result_t r;
+    int resp;
+    uint64_t el;
+    nested_call(&n, &r, &resp, &el);
+    assert_int_equal(atomic_load(&n.leaf.calls), OUTER_ATTEMPTS * INNER_ATTEMPTS);
+    assert_int_equal(r.kind, BW_ERR_RETRIES_EXHAUSTED);
+    assert_int_equal(resp, -1);
+    uint64_t want_ms = OUTER_ATTEMPTS * (INNER_ATTEMPTS - 1) * INNER_BACKOFF_MS +
+                       (OUTER_ATTEMPTS - 1) * OUTER_BACKOFF_MS +
+                       (async ? OUTER_ATTEMPTS * INNER_ATTEMPTS * LEAF_DELAY_MS : 0);
+    assert_int_equal(el, want_ms * 1000000ull);
+    char buf[1024];
+    bw_error_format(r.err, buf, sizeof buf, 0);
+    assert_non_null(strstr(buf, "gave up after 2 attempts"));
+    assert_non_null(strstr(buf, "gave up after 3 attempts"));
+    assert_non_null(strstr(buf, "leaf failure 6"));
+    assert_int_equal(bw_error_related_count(r.err), OUTER_ATTEMPTS);
+    for (size_t i = 0; i < OUTER_ATTEMPTS; i++) {
+      const bw_error_t *inner = bw_error_related(r.err, i);
+      assert_int_equal(bw_error_kind(inner), BW_ERR_RETRIES_EXHAUSTED);
+      assert_int_equal(bw_error_related_count(inner), INNER_ATTEMPTS);
+      char m[64];
+      snprintf(m, sizeof m, "leaf failure %zu", i * INNER_ATTEMPTS + INNER_ATTEMPTS);
+      assert_string_equal(bw_error_message(bw_error_cause(inner)), m);
+    }
+    assert_ptr_equal(bw_error_cause(r.err), bw_error_related(r.err, OUTER_ATTEMPTS - 1));
+    assert_true(bw_error_is(r.err, BW_ERR_TRANSPORT));
+    assert_int_equal(h4_count_events(&n.inner_ev, BW_EVENT_GIVE_UP), OUTER_ATTEMPTS);
+    assert_int_equal(h4_count_events(&n.inner_ev, BW_EVENT_RETRY_SCHEDULED),
+                     OUTER_ATTEMPTS * (INNER_ATTEMPTS - 1));
+    assert_int_equal(h4_count_events(&n.outer_ev, BW_EVENT_RETRY_SCHEDULED), OUTER_ATTEMPTS - 1);
+    assert_int_equal(h4_count_events(&n.outer_ev, BW_EVENT_GIVE_UP), 1);
+    nested_fini(&n, &r);
+  }
+}
+
+/* The same with the leaf's 4th call answering: that is the first inner
+ * attempt of the second outer attempt, and its answer is the caller's
+ * (the int 4) after 10 + 10 + 100 ms of backoff; 4 leaf calls, one
+ * callback. */
+static void test_nested_retry_success_on_fourth(void **state) {
+  (void)state;
+  for (int form = 0; form < 4; form++) {
+    bool one_stack = form & 1, async = form & 2;
+    nested_t n;
+    nested_init(&n, one_stack, async, 3, look_through);
+    h4_result_t r;
+    int resp;
+    uint64_t el;
+    nested_call(&n, &r, &resp, &el);
+    assert_int_equal(r.kind, BW_ERR_NONE);
+    assert_int_equal(resp, 4);
+    assert_int_equal(atomic_load(&n.leaf.calls), 4);
+    uint64_t want_ms = (INNER_ATTEMPTS - 1) * INNER_BACKOFF_MS + OUTER_BACKOFF_MS +
+                       (async ? 4 * LEAF_DELAY_MS : 0);
+    assert_int_equal(el, want_ms * 1000000ull);
+    assert_int_equal(h4_count_events(&n.inner_ev, BW_EVENT_GIVE_UP), 1);
+    assert_int_equal(h4_count_events(&n.outer_ev, BW_EVENT_ATTEMPT_FAILED), 1);
+    assert_int_equal(h4_count_events(&n.outer_ev, BW_EVENT_RETRY_SCHEDULED), 1);
+    assert_int_equal(h4_count_events(&n.outer_ev, BW_EVENT_GIVE_UP), 0);
+    nested_fini(&n, &r);
+  }
+}
+
+/* With the default predicate on the outer retry the attempts do NOT
+ * multiply: the inner give-up is BW_ERR_RETRIES_EXHAUSTED, which the
+ * default never retries (retry.h, "never:"), so the outer retry passes it
+ * up unchanged after one attempt: 3 leaf calls, the inner layer's error. */
+static void test_nested_retry_default_predicate(void **state) {
+  (void)state;
+  for (int form = 0; form < 4; form++) {
+    bool one_stack = form & 1, async = form & 2;
+    nested_t n;
+    nested_init(&n, one_stack, async, -1, NULL);
+    h4_result_t r;
+    int resp;
+    uint64_t el;
+    nested_call(&n, &r, &resp, &el);
+    assert_int_equal(atomic_load(&n.leaf.calls), INNER_ATTEMPTS);
+    assert_int_equal(r.kind, BW_ERR_RETRIES_EXHAUSTED);
+    char buf[512];
+    bw_error_format(r.err, buf, sizeof buf, 0);
+    assert_non_null(strstr(buf, "gave up after 3 attempts"));
+    assert_null(strstr(buf, "gave up after 1 attempt"));
+    assert_int_equal(bw_error_related_count(r.err), INNER_ATTEMPTS);
+    uint64_t want_ms = (INNER_ATTEMPTS - 1) * INNER_BACKOFF_MS + (async ? INNER_ATTEMPTS * LEAF_DELAY_MS : 0);
+    assert_int_equal(el, want_ms * 1000000ull);
+    assert_int_equal(h4_count_events(&n.outer_ev, BW_EVENT_ATTEMPT_FAILED), 1);
+    assert_int_equal(h4_count_events(&n.outer_ev, BW_EVENT_RETRY_SCHEDULED), 0);
+    assert_int_equal(h4_count_events(&n.outer_ev, BW_EVENT_GIVE_UP), 0);
+    nested_fini(&n, &r);
+  }
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_backoff_sequences),  cmocka_unit_test(test_retry_then_success),
@@ -387,6 +681,9 @@ int main(void) {
       cmocka_unit_test(test_deadline_aware),     cmocka_unit_test(test_budget_runs_dry),
       cmocka_unit_test(test_many_sync_failures), cmocka_unit_test(test_cancel_in_backoff),
       cmocka_unit_test(test_default_predicate),  cmocka_unit_test(test_bad_opts),
+      cmocka_unit_test(test_nested_retry_multiplies),
+      cmocka_unit_test(test_nested_retry_success_on_fourth),
+      cmocka_unit_test(test_nested_retry_default_predicate),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -421,6 +421,89 @@ static void test_remote_arm_after_hold_release(void **state) {
   bw_runtime_free(rt);
 }
 
+/* ---- the same on a current-thread runtime ---- */
+
+/* The block_on task of the test below: stays pending (so the calling thread
+ * keeps driving the runtime: its timers, its idle waits) until `stop`. Under
+ * mu so that a stop between the check and the waker's store is not lost. */
+typedef struct ct_driver {
+  pthread_mutex_t mu;
+  bool stop;
+  bw_waker_t *waker;
+  bw_runtime_t *rt;
+} ct_driver_t;
+
+static bw_poll_t ct_driver_poll(bw_task_t *self, void *arg) {
+  ct_driver_t *d = arg;
+  pthread_mutex_lock(&d->mu);
+  bool stop = d->stop;
+  if (!stop) {
+    bw_waker_drop(d->waker);
+    d->waker = bw_task_waker(self);
+  }
+  pthread_mutex_unlock(&d->mu);
+  return stop ? BW_READY : BW_PENDING;
+}
+
+static void *ct_driver_main(void *arg) {
+  ct_driver_t *d = arg;
+  bw_error_t *e = bw_block_on(d->rt, ct_driver_poll, d, NULL);
+  if (e) {
+    bw_error_unref(e);
+    return (void *)1;
+  }
+  return NULL;
+}
+
+/* test_remote_arm_after_hold_release on the current-thread flavor: a
+ * thread drives the runtime (inside bw_block_on, its task pending, nothing
+ * else to run), this thread ends a clock hold (which kicks the driver) and
+ * arms a timer just after. The clock must still move to the timer. The
+ * driver's idle path is the same as a worker's park was: the auto-advance
+ * (bw__clock_try_advance) scans the wheel, then idle_wait publishes
+ * parked_until_ms and sleeps; an arm landing between the scan and the
+ * publish saw 0 there, kicked nobody, and the paused clock (which never
+ * moves while the driver sleeps) left the timer waiting forever. The
+ * previous fire, run on the driver just before this thread arms again, is
+ * a second way into the same window. */
+static void test_ct_remote_arm_after_hold_release(void **state) {
+  (void)state;
+  bw_runtime_t *rt = mk(BW_FLAVOR_CURRENT_THREAD, BW_CLOCK_PAUSED);
+  ct_driver_t d = {.mu = PTHREAD_MUTEX_INITIALIZER, .rt = rt};
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, ct_driver_main, &d), 0);
+  bw_timer_t *t = NULL;
+  assert_null(bw_timer_new(rt, count_fire, NULL, &t));
+  int n = (int)(20000 * scale());
+  int lost = -1;
+  for (int i = 0; i < n && lost < 0; i++) {
+    int before = atomic_load(&remote_fires);
+    bw__runtime_clock_hold(rt);
+    bw__runtime_clock_release(rt);
+    uint64_t until = real_ns() + (uint64_t)(i % 400) * 100u;
+    while (real_ns() < until) {
+    }
+    assert_null(bw_timer_arm(t, bw_runtime_now_ns(rt) + 5 * MS));
+    uint64_t limit = real_ns() + 2000 * MS;
+    while (atomic_load(&remote_fires) == before && real_ns() < limit) sched_yield();
+    if (atomic_load(&remote_fires) == before) lost = i;
+  }
+  /* stop the driver first, so that a failure does not leave it running */
+  pthread_mutex_lock(&d.mu);
+  d.stop = true;
+  bw_waker_t *w = d.waker;
+  d.waker = NULL;
+  pthread_mutex_unlock(&d.mu);
+  if (w) bw_waker_wake(w);
+  void *ret = NULL;
+  pthread_join(th, &ret);
+  assert_null(ret);
+  bw_timer_free(t);
+  bw_runtime_free(rt);
+  pthread_mutex_destroy(&d.mu);
+  if (lost >= 0) fail_msg("arm %d of %d never fired", lost, n);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_sleep_paused),
@@ -432,6 +515,7 @@ int main(void) {
       cmocka_unit_test(test_timers_at_shutdown),
       cmocka_unit_test(test_same_tick_interplay),
       cmocka_unit_test(test_remote_arm_after_hold_release),
+      cmocka_unit_test(test_ct_remote_arm_after_hold_release),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

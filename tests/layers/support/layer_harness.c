@@ -342,17 +342,38 @@ void lh_fx_free(lh_fx_t *f) {
 }
 
 static atomic_long n_allocs;
+static _Atomic(bw_runtime_t *) slow_rt;
+static _Atomic uint64_t slow_ns;
+
+/* lh_slow_worker_allocs: spin on allocations made on rt's workers. */
+static void maybe_slow(void) {
+  uint64_t ns = atomic_load_explicit(&slow_ns, memory_order_relaxed);
+  if (!ns || bw_runtime_current() != atomic_load_explicit(&slow_rt, memory_order_relaxed)) return;
+  struct timespec a, b;
+  clock_gettime(CLOCK_MONOTONIC, &a);
+  do clock_gettime(CLOCK_MONOTONIC, &b);
+  while ((uint64_t)(b.tv_sec - a.tv_sec) * 1000000000u + (uint64_t)b.tv_nsec - (uint64_t)a.tv_nsec < ns);
+}
+
 static void *count_malloc(size_t n) {
   atomic_fetch_add(&n_allocs, 1);
+  maybe_slow();
   return malloc(n);
 }
 static void *count_calloc(size_t a, size_t b) {
   atomic_fetch_add(&n_allocs, 1);
+  maybe_slow();
   return calloc(a, b);
 }
 static void *count_realloc(void *p, size_t n) {
   atomic_fetch_add(&n_allocs, 1);
+  maybe_slow();
   return realloc(p, n);
+}
+
+void lh_slow_worker_allocs(bw_runtime_t *rt, uint64_t ns) {
+  atomic_store(&slow_rt, ns ? rt : NULL);
+  atomic_store(&slow_ns, ns);
 }
 
 int lh_count_allocs_install(void) {

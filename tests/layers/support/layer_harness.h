@@ -181,6 +181,12 @@ void lh_fx_free(lh_fx_t *f);
  * calloc and realloc through it since. */
 int lh_count_allocs_install(void);
 long lh_allocs(void);
+/* Needs lh_count_allocs_install. While ns > 0, every allocation made on a
+ * worker of rt first busy-waits ns of real time (0: stop). In steady state
+ * the library allocates only for new errors, so this stretches the window
+ * between a layer's decision and the error it makes for it (a timeout
+ * that fired, before its abort), to let another thread's race land there. */
+void lh_slow_worker_allocs(bw_runtime_t *rt, uint64_t ns);
 
 /* Needs lh_count_allocs_install. After a warm-up of 200, runs
  * lh_scaled(5000) calls through svc one after another, each started from the
