@@ -123,7 +123,10 @@ void bw_retry_opts_init(bw_retry_opts_t *opts);
 bw_error_t *bw_retry_new(bw_layer_t **out, const bw_retry_opts_t *opts);
 
 /* The default predicate, by the kind of the first meaningful error in the
- * chain (wrappers such as retries_exhausted/injected are looked through):
+ * chain (chaos's `injected` wrapper is looked through to the kind it
+ * injects; an inner retry's retries_exhausted is not: its give-up is
+ * final, so retry layers nested in one another do not multiply attempts —
+ * a predicate that looks through it opts into that, see test_retry.c):
  * retried: timeout, deadline_exceeded from an inner timeout, transport,
  *   connect, dns, io, protocol, unavailable, rate_limited; http_status with
  *   detail 429, 502, 503, 504; redis errors whose message starts with
