@@ -134,7 +134,7 @@ static const bw__key_t kHttpClient[] = {
     {"max_host_connections", BW__VT_INT, NULL, 1, 1e5, "64", false, "connections per host"},
     {"max_total_connections", BW__VT_INT, NULL, 1, 1e6, "256", false, "connections in total"},
     {"max_body", BW__VT_SIZE, NULL, 1, 1e12, "16MiB", false, "largest response body accepted"},
-    {"user_agent", BW__VT_STRING, NULL, 0, 0, "bulwark/0.1", false, "User-Agent header"},
+    {"user_agent", BW__VT_STRING, NULL, 0, 0, "bulwark/0.1", false, "User-Agent header; \"\" sends none (libcurl's default)"},
 };
 
 static const bw__key_t kRedisClient[] = {
