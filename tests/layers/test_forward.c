@@ -932,6 +932,19 @@ static void test_timeout_async_arms_timer(void **state) {
 
 /* ---- 7. retry resuming a forwarded call ------------------------------------- */
 
+/* retry(attempts, constant backoff, no jitter) */
+static bw_layer_t *retry_const(uint32_t attempts, uint64_t backoff_ms) {
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = attempts;
+  ro.backoff.kind = BW_BACKOFF_CONSTANT;
+  ro.backoff.base_ns = backoff_ms * MS_;
+  ro.backoff.jitter = BW_JITTER_NONE;
+  bw_layer_t *l = NULL;
+  assert_null(bw_retry_new(&l, &ro));
+  return l;
+}
+
 /* retry(2 attempts, 20 ms backoff) over timeout(50 ms) over a backend that
  * ignores the cancel and answers late. The first attempt is the call itself
  * (forwarded); the timeout aborts it, retry's finish hook makes it RUNNING
@@ -945,15 +958,7 @@ static void test_retry_late_answer_after_resume(void **state) {
   bw_runtime_t *rt = held_rt();
   stubborn_t sb = {0};
   bw_service_t *be = stubborn_svc(&sb);
-  bw_retry_opts_t ro;
-  bw_retry_opts_init(&ro);
-  ro.max_attempts = 2;
-  ro.backoff.kind = BW_BACKOFF_CONSTANT;
-  ro.backoff.base_ns = 20 * MS_;
-  ro.backoff.jitter = BW_JITTER_NONE;
-  bw_layer_t *retry = NULL;
-  assert_null(bw_retry_new(&retry, &ro));
-  bw_layer_t *l[] = {retry, timeout_ms(50)};
+  bw_layer_t *l[] = {retry_const(2, 20), timeout_ms(50)};
   bw_service_t *svc = lh_stack(l, 2, be);
   lh_events_t ev = {.mu = PTHREAD_MUTEX_INITIALIZER};
   bw_event_hook_t *hook = NULL;
@@ -1031,18 +1036,6 @@ static void spin_ns(uint64_t ns) {
   clock_gettime(CLOCK_MONOTONIC, &a);
   do clock_gettime(CLOCK_MONOTONIC, &b);
   while ((uint64_t)(b.tv_sec - a.tv_sec) * 1000000000u + (uint64_t)b.tv_nsec - (uint64_t)a.tv_nsec < ns);
-}
-
-static bw_layer_t *retry_const(uint32_t attempts, uint64_t backoff_ms) {
-  bw_retry_opts_t ro;
-  bw_retry_opts_init(&ro);
-  ro.max_attempts = attempts;
-  ro.backoff.kind = BW_BACKOFF_CONSTANT;
-  ro.backoff.base_ns = backoff_ms * MS_;
-  ro.backoff.jitter = BW_JITTER_NONE;
-  bw_layer_t *l = NULL;
-  assert_null(bw_retry_new(&l, &ro));
-  return l;
 }
 
 /* Bring a call on retry(20 ms backoff) + timeout(50 ms) over `sb` to its
