@@ -42,11 +42,13 @@
  * node and state at each depth, and each forwarding node's finish hook runs
  * once at delivery (run_finish), innermost first. A cancel that wins acts
  * on the node at the current depth (finish_cancel). Only the thread running
- * the call's start chain moves the depth; it marks the call (`starter`) at
- * its first forward, and a canceller that wins while the mark is set hands
+ * the call's start chain moves the depth; start() marks the call
+ * (`starter`) before it runs when it can be forwarded at all, and a
+ * canceller that wins generation 0 while the mark is set hands
  * finish_cancel to that thread, which runs it when start() returns (the
  * depth is final then). A finish hook may make the call RUNNING again
- * (bw__call_resume, retry going on with children).
+ * (bw__call_resume, retry going on with children); a resumed call is not
+ * forwarded.
  *
  * # Stack metrics
  * A call on a built stack's outermost node (stack_root) records the
@@ -106,6 +108,8 @@ static _Thread_local bool tl_freed_in_cb;
  * into that delivery instead of an atomic decrement in start()). */
 static _Thread_local bw_call_t *tl_starting;
 static _Thread_local bool tl_start_folded;
+/* ...and whether a completion on this thread won it meanwhile (see end_mark). */
+static _Thread_local bool tl_start_won;
 /* Shared clock reading of the current start chain (see
  * bw__call_now_ns_shared); valid while bw__tl_now_rt is set. */
 _Thread_local bw_runtime_t *bw__tl_now_rt;
@@ -599,6 +603,37 @@ unsigned bw_layer_flags(const bw_layer_t *layer) { return layer ? layer->flags :
 
 /* ---- call lifetime ---------------------------------------------------------------------- */
 
+/* The reference a call holds on its service (holds_svc) costs two locked
+ * instructions per call, a tenth of a small stack's cost. A worker that
+ * recycles such a call keeps the reference as its spare, and the next call
+ * it makes for the same service takes the spare instead of a new one: a
+ * callback that frees its call and makes the next one (the usual loop)
+ * needs no atomic for it. The worker gives the spare back at the end of
+ * its loop turn (bw__ctx.turn_end), so a released service is destroyed at
+ * most one turn late, on that worker, and never kept past a park or the
+ * worker's exit. Other threads have no turn to end: they keep no spare. */
+static _Thread_local bw_service_t *tl_spare_svc;
+
+static void spare_give_back(void) {
+  bw_service_t *s = tl_spare_svc;
+  tl_spare_svc = NULL;
+  bw_service_release(s);
+}
+
+static void call_svc_ref(bw_service_t *svc) {
+  if (tl_spare_svc == svc) tl_spare_svc = NULL;
+  else bw_service_ref(svc);
+}
+
+static void call_svc_release(bw_service_t *svc) {
+  if (!tl_spare_svc && bw__ctx.worker) {
+    tl_spare_svc = svc;
+    bw__ctx.turn_end = spare_give_back;
+    return;
+  }
+  bw_service_release(svc);
+}
+
 static void recycle(bw_call_t *c) {
   bw_service_t *s = c->svc;
   if (c->req_free && c->req) c->req_free(c->req);
@@ -616,7 +651,7 @@ static void recycle(bw_call_t *c) {
   pool_put(s, c);
   /* After pool_put: if this was the last reference on s, pool_fini frees
    * c with the pool (the thread cache slot is dropped by its stale id). */
-  if (holds_svc) bw_service_release(s);
+  if (holds_svc) call_svc_release(s);
   /* A child keeps its parent (and so the chain up to the root, which holds
    * the stack and every inner service) alive until its own memory goes:
    * refs a layer or client holds on a late child stay valid. When the
@@ -690,7 +725,7 @@ bw_error_t *bw_call_new(bw_call_t **out, bw_service_t *svc, bw_runtime_t *rt) {
   c->is_root = true;
   c->stack = svc->owns_stack ? svc->stack : NULL;
   c->holds_svc = true;
-  bw_service_ref(svc);
+  call_svc_ref(svc);
   *out = c;
   return NULL;
 }
@@ -718,7 +753,7 @@ bw_error_t *bw_call_child_new(bw_call_t **out, bw_call_t *parent, bw_service_t *
    * then holds it itself, so the pool outlives every call from it. */
   if (svc != pnode->inner) {
     c->holds_svc = true;
-    bw_service_ref(svc);
+    call_svc_ref(svc);
   }
   atomic_store_explicit(&c->deadline_ns, bw_call_deadline_ns(parent), memory_order_relaxed);
   c->ctx = parent->ctx;
@@ -875,6 +910,7 @@ static bool win(bw_call_t *c, uint32_t gen) {
   int g = (int)gen << BW__CALL_GEN_SHIFT;
   int expect = g | BW__CALL_RUNNING;
   if (!atomic_compare_exchange_strong(&c->state, &expect, g | BW__CALL_DONE)) return false;
+  if (c == tl_starting && gen == 0) tl_start_won = true;
   mark_end(c);
   return true;
 }
@@ -971,10 +1007,15 @@ static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bool f
     bw_layer_emit(layer, call, ev);
   }
   /* A thread inside the call's start chain may still move it inward (the
-   * depth we would read could be stale): leave the rest to it. seq_cst: our
-   * state CAS (win), then this load; bw__call_forward does the reverse. */
-  void *s = atomic_load(&call->starter);
-  if (s && atomic_compare_exchange_strong(&call->starter, &s, BW__HANDOFF)) return true;
+   * depth we would read could be stale): leave the rest to it. It marked
+   * the call before its state CAS, which our win read from or after: the
+   * mark is visible here. Generation 0 only: a resumed call is never
+   * forwarded, and its depth is the one its resume stored before the state
+   * we won (end_mark relies on this). */
+  if (atomic_load_explicit(&call->state, memory_order_relaxed) >> BW__CALL_GEN_SHIFT == 0) {
+    void *s = atomic_load(&call->starter);
+    if (s && atomic_compare_exchange_strong(&call->starter, &s, BW__HANDOFF)) return true;
+  }
   finish_cancel(call);
   return true;
 }
@@ -1020,53 +1061,72 @@ bool bw_call_is_cancelled(const bw_call_t *call) {
 
 /* ---- starting calls ---------------------------------------------------------------------------- */
 
+/* The end of c's start chain on this thread: unmark it. When this
+ * thread's own completion won the call in generation 0 (tl_start_won), no
+ * cancel won it there and cancels of later generations never hand off
+ * (abort_call): a release store will do (bw__call_start_ended). Otherwise
+ * a canceller may have handed us the rest of its cancel meanwhile. */
+static void end_mark(bw_call_t *c) {
+  if (tl_start_won) {
+    atomic_store_explicit(&c->starter, NULL, memory_order_release);
+    return;
+  }
+  void *me = (void *)&bw__tl_token;
+  if (!atomic_compare_exchange_strong(&c->starter, &me, NULL)) {
+    atomic_store_explicit(&c->starter, NULL, memory_order_relaxed);
+    finish_cancel(c);
+  }
+}
+
 /* The caller added one "starting" reference, released here once ops->call
  * returned: a cancel on another thread may complete and deliver the call
  * (and its owner free it) while ops->call still runs. */
 static void start(bw_call_t *c) {
+  /* A call that may be forwarded is marked as moved inward by this thread
+   * before it runs: the state CAS below orders the mark before any
+   * cancel's win (which then finds it and hands off), so forwarding needs
+   * no fence of its own (see bw__call_forward). */
+  bool marked = c->svc->chain_len > 1;
+  if (marked) atomic_store_explicit(&c->starter, (void *)&bw__tl_token, memory_order_relaxed);
   /* seq_cst CAS then seq_cst load: pairs with fetch_or(CANCEL) then the
    * state CAS in bw_call_cancel_with; at least one side sees the other. */
   int expect = BW__CALL_IDLE;
   if (atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_RUNNING)) {
+    bw_call_t *prev = tl_starting;
+    bool prev_folded = tl_start_folded, prev_won = tl_start_won;
+    tl_starting = c;
+    tl_start_folded = false;
+    tl_start_won = false;
+    enter();
     if (atomic_load(&c->flags) & BW__CF_CANCEL) {
       bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_CANCELLED));
     } else if (bw__runtime_calls_closing(c->rt)) {
       /* the shutdown sweep may have passed it: it would not be cancelled */
       bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
     } else {
-      bw_call_t *prev = tl_starting;
-      bool prev_folded = tl_start_folded;
-      tl_starting = c;
-      tl_start_folded = false;
-      enter();
       c->svc->ops->call(c->svc, c);
-      if (atomic_load_explicit(&c->starter, memory_order_relaxed)) {
-        /* it was forwarded: end the mark; a canceller may have handed us
-         * the rest of its cancel meanwhile */
-        void *me = (void *)&bw__tl_token;
-        if (!atomic_compare_exchange_strong(&c->starter, &me, NULL)) {
-          atomic_store_explicit(&c->starter, NULL, memory_order_relaxed);
-          finish_cancel(c);
-        }
-      }
-      bool folded = tl_start_folded;
-      tl_starting = prev;
-      tl_start_folded = prev_folded;
-      leave();
-      /* folded: the delivery queued here drops the starting reference (c
-       * may already be recycled by leave()'s drain: not touched again) */
-      if (folded) return;
-      /* Still inside an outer entry: keep the reference pending until it
-       * ends (flush_pend) or the delivery gets queued here (deliver). */
-      /* (A root's delivery is deferred: folded in deliver() when it went to
-       * this worker's ring, else it may run elsewhere at once.) */
-      if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX) {
-        c->pend_idx = tl_npend;
-        tl_pend[tl_npend++] = c;
-        atomic_store_explicit(&c->pend_on, (void *)&tl, memory_order_relaxed);
-        return;
-      }
     }
+    if (marked) end_mark(c);
+    bool folded = tl_start_folded;
+    tl_starting = prev;
+    tl_start_folded = prev_folded;
+    tl_start_won = prev_won;
+    leave();
+    /* folded: the delivery queued here drops the starting reference (c
+     * may already be recycled by leave()'s drain: not touched again) */
+    if (folded) return;
+    /* Still inside an outer entry: keep the reference pending until it
+     * ends (flush_pend) or the delivery gets queued here (deliver). */
+    /* (A root's delivery is deferred: folded in deliver() when it went to
+     * this worker's ring, else it may run elsewhere at once.) */
+    if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX) {
+      c->pend_idx = tl_npend;
+      tl_pend[tl_npend++] = c;
+      atomic_store_explicit(&c->pend_on, (void *)&tl, memory_order_relaxed);
+      return;
+    }
+  } else if (marked) {
+    atomic_store_explicit(&c->starter, NULL, memory_order_relaxed);
   }
   unref_n(c, 1);
 }

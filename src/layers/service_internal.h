@@ -273,10 +273,10 @@ static inline void bw__call_put_deadline(bw_call_t *call, uint64_t ns) {
 
 /* In a finish hook: true once the start chain that forwarded `call` has
  * returned. Then everything the forwarding nodes' ops->call wrote is
- * visible here (start() clears the mark with a seq_cst CAS, read here with
- * acquire), so a hook needs no ordering of its own against its ops->call.
- * (A forwarded call's mark is set at its first forward: NULL here never
- * means "not started yet".) */
+ * visible here (start() clears the mark with a release store or a seq_cst
+ * CAS, read here with acquire), so a hook needs no ordering of its own
+ * against its ops->call. (A call that can be forwarded is marked before it
+ * runs: NULL here never means "not started yet".) */
 static inline bool bw__call_start_ended(const bw_call_t *call) {
   return atomic_load_explicit(&((bw_call_t *)call)->starter, memory_order_acquire) == NULL;
 }
@@ -286,23 +286,21 @@ static inline bool bw__call_start_ended(const bw_call_t *call) {
 extern _Thread_local char bw__tl_token;
 
 /* Inline so that a layer's "forward, then return" becomes a jump to the
- * inner node's ops->call (no stack frame per layer). The first forward of
- * a start chain marks the call as being moved inward by this thread; a
- * canceller that then wins leaves ops->cancel and the delivery to us
- * (start() sees the hand-off when ops->call returns), so the depth below
- * needs no atomic read-modify-write. seq_cst exchange, then the state load:
- * the reverse of the canceller's state CAS, then its starter load
- * (abort_call in service.c). */
+ * inner node's ops->call (no stack frame per layer). start() marked the
+ * call as moved inward by this thread before its state CAS, so a canceller
+ * that wins leaves ops->cancel and the delivery to us (start() sees the
+ * hand-off when ops->call returns) and the depth below needs no atomic
+ * read-modify-write. The state check only saves forwarding a call already
+ * cancelled. */
 static inline bw__fwd_t bw__call_forward(bw_call_t *call) {
   const bw_service_t *origin = call->svc;
   int d = atomic_load_explicit(&call->depth, memory_order_relaxed) + 1;
   if (d >= origin->chain_len) return BW__FWD_NO;
   const bw__link_t *l = &origin->chain[d];
   if (l->zero) memset(call->state_mem + l->off, 0, l->zero);
-  if (atomic_load_explicit(&call->starter, memory_order_relaxed) == NULL)
-    atomic_exchange(&call->starter, (void *)&bw__tl_token);
   /* (a call is forwarded in generation 0 only: its start chain) */
-  if (atomic_load(&call->state) != BW__CALL_RUNNING) return BW__FWD_DONE;
+  if (atomic_load_explicit(&call->state, memory_order_relaxed) != BW__CALL_RUNNING)
+    return BW__FWD_DONE;
   atomic_store_explicit(&call->depth, d, memory_order_relaxed);
   atomic_store_explicit(&call->cur, l->node, memory_order_relaxed);
   l->call(l->node, call);

@@ -19,6 +19,11 @@ typedef struct bw__ctx {
   bw_task_t *task;           /* task being polled, or NULL */
   bw_timer_t *firing;        /* timer whose callback is running, or NULL */
   bool io_thread;            /* a reactor loop thread (blocking there is an error too) */
+  /* Multi-thread workers only: run (and cleared) after each turn of the
+   * worker's loop and before it exits. For per-thread caches that other
+   * components keep across calls on a worker and must give back soon
+   * (service.c's spare service reference). */
+  void (*turn_end)(void);
 } bw__ctx_t;
 /* initial-exec: the library is built -fPIC, and the default (global-
  * dynamic) model would call __tls_get_addr on every access of this hot

@@ -380,6 +380,16 @@ static void park(bw__worker_t *w) {
   }
 }
 
+/* Give back what other components cache on this worker between calls (see
+ * bw__ctx.turn_end): at most one loop turn late, and before parking. */
+static inline void turn_end(void) {
+  void (*f)(void) = bw__ctx.turn_end;
+  if (f) {
+    bw__ctx.turn_end = NULL;
+    f();
+  }
+}
+
 static void *worker_main(void *arg) {
   bw__worker_t *w = arg;
   bw_runtime_t *rt = w->rt;
@@ -406,10 +416,12 @@ static void *worker_main(void *arg) {
       continue;
     }
     run_deferred(w, DEFER_BUDGET);
+    turn_end();
   }
   /* The runtime is SHUTDOWN now, so these can defer nothing more here
    * (bw__runtime_defer refuses and their completions run inline). */
   run_deferred(w, UINT32_MAX);
+  turn_end();
   bw__task_cache_flush(rt, &w->local.cache);
   bw__ctx.rt = NULL;
   bw__ctx.worker = NULL;

@@ -206,6 +206,19 @@ static bw_layer_t *fallback_pred(bool any) {
 }
 static bw_layer_t *fallback_value(void) { return fallback_pred(false); }
 
+/* retry(attempts, constant backoff, no jitter) */
+static bw_layer_t *retry_const(uint32_t attempts, uint64_t backoff_ms) {
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = attempts;
+  ro.backoff.kind = BW_BACKOFF_CONSTANT;
+  ro.backoff.base_ns = backoff_ms * MS_;
+  ro.backoff.jitter = BW_JITTER_NONE;
+  bw_layer_t *l = NULL;
+  assert_null(bw_retry_new(&l, &ro));
+  return l;
+}
+
 static bw_breaker_stats_t stats_of(bw_layer_t *b) {
   bw_breaker_stats_t s;
   assert_null(bw_circuit_breaker_stats(b, &s));
@@ -769,6 +782,104 @@ static void test_cancel_storm(void **state) {
   fx_free(f);
 }
 
+/* The same storm over a backend that answers inside the start chain, every
+ * other attempt failing so that retry resumes the call: a start chain that
+ * won its own call unmarks it without a hand-off check (end_mark), and a
+ * cancel racing it either won first (and handed off) or lost. Every call
+ * completes once; permits and timers are all given back. */
+static void test_cancel_storm_sync_answers(void **state) {
+  (void)state;
+  lh_fx_t *f = lh_fx_new(false, false);
+  for (int i = 0; i < 4096; i += 2) f->be->script[i] = BW_ERR_TRANSPORT;
+  f->be->nscript = 4096;
+  bw_layer_t *bh = bulkhead("fwd_sstorm_bh", 4096, 0);
+  bw_layer_t *l[] = {retry_const(3, 0), timeout_ms(60000), bh};
+  bw_service_t *svc = lh_stack(l, 3, f->inner);
+  int n = lh_scaled(1500);
+  if (n > 1500) n = 1500; /* at most two attempts each: within the script */
+  lh_res_t *r = calloc((size_t)n, sizeof *r);
+  assert_non_null(r);
+  for (int i = 0; i < n; i++) lh_start(&r[i], svc, f->rt, 0);
+  lh_storm_t s; /* while the workers start them */
+  lh_storm_start(&s, r, n, false);
+  lh_storm_join(&s);
+  assert_int_equal(lh_wait_done(r, n, n), n);
+  /* Concurrent calls share the backend's script: one may draw three
+   * failures and give up. A cancel that lost to a failed first attempt
+   * still stops retry from going on (bw__call_resume): that call ends
+   * with the attempt's error. */
+  int ok = 0;
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(atomic_load(&r[i].done), 1);
+    bw_error_kind_t k = r[i].kind;
+    ok += k == BW_ERR_NONE;
+    if (i % 3 != 0) assert_true(k == BW_ERR_NONE || k == BW_ERR_RETRIES_EXHAUSTED);
+    else assert_true(k == BW_ERR_NONE || k == BW_ERR_CANCELLED || k == BW_ERR_RETRIES_EXHAUSTED || k == BW_ERR_TRANSPORT);
+  }
+  assert_true(ok > 0);
+  LH_UNTIL(bw_bulkhead_in_use(bh) == 0 && timers_armed(f->rt) == 0);
+  assert_int_equal(bw_bulkhead_in_use(bh), 0);
+  assert_int_equal(timers_armed(f->rt), 0);
+  for (int i = 0; i < n; i++) lh_free(&r[i]);
+  free(r);
+  bw_service_release(svc);
+  release_all(l, 3);
+  lh_fx_free(f);
+}
+
+/* A cancel from another thread that wins while the start chain is still
+ * inside the backend (which answers in place, after spinning until the
+ * cancel or 2 ms): the chain's own answer loses, so start() must take
+ * the hand-off and deliver the cancel (end_mark); it failed every run with
+ * end_mark skipping the hand-off check. */
+static atomic_int spin_calls;
+static bw_error_t *spin_sync(void *arg, bw_call_t *call, void **resp, bw_destroy_fn *rf) {
+  atomic_fetch_add(&spin_calls, 1);
+  struct timespec t0, t;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  do clock_gettime(CLOCK_MONOTONIC, &t);
+  while ((t.tv_sec - t0.tv_sec) * 1000000000L + (t.tv_nsec - t0.tv_nsec) < 2000000 &&
+         !bw_call_is_cancelled(call));
+  *resp = &leaf_value;
+  *rf = NULL;
+  return NULL;
+}
+
+static void test_cancel_during_sync_answer(void **state) {
+  (void)state;
+  bw_runtime_t *rt = lh_rt(false, 2);
+  bw_fn_service_opts_t fo;
+  bw_fn_service_opts_init(&fo);
+  fo.sync = spin_sync;
+  bw_service_t *leaf;
+  assert_null(bw_service_from_fn(&leaf, &fo));
+  bw_layer_t *bh = bulkhead("fwd_spin_bh", 4096, 0);
+  bw_layer_t *l[] = {timeout_ms(60000), bh};
+  bw_service_t *svc = lh_stack(l, 2, leaf);
+  enum { N = 300 };
+  lh_res_t r[N];
+  memset(r, 0, sizeof r);
+  int cancelled = 0;
+  for (int i = 0; i < N; i++) {
+    int before = atomic_load(&spin_calls);
+    lh_start(&r[i], svc, rt, 0);
+    /* cancel once the backend has the call (its answer is under way) */
+    LH_UNTIL(atomic_load(&spin_calls) > before);
+    bw_call_cancel(r[i].call);
+    lh_wait(&r[i]);
+    assert_true(r[i].kind == BW_ERR_NONE || r[i].kind == BW_ERR_CANCELLED);
+    cancelled += r[i].kind == BW_ERR_CANCELLED;
+    lh_free(&r[i]);
+  }
+  assert_true(cancelled > 0); /* the window was hit */
+  LH_UNTIL(bw_bulkhead_in_use(bh) == 0);
+  assert_int_equal(bw_bulkhead_in_use(bh), 0);
+  bw_service_release(svc);
+  bw_service_release(leaf);
+  release_all(l, 2);
+  bw_runtime_free(rt);
+}
+
 /* ---- 6. timeout over a synchronous answer: no timer, no reference -------------- */
 
 /* CHAINS chains of calls, each call started from the previous one's
@@ -931,19 +1042,6 @@ static void test_timeout_async_arms_timer(void **state) {
 }
 
 /* ---- 7. retry resuming a forwarded call ------------------------------------- */
-
-/* retry(attempts, constant backoff, no jitter) */
-static bw_layer_t *retry_const(uint32_t attempts, uint64_t backoff_ms) {
-  bw_retry_opts_t ro;
-  bw_retry_opts_init(&ro);
-  ro.max_attempts = attempts;
-  ro.backoff.kind = BW_BACKOFF_CONSTANT;
-  ro.backoff.base_ns = backoff_ms * MS_;
-  ro.backoff.jitter = BW_JITTER_NONE;
-  bw_layer_t *l = NULL;
-  assert_null(bw_retry_new(&l, &ro));
-  return l;
-}
 
 /* retry(2 attempts, 20 ms backoff) over timeout(50 ms) over a backend that
  * ignores the cancel and answers late. The first attempt is the call itself
@@ -1328,6 +1426,8 @@ int main(void) {
       cmocka_unit_test(test_abandon_returns_permit),
       cmocka_unit_test(test_abandon_late_answer),
       cmocka_unit_test(test_cancel_storm),
+      cmocka_unit_test(test_cancel_storm_sync_answers),
+      cmocka_unit_test(test_cancel_during_sync_answer),
       cmocka_unit_test(test_timeout_sync_no_timer),
       cmocka_unit_test(test_timeout_async_arms_timer),
       cmocka_unit_test(test_caller_sees_own_call),

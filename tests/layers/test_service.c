@@ -423,6 +423,61 @@ static void test_child_outlives_released_service(void **state) {
   h4_wait_fini(&w);
 }
 
+/* A worker keeps the reference a recycled call held on its service for the
+ * next call it makes (service.c, tl_spare_svc); it must give it back at the
+ * end of its loop turn, not only when it exits: here the last reference
+ * goes inside the last callback and the service must be destroyed while
+ * the runtime runs on (failed when the spare was kept until exit). */
+typedef struct chain {
+  bw_service_t *svc;
+  bw_runtime_t *rt;
+  int left;
+  atomic_int errors;
+  h4_wait_t *destroyed;
+  atomic_bool destroyed_on_worker;
+} chain_t;
+
+static void chain_next(chain_t *ch);
+static void chain_done(bw_call_t *call, const bw_error_t *err, void *arg) {
+  chain_t *ch = arg;
+  if (err) atomic_fetch_add(&ch->errors, 1);
+  bw_call_free(call);
+  if (--ch->left > 0) chain_next(ch);
+  else bw_service_release(ch->svc); /* the caller's reference: the call's is the last */
+}
+static void chain_next(chain_t *ch) {
+  bw_call_t *c;
+  assert_null(bw_call_new(&c, ch->svc, ch->rt));
+  bw_call_set_request(c, h4_int(ch->left), req_free);
+  assert_null(bw_service_call(ch->svc, c, chain_done, ch));
+}
+static void chain_start(void *arg) { chain_next(arg); }
+static void chain_arg_free(void *arg) {
+  chain_t *ch = arg;
+  atomic_store(&ch->destroyed_on_worker, bw_runtime_current() == ch->rt);
+  h4_wait_post(ch->destroyed);
+}
+
+static void test_spare_service_ref_given_back(void **state) {
+  bw_runtime_t *rt = h4_rt(false, 2);
+  h4_wait_t w;
+  h4_wait_init(&w);
+  chain_t ch = {.rt = rt, .left = 1000, .destroyed = &w};
+  bw_fn_service_opts_t o;
+  bw_fn_service_opts_init(&o);
+  o.sync = echo_sync;
+  o.arg = &ch;
+  o.arg_free = chain_arg_free;
+  assert_null(bw_service_from_fn(&ch.svc, &o));
+  h4_on_worker(rt, chain_start, &ch);
+  assert_int_equal(h4_wait_for(&w, 1), 1); /* destroyed, runtime still up */
+  assert_int_equal(ch.left, 0);
+  assert_int_equal(atomic_load(&ch.errors), 0);
+  assert_true(atomic_load(&ch.destroyed_on_worker));
+  bw_runtime_free(rt);
+  h4_wait_fini(&w);
+}
+
 static void test_bad_args(void **state) {
   bw_service_t *s = NULL;
   bw_error_t *e = bw_service_from_fn(&s, NULL);
@@ -455,6 +510,7 @@ int main(void) {
       cmocka_unit_test(test_async_and_cancel),
       cmocka_unit_test(test_child_deadline),
       cmocka_unit_test(test_child_outlives_released_service),
+      cmocka_unit_test(test_spare_service_ref_given_back),
       cmocka_unit_test(test_bad_args),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
