@@ -71,7 +71,10 @@ typedef void (*bw_call_cb)(bw_call_t *call, const bw_error_t *err, void *arg);
 /* ---- Services ------------------------------------------------------------ */
 
 /* Take / drop a reference. The last release frees the service once no call
- * of it is alive (calls keep their service alive). NULL-safe. */
+ * of it is alive (calls keep their service alive). A worker that recycled
+ * one of its calls may keep that call's reference for its next call until
+ * the end of its loop turn: the service is then freed there, on that
+ * worker, a moment after your release. NULL-safe. */
 bw_service_t *bw_service_ref(bw_service_t *svc);
 void bw_service_release(bw_service_t *svc);
 
