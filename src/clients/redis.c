@@ -245,7 +245,7 @@ typedef struct holder {
   bw_redis_t *client;
   bw__redis_req_t *head, *tail;
 } holder_t;
-static _Thread_local holder_t *tl_holder;
+static BW__TLS holder_t *tl_holder;
 
 static void write_held(bw_redis_t *c, bw__redis_req_t *list);
 

@@ -27,7 +27,7 @@ struct bw_event_hook {
 static struct bw_event_hook g_hooks[MAX_HOOKS];
 static atomic_int g_nhooks;
 static pthread_mutex_t g_hooks_mu = PTHREAD_MUTEX_INITIALIZER;
-static _Thread_local const struct bw_event_hook *tl_running_hook;
+static BW__TLS const struct bw_event_hook *tl_running_hook;
 
 const char *bw_event_type_name(bw_event_type_t type) {
   switch (type) {

@@ -98,43 +98,73 @@ typedef struct tramp {
   int submitting;
   bw_call_t *head, *tail;
 } tramp_t;
-static _Thread_local tramp_t tl;
+static BW__TLS tramp_t tl;
 /* The call whose callback runs on this thread now, and whether that
  * callback freed it (then run_delivery drops both references at once). */
-static _Thread_local bw_call_t *tl_delivering;
-static _Thread_local bool tl_freed_in_cb;
+static BW__TLS bw_call_t *tl_delivering;
+static BW__TLS bool tl_freed_in_cb;
 /* The call whose ops->call runs on this thread now, and whether its
  * delivery was queued here meanwhile (then the starting reference is folded
  * into that delivery instead of an atomic decrement in start()). */
-static _Thread_local bw_call_t *tl_starting;
-static _Thread_local bool tl_start_folded;
+static BW__TLS bw_call_t *tl_starting;
+static BW__TLS bool tl_start_folded;
 /* ...and whether a completion on this thread won it meanwhile (see end_mark). */
-static _Thread_local bool tl_start_won;
+static BW__TLS bool tl_start_won;
 /* Shared clock reading of the current start chain (see
  * bw__call_now_ns_shared); valid while bw__tl_now_rt is set. */
-_Thread_local bw_runtime_t *bw__tl_now_rt;
-_Thread_local char bw__tl_token;
-_Thread_local uint64_t bw__tl_now;
+BW__TLS bw_runtime_t *bw__tl_now_rt;
+BW__TLS char bw__tl_token;
+BW__TLS uint64_t bw__tl_now;
 
 static void run_delivery(bw_call_t *c);
 static void unref_n(bw_call_t *call, int n);
 static bool abort_call(bw_call_t *call, bw_error_t *err, int abort_depth, bool fenced,
                        bw_layer_t *layer, bw_event_t *ev);
 
+/* Per-thread cache of free calls, one slot per pool (direct-mapped by the
+ * pool's unique id, which is sequential, so the nodes of one stack do not
+ * collide). The pool mutex is taken only to refill, overflow or evict.
+ * A slot whose pool is gone is recognised by its id (ids are never reused)
+ * and dropped without touching its objects (pool_fini freed them). */
+#define TCACHE_SLOTS 64
+/* At most TCACHE_MAX calls per slot; a full slot returns TCACHE_BATCH of
+ * them to the pool at once and an empty one refills up to TCACHE_BATCH: a
+ * small bound keeps free calls where other threads can take them, so the
+ * pool stops growing at its in-flight high-water mark plus the caches. */
+#define TCACHE_MAX 4
+#define TCACHE_BATCH 2
+typedef struct tcache_slot {
+  uint64_t id;
+  bw_service_t *svc;
+  bw_call_t *head;
+  unsigned n;
+} tcache_slot_t;
+
 /* Starting references kept past their start() until the outermost entry of
  * this thread ends: a call whose delivery is queued here meanwhile (the
  * usual case: layers complete from their child's callback in the same
  * drain) drops it with that delivery, with no atomic of its own. */
 #define PEND_MAX 64
-static _Thread_local bw_call_t *tl_pend[PEND_MAX];
-static _Thread_local int tl_npend;
+static BW__TLS int tl_npend; /* in tl_caches->pend */
+
+/* This thread's free-call caches and pending starting references, on the
+ * heap behind one pointer: as thread-locals they would take 2.5 KiB of
+ * static TLS, more than glibc keeps for libraries loaded with dlopen (all
+ * of the library's thread-locals are initial-exec, BW__TLS, for speed).
+ * Made at a thread's first call; at its exit the cached calls go back to
+ * their pools. NULL (out of memory): no caching on this thread. */
+typedef struct thread_caches {
+  tcache_slot_t slot[TCACHE_SLOTS];
+  bw_call_t *pend[PEND_MAX];
+} thread_caches_t;
+static BW__TLS thread_caches_t *tl_caches;
 
 static void flush_pend(void) {
   while (tl_npend > 0) {
     /* copied out: a recycle below may run code that pends again */
     bw_call_t *list[PEND_MAX];
     int n = tl_npend;
-    memcpy(list, tl_pend, (size_t)n * sizeof list[0]);
+    memcpy(list, tl_caches->pend, (size_t)n * sizeof list[0]);
     tl_npend = 0;
     /* first unmark them all, so no delivery queued during the unrefs folds
      * one of them again */
@@ -180,8 +210,8 @@ static struct {
   atomic_uint epoch; /* bumped when a tracker goes away (TLS caches invalid) */
 } g_reg = {PTHREAD_MUTEX_INITIALIZER, NULL, NULL, 0};
 
-static _Thread_local bw_runtime_t *tl_tracked_rt;
-static _Thread_local unsigned tl_tracked_epoch;
+static BW__TLS bw_runtime_t *tl_tracked_rt;
+static BW__TLS unsigned tl_tracked_epoch;
 
 static void registry_add(bw_service_t *s) {
   pthread_mutex_lock(&g_reg.mu);
@@ -327,25 +357,6 @@ static int chain_init(bw_service_t *s, unsigned char *mem) {
   return 0;
 }
 
-/* Per-thread cache of free calls, one slot per pool (direct-mapped by the
- * pool's unique id, which is sequential, so the nodes of one stack do not
- * collide). The pool mutex is taken only to refill, overflow or evict.
- * A slot whose pool is gone is recognised by its id (ids are never reused)
- * and dropped without touching its objects (pool_fini freed them). */
-#define TCACHE_SLOTS 64
-/* At most TCACHE_MAX calls per slot; a full slot returns TCACHE_BATCH of
- * them to the pool at once and an empty one refills up to TCACHE_BATCH: a
- * small bound keeps free calls where other threads can take them, so the
- * pool stops growing at its in-flight high-water mark plus the caches. */
-#define TCACHE_MAX 4
-#define TCACHE_BATCH 2
-typedef struct tcache_slot {
-  uint64_t id;
-  bw_service_t *svc;
-  bw_call_t *head;
-  unsigned n;
-} tcache_slot_t;
-static _Thread_local tcache_slot_t tl_cache[TCACHE_SLOTS];
 static atomic_uint_fast64_t g_pool_ids = 1;
 
 static void pool_push_locked(bw__pool_t *p, bw_call_t *first, bw_call_t *last) {
@@ -375,10 +386,35 @@ static void tcache_evict(tcache_slot_t *t) {
   t->n = 0;
 }
 
+static pthread_key_t caches_key;
+static pthread_once_t caches_once = PTHREAD_ONCE_INIT;
+
+static void caches_drop(void *arg) {
+  thread_caches_t *tc = arg;
+  tl_caches = NULL;
+  for (int i = 0; i < TCACHE_SLOTS; i++) tcache_evict(&tc->slot[i]);
+  bw__free(tc);
+}
+static void caches_make_key(void) { pthread_key_create(&caches_key, caches_drop); }
+
+static tcache_slot_t *tcache_slot(const bw_service_t *s) {
+  thread_caches_t *tc = tl_caches;
+  if (!tc) {
+    pthread_once(&caches_once, caches_make_key);
+    if (!(tc = bw__calloc(1, sizeof *tc))) return NULL;
+    if (pthread_setspecific(caches_key, tc) != 0) {
+      bw__free(tc);
+      return NULL;
+    }
+    tl_caches = tc;
+  }
+  return &tc->slot[s->pool_id % TCACHE_SLOTS];
+}
+
 static bw_call_t *pool_get(bw_service_t *s) {
-  tcache_slot_t *t = &tl_cache[s->pool_id % TCACHE_SLOTS];
+  tcache_slot_t *t = tcache_slot(s);
   bw_call_t *c = NULL;
-  if (t->id == s->pool_id && t->head) {
+  if (t && t->id == s->pool_id && t->head) {
     c = t->head;
     t->head = c->pool_next;
     t->n--;
@@ -388,7 +424,7 @@ static bw_call_t *pool_get(bw_service_t *s) {
     c = p->free_list;
     if (c) {
       p->free_list = c->pool_next;
-      if (t->id == s->pool_id) {
+      if (t && t->id == s->pool_id) {
         /* our slot, empty: refill a batch with the same lock */
         while (t->n < TCACHE_BATCH && p->free_list) {
           bw_call_t *x = p->free_list;
@@ -423,7 +459,13 @@ static bw_call_t *pool_get(bw_service_t *s) {
 }
 
 static void pool_put(bw_service_t *s, bw_call_t *c) {
-  tcache_slot_t *t = &tl_cache[s->pool_id % TCACHE_SLOTS];
+  tcache_slot_t *t = tcache_slot(s);
+  if (!t) {
+    pthread_mutex_lock(&s->pool.mu);
+    pool_push_locked(&s->pool, c, c);
+    pthread_mutex_unlock(&s->pool.mu);
+    return;
+  }
   if (t->id != s->pool_id) {
     if (t->id) tcache_evict(t);
     t->id = s->pool_id;
@@ -612,7 +654,7 @@ unsigned bw_layer_flags(const bw_layer_t *layer) { return layer ? layer->flags :
  * its loop turn (bw__ctx.turn_end), so a released service is destroyed at
  * most one turn late, on that worker, and never kept past a park or the
  * worker's exit. Other threads have no turn to end: they keep no spare. */
-static _Thread_local bw_service_t *tl_spare_svc;
+static BW__TLS bw_service_t *tl_spare_svc;
 
 static void spare_give_back(void) {
   bw_service_t *s = tl_spare_svc;
@@ -884,7 +926,7 @@ static void deliver(bw_call_t *c) {
       tl_start_folded = true;
     } else if (atomic_load_explicit(&c->pend_on, memory_order_relaxed) == (void *)&tl) {
       c->fold++; /* its starting reference, pending here */
-      tl_pend[c->pend_idx] = NULL;
+      tl_caches->pend[c->pend_idx] = NULL;
       atomic_store_explicit(&c->pend_on, NULL, memory_order_relaxed);
     }
     return;
@@ -1119,9 +1161,9 @@ static void start(bw_call_t *c) {
      * ends (flush_pend) or the delivery gets queued here (deliver). */
     /* (A root's delivery is deferred: folded in deliver() when it went to
      * this worker's ring, else it may run elsewhere at once.) */
-    if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX) {
+    if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX && tl_caches) {
       c->pend_idx = tl_npend;
-      tl_pend[tl_npend++] = c;
+      tl_caches->pend[tl_npend++] = c;
       atomic_store_explicit(&c->pend_on, (void *)&tl, memory_order_relaxed);
       return;
     }

@@ -12,6 +12,7 @@
 
 #include "bulwark/layer.h"
 #include "core/counter.h"
+#include "runtime/internal.h"
 #include "bulwark/metrics.h"
 #include "bulwark/service.h"
 
@@ -193,8 +194,8 @@ void bw__stack_count_event(bw__stack_t *st, int layer_index, bw_event_type_t typ
  * otherwise (timer callbacks, deliveries) it reads the clock. */
 static inline uint64_t bw__call_now_ns_shared(const bw_call_t *call);
 /* (the reading and its runtime, per thread; set while a start chain runs) */
-extern _Thread_local bw_runtime_t *bw__tl_now_rt;
-extern _Thread_local uint64_t bw__tl_now;
+extern BW__TLS bw_runtime_t *bw__tl_now_rt;
+extern BW__TLS uint64_t bw__tl_now;
 /* Read the clock (and share the reading if inside a library entry). */
 uint64_t bw__call_now_ns_read(const bw_call_t *call);
 static inline uint64_t bw__call_now_ns_shared(const bw_call_t *call) {
@@ -283,7 +284,7 @@ static inline bool bw__call_start_ended(const bw_call_t *call) {
 
 /* A per-thread address naming the thread that runs a call's start chain
  * (bw_call.starter). */
-extern _Thread_local char bw__tl_token;
+extern BW__TLS char bw__tl_token;
 
 /* Inline so that a layer's "forward, then return" becomes a jump to the
  * inner node's ops->call (no stack frame per layer). start() marked the

@@ -55,6 +55,7 @@
 #include <time.h>
 
 #include "core/alloc.h"
+#include "runtime/internal.h"
 
 enum { JOB_NONE = 0, JOB_QUEUED = 0x51, JOB_TAKEN = 0x52 };
 
@@ -87,7 +88,7 @@ struct bw__blocking_pool {
   char prefix[16];
 };
 
-static _Thread_local bool tls_on_pool_thread;
+static BW__TLS bool tls_on_pool_thread;
 static atomic_uint_fast64_t pools_alive; /* for leak tests; see pool_destroy */
 
 /* ---- small helpers ------------------------------------------------------ */

@@ -37,7 +37,7 @@ static bool tsc_usable;
 static uint64_t cal_tsc, cal_ns;        /* the calibration start (set once) */
 static _Atomic uint64_t anchor_ticks;   /* ANCHOR_NS in ticks (stored before mult) */
 static _Atomic uint64_t tsc_mult;       /* ns per tick << 32; 0: not yet */
-static _Thread_local uint64_t tl_tsc, tl_ns, tl_last;
+static BW__TLS uint64_t tl_tsc, tl_ns, tl_last;
 
 static bool tsc_clocksource(void) {
   FILE *f = fopen("/sys/devices/system/clocksource/clocksource0/current_clocksource", "r");

@@ -82,7 +82,7 @@ struct bw__reactor {
   char name[16];
 };
 
-static _Thread_local char tls_token;
+static BW__TLS char tls_token;
 
 static uintptr_t my_token(void) { return (uintptr_t)&tls_token; }
 

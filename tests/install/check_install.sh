@@ -21,4 +21,8 @@ cmake -S "$src" -B "$work/cm" -G Ninja -DCMAKE_PREFIX_PATH="$work/prefix" >/dev/
 cmake --build "$work/cm" >/dev/null
 LD_LIBRARY_PATH="$libdir" "$work/cm/consumer" | grep -qx "bulwark consumer ok"
 "$work/cm/consumer_static" | grep -qx "bulwark consumer ok"
-echo "install: pkg-config (shared, static) and find_package (shared, static) ok"
+# 3. dlopen of the shared library (static TLS must fit, see the program).
+cc -std=c11 -Wall -Werror -o "$work/dl" "$(dirname "$src")/dlopen_consumer.c" \
+   $(pkg-config --cflags bulwark) -ldl
+"$work/dl" "$libdir/libbulwark.so" | grep -qx "bulwark dlopen ok"
+echo "install: pkg-config (shared, static), find_package (shared, static) and dlopen ok"
