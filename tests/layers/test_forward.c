@@ -1043,6 +1043,38 @@ static void test_timeout_async_arms_timer(void **state) {
 
 /* ---- 7. retry resuming a forwarded call ------------------------------------- */
 
+/* The stack of this section and the next: retry(attempts, constant
+ * backoff) over timeout(50 ms) over a stubborn backend, on a held paused
+ * runtime; the stack's events recorded in ev when `events`. */
+typedef struct resume_fx {
+  bw_runtime_t *rt;
+  stubborn_t sb;
+  bw_service_t *be, *svc;
+  bw_layer_t *l[2];
+  lh_events_t ev;
+  bw_event_hook_t *hook;
+} resume_fx_t;
+
+static void resume_fx_init(resume_fx_t *f, uint32_t attempts, uint64_t backoff_ms, bool events) {
+  memset(f, 0, sizeof *f);
+  f->rt = held_rt();
+  f->be = stubborn_svc(&f->sb);
+  f->l[0] = retry_const(attempts, backoff_ms);
+  f->l[1] = timeout_ms(50);
+  f->svc = lh_stack(f->l, 2, f->be);
+  pthread_mutex_init(&f->ev.mu, NULL);
+  if (events) assert_null(bw_event_hook_add(&f->hook, f->svc, NULL, lh_on_event, &f->ev));
+}
+
+static void resume_fx_fini(resume_fx_t *f) {
+  bw_event_hook_remove(f->hook);
+  pthread_mutex_destroy(&f->ev.mu);
+  bw_service_release(f->svc);
+  bw_service_release(f->be);
+  release_all(f->l, 2);
+  rt_free(f->rt);
+}
+
 /* retry(2 attempts, 20 ms backoff) over timeout(50 ms) over a backend that
  * ignores the cancel and answers late. The first attempt is the call itself
  * (forwarded); the timeout aborts it, retry's finish hook makes it RUNNING
@@ -1053,48 +1085,39 @@ static void test_timeout_async_arms_timer(void **state) {
  * answers the caller. */
 static void test_retry_late_answer_after_resume(void **state) {
   (void)state;
-  bw_runtime_t *rt = held_rt();
-  stubborn_t sb = {0};
-  bw_service_t *be = stubborn_svc(&sb);
-  bw_layer_t *l[] = {retry_const(2, 20), timeout_ms(50)};
-  bw_service_t *svc = lh_stack(l, 2, be);
-  lh_events_t ev = {.mu = PTHREAD_MUTEX_INITIALIZER};
-  bw_event_hook_t *hook = NULL;
-  assert_null(bw_event_hook_add(&hook, svc, NULL, lh_on_event, &ev));
+  resume_fx_t f;
+  resume_fx_init(&f, 2, 20, true);
+  bw_runtime_t *rt = f.rt;
+  bw_service_t *svc = f.svc;
 
   lh_res_t r;
   lh_start(&r, svc, rt, 0);
-  assert_int_equal(stubborn_wait(&sb, 1), 1);
+  assert_int_equal(stubborn_wait(&f.sb, 1), 1);
   LH_UNTIL(timers_armed(rt) == 1); /* the timeout's */
   assert_int_equal(timers_armed(rt), 1);
   assert_null(bw_runtime_advance(rt, 50));
   /* the timeout fired, retry scheduled attempt 2 and armed its backoff
    * (after resuming the call) */
-  LH_UNTIL(lh_count_events(&ev, BW_EVENT_RETRY_SCHEDULED) == 1 && timers_armed(rt) == 1);
-  assert_int_equal(lh_count_events(&ev, BW_EVENT_TIMEOUT), 1);
+  LH_UNTIL(lh_count_events(&f.ev, BW_EVENT_RETRY_SCHEDULED) == 1 && timers_armed(rt) == 1);
+  assert_int_equal(lh_count_events(&f.ev, BW_EVENT_TIMEOUT), 1);
   assert_int_equal(timers_armed(rt), 1);
   assert_int_equal(atomic_load(&r.done), 0);
 
-  assert_false(stubborn_answer(&sb)); /* attempt 1's late answer loses */
+  assert_false(stubborn_answer(&f.sb)); /* attempt 1's late answer loses */
   assert_int_equal(atomic_load(&r.done), 0);
 
   assert_null(bw_runtime_advance(rt, 20)); /* the backoff ends: attempt 2 */
-  assert_int_equal(stubborn_wait(&sb, 1), 1);
-  assert_true(stubborn_answer(&sb));
+  assert_int_equal(stubborn_wait(&f.sb, 1), 1);
+  assert_true(stubborn_answer(&f.sb));
   lh_wait(&r);
   assert_int_equal(r.kind, BW_ERR_NONE);
   assert_int_equal(r.resp, 99);
-  assert_int_equal(atomic_load(&sb.calls), 2);
+  assert_int_equal(atomic_load(&f.sb.calls), 2);
   lh_free(&r);
   LH_UNTIL(timers_armed(rt) == 0);
   assert_int_equal(timers_armed(rt), 0);
 
-  bw_event_hook_remove(hook);
-  pthread_mutex_destroy(&ev.mu);
-  bw_service_release(svc);
-  bw_service_release(be);
-  release_all(l, 2);
-  rt_free(rt);
+  resume_fx_fini(&f);
 }
 
 /* ---- 8. a per-attempt timeout's leftovers after retry resumed the call -------- */
@@ -1173,26 +1196,22 @@ static uint64_t to_second_attempt(bw_runtime_t *rt, bw_service_t *svc, stubborn_
  * covers the same answer during the backoff, before attempt 2 exists. */
 static void test_retry_late_answer_during_next_attempt(void **state) {
   (void)state;
-  bw_runtime_t *rt = held_rt();
-  stubborn_t sb = {0};
-  bw_service_t *be = stubborn_svc(&sb);
-  bw_layer_t *l[] = {retry_const(3, 20), timeout_ms(50)};
-  bw_service_t *svc = lh_stack(l, 2, be);
-  lh_events_t ev = {.mu = PTHREAD_MUTEX_INITIALIZER};
-  bw_event_hook_t *hook = NULL;
-  assert_null(bw_event_hook_add(&hook, svc, NULL, lh_on_event, &ev));
+  resume_fx_t f;
+  resume_fx_init(&f, 3, 20, true);
+  bw_runtime_t *rt = f.rt;
+  bw_service_t *svc = f.svc;
   atomic_store(&late_freed, 0);
 
   lh_res_t r;
-  uint64_t t0 = to_second_attempt(rt, svc, &sb, &ev, &r);
+  uint64_t t0 = to_second_attempt(rt, svc, &f.sb, &f.ev, &r);
 
-  assert_false(answer_counted(stubborn_take(&sb, 0), 1)); /* attempt 1, late */
+  assert_false(answer_counted(stubborn_take(&f.sb, 0), 1)); /* attempt 1, late */
   assert_int_equal(atomic_load(&late_freed), 1);          /* freed by the loser */
   assert_int_equal(atomic_load(&r.done), 0);
   assert_int_equal(timers_armed(rt), 1); /* attempt 2's timeout still armed */
 
   assert_null(bw_runtime_advance(rt, 49)); /* 1 ms before attempt 2's timeout */
-  assert_true(answer_counted(stubborn_take(&sb, 0), 2));
+  assert_true(answer_counted(stubborn_take(&f.sb, 0), 2));
   lh_wait(&r);
   assert_int_equal(r.kind, BW_ERR_NONE);
   assert_int_equal(r.resp, 2);
@@ -1203,22 +1222,17 @@ static void test_retry_late_answer_during_next_attempt(void **state) {
   /* nothing left to fire: the callback stays at one */
   assert_null(bw_runtime_advance(rt, 1000));
   assert_int_equal(atomic_load(&r.done), 1);
-  assert_int_equal(atomic_load(&sb.calls), 2);
-  assert_int_equal(lh_count_events(&ev, BW_EVENT_TIMEOUT), 1);
-  assert_int_equal(lh_count_events(&ev, BW_EVENT_ATTEMPT_FAILED), 1);
-  assert_int_equal(lh_count_events(&ev, BW_EVENT_GIVE_UP), 0);
+  assert_int_equal(atomic_load(&f.sb.calls), 2);
+  assert_int_equal(lh_count_events(&f.ev, BW_EVENT_TIMEOUT), 1);
+  assert_int_equal(lh_count_events(&f.ev, BW_EVENT_ATTEMPT_FAILED), 1);
+  assert_int_equal(lh_count_events(&f.ev, BW_EVENT_GIVE_UP), 0);
   lh_free(&r);
   /* with the call's memory, once (the worker that ran the callback may
    * still hold its in-flight reference for a moment) */
   LH_UNTIL(atomic_load(&late_freed) == 2);
   assert_int_equal(atomic_load(&late_freed), 2);
 
-  bw_event_hook_remove(hook);
-  pthread_mutex_destroy(&ev.mu);
-  bw_service_release(svc);
-  bw_service_release(be);
-  release_all(l, 2);
-  rt_free(rt);
+  resume_fx_fini(&f);
 }
 
 /* The same stack with 2 attempts, and attempt 2 also times out: the caller
@@ -1228,18 +1242,14 @@ static void test_retry_late_answer_during_next_attempt(void **state) {
  * lose, both responses are freed, the callback stays at one. */
 static void test_retry_second_attempt_times_out(void **state) {
   (void)state;
-  bw_runtime_t *rt = held_rt();
-  stubborn_t sb = {0};
-  bw_service_t *be = stubborn_svc(&sb);
-  bw_layer_t *l[] = {retry_const(2, 20), timeout_ms(50)};
-  bw_service_t *svc = lh_stack(l, 2, be);
-  lh_events_t ev = {.mu = PTHREAD_MUTEX_INITIALIZER};
-  bw_event_hook_t *hook = NULL;
-  assert_null(bw_event_hook_add(&hook, svc, NULL, lh_on_event, &ev));
+  resume_fx_t f;
+  resume_fx_init(&f, 2, 20, true);
+  bw_runtime_t *rt = f.rt;
+  bw_service_t *svc = f.svc;
   atomic_store(&late_freed, 0);
 
   lh_res_t r;
-  uint64_t t0 = to_second_attempt(rt, svc, &sb, &ev, &r);
+  uint64_t t0 = to_second_attempt(rt, svc, &f.sb, &f.ev, &r);
   assert_null(bw_runtime_advance(rt, 49));
   assert_int_equal(atomic_load(&r.done), 0);
   assert_null(bw_runtime_advance(rt, 1)); /* attempt 2's timeout */
@@ -1262,27 +1272,22 @@ static void test_retry_second_attempt_times_out(void **state) {
     assert_string_equal(bw_error_message(a), "no response within 50 ms");
   }
 
-  assert_int_equal(stubborn_held(&sb), 2);
-  assert_false(answer_counted(stubborn_take(&sb, 0), 1)); /* attempt 1 */
-  assert_false(answer_counted(stubborn_take(&sb, 0), 2)); /* attempt 2 */
+  assert_int_equal(stubborn_held(&f.sb), 2);
+  assert_false(answer_counted(stubborn_take(&f.sb, 0), 1)); /* attempt 1 */
+  assert_false(answer_counted(stubborn_take(&f.sb, 0), 2)); /* attempt 2 */
   assert_int_equal(atomic_load(&late_freed), 2);
   LH_UNTIL(timers_armed(rt) == 0);
   assert_int_equal(timers_armed(rt), 0);
   assert_null(bw_runtime_advance(rt, 1000));
   assert_int_equal(atomic_load(&r.done), 1);
   assert_int_equal(r.kind, BW_ERR_RETRIES_EXHAUSTED);
-  assert_int_equal(atomic_load(&sb.calls), 2);
-  assert_int_equal(lh_count_events(&ev, BW_EVENT_TIMEOUT), 2);
-  assert_int_equal(lh_count_events(&ev, BW_EVENT_GIVE_UP), 1);
+  assert_int_equal(atomic_load(&f.sb.calls), 2);
+  assert_int_equal(lh_count_events(&f.ev, BW_EVENT_TIMEOUT), 2);
+  assert_int_equal(lh_count_events(&f.ev, BW_EVENT_GIVE_UP), 1);
   lh_free(&r);
   assert_int_equal(atomic_load(&late_freed), 2);
 
-  bw_event_hook_remove(hook);
-  pthread_mutex_destroy(&ev.mu);
-  bw_service_release(svc);
-  bw_service_release(be);
-  release_all(l, 2);
-  rt_free(rt);
+  resume_fx_fini(&f);
 }
 
 /* The answerer of the test below: a task that keeps one worker to itself
@@ -1362,11 +1367,10 @@ static void answerer_stop(answerer_t *a) {
  * at tsan's BW_TEST_SCALE of 0.05 (20 rounds). */
 static void test_retry_stale_timer_races_answer(void **state) {
   (void)state;
-  bw_runtime_t *rt = held_rt();
-  stubborn_t sb = {0};
-  bw_service_t *be = stubborn_svc(&sb);
-  bw_layer_t *l[] = {retry_const(3, 0), timeout_ms(50)};
-  bw_service_t *svc = lh_stack(l, 2, be);
+  resume_fx_t f;
+  resume_fx_init(&f, 3, 0, false);
+  bw_runtime_t *rt = f.rt;
+  bw_service_t *svc = f.svc;
   atomic_store(&late_freed, 0);
   answerer_t a = {.mu = PTHREAD_MUTEX_INITIALIZER, .cv = PTHREAD_COND_INITIALIZER, .won = -1};
   bw_join_t *aj = NULL;
@@ -1375,17 +1379,17 @@ static void test_retry_stale_timer_races_answer(void **state) {
   for (int i = 0; i < n; i++) {
     lh_res_t r;
     lh_start(&r, svc, rt, 0);
-    assert_int_equal(stubborn_wait(&sb, 1), 1);
+    assert_int_equal(stubborn_wait(&f.sb, 1), 1);
     LH_UNTIL(timers_armed(rt) == 1);
     assert_int_equal(timers_armed(rt), 1);
-    bw_call_t *c = stubborn_take(&sb, 0);
+    bw_call_t *c = stubborn_take(&f.sb, 0);
     assert_ptr_equal(c, r.call); /* attempt 1: the call itself */
     lh_slow_worker_allocs(rt, i % 2 ? 300000 : 0);
     assert_null(bw_runtime_advance(rt, 50)); /* kicks a worker to fire it */
     answer_won += answerer_answer(&a, c, (uint64_t)(i / 2 % 64) * 400u);
-    assert_int_equal(stubborn_wait(&sb, 1), 1); /* attempt 2 */
+    assert_int_equal(stubborn_wait(&f.sb, 1), 1); /* attempt 2 */
     lh_slow_worker_allocs(rt, 0);
-    assert_true(answer_counted(stubborn_take(&sb, 0), 2));
+    assert_true(answer_counted(stubborn_take(&f.sb, 0), 2));
     lh_wait(&r);
     assert_int_equal(r.kind, BW_ERR_NONE);
     assert_int_equal(r.resp, 2);
@@ -1395,7 +1399,7 @@ static void test_retry_stale_timer_races_answer(void **state) {
     lh_free(&r);
     LH_UNTIL(atomic_load(&late_freed) == i + 1); /* with the call's memory */
     assert_int_equal(atomic_load(&late_freed), i + 1);
-    assert_int_equal(atomic_load(&sb.calls), 2 * (i + 1));
+    assert_int_equal(atomic_load(&f.sb.calls), 2 * (i + 1));
     /* the events are counted before the callback runs */
     assert_int_equal(bw_stack_event_count(svc, 1, BW_EVENT_TIMEOUT), (uint64_t)(i + 1 - answer_won));
   }
@@ -1407,10 +1411,7 @@ static void test_retry_stale_timer_races_answer(void **state) {
   assert_int_equal(bw_stack_event_count(svc, 0, BW_EVENT_GIVE_UP), 0);
   assert_int_equal(bw_stack_outcome_count(svc, BW_ERR_NONE), (uint64_t)n);
   print_message("attempt 1's answer won %d of %d, its timer the others\n", answer_won, n);
-  bw_service_release(svc);
-  bw_service_release(be);
-  release_all(l, 2);
-  rt_free(rt);
+  resume_fx_fini(&f);
 }
 
 int main(void) {

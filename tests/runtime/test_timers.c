@@ -390,6 +390,22 @@ static uint64_t real_ns(void) {
   return (uint64_t)ts.tv_sec * 1000000000ull + (uint64_t)ts.tv_nsec;
 }
 
+/* One round of the two tests below: let the paused clock go (hold then
+ * release), wait 0-40 us of real time (by i), arm t 5 ms ahead from this
+ * thread (not a worker) and wait up to 2 s of real time for it to fire. */
+static bool arm_after_hold_release_fires(bw_runtime_t *rt, bw_timer_t *t, int i) {
+  int before = atomic_load(&remote_fires);
+  bw__runtime_clock_hold(rt);
+  bw__runtime_clock_release(rt);
+  uint64_t until = real_ns() + (uint64_t)(i % 400) * 100u;
+  while (real_ns() < until) {
+  }
+  assert_null(bw_timer_arm(t, bw_runtime_now_ns(rt) + 5 * MS));
+  uint64_t limit = real_ns() + 2000 * MS;
+  while (atomic_load(&remote_fires) == before && real_ns() < limit) sched_yield();
+  return atomic_load(&remote_fires) != before;
+}
+
 /* A paused runtime whose workers are parked; a thread that is not a worker
  * ends a clock hold (which kicks a worker) and arms a timer just after, as
  * the Redis client's loop does on a refused reconnect. The clock must
@@ -406,16 +422,7 @@ static void test_remote_arm_after_hold_release(void **state) {
   assert_null(bw_timer_new(rt, count_fire, NULL, &t));
   int n = (int)(20000 * scale());
   for (int i = 0; i < n; i++) {
-    int before = atomic_load(&remote_fires);
-    bw__runtime_clock_hold(rt);
-    bw__runtime_clock_release(rt);
-    uint64_t until = real_ns() + (uint64_t)(i % 400) * 100u;
-    while (real_ns() < until) {
-    }
-    assert_null(bw_timer_arm(t, bw_runtime_now_ns(rt) + 5 * MS));
-    uint64_t limit = real_ns() + 2000 * MS;
-    while (atomic_load(&remote_fires) == before && real_ns() < limit) sched_yield();
-    if (atomic_load(&remote_fires) == before) fail_msg("arm %d of %d never fired", i, n);
+    if (!arm_after_hold_release_fires(rt, t, i)) fail_msg("arm %d of %d never fired", i, n);
   }
   bw_timer_free(t);
   bw_runtime_free(rt);
@@ -477,16 +484,7 @@ static void test_ct_remote_arm_after_hold_release(void **state) {
   int n = (int)(20000 * scale());
   int lost = -1;
   for (int i = 0; i < n && lost < 0; i++) {
-    int before = atomic_load(&remote_fires);
-    bw__runtime_clock_hold(rt);
-    bw__runtime_clock_release(rt);
-    uint64_t until = real_ns() + (uint64_t)(i % 400) * 100u;
-    while (real_ns() < until) {
-    }
-    assert_null(bw_timer_arm(t, bw_runtime_now_ns(rt) + 5 * MS));
-    uint64_t limit = real_ns() + 2000 * MS;
-    while (atomic_load(&remote_fires) == before && real_ns() < limit) sched_yield();
-    if (atomic_load(&remote_fires) == before) lost = i;
+    if (!arm_after_hold_release_fires(rt, t, i)) lost = i;
   }
   /* stop the driver first, so that a failure does not leave it running */
   pthread_mutex_lock(&d.mu);
