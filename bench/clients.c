@@ -167,14 +167,33 @@ typedef struct rb_stack {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int done;
+  _Atomic(bw_waker_t *) waiter; /* current-thread flavor: the block_on task */
 } rb_stack_t;
 
 static void rb_stack_start(rb_stack_t *s);
 
 static void rb_stack_finish_one(rb_stack_t *s) {
   pthread_mutex_lock(&s->mu);
-  if (++s->done == s->target) pthread_cond_signal(&s->cv);
+  bool last = ++s->done == s->target;
+  if (last) pthread_cond_signal(&s->cv);
   pthread_mutex_unlock(&s->mu);
+  bw_waker_t *w = last ? atomic_exchange(&s->waiter, NULL) : NULL;
+  if (w) bw_waker_wake(w);
+}
+
+/* Current-thread flavor: the bw_block_on task starts the commands and
+ * waits for the last one. */
+static bw_poll_t rb_stack_drive(bw_task_t *self, void *arg) {
+  rb_stack_t *s = arg;
+  pthread_mutex_lock(&s->mu);
+  bool all = s->done >= s->target;
+  pthread_mutex_unlock(&s->mu);
+  if (all) return BW_READY;
+  if (!atomic_load(&s->waiter)) {
+    atomic_store(&s->waiter, bw_task_waker(self));
+    for (int i = 0; i < RB_IN_FLIGHT; i++) rb_stack_start(s);
+  }
+  return BW_PENDING;
 }
 
 static void rb_stack_on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
@@ -256,6 +275,9 @@ static double rb_stack_pass(int port, int count) {
   bw_runtime_opts_t o;
   bw_runtime_opts_init(&o);
   o.worker_threads = rb_workers();
+  o.io_thread = getenv("BW_IO_THREAD") != NULL;
+  bool ct = getenv("RB_CT") != NULL;
+  if (ct) o.flavor = BW_FLAVOR_CURRENT_THREAD;
   bw_redis_opts_t co;
   bw_redis_opts_init(&co);
   co.port = port;
@@ -275,10 +297,14 @@ static double rb_stack_pass(int port, int count) {
     bw_error_unref(err);
   } else {
     double t0 = bs_now_s();
-    for (int i = 0; i < RB_IN_FLIGHT; i++) rb_stack_start(&s);
-    pthread_mutex_lock(&s.mu);
-    while (s.done < count) pthread_cond_wait(&s.cv, &s.mu);
-    pthread_mutex_unlock(&s.mu);
+    if (ct) {
+      bw_error_unref(bw_block_on(s.rt, rb_stack_drive, &s, NULL));
+    } else {
+      for (int i = 0; i < RB_IN_FLIGHT; i++) rb_stack_start(&s);
+      pthread_mutex_lock(&s.mu);
+      while (s.done < count) pthread_cond_wait(&s.cv, &s.mu);
+      pthread_mutex_unlock(&s.mu);
+    }
     double dt = bs_now_s() - t0;
     int failed = atomic_load(&s.failed);
     if (failed) {
@@ -289,6 +315,7 @@ static double rb_stack_pass(int port, int count) {
       rate = count / dt;
   }
   bw_service_release(s.svc);
+  if (ct && s.rt) bw_error_unref(bw_runtime_shutdown(s.rt, BW_SHUTDOWN_CANCEL, 1000)); /* bw_redis_free's rule for this flavor */
   bw_redis_free(client);
   bw_runtime_free(s.rt);
   bw_redis_request_free(s.set);

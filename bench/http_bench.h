@@ -336,6 +336,7 @@ static double hb_stack_pass(const char *url, int count) {
   bw_runtime_opts_t o;
   bw_runtime_opts_init(&o);
   o.worker_threads = getenv("HB_WORKERS") ? atoi(getenv("HB_WORKERS")) : 2;
+  o.io_thread = getenv("BW_IO_THREAD") != NULL;
   bw_http_client_t *cli = NULL;
   bw_http_client_opts_t co;
   bw_http_client_opts_init(&co);

@@ -46,6 +46,9 @@ static int bp_run_pair(bp_side_t base, bp_side_t ours, void *ctx, int count, con
       }
     }
     ratio[i] = v[1][i] / v[0][i];
+    if (getenv("BP_SHOW"))
+      printf("# pass %d: %s %.0f, %s %.0f %s (%.1f%%)\n", i + 1, base.name, v[0][i], ours.name,
+             v[1][i], unit, 100.0 * ratio[i]);
   }
   for (int s = 0; s < 2; s++) {
     double mid = bp_median(v[s], BP_PASSES);

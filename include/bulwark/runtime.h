@@ -55,11 +55,17 @@ typedef struct bw_runtime_opts {
   uint32_t blocking_keep_alive_ms; /* 0: 10000 (idle blocking thread exits after) */
   bw_start_t worker_start;         /* default eager */
   bw_start_t blocking_start;       /* default lazy; eager starts max_blocking_threads */
-  const char *thread_name_prefix;  /* 0: "bw"; threads named "<prefix>-w0", "-b3", "-io" */
+  const char *thread_name_prefix;  /* 0: "bw"; threads named "<prefix>-w0", "-b3", "-io" (io_thread) */
   uint32_t global_queue_interval;  /* 0: 31 ticks between global-queue checks */
   uint32_t event_interval;         /* 0: 61 ticks between timer/reactor checks */
   bw_clock_mode_t clock;           /* default BW_CLOCK_REAL */
   uint32_t local_queue_capacity;   /* 0: 256 (power of two; tests use 4) */
+  /* Multi-thread flavor, where I/O (the HTTP and Redis clients, config
+   * watching) runs. false (default): on the workers; a worker with
+   * nothing to run waits in the I/O poll, and replies complete calls
+   * without a thread hop. true: on a dedicated "<prefix>-io" thread, so
+   * I/O keeps flowing even while long-running tasks occupy every worker. */
+  bool io_thread;
 } bw_runtime_opts_t;
 
 /* Fill *opts with the defaults above (all zero). */

@@ -59,6 +59,12 @@ void bw__park(bw__parker_t *p, uint64_t deadline_ns) {
   pthread_mutex_unlock(&p->mu);
 }
 
+bool bw__park_take_notify(bw__parker_t *p) {
+  int exp = NOTIFIED;
+  return atomic_compare_exchange_strong_explicit(&p->state, &exp, EMPTY, memory_order_seq_cst,
+                                                 memory_order_seq_cst);
+}
+
 void bw__unpark(bw__parker_t *p) {
   int prev = atomic_exchange_explicit(&p->state, NOTIFIED, memory_order_seq_cst);
   if (prev != PARKED) return; /* EMPTY: next park returns at once; NOTIFIED: done */

@@ -5,6 +5,7 @@
 
 #include <pthread.h>
 #include <stdatomic.h>
+#include <stdbool.h>
 #include <stdint.h>
 
 typedef struct bw__parker {
@@ -20,5 +21,9 @@ void bw__parker_destroy(bw__parker_t *p);
 void bw__park(bw__parker_t *p, uint64_t deadline_ns);
 /* Wake the parked thread, or make its next park return at once. */
 void bw__unpark(bw__parker_t *p);
+/* For a thread that waits somewhere else instead (a worker driving the
+ * reactor): take an unpark that came since the last park, if any (true),
+ * so the next park does not return at once for it. SeqCst, like unpark. */
+bool bw__park_take_notify(bw__parker_t *p);
 
 #endif

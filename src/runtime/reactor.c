@@ -72,6 +72,7 @@ struct bw__reactor {
   bool stopped;
   int stop_rc;
   bool own_thread;
+  bool shared; /* caller-driven by whichever thread turns it (reactor.h) */
   bool thread_started;
   pthread_t thread;
   atomic_uintptr_t loop_token;
@@ -83,6 +84,8 @@ struct bw__reactor {
 };
 
 static BW__TLS char tls_token;
+/* Shared mode: the reactor this thread is turning or stopping now. */
+static BW__TLS bw__reactor_t *tl_turning;
 
 static uintptr_t my_token(void) { return (uintptr_t)&tls_token; }
 
@@ -174,6 +177,7 @@ int bw__reactor_new(bw__reactor_t **out, const bw__reactor_opts_t *opts) {
   if (!r) return -ENOMEM;
   if (opts) {
     r->own_thread = opts->own_thread;
+    r->shared = !opts->own_thread && opts->shared;
     r->on_thread_start = opts->on_thread_start;
     r->on_thread_stop = opts->on_thread_stop;
     r->hook_arg = opts->hook_arg;
@@ -210,7 +214,7 @@ int bw__reactor_new(bw__reactor_t **out, const bw__reactor_opts_t *opts) {
       return -rc;
     }
     r->thread_started = true;
-  } else {
+  } else if (!r->shared) {
     bind_self(r); /* until someone else binds or turns */
   }
   *out = r;
@@ -237,11 +241,12 @@ int bw__reactor_post(bw__reactor_t *r, bw__reactor_op_t *op) {
 }
 
 bool bw__reactor_in_loop(const bw__reactor_t *r) {
+  if (r->shared) return tl_turning == r;
   return atomic_load_explicit(&r->loop_token, memory_order_relaxed) == my_token();
 }
 
 void bw__reactor_bind_thread(bw__reactor_t *r) {
-  if (!r->own_thread) bind_self(r);
+  if (!r->own_thread && !r->shared) bind_self(r);
 }
 
 uv_loop_t *bw__reactor_uv_loop(bw__reactor_t *r) { return &r->loop; }
@@ -286,7 +291,10 @@ int bw__reactor_turn(bw__reactor_t *r, int64_t timeout_ms) {
   bool closed = r->closed;
   pthread_mutex_unlock(&r->mu);
   if (closed) return -1;
-  bind_self(r);
+  if (r->shared)
+    tl_turning = r;
+  else
+    bind_self(r);
   count(&r->turns);
   r->in_turn = true;
   if (timeout_ms == 0) {
@@ -297,10 +305,17 @@ int bw__reactor_turn(bw__reactor_t *r, int64_t timeout_ms) {
     if (timeout_ms > 0) uv_timer_stop(&r->turn_timer);
   }
   r->in_turn = false;
+  if (r->shared) tl_turning = NULL;
   return 0;
 }
 
 void bw__reactor_wake(bw__reactor_t *r) {
+  if (r->shared && tl_turning == r) {
+    /* from a callback of our own turn: end it after this iteration (no
+     * eventfd write; uv_run polls with timeout 0 once stop is set) */
+    if (r->in_turn) uv_stop(&r->loop);
+    return;
+  }
   pthread_mutex_lock(&r->mu);
   if (!r->closed) uv_async_send(&r->async);
   pthread_mutex_unlock(&r->mu);
@@ -321,6 +336,10 @@ int bw__reactor_stop(bw__reactor_t *r) {
   if (r->own_thread) {
     pthread_join(r->thread, NULL);
     r->thread_started = false;
+  } else if (r->shared) {
+    tl_turning = r;
+    r->stop_rc = finalize(r);
+    tl_turning = NULL;
   } else {
     bind_self(r);
     r->stop_rc = finalize(r);

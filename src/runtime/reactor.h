@@ -7,6 +7,9 @@
  * - caller-driven: no thread; the owner calls bw__reactor_turn() to run one
  *   loop iteration, blocking up to a timeout (current-thread runtime: the
  *   block_on thread parks in turn()). bw__reactor_wake() interrupts it.
+ *   With `shared`, any thread may turn it, one at a time (the caller
+ *   serialises them: multi-thread runtime, a parking worker), and a thread
+ *   is "in the loop" only while inside turn() or stop().
  *
  * Ops (bw__reactor_op_t, declared in runtime/internal.h) are intrusive: the
  * submitter owns the memory and keeps it alive until op->fn has run.
@@ -34,6 +37,7 @@ typedef struct bw__reactor bw__reactor_t;
 
 typedef struct bw__reactor_opts {
   bool own_thread;         /* true: start the "<prefix>-io" thread */
+  bool shared;             /* caller-driven by any one thread at a time (above) */
   const char *name_prefix; /* NULL: "bw"; thread name cut to 15 chars */
   /* Optional, on the loop thread (own_thread mode only): when the thread
    * starts, before the loop runs / when it ends, after the loop is closed. */
@@ -62,7 +66,8 @@ int bw__reactor_post(bw__reactor_t *r, bw__reactor_op_t *op);
 
 /* True on the loop thread: the reactor's own thread, or in caller-driven
  * mode the thread bound with bw__reactor_bind_thread() (turn() and
- * shutdown() bind the calling thread). */
+ * shutdown() bind the calling thread), or in shared mode a thread inside
+ * turn() or stop(). */
 bool bw__reactor_in_loop(const bw__reactor_t *r);
 
 /* Caller-driven mode: make the calling thread the loop thread (the one

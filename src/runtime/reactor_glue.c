@@ -2,12 +2,15 @@
  * (runtime/reactor.h).
  *
  * The reactor is started lazily, on the first bw__reactor_* call that needs
- * it (a runtime that never does I/O has no loop and no "-io" thread).
- * Multi-thread flavor: the reactor runs its own "<prefix>-io" thread; that
- * thread is marked in bw__ctx so blocking calls there fail with
- * BW_ERR_NESTED_RUNTIME. Current-thread flavor: the reactor is caller-driven
- * and the bw_block_on thread drives it (current_thread.c parks in
- * bw__reactor_turn when it has no task to run).
+ * it (a runtime that never does I/O has no loop).
+ * Multi-thread flavor: the reactor is shared and the workers drive it, one
+ * at a time: a worker with nothing to run waits in the loop's poll instead
+ * of on its parker (worker.c, "Driving the reactor"); with opts.io_thread
+ * it runs its own "<prefix>-io" thread instead. Either way the loop's
+ * callbacks run with bw__ctx marking an I/O thread, so blocking calls there
+ * fail with BW_ERR_NESTED_RUNTIME. Current-thread flavor: the reactor is
+ * caller-driven and the bw_block_on thread drives it (current_thread.c
+ * parks in bw__reactor_turn when it has no task to run).
  *
  * The glue pointer is published with release under reactor_mu and read
  * with acquire (pairs), so a started reactor is seen fully constructed. */
@@ -34,12 +37,17 @@ static bw__reactor_t *start(bw_runtime_t *rt) {
   pthread_mutex_lock(&rt->reactor_mu);
   r = atomic_load_explicit(pub(rt), memory_order_relaxed);
   if (!r && atomic_load_explicit(&rt->state, memory_order_acquire) != BW__RT_SHUTDOWN) {
-    bw__reactor_opts_t o = {.own_thread = rt->ct == NULL,
+    bool mt = rt->ct == NULL;
+    bw__reactor_opts_t o = {.own_thread = mt && rt->opts.io_thread,
+                            .shared = mt && !rt->opts.io_thread,
                             .name_prefix = rt->name_prefix,
                             .on_thread_start = io_thread_start};
     if (bw__reactor_new(&r, &o) != 0) r = NULL;
     if (r && rt->ct && bw__ctx.rt == rt) bw__reactor_bind_thread(r);
     atomic_store_explicit(pub(rt), r, memory_order_release);
+    /* workers parked before there was a loop wait on their parkers: wake
+     * them so one parks in the loop */
+    if (r && o.shared) bw__sched_wake_all(rt);
   }
   pthread_mutex_unlock(&rt->reactor_mu);
   return r;

@@ -136,6 +136,9 @@ void bw__sched_push_remote(bw_runtime_t *rt, bw_task_t *t);
 void bw__sched_push_local(bw__worker_t *w, bw_task_t *t, bool yield);
 /* Wake the owner of wheel i (a timer became due earlier than it sleeps). */
 void bw__sched_kick(bw_runtime_t *rt, unsigned i);
+/* Unpark every started worker once (spurious for the idle ones: they park
+ * again), e.g. so that one of them parks in a reactor started meanwhile. */
+void bw__sched_wake_all(bw_runtime_t *rt);
 void bw__sched_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m);
 int bw__sched_worker_metrics(const bw_runtime_t *rt, unsigned i, uint64_t *steals,
                              uint64_t *depth, uint64_t *polls);

@@ -63,6 +63,29 @@
  * by id (not counted as a searcher), else it parks again unless it was
  * notified (then it is a searcher).
  *
+ * Driving the reactor: a multi-thread runtime's reactor (once started, in
+ * shared mode: reactor_glue.c) has no thread of its own. A worker with
+ * nothing to run waits in the loop's poll instead of on its parker, if no
+ * other worker does (s->driver, acquire/release: it also hands the uv loop
+ * from one driver to the next), so the replies of a socket and the
+ * completions they make run on a worker without a hop through a separate
+ * I/O thread and its wake-ups (tokio's driver works the same way). The
+ * loop's callbacks run as on a current-thread runtime's block_on thread:
+ * on a worker outside any task, so what they defer (the clients' batches
+ * of completions) goes to this worker's ring and runs right after the
+ * turn, and blocking calls there fail as on any worker.
+ * Waking a driver: unpark_worker notifies its parker and, if the worker is
+ * driving, wakes the loop (from a callback of that same turn: uv_stop); the
+ * driver sets `driving` and then takes a pending notify (both SeqCst), so
+ * whichever comes second sees the other. Work a callback of that turn
+ * gives this worker itself (its ring, its LIFO slot) ends the turn the same
+ * way: the callback may run before the poll phase (a timer, a pending
+ * write), and the poll would then block with the work waiting behind it.
+ * Every event_interval ticks a
+ * busy worker also polls the loop without blocking if nobody drives it, so
+ * I/O keeps flowing while every worker is busy; a task that never returns
+ * stalls I/O, as it would stall tokio's.
+ *
  * Paused clock: a parking worker that finds the whole runtime idle (no
  * unparked worker, every queue and LIFO slot empty, no blocking job in
  * flight) advances the clock to the next timer and fires (timer.c; the
@@ -82,6 +105,7 @@
 #include "runtime/inject.h"
 #include "runtime/park.h"
 #include "runtime/queue.h"
+#include "runtime/reactor.h"
 #include "runtime/rt.h"
 
 #define MAX_LIFO_POLLS 3u
@@ -105,6 +129,8 @@ struct bw__worker {
   uint32_t rng;
   pthread_t thread;
   bw__parker_t parker;
+  atomic_bool driving; /* waiting in the reactor's poll (see "Driving the reactor") */
+  bw__reactor_t *turning; /* owner only: the reactor it is turning with `block` */
   bw__local_t local;
   uint32_t defer_head;      /* owner only: next entry to run */
   atomic_uint defer_len;    /* owner writes; others read it for the idle check */
@@ -119,7 +145,11 @@ struct bw__sched {
   pthread_mutex_t start_mu;
   atomic_bool started; /* release after threads exist / acquire in start() */
   atomic_bool stop;    /* release in stop() / acquire in the worker loop */
+  atomic_bool driver;  /* a worker is turning the reactor */
 };
+
+/* reactor_glue.c: the runtime's reactor if started, else NULL */
+bw__reactor_t *bw__reactor_get_if_started(bw_runtime_t *rt);
 
 unsigned bw__worker_index(const bw__worker_t *w) { return w->index; }
 
@@ -154,11 +184,19 @@ static uint32_t rnd(bw__worker_t *w) {
   return w->rng = x;
 }
 
+static void unpark_worker(bw__worker_t *w) {
+  bw__unpark(&w->parker);
+  if (atomic_load_explicit(&w->driving, memory_order_seq_cst)) {
+    bw__reactor_t *r = bw__reactor_get_if_started(w->rt);
+    if (r) bw__reactor_wake(r);
+  }
+}
+
 static void notify_parked(bw__sched_t *s) {
   int i = bw__idle_worker_to_notify(&s->idle);
   if (i >= 0) {
     if (bw__ctx.local) BW__INC(bw__ctx.local->unparks);
-    bw__unpark(&s->workers[i].parker);
+    unpark_worker(&s->workers[i]);
   }
 }
 
@@ -178,6 +216,7 @@ void bw__sched_push_local(bw__worker_t *w, bw_task_t *t, bool yield) {
     else
       notify = false;
   }
+  if (w->turning) bw__reactor_wake(w->turning); /* see "Driving the reactor" */
   if (notify) notify_parked(w->rt->sched);
 }
 
@@ -292,6 +331,7 @@ bool bw__worker_defer(bw__worker_t *w, void (*fn)(void *arg), void *arg) {
   if (len == DEFER_RING) return false;
   w->defer[(w->defer_head + len) & (DEFER_RING - 1)] = (deferred_t){fn, arg};
   atomic_store_explicit(&w->defer_len, len + 1, memory_order_relaxed);
+  if (w->turning) bw__reactor_wake(w->turning); /* see "Driving the reactor" */
   return true;
 }
 
@@ -345,6 +385,42 @@ static bool transition_from_parked(bw__worker_t *w) {
   return true;
 }
 
+/* Turn the reactor once if it is started and nobody else is turning it:
+ * with `block`, waiting until woken or until `next` (runtime ms;
+ * BW__TIMER_NEVER: no limit), else without waiting. false: not turned
+ * (then park on the parker instead). */
+static bool drive(bw__worker_t *w, uint64_t next, bool block) {
+  bw__sched_t *s = w->rt->sched;
+  bw__reactor_t *r = bw__reactor_get_if_started(w->rt);
+  if (!r || atomic_load_explicit(&s->driver, memory_order_relaxed) ||
+      atomic_exchange_explicit(&s->driver, true, memory_order_acquire))
+    return false;
+  int64_t timeout_ms = 0;
+  bool woken = false;
+  if (block) {
+    atomic_store_explicit(&w->driving, true, memory_order_seq_cst);
+    woken = bw__park_take_notify(&w->parker);
+    if (next == BW__TIMER_NEVER) {
+      timeout_ms = -1;
+    } else {
+      uint64_t now = bw__mono_ns(), due = next * 1000000u;
+      timeout_ms = due > now ? (int64_t)((due - now + 999999u) / 1000000u) : 0;
+    }
+  }
+  int rc = 0;
+  if (!woken) {
+    w->turning = block ? r : NULL;
+    rc = bw__reactor_turn(r, timeout_ms);
+    w->turning = NULL;
+  }
+  if (block) {
+    atomic_store_explicit(&w->driving, false, memory_order_seq_cst);
+    bw__park_take_notify(&w->parker); /* this turn's wake-up, if any */
+  }
+  atomic_store_explicit(&s->driver, false, memory_order_release);
+  return rc == 0;
+}
+
 static void park(bw__worker_t *w) {
   bw_runtime_t *rt = w->rt;
   bw__sched_t *s = rt->sched;
@@ -371,7 +447,8 @@ static void park(bw__worker_t *w) {
       if (transition_from_parked(w)) return;
       continue;
     }
-    bw__park(&w->parker, next == BW__TIMER_NEVER ? UINT64_MAX : next * 1000000u);
+    if (!drive(w, next, true))
+      bw__park(&w->parker, next == BW__TIMER_NEVER ? UINT64_MAX : next * 1000000u);
     pthread_mutex_lock(&wh->mu);
     wh->parked_until_ms = 0;
     pthread_mutex_unlock(&wh->mu);
@@ -405,6 +482,7 @@ static void *worker_main(void *arg) {
     if (--w->ev_left == 0) {
       w->ev_left = evi;
       bw__wheel_fire(rt, w->index);
+      drive(w, 0, false); /* I/O while busy (see "Driving the reactor") */
     }
     bool deferred = atomic_load_explicit(&w->defer_len, memory_order_relaxed) > 0;
     bw_task_t *t = next_task(w);
@@ -460,7 +538,7 @@ void bw__sched_stop(bw_runtime_t *rt) {
   atomic_store_explicit(&s->stop, true, memory_order_release);
   pthread_mutex_unlock(&s->start_mu);
   if (!s->workers) return; /* creation failed half-way */
-  for (unsigned i = 0; i < rt->nworkers; i++) bw__unpark(&s->workers[i].parker);
+  for (unsigned i = 0; i < rt->nworkers; i++) unpark_worker(&s->workers[i]);
   for (unsigned i = 0; i < rt->nworkers; i++) {
     if (s->workers[i].started) {
       pthread_join(s->workers[i].thread, NULL);
@@ -503,7 +581,13 @@ void bw__sched_free(bw_runtime_t *rt) {
 void bw__sched_kick(bw_runtime_t *rt, unsigned i) {
   bw__sched_t *s = rt->sched;
   bw__sched_start(rt);
-  bw__unpark(&s->workers[i % rt->nworkers].parker);
+  unpark_worker(&s->workers[i % rt->nworkers]);
+}
+
+void bw__sched_wake_all(bw_runtime_t *rt) {
+  bw__sched_t *s = rt->sched;
+  if (!s || !s->workers || !atomic_load_explicit(&s->started, memory_order_acquire)) return;
+  for (unsigned i = 0; i < rt->nworkers; i++) unpark_worker(&s->workers[i]);
 }
 
 void bw__sched_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m) {
