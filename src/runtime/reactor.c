@@ -300,7 +300,13 @@ int bw__reactor_turn(bw__reactor_t *r, int64_t timeout_ms) {
   if (timeout_ms == 0) {
     uv_run(&r->loop, UV_RUN_NOWAIT);
   } else {
-    if (timeout_ms > 0) uv_timer_start(&r->turn_timer, on_turn_timer, (uint64_t)timeout_ms, 0);
+    /* The loop's cached time is as old as its last turn, and a timer
+     * counts from it: refresh it first, or a turn after a long pause
+     * fires this timer at once and then polls with no timeout at all. */
+    if (timeout_ms > 0) {
+      uv_update_time(&r->loop);
+      uv_timer_start(&r->turn_timer, on_turn_timer, (uint64_t)timeout_ms, 0);
+    }
     uv_run(&r->loop, UV_RUN_ONCE);
     if (timeout_ms > 0) uv_timer_stop(&r->turn_timer);
   }

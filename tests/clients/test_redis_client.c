@@ -131,6 +131,13 @@ static bool wait_state(bw_redis_t *c, bw_redis_state_t st, int secs) {
     if (bw_redis_state(c) == st) return true;
     sleep_ms(1);
   }
+  bw_redis_stats_t s;
+  bw_redis_stats(c, &s);
+  fprintf(stderr,
+          "wait_state: wanted %d, still %d after %d s (connects %llu, connect failures %llu, "
+          "disconnects %llu)\n",
+          (int)st, (int)bw_redis_state(c), secs, (unsigned long long)s.connects,
+          (unsigned long long)s.connect_failures, (unsigned long long)s.disconnects);
   return false;
 }
 

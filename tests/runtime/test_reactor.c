@@ -513,6 +513,50 @@ static void test_caller_driven_turn(void **state) {
   bw__reactor_free(own); /* free without stop: stops */
 }
 
+/* A bounded turn long after the previous one still returns: the loop's
+ * cached time is stale by then, and a timeout counted from it would be
+ * due at once, leaving the poll with no timeout at all. A watchdog wakes
+ * the loop after RH_WAIT_MS so a failure fails instead of hanging. */
+typedef struct watchdog {
+  bw__reactor_t *r;
+  rh_counter_t done;
+  bool fired;
+} watchdog_t;
+
+static void *watchdog_thread(void *arg) {
+  watchdog_t *w = arg;
+  if (!rh_counter_wait(&w->done, 1)) {
+    w->fired = true;
+    bw__reactor_wake(w->r);
+  }
+  return NULL;
+}
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+static void test_bounded_turn_after_pause(void **state) {
+  (void)state;
+  bw__reactor_t *r = new_reactor(false);
+  bw__reactor_bind_thread(r);
+  assert_int_equal(bw__reactor_turn(r, 0), 0); /* the loop's time is now */
+  for (uint64_t end = mono_ms() + 20; mono_ms() < end;) {
+  } /* (spins: the loop's time falls 20 ms behind) */
+  watchdog_t w = {.r = r};
+  rh_counter_init(&w.done);
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, watchdog_thread, &w), 0);
+  assert_int_equal(bw__reactor_turn(r, 5), 0);
+  rh_counter_add(&w.done, 1);
+  pthread_join(th, NULL);
+  assert_false(w.fired);
+  rh_counter_destroy(&w.done);
+  bw__reactor_free(r);
+}
+
 /* ================== shutdown with pending ops, hooks ==================== */
 
 typedef struct sd {
@@ -708,6 +752,7 @@ int main(void) {
       cmocka_unit_test(test_coalesce_caller_driven),
       cmocka_unit_test(test_post_from_loop_thread),
       cmocka_unit_test(test_caller_driven_turn),
+      cmocka_unit_test(test_bounded_turn_after_pause),
       cmocka_unit_test(test_shutdown_pending_ops),
       cmocka_unit_test(test_round_trip_latency),
       cmocka_unit_test(test_bad_args),

@@ -192,12 +192,18 @@ static void test_parked_driver_is_woken(void **state) {
  * defers a function to this worker. Nothing else is due, so without the
  * wake-up the turn would block in the poll with the function waiting
  * behind it (the test then fails at rh_counter_wait's limit). */
-typedef struct early {
-  bw__reactor_op_t op, close_op;
+typedef struct early early_t;
+typedef struct early_closer {
+  bw__reactor_op_t op;
+  early_t *e;
+} early_closer_t;
+struct early {
+  bw__reactor_op_t op;
+  early_closer_t closer;
   bw_runtime_t *rt;
   uv_timer_t timer;
   rh_counter_t ran, closed;
-} early_t;
+};
 
 static void early_deferred(void *arg) { rh_counter_add(&((early_t *)arg)->ran, 1); }
 
@@ -211,7 +217,7 @@ static void early_timer(uv_timer_t *t) {
 
 static void early_close_op(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
-  early_t *e = (early_t *)((char *)op - offsetof(early_t, close_op));
+  early_t *e = ((early_closer_t *)op)->e;
   uv_close((uv_handle_t *)&e->timer, early_closed);
 }
 
@@ -241,12 +247,13 @@ static void test_work_before_poll_ends_turn(void **state) {
   probe_t p;
   probe_init(&p, rt);
   probe_run(&p); /* the only worker now waits in the loop's poll */
-  early_t e = {.op = {NULL, early_op}, .close_op = {NULL, early_close_op}, .rt = rt};
+  early_t e = {.op = {NULL, early_op}, .rt = rt};
+  e.closer = (early_closer_t){{NULL, early_close_op}, &e};
   rh_counter_init(&e.ran);
   rh_counter_init(&e.closed);
   assert_int_equal(bw__reactor_submit(rt, &e.op), 0);
   bool ran = rh_counter_wait(&e.ran, 1);
-  assert_int_equal(bw__reactor_submit(rt, &e.close_op), 0);
+  assert_int_equal(bw__reactor_submit(rt, &e.closer.op), 0);
   assert_true(rh_counter_wait(&e.closed, 1));
   assert_true(ran);
   bw_runtime_free(rt);
