@@ -21,7 +21,10 @@
  *
  * Loop thread identity: a per-thread token (address of a _Thread_local)
  * stored in `loop_token`; only the loop thread ever compares equal, so a
- * relaxed load is enough (a thread always sees its own store).
+ * relaxed load is enough (a thread always sees its own store). Shared
+ * mode (turned by whichever worker parks) uses a thread-local pointer to
+ * the reactor being turned instead: a token would tell a worker that
+ * turned the loop earlier that it still owns it while another turns it.
  *
  * Shutdown order (bw__reactor_stop):
  *  1. under mu: closed = true (post/add_close_hook now fail), stop flag,

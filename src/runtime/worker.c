@@ -79,12 +79,13 @@
  * driver sets `driving` and then takes a pending notify (both SeqCst), so
  * whichever comes second sees the other. Work a callback of that turn
  * gives this worker itself (its ring, its LIFO slot) ends the turn the same
- * way: the callback may run before the poll phase (a timer, a pending
- * write), and the poll would then block with the work waiting behind it.
- * Every event_interval ticks a
- * busy worker also polls the loop without blocking if nobody drives it, so
- * I/O keeps flowing while every worker is busy; a task that never returns
- * stalls I/O, as it would stall tokio's.
+ * way: the callback may run before the poll phase (a uv timer already due
+ * when the turn began), and the poll would then block with the work
+ * waiting behind it.
+ * Every event_interval ticks a busy worker also polls the loop without
+ * blocking if nobody drives it, so I/O keeps flowing while every worker is
+ * busy; a task that never returns stalls I/O, as it would stall tokio's
+ * (opts.io_thread gives the loop its own thread instead).
  *
  * Paused clock: a parking worker that finds the whole runtime idle (no
  * unparked worker, every queue and LIFO slot empty, no blocking job in

@@ -11,7 +11,6 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <string.h>
-#include <time.h>
 
 #include "runtime/internal.h"
 #include "support/rt_helpers.h"
@@ -221,16 +220,9 @@ static void early_close_op(bw__reactor_op_t *op, uv_loop_t *loop) {
   uv_close((uv_handle_t *)&e->timer, early_closed);
 }
 
-static uint64_t mono_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
-}
-
 static void busy_3ms(void *arg) {
   (void)arg;
-  for (uint64_t end = mono_ms() + 3; mono_ms() < end;) {
-  }
+  rh_spin_ms(3);
 }
 
 static void early_op(bw__reactor_op_t *op, uv_loop_t *loop) {

@@ -9,6 +9,7 @@
 #include <cmocka.h>
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <time.h>
 
@@ -19,6 +20,17 @@ double rh_scale(void) {
   const char *s = getenv("BW_TEST_SCALE");
   double v = s ? atof(s) : 1.0;
   return v > 0 ? v : 1.0;
+}
+
+static uint64_t mono_ms(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+void rh_spin_ms(unsigned ms) {
+  for (uint64_t end = mono_ms() + ms; mono_ms() < end;) {
+  }
 }
 
 int rh_scaled(int n) {

@@ -21,6 +21,11 @@ double rh_scale(void);
 /* n scaled by BW_TEST_SCALE, at least 10. */
 int rh_scaled(int n);
 
+/* Keep this thread busy for ms of real time (spinning on CLOCK_MONOTONIC):
+ * for tests that need real time to pass under a component, not to wait
+ * for something. */
+void rh_spin_ms(unsigned ms);
+
 /* A counter a thread can wait on. */
 typedef struct rh_counter {
   pthread_mutex_t mu;
