@@ -389,9 +389,10 @@ static bool transition_from_parked(bw__worker_t *w) {
 /* Turn the reactor once if it is started and nobody else is turning it:
  * with `block`, waiting until woken or until `next` (runtime ms;
  * BW__TIMER_NEVER: no limit), else without waiting. false: not turned
- * (then park on the parker instead). */
+ * (then park on the parker instead; a pending unpark is left to it). */
 static bool drive(bw__worker_t *w, uint64_t next, bool block) {
   bw__sched_t *s = w->rt->sched;
+  if (w->rt->opts.io_thread) return false; /* the loop has its own thread */
   bw__reactor_t *r = bw__reactor_get_if_started(w->rt);
   if (!r || atomic_load_explicit(&s->driver, memory_order_relaxed) ||
       atomic_exchange_explicit(&s->driver, true, memory_order_acquire))
@@ -416,7 +417,8 @@ static bool drive(bw__worker_t *w, uint64_t next, bool block) {
   }
   if (block) {
     atomic_store_explicit(&w->driving, false, memory_order_seq_cst);
-    bw__park_take_notify(&w->parker); /* this turn's wake-up, if any */
+    /* this turn's wake-up, if any (after a failed turn, bw__park's) */
+    if (rc == 0) bw__park_take_notify(&w->parker);
   }
   atomic_store_explicit(&s->driver, false, memory_order_release);
   return rc == 0;

@@ -98,6 +98,12 @@ static void test_ops_run_on_a_worker(void **state) {
   bw_runtime_free(rt);
 }
 
+static bw_poll_t ready(bw_task_t *self, void *arg) {
+  (void)self;
+  (*(int *)arg)++;
+  return BW_READY;
+}
+
 static void test_io_thread_option(void **state) {
   (void)state;
   bw_runtime_t *rt = runtime(2, true, BW_CLOCK_REAL);
@@ -108,6 +114,10 @@ static void test_io_thread_option(void **state) {
   assert_true(p.on_loop);
   assert_string_equal(p.thread, "wio-io");
   assert_true(thread_named("wio-io"));
+  /* the workers never turn that loop, and lose no wake-up to it */
+  int runs = 0;
+  for (int i = 0; i < 2000; i++) assert_null(bw_block_on(rt, ready, &runs, NULL));
+  assert_int_equal(runs, 2000);
   rh_counter_destroy(&p.ran);
   bw_runtime_free(rt);
 }
@@ -146,12 +156,6 @@ static void test_busy_worker_polls_io(void **state) {
 }
 
 /* ---- a worker parked in the poll is woken for work and timers ---- */
-static bw_poll_t ready(bw_task_t *self, void *arg) {
-  (void)self;
-  (*(int *)arg)++;
-  return BW_READY;
-}
-
 typedef struct sleeper {
   bw_runtime_t *rt;
   uint64_t deadline_ns;
