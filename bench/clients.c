@@ -15,7 +15,11 @@
  * line). Build with the release flags: cmake -DCMAKE_BUILD_TYPE=Release.
  * Investigation knobs (environment): RB_LAYERS=k keeps the first k layers
  * of redis_stack (0: the bare client service), RB_WORKERS=n sets its
- * runtime's worker count.
+ * runtime's worker count, RB_CT=1 runs it on a current-thread runtime
+ * instead (the loop and the calls on the bw_block_on thread; its connect
+ * is then inside the timed part, nobody drives the loop before it),
+ * BW_IO_THREAD=1 gives the loop its own thread (runtime opts.io_thread;
+ * also for http_stack), BP_SHOW=1 prints every pass (bench/paired.h).
  *
  * Why redis_stack runs on 1 worker (BENCH.md states no worker count for
  * the clients table): it is the size a user would pick for this job on
@@ -167,7 +171,9 @@ typedef struct rb_stack {
   pthread_mutex_t mu;
   pthread_cond_t cv;
   int done;
-  _Atomic(bw_waker_t *) waiter; /* current-thread flavor: the block_on task */
+  /* current-thread flavor: the block_on task, and whether it started */
+  _Atomic(bw_waker_t *) waiter;
+  bool drive_started;
 } rb_stack_t;
 
 static void rb_stack_start(rb_stack_t *s);
@@ -189,7 +195,8 @@ static bw_poll_t rb_stack_drive(bw_task_t *self, void *arg) {
   bool all = s->done >= s->target;
   pthread_mutex_unlock(&s->mu);
   if (all) return BW_READY;
-  if (!atomic_load(&s->waiter)) {
+  if (!s->drive_started) {
+    s->drive_started = true;
     atomic_store(&s->waiter, bw_task_waker(self));
     for (int i = 0; i < RB_IN_FLIGHT; i++) rb_stack_start(s);
   }
@@ -288,7 +295,7 @@ static double rb_stack_pass(int port, int count) {
   if (!err) err = rb_build_stack(client, &s.svc);
   if (!err) err = bw_redis_request_new(&s.set, 3, rb_set, NULL);
   if (!err) err = bw_redis_request_new(&s.get, 2, rb_get, NULL);
-  for (int i = 0; !err && i < 5000 && bw_redis_state(client) != BW_REDIS_READY; i++)
+  for (int i = 0; !err && !ct && i < 5000 && bw_redis_state(client) != BW_REDIS_READY; i++)
     usleep(1000); /* connect (untimed) */
   if (err) {
     char buf[512];
@@ -315,7 +322,8 @@ static double rb_stack_pass(int port, int count) {
       rate = count / dt;
   }
   bw_service_release(s.svc);
-  if (ct && s.rt) bw_error_unref(bw_runtime_shutdown(s.rt, BW_SHUTDOWN_CANCEL, 1000)); /* bw_redis_free's rule for this flavor */
+  /* bw_redis_free's rule for this flavor: after shutdown */
+  if (ct && s.rt) bw_error_unref(bw_runtime_shutdown(s.rt, BW_SHUTDOWN_CANCEL, 1000));
   bw_redis_free(client);
   bw_runtime_free(s.rt);
   bw_redis_request_free(s.set);

@@ -17,7 +17,8 @@
  *
  * Diagnostics (environment): HB_BARE=1 runs http_stack on the bare client
  * service (no layers), to split layer cost from client cost; HB_WORKERS=n
- * sets its runtime's worker count (default 2).
+ * sets its runtime's worker count (default 2); BW_IO_THREAD=1 gives its I/O loop
+ * a thread of its own (runtime opts.io_thread) instead of the workers.
  * Usage: call run_http_benchmarks() once. Needs -lcurl -luv -lpthread and
  * the bulwark libraries. */
 #ifndef BW_BENCH_HTTP_BENCH_H
