@@ -384,6 +384,70 @@ static void test_callback_burst_over_limit(void **state) {
   waiter_fini(&w);
 }
 
+/* Commands that a delivery batch's callbacks submit are written once 16 of
+ * them are held, before the batch's later callbacks run (redis.c, "Direct
+ * writes"): 64 PINGs queued before the connection is up are answered in
+ * one read, so their callbacks run as one batch; the first 16 push to a
+ * list and the 17th pops from it over a second, blocking connection. Had
+ * the pushes been held to the end of the batch, that pop would wait on a
+ * list that stays empty until it gives up (10 s) and this test fails. */
+typedef struct early {
+  bw_redis_t *c;
+  waiter_t *w;
+  atomic_int seen;
+  int popped; /* 1: the pop found a pushed value; 0: it gave up; -1: error */
+} early_t;
+
+static int pop_blocking(int port, const char *key, int secs) {
+  struct timeval tv = {secs + 5, 0};
+  redisContext *sync = redisConnectWithTimeout("127.0.0.1", port, tv);
+  if (!sync || sync->err) {
+    if (sync) redisFree(sync);
+    return -1;
+  }
+  redisReply *r = redisCommand(sync, "BLPOP %s %d", key, secs);
+  int found = !r ? -1 : r->type == REDIS_REPLY_ARRAY ? 1 : r->type == REDIS_REPLY_NIL ? 0 : -1;
+  if (r) freeReplyObject(r);
+  redisFree(sync);
+  return found;
+}
+
+static void on_early(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  early_t *e = arg;
+  int i = atomic_fetch_add(&e->seen, 1);
+  if (i < 16) {
+    const char *argv[3] = {"RPUSH", "early", "x"};
+    bw_error_t *se = bw_redis_command(e->c, 3, argv, NULL, NULL, on_cb, e->w);
+    if (se) {
+      on_cb(NULL, se, e->w);
+      bw_error_unref(se);
+    }
+  } else if (i == 16) {
+    e->popped = pop_blocking(server.port, "early", 10);
+  }
+  on_cb(reply, err, e->w);
+}
+
+static void test_held_commands_written_mid_batch(void **state) {
+  (void)state;
+  waiter_t w;
+  bw_redis_t *c = client_new(NULL);
+  cmd1(c, &w, "DEL", "early", NULL);
+  waiter_fini(&w);
+  bw_redis_free(c);
+  c = client_new(NULL); /* fresh: the PINGs below queue while it connects */
+  waiter_init(&w, 64 + 16);
+  early_t e = {c, &w, 0, -2};
+  const char *ping[1] = {"PING"};
+  for (int i = 0; i < 64; i++) assert_null(bw_redis_command(c, 1, ping, NULL, NULL, on_early, &e));
+  assert_true(waiter_wait(&w, 30));
+  bw_redis_free(c);
+  assert_false(w.bad_thread);
+  for (int k = 0; k < BW_ERR__MAX; k++) assert_int_equal(w.errors_by_kind[k], 0);
+  assert_int_equal(e.popped, 1);
+  waiter_fini(&w);
+}
+
 /* Server error replies, produced with redis.error_reply() so every prefix
  * can be made on a single plain server. */
 static void script_error(bw_redis_t *c, waiter_t *w, const char *msg) {
@@ -711,6 +775,7 @@ int main(void) {
       cmocka_unit_test(test_pipelining),
       cmocka_unit_test(test_commands_from_callbacks),
       cmocka_unit_test(test_callback_burst_over_limit),
+      cmocka_unit_test(test_held_commands_written_mid_batch),
       cmocka_unit_test(test_classification),
       cmocka_unit_test(test_refused),
       cmocka_unit_test(test_unix_socket),
