@@ -35,9 +35,6 @@ struct bw__ct_core {
   bw__local_t local;
 };
 
-/* From reactor_glue.c: the reactor if started (NULL otherwise). */
-bw__reactor_t *bw__reactor_get_if_started(bw_runtime_t *rt);
-
 int bw__ct_new(bw_runtime_t *rt) {
   bw__ct_core_t *c = bw__calloc(1, sizeof *c);
   if (!c) return -1;

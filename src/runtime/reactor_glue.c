@@ -25,7 +25,6 @@ static void io_thread_start(void *arg) {
   bw__ctx.io_thread = true;
 }
 
-bw__reactor_t *bw__reactor_get_if_started(bw_runtime_t *rt);
 bw__reactor_t *bw__reactor_get_if_started(bw_runtime_t *rt) {
   return atomic_load_explicit(pub(rt), memory_order_acquire); /* pairs with start() */
 }

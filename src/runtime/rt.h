@@ -172,6 +172,8 @@ void bw__blocking_shutdown(bw_runtime_t *rt, uint64_t timeout_ms, bool *timed_ou
 void bw__blocking_free(bw_runtime_t *rt);
 void bw__blocking_metrics(const bw_runtime_t *rt, bw_runtime_metrics_t *m);
 void bw__reactor_glue_shutdown(bw_runtime_t *rt);
+/* The runtime's reactor if started, else NULL (acquire: seen fully built). */
+struct bw__reactor *bw__reactor_get_if_started(bw_runtime_t *rt);
 void bw__reactor_glue_free(bw_runtime_t *rt);
 int bw__blocking_glue_init(bw_runtime_t *rt);
 void bw__runtime_release_memory(bw_runtime_t *rt);

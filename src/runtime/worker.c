@@ -149,9 +149,6 @@ struct bw__sched {
   atomic_bool driver;  /* a worker is turning the reactor */
 };
 
-/* reactor_glue.c: the runtime's reactor if started, else NULL */
-bw__reactor_t *bw__reactor_get_if_started(bw_runtime_t *rt);
-
 unsigned bw__worker_index(const bw__worker_t *w) { return w->index; }
 
 int bw__sched_new(bw_runtime_t *rt) {
