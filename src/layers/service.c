@@ -397,51 +397,52 @@ static void caches_drop(void *arg) {
 }
 static void caches_make_key(void) { pthread_key_create(&caches_key, caches_drop); }
 
-static tcache_slot_t *tcache_slot(const bw_service_t *s) {
-  thread_caches_t *tc = tl_caches;
-  if (!tc) {
-    pthread_once(&caches_once, caches_make_key);
-    if (!(tc = bw__calloc(1, sizeof *tc))) return NULL;
-    if (pthread_setspecific(caches_key, tc) != 0) {
-      bw__free(tc);
-      return NULL;
-    }
-    tl_caches = tc;
+/* This thread's caches, made at its first call (NULL: out of memory). */
+static __attribute__((noinline)) thread_caches_t *caches_make(void) {
+  pthread_once(&caches_once, caches_make_key);
+  thread_caches_t *tc = bw__calloc(1, sizeof *tc);
+  if (!tc) return NULL;
+  if (pthread_setspecific(caches_key, tc) != 0) {
+    bw__free(tc);
+    return NULL;
   }
+  return tl_caches = tc;
+}
+
+/* Inline: it runs twice per call (get and put). */
+static inline tcache_slot_t *tcache_slot(const bw_service_t *s) {
+  thread_caches_t *tc = tl_caches;
+  if (__builtin_expect(!tc, 0) && !(tc = caches_make())) return NULL;
   return &tc->slot[s->pool_id % TCACHE_SLOTS];
 }
 
-static bw_call_t *pool_get(bw_service_t *s) {
-  tcache_slot_t *t = tcache_slot(s);
-  bw_call_t *c = NULL;
-  if (t && t->id == s->pool_id && t->head) {
-    c = t->head;
-    t->head = c->pool_next;
-    t->n--;
-  } else {
-    bw__pool_t *p = &s->pool;
-    pthread_mutex_lock(&p->mu);
-    c = p->free_list;
-    if (c) {
-      p->free_list = c->pool_next;
-      if (t && t->id == s->pool_id) {
-        /* our slot, empty: refill a batch with the same lock */
-        while (t->n < TCACHE_BATCH && p->free_list) {
-          bw_call_t *x = p->free_list;
-          p->free_list = x->pool_next;
-          x->pool_next = t->head;
-          t->head = x;
-          t->n++;
-        }
+/* A call of s whose own state is zeroed (or kept, with state_init). */
+static bw_call_t *pool_ready(bw_service_t *s, bw_call_t *c) {
+  if (s->chain[0].zero) memset(c->state_mem, 0, s->chain[0].zero);
+  return c;
+}
+
+/* pool_get without a call in this thread's slot: take one from the shared
+ * list (refilling the slot with the same lock), else make one. */
+static __attribute__((noinline)) bw_call_t *pool_get_slow(bw_service_t *s, tcache_slot_t *t) {
+  bw__pool_t *p = &s->pool;
+  pthread_mutex_lock(&p->mu);
+  bw_call_t *c = p->free_list;
+  if (c) {
+    p->free_list = c->pool_next;
+    if (t && t->id == s->pool_id) {
+      /* our slot, empty: refill a batch with the same lock */
+      while (t->n < TCACHE_BATCH && p->free_list) {
+        bw_call_t *x = p->free_list;
+        p->free_list = x->pool_next;
+        x->pool_next = t->head;
+        t->head = x;
+        t->n++;
       }
     }
-    pthread_mutex_unlock(&p->mu);
   }
-  if (c) {
-    size_t st = s->ops->call_state_size;
-    if (st && !s->ops->state_init) memset(c->state_mem, 0, st);
-    return c;
-  }
+  pthread_mutex_unlock(&p->mu);
+  if (c) return pool_ready(s, c);
   c = bw__calloc(1, s->call_size);
   if (!c) return NULL;
   c->svc = s;
@@ -449,13 +450,24 @@ static bw_call_t *pool_get(bw_service_t *s) {
     bw__free(c);
     return NULL;
   }
-  bw__pool_t *p = &s->pool;
   pthread_mutex_lock(&p->mu);
   c->all_next = p->all;
   p->all = c;
   p->total++;
   pthread_mutex_unlock(&p->mu);
   return c;
+}
+
+/* Inline: the thread cache hit is every steady-state call's allocation. */
+static inline bw_call_t *pool_get(bw_service_t *s) {
+  tcache_slot_t *t = tcache_slot(s);
+  bw_call_t *c;
+  if (__builtin_expect(t && t->id == s->pool_id && (c = t->head) != NULL, 1)) {
+    t->head = c->pool_next;
+    t->n--;
+    return pool_ready(s, c);
+  }
+  return pool_get_slow(s, t);
 }
 
 static void pool_put(bw_service_t *s, bw_call_t *c) {
