@@ -692,8 +692,9 @@ static void recycle(bw_call_t *c) {
   bw_service_t *s = c->svc;
   if (c->req_free && c->req) c->req_free(c->req);
   if (c->resp_free && c->resp) c->resp_free(c->resp);
-  bw_error_unref(c->err);
-  bw_error_unref(c->fallback_err);
+  /* (usually NULL: no call out of line for that) */
+  if (c->err) bw_error_unref(c->err);
+  if (c->fallback_err) bw_error_unref(c->fallback_err);
   bool holds_svc = c->holds_svc;
   bw_call_t *parent = c->holds_parent ? c->parent : NULL;
   c->holds_parent = false;
@@ -732,7 +733,7 @@ static void unref_n(bw_call_t *call, int n) {
 
 void bw_call_unref(bw_call_t *call) { unref_n(call, 1); }
 
-static void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
+static inline void call_init(bw_call_t *c, bw_service_t *svc, bw_runtime_t *rt) {
   c->svc = svc;
   atomic_store_explicit(&c->cur, svc, memory_order_relaxed);
   c->abort_depth = INT_MAX;
