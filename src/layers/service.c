@@ -248,6 +248,9 @@ static bool try_ref(bw_call_t *c) {
 static void sweep(bw_runtime_t *rt) {
   size_t cap = 0, n = 0;
   bw_call_t **list = NULL;
+  /* the closing flag (set by the caller) against set_running's store: a
+   * start that we do not see RUNNING below sees the flag */
+  if (atomic_load_explicit(&bw__asym_fence_ready, memory_order_relaxed)) bw__asym_fence_heavy();
   pthread_mutex_lock(&g_reg.mu);
   for (bw_service_t *s = g_reg.services; s; s = s->reg_next) {
     pthread_mutex_lock(&s->pool.mu);
@@ -976,6 +979,12 @@ static bool win(bw_call_t *c, uint32_t gen) {
  * one was finished before the resume (its timer fired late). */
 static bool win_any(bw_call_t *c, int abort_depth, bool fenced) {
   int s = atomic_load(&c->state);
+  if (s == BW__CALL_IDLE && atomic_load_explicit(&bw__asym_fence_ready, memory_order_relaxed)) {
+    /* not started, or its start's store is not visible yet: the heavy side
+     * of set_running's fence decides which (then start sees our flag) */
+    bw__asym_fence_heavy();
+    s = atomic_load(&c->state);
+  }
   while (BW__CALL_PHASE(s) == BW__CALL_RUNNING) {
     /* the depth the resume stored before its state store, which we loaded */
     if (fenced && (s >> BW__CALL_GEN_SHIFT) > 0 &&
@@ -1133,55 +1142,68 @@ static void end_mark(bw_call_t *c) {
   }
 }
 
+/* IDLE -> RUNNING, then read what a cancel or the shutdown sweep may have
+ * set meanwhile (Dekker: they set, then read the state; at least one side
+ * sees the other). Only start() leaves IDLE (a cancel of an IDLE call only
+ * sets its flag and leaves the rest to us), so with the asymmetric fence
+ * the transition is a release store and the light fence, no locked
+ * instruction: the cancel that finds IDLE and the sweep pay the heavy side
+ * (win_any, sweep). Without it, a seq_cst CAS (which cannot fail here) and
+ * seq_cst loads. Release, or the CAS: a canceller whose win reads RUNNING
+ * sees what start wrote before, the `starter` mark included. */
+static inline void set_running(bw_call_t *c) {
+  if (atomic_load_explicit(&bw__asym_fence_ready, memory_order_relaxed)) {
+    atomic_store_explicit(&c->state, BW__CALL_RUNNING, memory_order_release);
+    bw__asym_fence_light();
+  } else {
+    int expect = BW__CALL_IDLE;
+    atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_RUNNING);
+  }
+}
+
 /* The caller added one "starting" reference, released here once ops->call
  * returned: a cancel on another thread may complete and deliver the call
  * (and its owner free it) while ops->call still runs. */
 static void start(bw_call_t *c) {
   /* A call that may be forwarded is marked as moved inward by this thread
-   * before it runs: the state CAS below orders the mark before any
-   * cancel's win (which then finds it and hands off), so forwarding needs
-   * no fence of its own (see bw__call_forward). */
+   * before it runs: set_running orders the mark before any cancel's win
+   * (which then finds it and hands off), so forwarding needs no fence of
+   * its own (see bw__call_forward). */
   bool marked = c->svc->chain_len > 1;
   if (marked) atomic_store_explicit(&c->starter, (void *)&bw__tl_token, memory_order_relaxed);
-  /* seq_cst CAS then seq_cst load: pairs with fetch_or(CANCEL) then the
-   * state CAS in bw_call_cancel_with; at least one side sees the other. */
-  int expect = BW__CALL_IDLE;
-  if (atomic_compare_exchange_strong(&c->state, &expect, BW__CALL_RUNNING)) {
-    bw_call_t *prev = tl_starting;
-    bool prev_folded = tl_start_folded, prev_won = tl_start_won;
-    tl_starting = c;
-    tl_start_folded = false;
-    tl_start_won = false;
-    enter();
-    if (atomic_load(&c->flags) & BW__CF_CANCEL) {
-      bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_CANCELLED));
-    } else if (bw__runtime_calls_closing(c->rt)) {
-      /* the shutdown sweep may have passed it: it would not be cancelled */
-      bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
-    } else {
-      c->svc->ops->call(c->svc, c);
-    }
-    if (marked) end_mark(c);
-    bool folded = tl_start_folded;
-    tl_starting = prev;
-    tl_start_folded = prev_folded;
-    tl_start_won = prev_won;
-    leave();
-    /* folded: the delivery queued here drops the starting reference (c
-     * may already be recycled by leave()'s drain: not touched again) */
-    if (folded) return;
-    /* Still inside an outer entry: keep the reference pending until it
-     * ends (flush_pend) or the delivery gets queued here (deliver). */
-    /* (A root's delivery is deferred: folded in deliver() when it went to
-     * this worker's ring, else it may run elsewhere at once.) */
-    if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX && tl_caches) {
-      c->pend_idx = tl_npend;
-      tl_caches->pend[tl_npend++] = c;
-      atomic_store_explicit(&c->pend_on, (void *)&tl, memory_order_relaxed);
-      return;
-    }
-  } else if (marked) {
-    atomic_store_explicit(&c->starter, NULL, memory_order_relaxed);
+  set_running(c);
+  bw_call_t *prev = tl_starting;
+  bool prev_folded = tl_start_folded, prev_won = tl_start_won;
+  tl_starting = c;
+  tl_start_folded = false;
+  tl_start_won = false;
+  enter();
+  if (atomic_load(&c->flags) & BW__CF_CANCEL) {
+    bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_CANCELLED));
+  } else if (bw__runtime_calls_closing(c->rt)) {
+    /* the shutdown sweep may have passed it: it would not be cancelled */
+    bw_call_complete(c, NULL, NULL, bw_error_static(BW_ERR_RUNTIME_SHUTDOWN));
+  } else {
+    c->svc->ops->call(c->svc, c);
+  }
+  if (marked) end_mark(c);
+  bool folded = tl_start_folded;
+  tl_starting = prev;
+  tl_start_folded = prev_folded;
+  tl_start_won = prev_won;
+  leave();
+  /* folded: the delivery queued here drops the starting reference (c
+   * may already be recycled by leave()'s drain: not touched again) */
+  if (folded) return;
+  /* Still inside an outer entry: keep the reference pending until it
+   * ends (flush_pend) or the delivery gets queued here (deliver). */
+  /* (A root's delivery is deferred: folded in deliver() when it went to
+   * this worker's ring, else it may run elsewhere at once.) */
+  if (tl.busy > 0 && !c->is_root && tl_npend < PEND_MAX && tl_caches) {
+    c->pend_idx = tl_npend;
+    tl_caches->pend[tl_npend++] = c;
+    atomic_store_explicit(&c->pend_on, (void *)&tl, memory_order_relaxed);
+    return;
   }
   unref_n(c, 1);
 }

@@ -37,6 +37,17 @@ static inline bool bw__runtime_on_worker(const bw_runtime_t *rt) { return rt && 
 /* True if the calling thread is a worker of any runtime. */
 bool bw__on_any_worker(void);
 
+/* Asymmetric fence (asym_fence.c): for a Dekker pair whose one side runs
+ * on every call. Light side: store, bw__asym_fence_light(), load. Heavy
+ * side: store, bw__asym_fence_heavy(), load. Usable only while
+ * bw__asym_fence_ready (relaxed; set by bw__asym_fence_init, which
+ * bw_runtime_new calls, before any call exists); otherwise both sides need
+ * seq_cst read-modify-writes as usual. */
+extern atomic_bool bw__asym_fence_ready;
+void bw__asym_fence_init(void);
+void bw__asym_fence_heavy(void);
+static inline void bw__asym_fence_light(void) { atomic_signal_fence(memory_order_seq_cst); }
+
 /* Run fn(arg) soon on a worker of rt, no lock held. Cheap: on one of rt's
  * own workers an entry in that worker's ring (worker.c), elsewhere a pooled
  * task. Returns 0, or -1 if rt is shut down (fn will not run). Once

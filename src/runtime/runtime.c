@@ -127,6 +127,7 @@ bw_error_t *bw_runtime_new(bw_runtime_t **out, const bw_runtime_opts_t *opts) {
   *out = NULL;
   pthread_once(&fork_once, register_atfork);
   bw__task_global_init();
+  bw__asym_fence_init(); /* before any call exists: see asym_fence.c */
   bw_runtime_opts_t o;
   if (opts)
     o = *opts;

@@ -1,5 +1,6 @@
 /* Exactly once: timeout vs response in the same tick, cancel storms,
  * shutdown mid-call. Count completions; they must equal calls. */
+#include <sched.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -140,6 +141,75 @@ static void test_cancel_storm(void **state) {
   h4_wait_fini(&g_wait);
 }
 
+/* Cancels racing their call's start: the test thread submits calls that
+ * never answer (so only the cancel ends them) from outside the runtime,
+ * which moves each start to a worker, while another thread cancels each
+ * call as soon as it is submitted; every fourth call is cancelled before
+ * it is submitted at all. A cancel lost between the start's state store
+ * and its read of the cancel flag would leave a call hanging for an hour:
+ * every call must end once, cancelled. Through a stack too (a forwarded
+ * call, marked while it starts). Run again with BULWARK_NO_MEMBARRIER=1
+ * (tests/CMakeLists.txt): both orderings of set_running. */
+typedef struct race {
+  bw_call_t **calls;
+  int n;
+  atomic_int published;
+} race_t;
+
+static void *race_canceller(void *arg) {
+  race_t *r = arg;
+  for (int i = 0; i < r->n; i++) {
+    while (atomic_load(&r->published) <= i) sched_yield();
+    if (i % 4) bw_call_cancel(r->calls[i]);
+  }
+  return NULL;
+}
+
+static void cancel_races_start(bw_service_t *svc, int n) {
+  bw_runtime_t *rt = h4_rt(false, 2);
+  h4_wait_init(&g_wait);
+  atomic_store(&total, 0);
+  h4_sleep_req_t hang = {.delay_ns = 3600ull * 1000000000ull};
+  counted_t *cs = calloc((size_t)n, sizeof *cs);
+  race_t r = {calloc((size_t)n, sizeof(bw_call_t *)), n, 0};
+  for (int i = 0; i < n; i++) {
+    assert_null(bw_call_new(&r.calls[i], svc, rt));
+    bw_call_set_request(r.calls[i], &hang, NULL);
+  }
+  pthread_t th;
+  pthread_create(&th, NULL, race_canceller, &r);
+  for (int i = 0; i < n; i++) {
+    if (i % 4 == 0) bw_call_cancel(r.calls[i]); /* not started yet */
+    assert_null(h4_submit(svc, r.calls[i], on_done, &cs[i]));
+    atomic_store(&r.published, i + 1);
+  }
+  pthread_join(th, NULL);
+  assert_int_equal(h4_wait_for(&g_wait, n), n);
+  for (int i = 0; i < n; i++) {
+    assert_int_equal(atomic_load(&cs[i].n), 1);
+    assert_int_equal(cs[i].kind, BW_ERR_CANCELLED);
+    bw_call_free(r.calls[i]);
+  }
+  bw_runtime_free(rt);
+  assert_int_equal(atomic_load(&total), n);
+  free(cs);
+  free(r.calls);
+  h4_wait_fini(&g_wait);
+}
+
+static void test_cancel_races_start(void **state) {
+  int n = h4_scaled(2000);
+  bw_service_t *sl = h4_sleeper();
+  cancel_races_start(sl, n);
+  bw_layer_t *t = mk_timeout(3600 * 1000);
+  bw_service_t *svc;
+  assert_null(bw_stack_build(&svc, NULL, &t, 1, sl, NULL));
+  cancel_races_start(svc, n);
+  bw_service_release(svc);
+  bw_service_release(sl);
+  bw_layer_release(t);
+}
+
 /* The runtime shuts down while calls wait on timers: in the leaf, in the
  * timeout, in retry backoff. Each completes once with runtime_shutdown. */
 static void test_shutdown_mid_call(void **state) {
@@ -187,6 +257,7 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_same_tick),
       cmocka_unit_test(test_cancel_storm),
+      cmocka_unit_test(test_cancel_races_start),
       cmocka_unit_test(test_shutdown_mid_call),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
