@@ -250,7 +250,7 @@ static void sweep(bw_runtime_t *rt) {
   bw_call_t **list = NULL;
   /* the closing flag (set by the caller) against set_running's store: a
    * start that we do not see RUNNING below sees the flag */
-  if (atomic_load_explicit(&bw__asym_fence_ready, memory_order_relaxed)) bw__asym_fence_heavy();
+  bw__asym_fence_heavy();
   pthread_mutex_lock(&g_reg.mu);
   for (bw_service_t *s = g_reg.services; s; s = s->reg_next) {
     pthread_mutex_lock(&s->pool.mu);
@@ -979,7 +979,7 @@ static bool win(bw_call_t *c, uint32_t gen) {
  * one was finished before the resume (its timer fired late). */
 static bool win_any(bw_call_t *c, int abort_depth, bool fenced) {
   int s = atomic_load(&c->state);
-  if (s == BW__CALL_IDLE && atomic_load_explicit(&bw__asym_fence_ready, memory_order_relaxed)) {
+  if (s == BW__CALL_IDLE) {
     /* not started, or its start's store is not visible yet: the heavy side
      * of set_running's fence decides which (then start sees our flag) */
     bw__asym_fence_heavy();

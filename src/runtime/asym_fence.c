@@ -45,6 +45,9 @@ static void init_once(void) {
 void bw__asym_fence_init(void) { pthread_once(&once, init_once); }
 
 void bw__asym_fence_heavy(void) {
+  /* Not ready: the light sides are seq_cst read-modify-writes, which
+   * order themselves. */
+  if (!atomic_load_explicit(&bw__asym_fence_ready, memory_order_relaxed)) return;
   /* Registered, so the kernel accepts the command; if it ever refused,
    * the light sides would be unordered: stop rather than lose a cancel. */
   if (membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) != 0) abort();

@@ -39,10 +39,10 @@ bool bw__on_any_worker(void);
 
 /* Asymmetric fence (asym_fence.c): for a Dekker pair whose one side runs
  * on every call. Light side: store, bw__asym_fence_light(), load. Heavy
- * side: store, bw__asym_fence_heavy(), load. Usable only while
- * bw__asym_fence_ready (relaxed; set by bw__asym_fence_init, which
- * bw_runtime_new calls, before any call exists); otherwise both sides need
- * seq_cst read-modify-writes as usual. */
+ * side: store, bw__asym_fence_heavy(), load. The light side is usable only
+ * while bw__asym_fence_ready (relaxed; set by bw__asym_fence_init, which
+ * bw_runtime_new calls, before any call exists); otherwise it needs a
+ * seq_cst read-modify-write as usual, and the heavy side does nothing. */
 extern atomic_bool bw__asym_fence_ready;
 void bw__asym_fence_init(void);
 void bw__asym_fence_heavy(void);
