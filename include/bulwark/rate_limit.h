@@ -44,7 +44,10 @@ typedef enum bw_rate_limit_mode {
 
 typedef struct bw_rate_limit_opts {
   const char *name;         /* events/metrics label, copied. Default "rate_limit" */
-  double rate_per_sec;      /* tokens added per second, > 0 (may be fractional). Default 0: required */
+  double rate_per_sec;      /* tokens added per second, in (0, 1e9] (may be fractional).
+                               Default 0: required. A token costs a whole number of
+                               nanoseconds, rounded up: above 1e7/s the rate enforced can
+                               be lower than asked (7e8/s enforces 5e8/s), never higher */
   uint64_t burst;           /* bucket size, >= tokens_per_call. 0 (default): max(1, rate) */
   bw_rate_limit_mode_t mode;
   uint64_t max_wait_ms;     /* WAIT mode: longest wait for a token. Default 5000 (r4j) */

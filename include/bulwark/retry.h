@@ -49,7 +49,7 @@ typedef enum bw_jitter {
 typedef struct bw_backoff {
   bw_backoff_kind_t kind;
   uint64_t base_ns;
-  double multiplier; /* exponential only */
+  double multiplier; /* exponential only: finite, >= 1 */
   uint64_t cap_ns;   /* every delay is <= cap_ns (0: no cap) */
   bw_jitter_t jitter;
 } bw_backoff_t;
@@ -70,7 +70,8 @@ typedef struct bw_retry_budget bw_retry_budget_t;
 typedef struct bw_retry_budget_opts {
   uint64_t ttl_ms;    /* default 10000 (tower: 10 s) */
   uint32_t min_per_sec; /* default 10 (tower) */
-  double retry_ratio; /* default 0.2 (tower: 20%) ; 0..1000 */
+  double retry_ratio; /* default 0.2 (tower: 20%) ; 0..1000 (above 0, at least 1e-12
+                         counts: smaller ratios act as 1e-12) */
 } bw_retry_budget_opts_t;
 void bw_retry_budget_opts_init(bw_retry_budget_opts_t *opts);
 /* Time comes from the runtime clock of the calls that use it (rt may be NULL:
@@ -103,8 +104,8 @@ typedef struct bw_retry_opts {
    * the same delays). Default 0x6277 (fixed; set your own). */
   uint64_t seed;
   /* Honour a Retry-After hint on the error (bw_error_retry_after_ms), capped
-   * at max_retry_after_ms (a longer hint waits the cap). The hint replaces
-   * the backoff delay. Defaults: true, 60000 ms. */
+   * at max_retry_after_ms (a longer hint waits the cap; 0: no cap). The
+   * hint replaces the backoff delay. Defaults: true, 60000 ms. */
   bool honor_retry_after;
   uint64_t max_retry_after_ms;
   /* Deadline-aware: give up (BW_ERR_DEADLINE_EXCEEDED) rather than wait if
@@ -124,12 +125,15 @@ bw_error_t *bw_retry_new(bw_layer_t **out, const bw_retry_opts_t *opts);
 
 /* The default predicate, by the kind of the first meaningful error in the
  * chain (chaos's `injected` wrapper is looked through to the kind it
- * injects; an inner retry's retries_exhausted is not: its give-up is
- * final, so retry layers nested in one another do not multiply attempts —
- * a predicate that looks through it opts into that, see test_retry.c):
- * retried: timeout, deadline_exceeded from an inner timeout, transport,
- *   connect, dns, io, protocol, unavailable, rate_limited; http_status with
- *   detail 429, 502, 503, 504; redis errors whose message starts with
+ * injects; an inner retry's give-up is not: retries_exhausted, and a
+ * deadline_exceeded that carries its attempts' errors as related errors,
+ * are final, so retry layers nested in one another do not multiply
+ * attempts — a predicate that looks through them opts into that, see
+ * test_retry.c):
+ * retried: timeout, deadline_exceeded (other than a retry layer's give-up),
+ *   transport, connect, dns, io, protocol, unavailable, rate_limited;
+ *   http_status with detail 429, 502, 503, 504; redis errors whose reply
+ *   code (the message's first word, after at most one "tag: ") is
  *   LOADING, BUSY, TRYAGAIN, MASTERDOWN (and redis connection errors, which
  *   are transport/connect kinds).
  * never: cancelled, circuit_open, bulkhead_full, invalid_argument,

@@ -49,9 +49,14 @@ uint64_t bw_backoff_delay_ns(const bw_backoff_t *b, uint32_t n, uint64_t prev_ns
     break;
   case BW_BACKOFF_EXPONENTIAL:
   default: {
-    double m = b->multiplier > 0 ? b->multiplier : 2.0;
+    if (!b->base_ns) {
+      d = 0; /* (0 * an overflowed power would be NaN) */
+      break;
+    }
+    double m = b->multiplier > 0 && isfinite(b->multiplier) ? b->multiplier : 2.0;
     double v = (double)b->base_ns * pow(m, (double)(n - 1));
-    d = v >= 1.8e19 ? UINT64_MAX : (uint64_t)v;
+    /* saturate: converting a value of 2^64 or more is undefined */
+    d = v < 0x1p64 ? (uint64_t)v : UINT64_MAX;
     break;
   }
   }
@@ -78,6 +83,8 @@ uint64_t bw_backoff_delay_ns(const bw_backoff_t *b, uint32_t n, uint64_t prev_ns
 /* ---- retry budget --------------------------------------------------------------- */
 
 #define SLOTS 10
+#define MAX_WITHDRAW INT64_C(1000000000000) /* 1e12 */
+#define MAX_RESERVE (INT64_MAX / 4)
 
 struct bw_retry_budget {
   atomic_int refs;
@@ -116,16 +123,21 @@ bw_error_t *bw_retry_budget_new(bw_retry_budget_t **out, const bw_retry_budget_o
   if (opts->retry_ratio == 0) {
     b->deposit_amount = 0;
     b->withdraw_amount = 1;
-  } else if (opts->retry_ratio <= 1.0) {
-    b->deposit_amount = 1;
-    b->withdraw_amount = (int64_t)(1.0 / opts->retry_ratio);
   } else {
-    b->deposit_amount = 1000;
-    b->withdraw_amount = (int64_t)(1000.0 / opts->retry_ratio);
+    /* r <= 1: deposit 1, withdraw 1/r; above: deposit 1000, withdraw 1000/r.
+     * A ratio so small that the withdrawal would pass MAX_WITHDRAW is held
+     * there (one retry per 1e12 calls: none in practice), like tower's
+     * saturating float-to-integer cast. */
+    b->deposit_amount = opts->retry_ratio <= 1.0 ? 1 : 1000;
+    double w = (double)b->deposit_amount / opts->retry_ratio;
+    b->withdraw_amount = w < (double)MAX_WITHDRAW ? (int64_t)w : MAX_WITHDRAW;
   }
   if (b->withdraw_amount < 1) b->withdraw_amount = 1;
-  /* tower: reserve = min_per_sec * ttl_secs * withdraw_amount */
-  b->reserve = (int64_t)opts->min_per_sec * (int64_t)opts->ttl_ms / 1000 * b->withdraw_amount;
+  /* tower: reserve = min_per_sec * ttl_secs * withdraw_amount (saturating;
+   * held at MAX_RESERVE so that balance + reserve cannot overflow) */
+  int64_t per_ttl = (int64_t)opts->min_per_sec * (int64_t)opts->ttl_ms / 1000; /* <= 2.6e11 */
+  if (__builtin_mul_overflow(per_ttl, b->withdraw_amount, &b->reserve) || b->reserve > MAX_RESERVE)
+    b->reserve = MAX_RESERVE;
   b->gen = UINT64_MAX;
   *out = b;
   return NULL;

@@ -227,6 +227,10 @@ bw_error_t *bw_rate_limit_new(bw_layer_t **out, const bw_rate_limit_opts_t *opts
   if (!out || !opts) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "rate limit: NULL argument");
   *out = NULL;
   uint32_t n = opts->tokens_per_call ? opts->tokens_per_call : 1;
+  /* checked before the cast below (converting 1e30 or inf is undefined);
+   * bw__tb_init checks the rest */
+  if (!(opts->rate_per_sec > 0 && opts->rate_per_sec <= 1e9))
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "rate limit: rate must be in (0, 1e9] per second");
   uint64_t burst = opts->burst;
   if (burst == 0) burst = opts->rate_per_sec >= 1 ? (uint64_t)opts->rate_per_sec : 1;
   if (burst < n) burst = 0; /* invalid below */

@@ -24,6 +24,7 @@
  * starting the next attempt from it does not nest; 10,000 synchronous
  * failures loop on a flat stack. */
 #include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -91,6 +92,9 @@ static void backoff_fired(bw_timer_t *t, void *arg) {
   bw_call_unref(call); /* the timer's reference */
 }
 
+static uint64_t sat_add(uint64_t a, uint64_t b) { return a > UINT64_MAX - b ? UINT64_MAX : a + b; }
+static uint64_t ms_to_ns(uint64_t ms) { return ms > UINT64_MAX / 1000000u ? UINT64_MAX : ms * 1000000u; }
+
 typedef enum {
   R_PASS, /* pass the attempt's error up unchanged */
   R_FAIL, /* finish with *fail (give-up) */
@@ -125,11 +129,12 @@ static rnext_t decide(retry_impl_t *im, rstate_t *st, const bw_error_t *err, bw_
   if (hint_ms > 0) {
     uint64_t h = (uint64_t)hint_ms;
     if (im->o.max_retry_after_ms && h > im->o.max_retry_after_ms) h = im->o.max_retry_after_ms;
-    delay = h * 1000000ull;
+    delay = ms_to_ns(h);
   }
   uint64_t now = bw_runtime_now_ns(bw_call_runtime(call));
   uint64_t dl = bw_call_deadline_ns(call);
-  if (dl && now + delay + im->o.min_attempt_ms * 1000000ull >= dl) {
+  /* (saturating: an uncapped delay may be as long as UINT64_MAX ns) */
+  if (dl && (dl <= now || sat_add(delay, ms_to_ns(im->o.min_attempt_ms)) >= dl - now)) {
     *fail = give_up(im, st, BW_ERR_DEADLINE_EXCEEDED, "deadline_exceeded");
     return R_FAIL;
   }
@@ -164,7 +169,7 @@ static void wait_then_retry(retry_impl_t *im, rstate_t *st, uint64_t now, uint64
     st->timer_rt = rt;
   }
   bw_call_ref(call); /* the timer's */
-  bw_error_t *e = bw_timer_arm(atomic_load(&st->timer), now + delay);
+  bw_error_t *e = bw_timer_arm(atomic_load(&st->timer), sat_add(now, delay));
   if (e) {
     bw_call_unref(call);
     drop_errs(st);
@@ -341,10 +346,11 @@ bw_error_t *bw_retry_new(bw_layer_t **out, const bw_retry_opts_t *opts) {
   if (!out || opts->max_attempts == 0 || opts->max_attempts > 100000 ||
       (unsigned)opts->backoff.kind > BW_BACKOFF_EXPONENTIAL ||
       (unsigned)opts->backoff.jitter > BW_JITTER_DECORRELATED ||
-      (opts->backoff.kind == BW_BACKOFF_EXPONENTIAL && opts->backoff.multiplier < 1.0))
+      (opts->backoff.kind == BW_BACKOFF_EXPONENTIAL &&
+       !(opts->backoff.multiplier >= 1.0 && isfinite(opts->backoff.multiplier))))
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0,
                         "retry: max_attempts must be 1..100000, backoff kind/jitter known, "
-                        "exponential multiplier >= 1");
+                        "exponential multiplier finite and >= 1");
   retry_impl_t *im = bw__calloc(1, sizeof *im);
   if (!im) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   im->o = *opts;
@@ -365,15 +371,18 @@ bw_error_t *bw_retry_new(bw_layer_t **out, const bw_retry_opts_t *opts) {
 
 /* ---- default predicate ------------------------------------------------------------ */
 
+/* The reply's error code is its first word; the message may carry one tag
+ * such as "redis: " before it. Only that word counts ("ERR unknown
+ * subcommand BUSY" is not BUSY). */
 static bool redis_retryable(const bw_error_t *e) {
   const char *m = bw_error_message(e);
   if (!m) return false;
+  const char *colon = strchr(m, ':');
+  if (colon && colon[1] == ' ' && !memchr(m, ' ', (size_t)(colon - m))) m = colon + 2;
   static const char *const prefixes[] = {"LOADING", "BUSY", "TRYAGAIN", "MASTERDOWN"};
   for (size_t i = 0; i < sizeof prefixes / sizeof *prefixes; i++) {
     size_t n = strlen(prefixes[i]);
-    /* the message may carry a prefix such as "redis: " before the reply */
-    const char *p = strstr(m, prefixes[i]);
-    if (p && (p == m || p[-1] == ' ') && (p[n] == '\0' || p[n] == ' ')) return true;
+    if (strncmp(m, prefixes[i], n) == 0 && (m[n] == '\0' || m[n] == ' ')) return true;
   }
   return false;
 }
@@ -383,8 +392,11 @@ bool bw_retry_default_predicate(const bw_error_t *err, void *arg) {
     switch (bw_error_kind(e)) {
     case BW_ERR_INJECTED:
       continue; /* chaos wraps the kind it injects */
-    case BW_ERR_TIMEOUT:
     case BW_ERR_DEADLINE_EXCEEDED:
+      /* not a retry layer's own give-up (it carries its attempts' errors):
+       * that is final, like retries_exhausted */
+      return bw_error_related_count(e) == 0;
+    case BW_ERR_TIMEOUT:
     case BW_ERR_TRANSPORT:
     case BW_ERR_CONNECT:
     case BW_ERR_DNS:

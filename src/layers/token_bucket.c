@@ -19,7 +19,10 @@ int bw__tb_init(bw__token_bucket_t *tb, double rate_per_sec, uint64_t burst) {
   if (!tb || !(rate_per_sec > 0) || !isfinite(rate_per_sec) || burst < 1) return BW__TB_EINVAL;
   double iv = 1e9 / rate_per_sec;
   if (iv < 1.0 || iv > (double)MAX_SPAN_NS) return BW__TB_EINVAL;
+  /* Whole nanoseconds, rounded up: the rate enforced is never above the
+   * one asked for (above 1e7/s it can be below it: 7e8/s enforces 5e8/s). */
   uint64_t interval = (uint64_t)llround(iv);
+  if ((double)interval < iv && iv - (double)interval > iv * 1e-9) interval++; /* (not float noise) */
   if (interval == 0 || burst > MAX_SPAN_NS / interval) return BW__TB_EINVAL;
   atomic_init(&tb->tat_ns, 0);
   tb->interval_ns = interval;

@@ -2,6 +2,7 @@
  * arrival order on the paused clock, max wait, deadline awareness (also
  * through a real timeout layer), cancellation giving the token back, and
  * many calls on two workers. */
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -48,6 +49,37 @@ static void test_options(void **state) {
   assert_null(bw_rate_limit_new(&l, &o));
   assert_true(bw_rate_limit_tokens(l, NULL) == 10.0);
   bw_layer_release(l);
+}
+
+/* Rates past 1e9/s, infinite or NaN are refused (before any conversion). */
+static void test_rate_out_of_range(void **state) {
+  (void)state;
+  const double bad[] = {1e30, INFINITY, NAN, -1, 1.5e9};
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    bw_rate_limit_opts_t o;
+    bw_rate_limit_opts_init(&o);
+    o.rate_per_sec = bad[i];
+    bw_layer_t *l = NULL;
+    lh_expect_error(bw_rate_limit_new(&l, &o), BW_ERR_INVALID_ARGUMENT);
+    assert_null(l);
+  }
+}
+
+/* A token costs whole nanoseconds rounded up: 7e8/s is 2 ns a token (never
+ * the 1 ns of 1e9/s), while 1e9/3 per second stays 3 ns (no float noise). */
+static void test_interval_rounds_up(void **state) {
+  (void)state;
+  const double rate[] = {7e8, 1e9 / 3};
+  const uint64_t interval[] = {2, 3};
+  for (int i = 0; i < 2; i++) {
+    lh_fx_t *f = rfx_new(true, rate[i], 1, BW_RATE_LIMIT_REJECT, 0);
+    lh_res_t r;
+    assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_NONE);
+    assert_int_equal(lh_call(f->svc, f->rt, &r), BW_ERR_RATE_LIMITED);
+    assert_int_equal(lh_count_events(&f->ev, BW_EVENT_REJECTED), 1);
+    assert_int_equal(f->ev.ev[0].delay_ns, interval[i]);
+    lh_fx_free(f);
+  }
 }
 
 static void test_reject_mode_hint(void **state) {
@@ -219,6 +251,8 @@ int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_rejections_do_not_allocate),
       cmocka_unit_test(test_options),
+      cmocka_unit_test(test_rate_out_of_range),
+      cmocka_unit_test(test_interval_rounds_up),
       cmocka_unit_test(test_reject_mode_hint),
       cmocka_unit_test(test_wait_mode_fifo),
       cmocka_unit_test(test_max_wait_and_deadline),

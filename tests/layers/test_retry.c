@@ -1,5 +1,6 @@
 /* Retry layer, backoff and budget, and retries nested in retries, on the
  * paused clock. */
+#include <math.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -41,6 +42,21 @@ static void test_backoff_sequences(void **state) {
   }
   bw_backoff_t m = {BW_BACKOFF_EXPONENTIAL, 1000, 1.5, 0, BW_JITTER_NONE};
   assert_int_equal(bw_backoff_delay_ns(&m, 3, 0, &rng), 2250);
+}
+
+/* Huge exponents saturate at UINT64_MAX; a zero base stays zero (0 times
+ * an overflowed power is NaN, and converting NaN is undefined). */
+static void test_backoff_saturates(void **state) {
+  (void)state;
+  uint64_t rng = 1;
+  bw_backoff_t zero = {BW_BACKOFF_EXPONENTIAL, 0, 2.0, 0, BW_JITTER_NONE};
+  assert_int_equal(bw_backoff_delay_ns(&zero, 2000, 0, &rng), 0);
+  bw_backoff_t huge = {BW_BACKOFF_EXPONENTIAL, 1, 1e10, 0, BW_JITTER_NONE};
+  assert_int_equal(bw_backoff_delay_ns(&huge, 2, 0, &rng), 10000000000ull);
+  assert_true(bw_backoff_delay_ns(&huge, 3, 0, &rng) == UINT64_MAX);
+  assert_true(bw_backoff_delay_ns(&huge, 100000, 0, &rng) == UINT64_MAX);
+  huge.cap_ns = 5;
+  assert_int_equal(bw_backoff_delay_ns(&huge, 3, 0, &rng), 5);
 }
 
 /* ---- a flaky leaf: fails attempts <= fail_first with a chosen error ---------- */
@@ -233,6 +249,72 @@ static void test_deadline_aware(void **state) {
   fx_fini(&fx);
 }
 
+/* A delay that saturates (no cap) or a huge Retry-After hint (no cap on it)
+ * is past any deadline: give up, do not wrap around and retry at once. */
+static void test_deadline_with_huge_delays(void **state) {
+  (void)state;
+  bw_retry_opts_t o = opts_exp(5);
+  o.backoff.base_ns = 1;
+  o.backoff.multiplier = 1e10;
+  o.backoff.cap_ns = 0;
+  fixture_t fx;
+  fx_init(&fx, &o, true);
+  fx.f.fail_first = -1;
+  h4_result_t r;
+  uint64_t el;
+  fx_call(&fx, &r, 60000, &el); /* delays 1 ns, 10 s, then UINT64_MAX ns */
+  assert_int_equal(r.kind, BW_ERR_DEADLINE_EXCEEDED);
+  assert_int_equal(atomic_load(&fx.f.calls), 3);
+  assert_int_equal(el, 10001000000ull); /* (timers fire on 1 ms ticks) */
+  bw_error_unref(r.err);
+  fx_fini(&fx);
+
+  o = opts_exp(5);
+  o.max_retry_after_ms = 0; /* no cap */
+  fx_init(&fx, &o, true);
+  fx.f.fail_first = -1;
+  fx.f.kind = BW_ERR_HTTP_STATUS;
+  fx.f.detail = 503;
+  fx.f.retry_after_ms = 18446744073710; /* * 1e6 wraps 64 bits */
+  fx_call(&fx, &r, 60000, &el);
+  assert_int_equal(r.kind, BW_ERR_DEADLINE_EXCEEDED);
+  assert_int_equal(atomic_load(&fx.f.calls), 1);
+  assert_int_equal(el, 0);
+  bw_error_unref(r.err);
+  fx_fini(&fx);
+}
+
+/* A retry layer inside another sees the same deadline: its deadline
+ * give-up is final for the outer one's default predicate (it carries its
+ * attempts' errors), as retries_exhausted is. Outer: 3 attempts, no delay;
+ * inner: 3 attempts, 1 s apart; deadline 1.5 s: the inner layer tries at 0
+ * and 1 s, then gives up, and the outer layer passes that up. */
+static void test_nested_deadline_give_up_is_final(void **state) {
+  (void)state;
+  bw_retry_opts_t oo = opts_exp(3), io = opts_exp(3);
+  oo.backoff.kind = io.backoff.kind = BW_BACKOFF_CONSTANT;
+  oo.backoff.base_ns = 0;
+  io.backoff.base_ns = 1000000000ull;
+  fixture_t fx;
+  fx_init(&fx, &oo, true);
+  fx.f.fail_first = -1;
+  bw_layer_t *l[2] = {fx.retry, NULL};
+  assert_null(bw_retry_new(&l[1], &io));
+  bw_service_release(fx.svc);
+  assert_null(bw_stack_build(&fx.svc, NULL, l, 2, fx.leaf, NULL));
+  h4_result_t r;
+  uint64_t el;
+  fx_call(&fx, &r, 1500, &el);
+  assert_int_equal(r.kind, BW_ERR_DEADLINE_EXCEEDED);
+  assert_int_equal(bw_error_related_count(r.err), 2);
+  assert_int_equal(atomic_load(&fx.f.calls), 2);
+  assert_int_equal(el, 1000000000ull);
+  assert_int_equal(h4_count_events(&fx.evs, BW_EVENT_RETRY_SCHEDULED), 0); /* the outer's */
+  bw_error_unref(r.err);
+  bw_layer_release(l[1]);
+  fx_fini(&fx);
+}
+
 static void test_budget_runs_dry(void **state) {
   bw_retry_budget_opts_t bo;
   bw_retry_budget_opts_init(&bo);
@@ -281,6 +363,21 @@ static void test_budget_runs_dry(void **state) {
   assert_int_equal(bw_retry_budget_balance(b, t), 0);
   t += 11000000000ull;
   assert_int_equal(bw_retry_budget_balance(b, t), 10);
+  bw_retry_budget_release(b);
+
+  /* A tiny ratio allows no more retries than a small one (1/ratio past
+   * int64 held, not wrapped to "1"); a huge reserve saturates. */
+  bo.min_per_sec = 0;
+  bo.retry_ratio = 1e-19;
+  assert_null(bw_retry_budget_new(&b, &bo));
+  for (int i = 0; i < 100; i++) bw_retry_budget_deposit(b, t);
+  assert_false(bw_retry_budget_withdraw(b, t));
+  bw_retry_budget_release(b);
+  bo.min_per_sec = 4000000000u;
+  bo.retry_ratio = 1e-9;
+  assert_null(bw_retry_budget_new(&b, &bo));
+  assert_true(bw_retry_budget_balance(b, t) > 1000000);
+  assert_true(bw_retry_budget_withdraw(b, t));
   bw_retry_budget_release(b);
 }
 
@@ -349,6 +446,10 @@ static void test_default_predicate(void **state) {
       {BW_ERR_REDIS, 0, "BUSY script", true},  {BW_ERR_REDIS, 0, "TRYAGAIN", true},
       {BW_ERR_REDIS, 0, "redis: MASTERDOWN link down", true},
       {BW_ERR_REDIS, 0, "ERR wrong type", false},
+      {BW_ERR_REDIS, 0, "ERR unknown subcommand BUSY", false},
+      {BW_ERR_REDIS, 0, "redis: ERR BUSY", false},
+      {BW_ERR_REDIS, 0, "BUSYGROUP exists", false},
+      {BW_ERR_DEADLINE_EXCEEDED, 0, "upstream deadline", true},
       {BW_ERR_CIRCUIT_OPEN, 0, "x", false},    {BW_ERR_BULKHEAD_FULL, 0, "x", false},
       {BW_ERR_INVALID_ARGUMENT, 0, "x", false}, {BW_ERR_CANCELLED, 0, "x", false},
       {BW_ERR_RETRIES_EXHAUSTED, 0, "x", false}, {BW_ERR_RUNTIME_SHUTDOWN, 0, "x", false},
@@ -376,6 +477,14 @@ static void test_bad_opts(void **state) {
   bw_error_t *e = bw_retry_new(&l, &o);
   assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
   bw_error_unref(e);
+  const double bad_mult[] = {NAN, INFINITY, 0.5};
+  for (size_t i = 0; i < sizeof bad_mult / sizeof *bad_mult; i++) {
+    bw_retry_opts_init(&o);
+    o.backoff.multiplier = bad_mult[i];
+    e = bw_retry_new(&l, &o);
+    assert_int_equal(bw_error_kind(e), BW_ERR_INVALID_ARGUMENT);
+    bw_error_unref(e);
+  }
   assert_null(bw_retry_new(&l, NULL));
   assert_string_equal(bw_layer_kind(l), "retry");
   bw_layer_release(l);
@@ -677,6 +786,8 @@ static void test_nested_retry_default_predicate(void **state) {
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_backoff_sequences),  cmocka_unit_test(test_retry_then_success),
+      cmocka_unit_test(test_backoff_saturates),  cmocka_unit_test(test_deadline_with_huge_delays),
+      cmocka_unit_test(test_nested_deadline_give_up_is_final),
       cmocka_unit_test(test_give_up_chain),      cmocka_unit_test(test_retry_after),
       cmocka_unit_test(test_deadline_aware),     cmocka_unit_test(test_budget_runs_dry),
       cmocka_unit_test(test_many_sync_failures), cmocka_unit_test(test_cancel_in_backoff),
