@@ -187,6 +187,12 @@ typedef struct bw_redis_stats {
   uint64_t disconnects;    /* lost READY connections */
   uint64_t commands, replies, errors, timeouts, late_replies_dropped, fail_fast;
   uint64_t in_flight;      /* commands written to hiredis, reply not seen yet */
+  /* Commands submitted from reply callbacks that the event loop wrote
+   * instead of the submitting worker (the socket was busy, earlier
+   * commands were still queued for the loop), plus direct writes the loop
+   * had to finish (counted once each). A worker that blocks in a callback
+   * can hold these up until it returns. */
+  uint64_t held_via_loop;
 } bw_redis_stats_t;
 
 /* Counters since creation (relaxed reads). Threads: any. */

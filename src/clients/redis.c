@@ -154,7 +154,7 @@ struct bw_redis {
 
   /* counters (relaxed) */
   atomic_uint_fast64_t n_connects, n_connect_failures, n_disconnects, n_commands, n_replies,
-      n_errors, n_timeouts, n_late, n_fail_fast, n_in_flight;
+      n_errors, n_timeouts, n_late, n_fail_fast, n_in_flight, n_held_via_loop;
 };
 
 static void client_unref(bw_redis_t *c);
@@ -507,7 +507,10 @@ static void write_held(bw_redis_t *c, bw__redis_req_t *list) {
       /* A partial write or an error goes to the loop. Queued while io_mu
        * still pins c (the requests just queued hold references that only
        * the loop, under io_mu, can drop). */
-      if (bw__redis_uv_write_now(ac) != 0) queue_kick(c);
+      if (bw__redis_uv_write_now(ac) != 0) {
+        queue_kick(c);
+        STAT_INC(c, n_held_via_loop);
+      }
       bw__redis_req_t *rejected = c->batch_head;
       c->batch_head = c->batch_tail = NULL;
       c->batching = false;
@@ -525,6 +528,7 @@ static void write_held(bw_redis_t *c, bw__redis_req_t *list) {
   for (bw__redis_req_t *r = list, *nx; r; r = nx) {
     nx = r->held_next;
     r->held_next = NULL;
+    STAT_INC(c, n_held_via_loop);
     post_one(c, r);
   }
 }
@@ -1078,5 +1082,6 @@ void bw_redis_stats(const bw_redis_t *c, bw_redis_stats_t *o) {
   o->late_replies_dropped = LD(n_late);
   o->fail_fast = LD(n_fail_fast);
   o->in_flight = LD(n_in_flight);
+  o->held_via_loop = LD(n_held_via_loop);
 #undef LD
 }
