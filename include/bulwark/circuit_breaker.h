@@ -13,7 +13,10 @@
  * When all probes finished the breaker closes, or re-opens when the probes'
  * failure (or slow) rate reaches the threshold (re-opens at once when it
  * already must). If probes do not finish within `half_open_max_wait_ms`, the
- * breaker re-opens rather than stay half-open forever.
+ * breaker re-opens rather than stay half-open forever; their answers, when
+ * they come, still count as answers of the next half-open period (which lets
+ * in only the slots they leave), so probes slower than the wait can still
+ * close (or re-open) it.
  * Manual states: forced open (reject all), forced closed (pass all, record,
  * never trip), disabled (pass all, record nothing).
  *
@@ -84,7 +87,8 @@ typedef struct bw_circuit_breaker_opts {
   uint64_t max_open_duration_ms;   /* cap for the grown duration; 0: no cap. Default 0 */
   uint32_t half_open_calls;        /* probes let through in half-open. Default 10 (r4j
                                       permittedNumberOfCallsInHalfOpenState) */
-  uint64_t half_open_max_wait_ms;  /* re-open if probes have not all finished after this.
+  uint64_t half_open_max_wait_ms;  /* re-open if probes have not all finished after this
+                                      (their late answers count in the next period).
                                       0 (default): the current open duration. r4j's default is
                                       "forever"; we bound it so a lost probe cannot leave the
                                       breaker half-open for good. UINT64_MAX: forever */

@@ -15,6 +15,11 @@
  *   half_open_max_wait has passed (re-open, seen by the next acquire or
  *   state query). Those three exits are the only ways out besides manual
  *   force, and each is a set_state call, so the breaker is never stuck.
+ *   The probes of a period that ended by its max wait were slow, not
+ *   necessarily lost: their answers still count, as answers of the next
+ *   half-open period (expired_gen, late_*), which then lets in only the
+ *   slots they left. Otherwise probes slower than the max wait (the open
+ *   duration by default) would re-open a healthy breaker for good.
  * - OPEN -> HALF_OPEN is lazy: the first acquire (or state query) after
  *   open_until makes it. No timer is needed.
  * - Growth: each re-open from half-open multiplies the open duration by
@@ -121,6 +126,7 @@ static void reset_window(bw__breaker_t *b) {
   if (b->bkt) memset(b->bkt, 0, sizeof *b->bkt * b->cfg.buckets);
   b->ring_idx = b->ring_filled = 0;
   b->last_epoch = 0;
+  b->expired_gen = BW__BRK_NO_GEN;
   b->w_calls = b->w_fails = b->w_slow = 0;
   b->consec = 0;
   atomic_store_explicit(&b->quiet, b->cfg.window == BW_BREAKER_WINDOW_CONSECUTIVE,
@@ -187,6 +193,8 @@ void bw__breaker_set_state(bw__breaker_t *b, bw_breaker_state_t to, uint64_t now
       b->reopens = 0;
       break;
     case BW_BREAKER_OPEN:
+      b->expired_gen = BW__BRK_NO_GEN; /* (tick sets it after an expiry) */
+      b->late_done = b->late_fails = b->late_slow = 0;
       if (from == BW_BREAKER_HALF_OPEN) b->reopens++;
       else b->reopens = 0;
       b->cur_open_ns = grown_open_ns(&b->cfg, b->reopens);
@@ -195,7 +203,11 @@ void bw__breaker_set_state(bw__breaker_t *b, bw_breaker_state_t to, uint64_t now
       reset_window(b);
       break;
     case BW_BREAKER_HALF_OPEN:
-      b->probes_out = b->probes_done = b->probe_fails = b->probe_slow = 0;
+      b->probes_out = 0;
+      b->probes_done = b->late_done;
+      b->probe_fails = b->late_fails;
+      b->probe_slow = b->late_slow;
+      b->late_done = b->late_fails = b->late_slow = 0;
       b->half_open_since_ns = now_ns;
       break;
     case BW_BREAKER_FORCED_OPEN:
@@ -289,6 +301,21 @@ static bool passes(uint64_t w) {
   return s == BW_BREAKER_CLOSED || s == BW_BREAKER_FORCED_CLOSED || s == BW_BREAKER_DISABLED;
 }
 
+/* Half-open: close when every slot answered, re-open as soon as the
+ * failures (or slow calls) decide it. Lock held. */
+static void probes_decide(bw__breaker_t *b, uint64_t now_ns, bw__breaker_change_t *chg) {
+  const bw__breaker_cfg_t *c = &b->cfg;
+  bool reopen;
+  if (c->window == BW_BREAKER_WINDOW_CONSECUTIVE)
+    reopen = b->probe_fails > 0;
+  else /* over all N slots the rate can only stay at or above this */
+    reopen = rate_reached(b->probe_fails, c->half_open_calls, c->failure_rate) ||
+             rate_reached(b->probe_slow, c->half_open_calls, c->slow_rate);
+  if (reopen) bw__breaker_set_state(b, BW_BREAKER_OPEN, now_ns, chg);
+  else if (b->probes_done >= c->half_open_calls)
+    bw__breaker_set_state(b, BW_BREAKER_CLOSED, now_ns, chg);
+}
+
 /* Lazy transitions that time alone causes. Lock held. */
 static void tick(bw__breaker_t *b, uint64_t now_ns, bw__breaker_change_t *chg) {
   uint64_t w = atomic_load_explicit(&b->word, memory_order_relaxed);
@@ -296,11 +323,13 @@ static void tick(bw__breaker_t *b, uint64_t now_ns, bw__breaker_change_t *chg) {
   if (s == BW_BREAKER_OPEN &&
       now_ns >= atomic_load_explicit(&b->open_until_ns, memory_order_relaxed)) {
     bw__breaker_set_state(b, BW_BREAKER_HALF_OPEN, now_ns, chg);
+    if (b->probes_done) probes_decide(b, now_ns, chg); /* late answers may decide it */
   } else if (s == BW_BREAKER_HALF_OPEN &&
              b->probes_out + b->probes_done >= b->cfg.half_open_calls &&
              now_ns >= b->half_open_since_ns &&
              now_ns - b->half_open_since_ns >= half_open_max_wait(b)) {
     bw__breaker_set_state(b, BW_BREAKER_OPEN, now_ns, chg);
+    b->expired_gen = w >> 3;
   }
 }
 
@@ -351,6 +380,24 @@ int bw__breaker_acquire(bw__breaker_t *b, uint64_t now_ns, uint64_t *ticket,
   return rc;
 }
 
+/* The answer of a probe from the expired half-open period expired_gen:
+ * while the breaker is open after that period, kept for the next one; in
+ * that next period (generation expired_gen + 2), counted there. Lock held. */
+static void late_probe(bw__breaker_t *b, uint64_t w, bool fail, bool slow, uint64_t now_ns,
+                       bw__breaker_change_t *chg) {
+  bw_breaker_state_t s = (bw_breaker_state_t)(w & ST_MASK);
+  if (s == BW_BREAKER_OPEN && (w >> 3) == b->expired_gen + 1) {
+    b->late_done++;
+    b->late_fails += fail;
+    b->late_slow += slow;
+  } else if (s == BW_BREAKER_HALF_OPEN && (w >> 3) == b->expired_gen + 2) {
+    b->probes_done++;
+    b->probe_fails += fail;
+    b->probe_slow += slow;
+    probes_decide(b, now_ns, chg);
+  }
+}
+
 void bw__breaker_record(bw__breaker_t *b, uint64_t ticket, bw__outcome_t outcome,
                         uint64_t duration_ns, uint64_t now_ns, bw__breaker_change_t *chg) {
   bw_breaker_state_t ts = (bw_breaker_state_t)(ticket & ST_MASK);
@@ -369,7 +416,14 @@ void bw__breaker_record(bw__breaker_t *b, uint64_t ticket, bw__outcome_t outcome
   b->c_failure += fail;
   b->c_slow += slow;
   uint64_t w = atomic_load_explicit(&b->word, memory_order_relaxed);
-  if ((w >> 3) != (ticket >> 3)) goto out; /* stale: another period */
+  if ((w >> 3) != (ticket >> 3)) {
+    /* another period: stale, unless a probe of the half-open period that
+     * ended by its max wait answers (see the design notes) */
+    if (ts == BW_BREAKER_HALF_OPEN && (ticket >> 3) == b->expired_gen &&
+        outcome != BW__OUTCOME_IGNORED)
+      late_probe(b, w, fail, slow, now_ns, chg);
+    goto out;
+  }
   switch (ts) {
     case BW_BREAKER_CLOSED:
     case BW_BREAKER_FORCED_CLOSED:
@@ -383,16 +437,7 @@ void bw__breaker_record(bw__breaker_t *b, uint64_t ticket, bw__outcome_t outcome
       b->probes_done++;
       b->probe_fails += fail;
       b->probe_slow += slow;
-      const bw__breaker_cfg_t *c = &b->cfg;
-      bool reopen;
-      if (c->window == BW_BREAKER_WINDOW_CONSECUTIVE)
-        reopen = b->probe_fails > 0;
-      else /* over all N slots the rate can only stay at or above this */
-        reopen = rate_reached(b->probe_fails, c->half_open_calls, c->failure_rate) ||
-                 rate_reached(b->probe_slow, c->half_open_calls, c->slow_rate);
-      if (reopen) bw__breaker_set_state(b, BW_BREAKER_OPEN, now_ns, chg);
-      else if (b->probes_done >= c->half_open_calls)
-        bw__breaker_set_state(b, BW_BREAKER_CLOSED, now_ns, chg);
+      probes_decide(b, now_ns, chg);
       break;
     }
     case BW_BREAKER_OPEN:

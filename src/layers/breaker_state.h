@@ -66,6 +66,7 @@ typedef struct bw__bucket {
 } bw__bucket_t;
 
 #define BW__BRK_ST_MASK 7u
+#define BW__BRK_NO_GEN UINT64_MAX
 
 typedef struct bw__breaker {
   /* state (low 3 bits, BW__BRK_ST_MASK) | generation << 3. Written only by set_state under
@@ -87,6 +88,11 @@ typedef struct bw__breaker {
   /* half-open (lock) */
   uint32_t probes_out, probes_done, probe_fails, probe_slow;
   uint64_t half_open_since_ns;
+  /* The generation of a half-open period that ended by its max wait
+   * (BW__BRK_NO_GEN: none): its probes' late answers still count, as
+   * answers of the next half-open period (late_*, kept while open). */
+  uint64_t expired_gen;
+  uint32_t late_done, late_fails, late_slow;
   /* statistics: counters of finished calls under the lock (the record path
    * takes it anyway); the rest relaxed atomics */
   uint64_t c_permitted, c_success, c_failure, c_slow;

@@ -341,6 +341,62 @@ static void test_growing_open_duration(void **state) {
   rm(b);
 }
 
+/* Probes slower than the half-open max wait (the open duration by
+ * default) are slow, not lost: the period ends by its max wait and the
+ * breaker re-opens, but their answers count in the next half-open period.
+ * Before, a healthy backend slower than the open duration kept the breaker
+ * open for good (each period's answer arrived stale). */
+static void test_slow_probes_still_decide(void **state) {
+  (void)state;
+  bw_circuit_breaker_opts_t o;
+  bw_circuit_breaker_opts_init(&o);
+  o.open_duration_ms = 100;
+  o.half_open_calls = 1;
+  bw__breaker_t *b = tripped(&o); /* open until T0 + 100 ms */
+  uint64_t now = T0 + 100 * MS, p, t;
+  assert_int_equal(bw__breaker_acquire(b, now, &p, NULL, NULL), 0); /* answers 150 ms later */
+  assert_int_equal(st(b, now + 100 * MS), BW_BREAKER_OPEN);         /* max wait: re-open */
+  bw__breaker_record(b, p, OK_, 150 * MS, now + 150 * MS, NULL);
+  now += 200 * MS; /* open for 100 ms; then half-open, and the late success decides */
+  bw__breaker_change_t chg = {0};
+  assert_int_equal(bw__breaker_state(b, now, &chg), BW_BREAKER_CLOSED);
+  assert_int_equal(chg.n, 2);
+  assert_int_equal(chg.t[0].to, BW_BREAKER_HALF_OPEN);
+  assert_int_equal(chg.t[1].to, BW_BREAKER_CLOSED);
+  rm(b);
+
+  /* Two slots, one slow success: the next period lets in one probe more. */
+  o.half_open_calls = 2;
+  b = tripped(&o);
+  now = T0 + 100 * MS;
+  uint64_t q;
+  assert_int_equal(bw__breaker_acquire(b, now, &p, NULL, NULL), 0);
+  assert_int_equal(bw__breaker_acquire(b, now, &q, NULL, NULL), 0);
+  assert_int_equal(st(b, now + 100 * MS), BW_BREAKER_OPEN);
+  bw__breaker_record(b, p, OK_, 0, now + 150 * MS, NULL);
+  now += 200 * MS;
+  assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), 0);
+  assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), BW__BRK_REJECTED_HALF_OPEN);
+  /* the other old probe now answers late too: it is this period's second */
+  bw__breaker_record(b, q, OK_, 0, now, NULL);
+  assert_int_equal(st(b, now), BW_BREAKER_CLOSED);
+  bw__breaker_record(b, t, OK_, 0, now, NULL); /* stale now: no effect */
+  assert_int_equal(st(b, now), BW_BREAKER_CLOSED);
+  rm(b);
+
+  /* A slow failure counts as well: the next period re-opens at once. */
+  o.half_open_calls = 1;
+  b = tripped(&o);
+  now = T0 + 100 * MS;
+  assert_int_equal(bw__breaker_acquire(b, now, &p, NULL, NULL), 0);
+  assert_int_equal(st(b, now + 100 * MS), BW_BREAKER_OPEN);
+  bw__breaker_record(b, p, FAIL_, 0, now + 150 * MS, NULL);
+  now += 200 * MS;
+  assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), BW__BRK_REJECTED);
+  assert_int_equal(st(b, now), BW_BREAKER_OPEN);
+  rm(b);
+}
+
 static void test_half_open_never_stuck(void **state) {
   (void)state;
   bw_circuit_breaker_opts_t o;
@@ -359,12 +415,12 @@ static void test_half_open_never_stuck(void **state) {
   assert_int_equal(bw__breaker_state(b, now + SEC, &chg), BW_BREAKER_OPEN);
   assert_int_equal(chg.n, 1);
   assert_int_equal(chg.t[0].to, BW_BREAKER_OPEN);
-  /* ... and half-opens again later with a fresh slot; the lost probe's
-   * late report does not eat it. */
+  /* ... and half-opens again later with a fresh slot. */
   now += 2 * SEC;
-  bw__breaker_record(b, lost, OK_, 0, now, NULL);
   assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), 0);
   bw__breaker_record(b, t, OK_, 0, now, NULL);
+  assert_int_equal(st(b, now), BW_BREAKER_CLOSED);
+  bw__breaker_record(b, lost, OK_, 0, now, NULL); /* never reported till now: stale */
   assert_int_equal(st(b, now), BW_BREAKER_CLOSED);
   rm(b);
   /* Slots free (a probe returned) and no traffic: no max-wait re-open. */
@@ -643,6 +699,7 @@ int main(void) {
       cmocka_unit_test(test_slow_calls),
       cmocka_unit_test(test_half_open_exact_probes),
       cmocka_unit_test(test_growing_open_duration),
+      cmocka_unit_test(test_slow_probes_still_decide),
       cmocka_unit_test(test_half_open_never_stuck),
       cmocka_unit_test(test_stale_tickets),
       cmocka_unit_test(test_force_and_disable),
