@@ -7,18 +7,24 @@
  * a paused clock in tests.
  *
  * Connection states: CONNECTING -> READY -> (server gone) -> BACKOFF ->
- * CONNECTING ... Commands issued while CONNECTING are pipelined behind the
- * handshake (bounded by max_in_flight); commands issued in BACKOFF fail at
+ * CONNECTING ... Commands issued while CONNECTING wait in the client
+ * (bounded by max_in_flight) until the connect and the AUTH/SELECT
+ * handshake succeeded, then are written in order; if the connect or the
+ * handshake fails they complete with BW_ERR_CONNECT and were never sent
+ * (so never ran, e.g. in the wrong db). Commands issued in BACKOFF fail at
  * once with BW_ERR_CONNECT — nothing queues without bound; the retry and
  * breaker layers decide what happens next. Reconnect backoff doubles from
  * reconnect_min_ms to reconnect_max_ms and resets after a good connect.
  *
  * Errors (kind of the outermost link; the chain says more):
  *   BW_ERR_CONNECT      refused, unreachable, connect timeout (also carries a
- *                       BW_ERR_TIMEOUT cause), or not connected right now.
- *                       detail: errno when there is one.
+ *                       BW_ERR_TIMEOUT cause), failed handshake, or not
+ *                       connected right now; the command was not sent.
+ *                       detail: errno when there is one (e.g. ECONNREFUSED,
+ *                       ENOENT for a missing unix socket), else 0.
  *   BW_ERR_TRANSPORT    connection reset/closed with the command in flight
- *                       (the command may or may not have run).
+ *                       (the command may or may not have run). detail: the
+ *                       errno of the failed read/write, or 0 (closed).
  *   BW_ERR_TIMEOUT      no reply within the command timeout or the call's
  *                       deadline; the late reply is dropped and freed, the
  *                       connection stays usable.
@@ -31,7 +37,9 @@
  *                       "cluster redirection not supported". detail: a
  *                       bw_redis_code_t (BW_REDIS_RETRYABLE bit set for the
  *                       retryable ones above).
- *   BW_ERR_PROTOCOL     the reply could not be parsed.
+ *   BW_ERR_PROTOCOL     the reply could not be parsed (the connection is
+ *                       dropped; the command may have run). Not retryable.
+ * Connection errors name the server ("host:port" or "unix:path").
  * The configured password never appears in error text: server messages
  * are scrubbed of it, and command arguments are never echoed. */
 #ifndef BULWARK_REDIS_H
@@ -165,8 +173,9 @@ typedef struct bw_redis_cmd_opts {
  * effective timeout is the earlier of command_timeout_ms and deadline_ns.
  * opts may be NULL.
  * Returns NULL when cb will be called exactly once; else an error
- * (BW_ERR_INVALID_ARGUMENT, BW_ERR_OUT_OF_MEMORY, BW_ERR_RUNTIME_SHUTDOWN)
- * and cb will not be called. Threads: any. */
+ * (BW_ERR_INVALID_ARGUMENT, BW_ERR_OUT_OF_MEMORY, BW_ERR_RUNTIME_SHUTDOWN:
+ * the runtime was shut down, the command was not sent) and cb will not be
+ * called. Threads: any. */
 bw_error_t *bw_redis_command(bw_redis_t *r, int argc, const char *const *argv,
                              const size_t *argvlen, const bw_redis_cmd_opts_t *opts,
                              bw_redis_cb cb, void *arg);
@@ -186,7 +195,8 @@ typedef struct bw_redis_stats {
   uint64_t connect_failures;
   uint64_t disconnects;    /* lost READY connections */
   uint64_t commands, replies, errors, timeouts, late_replies_dropped, fail_fast;
-  uint64_t in_flight;      /* commands written to hiredis, reply not seen yet */
+  uint64_t in_flight;      /* commands queued on the connection (also those
+                              waiting for the handshake), reply not seen yet */
   /* Commands submitted from reply callbacks that the event loop wrote
    * instead of the submitting worker (the socket was busy, earlier
    * commands were still queued for the loop), plus direct writes the loop

@@ -57,12 +57,26 @@
  *   Using the runtime's timers (not uv timers) makes timeouts follow a
  *   paused clock.
  * - Connection lifecycle: start_connect queues AUTH and SELECT before
- *   attaching the glue (redis_uv.c), so they go first; user commands may
- *   pipeline behind them while CONNECTING. conn_lost() runs once per
- *   context (c->ac is the token) and moves to BACKOFF with a doubling delay.
- *   hiredis gives pending callbacks a NULL reply before its disconnect
- *   callback; the NULL is classified by whether that context ever became
- *   READY (transport error) or not (connect error).
+ *   attaching the glue (redis_uv.c), so they go first. User commands
+ *   submitted while CONNECTING do not pipeline behind them: a command
+ *   behind a failing SELECT would run in db 0 (a failing AUTH: as the
+ *   default user), yet fail as "not connected", which is retryable. They
+ *   wait on the in-flight list (`waiting`, counted in in_flight, scanned
+ *   for deadlines) and go to hiredis in order at READY (flush_waiting), or
+ *   fail with BW_ERR_CONNECT, never sent, when the connect fails or the
+ *   client closes (fail_waiting). conn_lost() runs once per context (c->ac
+ *   is the token) and moves to BACKOFF with a doubling delay. hiredis
+ *   gives pending callbacks a NULL reply before its disconnect callback;
+ *   the NULL is classified as a protocol error (unparsable reply), a
+ *   transport error (the context was READY) or a connect error.
+ * - Error details: hiredis's ac->err is an error TYPE (REDIS_ERR_IO...),
+ *   not an errno; the errno of a failed read/write is noted at hiredis's
+ *   first callback for the failure (note_errno), of a failed synchronous
+ *   connect right after redisAsyncConnect*.
+ * - Runtime shut down: a command the reactor refuses on the submitting
+ *   thread is taken back (bw__redis_submit returns BW_ERR_RUNTIME_SHUTDOWN,
+ *   the callback never runs), unless a cancel finished it first. A held
+ *   command refused later is completed by the batch's worker as usual.
  * - Shutdown order (bw_redis_free): queue the close op (loop: CLOSED, free
  *   the context, in-flight commands complete CANCELLED, cancel the tick),
  *   wait until only the caller's client reference is left, free the tick
@@ -96,6 +110,8 @@ struct bw__redis_req {
   atomic_int refs;
   uint64_t deadline_ns;
   bool direct;
+  bool undelivered; /* finished inside bw__redis_submit, not delivered */
+  bool waiting;     /* on the in-flight list, held back until READY (io_mu) */
   bw__redis_done_fn fn;
   void *fn_arg;
   _Atomic(bw_cancel_reg_t *) reg;
@@ -131,6 +147,8 @@ struct bw_redis {
   atomic_int posted; /* requests posted to the loop and not yet taken */
   redisAsyncContext *ac;
   bool ac_ready;           /* current context finished its handshake */
+  const redisAsyncContext *io_errno_ac; /* the context io_errno belongs to */
+  int io_errno;            /* errno of that context's I/O failure, or 0 */
   int handshake_left;      /* AUTH/SELECT replies still expected */
   bw_error_t *handshake_err;
   bw_error_t *last_err;    /* why the last connect failed / was lost */
@@ -164,6 +182,14 @@ static void schedule_tick(bw_redis_t *c, uint64_t at_ns);
 #define STAT_INC(c, f) atomic_fetch_add_explicit(&(c)->f, 1, memory_order_relaxed)
 
 static uint64_t now_ns(bw_redis_t *c) { return bw_runtime_now_ns(c->rt); }
+
+/* "host:port" or "unix:path", for error messages. */
+static void server_name(const bw_redis_t *c, char *buf, size_t cap) {
+  if (c->unix_path)
+    snprintf(buf, cap, "unix:%s", c->unix_path);
+  else
+    snprintf(buf, cap, "%s:%d", c->host, c->port);
+}
 
 static void set_state(bw_redis_t *c, bw_redis_state_t s) {
   atomic_store_explicit(&c->state, (int)s, memory_order_relaxed);
@@ -315,6 +341,11 @@ static void on_glue(void *arg, bool begin) {
     loop_leave(c);
 }
 
+/* The request bw__redis_submit is registering on this thread: completed
+ * here, it is deferred to a worker or, if the runtime refuses, left to
+ * bw__redis_submit to refuse the call (never delivered inline). */
+static BW__TLS bw__redis_req_t *tl_submitting;
+
 /* The one completion point. Consumes reply and err. `batch`: called with
  * io_mu held by loop_enter (joins the batch handed over at loop_leave). */
 static bool complete_ex(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t *err,
@@ -344,6 +375,8 @@ static bool complete_ex(bw__redis_req_t *r, bw_redis_reply_t *reply, bw_error_t 
     else
       c->batch_head = r;
     c->batch_tail = r;
+  } else if (r == tl_submitting) {
+    if (bw__runtime_defer(c->rt, deliver, r) != 0) r->undelivered = true; /* submit refuses */
   } else if (r->direct || bw__runtime_defer(c->rt, deliver, r) != 0) {
     deliver(r);
   }
@@ -383,10 +416,37 @@ static bw_error_t *not_connected_error(bw_redis_t *c) {
                        "redis not connected (reconnecting)");
 }
 
+/* The errno of ac's failure. hiredis keeps only its text (ac->err is the
+ * error's type, REDIS_ERR_IO, not an errno), but errno still holds it when
+ * hiredis first calls us back for the failure (the NULL replies, then the
+ * disconnect callback; the glue's cleanup hook preserves errno): note it
+ * then, before anything else can change errno. A direct writer notes it
+ * right after its failed write (write_held). */
+static void note_errno(bw_redis_t *c, const redisAsyncContext *ac) {
+  int e = errno;
+  if (c->io_errno_ac == ac) return;
+  c->io_errno_ac = ac;
+  c->io_errno = ac->err == REDIS_ERR_IO ? e : 0;
+}
+
+/* The error a broken context (ac->err set) gives: BW_ERR_PROTOCOL for an
+ * unparsable reply, else BW_ERR_TRANSPORT with the errno noted for it. */
+static bw_error_t *ctx_error(bw_redis_t *c, const redisAsyncContext *ac, const char *what) {
+  char where[200];
+  server_name(c, where, sizeof where);
+  if (ac->err == REDIS_ERR_PROTOCOL)
+    return bw_error_new(BW_ERR_PROTOCOL, 0, "redis %s: protocol error%s (%s)", where, what,
+                        ac->errstr ? ac->errstr : "unparsable reply");
+  return bw_error_new(BW_ERR_TRANSPORT, c->io_errno_ac == ac ? c->io_errno : 0,
+                      "redis connection to %s lost%s (%s)", where, what,
+                      ac->errstr && ac->errstr[0] ? ac->errstr : "closed by server");
+}
+
 static void on_reply(redisAsyncContext *ac, void *rv, void *priv) {
   bw__redis_req_t *r = priv;
   bw_redis_t *c = r->client;
   redisReply *reply = rv;
+  if (!reply) note_errno(c, ac);
   list_remove(c, r);
   c->in_flight--;
   atomic_store_explicit(&c->n_in_flight, c->in_flight, memory_order_relaxed);
@@ -399,10 +459,8 @@ static void on_reply(redisAsyncContext *ac, void *rv, void *priv) {
     bw_error_t *e;
     if (c->closing) {
       e = bw_error_new(BW_ERR_CANCELLED, 0, "redis client closed");
-    } else if (ac->c.flags & REDIS_CONNECTED && c->ac_ready) {
-      e = bw_error_new(BW_ERR_TRANSPORT, ac->err == REDIS_ERR_IO ? ac->c.err : 0,
-                       "redis connection lost with the command in flight (%s)",
-                       ac->errstr[0] ? ac->errstr : "closed");
+    } else if (ac->err == REDIS_ERR_PROTOCOL || (ac->c.flags & REDIS_CONNECTED && c->ac_ready)) {
+      e = ctx_error(c, ac, " with the command in flight");
     } else {
       e = not_connected_error(c);
     }
@@ -431,7 +489,12 @@ static bw_error_t *enqueue_locked(bw_redis_t *c, bw__redis_req_t *r, uint64_t *n
   if (r->deadline_ns && !*now) *now = now_ns(c);
   if (r->deadline_ns && r->deadline_ns <= *now)
     return bw_error_new(BW_ERR_TIMEOUT, 0, "redis: deadline passed before sending");
-  if (redisAsyncFormattedCommand(c->ac, on_reply, r, r->cmd, r->cmd_len) != REDIS_OK)
+  /* Until the handshake succeeded, commands wait here (flush_waiting): a
+   * command pipelined behind a failing AUTH/SELECT could run anyway, as
+   * another user or in the wrong db. */
+  if (!c->ac_ready)
+    r->waiting = true;
+  else if (redisAsyncFormattedCommand(c->ac, on_reply, r, r->cmd, r->cmd_len) != REDIS_OK)
     return not_connected_error(c);
   r->prev = c->tail;
   r->next = NULL;
@@ -507,7 +570,9 @@ static void write_held(bw_redis_t *c, bw__redis_req_t *list) {
       /* A partial write or an error goes to the loop. Queued while io_mu
        * still pins c (the requests just queued hold references that only
        * the loop, under io_mu, can drop). */
-      if (bw__redis_uv_write_now(ac) != 0) {
+      int wr = bw__redis_uv_write_now(ac);
+      if (wr < 0) note_errno(c, ac); /* before anything changes errno */
+      if (wr != 0) {
         queue_kick(c);
         STAT_INC(c, n_held_via_loop);
       }
@@ -531,6 +596,31 @@ static void write_held(bw_redis_t *c, bw__redis_req_t *list) {
     STAT_INC(c, n_held_via_loop);
     post_one(c, r);
   }
+}
+
+/* bw__redis_submit refuses r after all (the runtime shut down): r is done
+ * (this thread won it) and was never delivered; free it and every
+ * reference, and return the error for the caller. */
+static bw_error_t *take_back(bw_redis_t *c, bw__redis_req_t *r, bw__redis_req_t **hold) {
+  bw_cancel_reg_t *reg = atomic_exchange(&r->reg, NULL);
+  if (reg) bw_cancel_reg_remove(reg); /* waits for a cancel callback running now */
+  if (hold) *hold = NULL;
+  atomic_fetch_sub_explicit(&c->n_commands, 1, memory_order_relaxed);
+  if (r->undelivered) { /* complete_ex counted it */
+    if (r->err)
+      atomic_fetch_sub_explicit(&c->n_errors, 1, memory_order_relaxed);
+    else
+      atomic_fetch_sub_explicit(&c->n_replies, 1, memory_order_relaxed);
+  }
+  bw_redis_reply_free(r->reply);
+  bw_error_unref(r->err);
+  bw__free(r);
+  char where[200];
+  server_name(c, where, sizeof where);
+  bw_error_t *e = bw_error_new(BW_ERR_RUNTIME_SHUTDOWN, 0,
+                               "redis %s: runtime shut down, command not sent", where);
+  client_unref(c);
+  return e;
 }
 
 bw_error_t *bw__redis_submit(bw_redis_t *c, int argc, const char *const *argv,
@@ -566,6 +656,7 @@ bw_error_t *bw__redis_submit(bw_redis_t *c, int argc, const char *const *argv,
   if (hold) *hold = r;
   if (cancel) {
     bw_cancel_reg_t *reg = NULL;
+    tl_submitting = r; /* a completion here must not deliver inline */
     bw_error_t *e = bw_cancel_token_on_cancel(cancel, on_token_cancel, r, &reg);
     if (e) {
       complete(r, NULL, e);
@@ -576,6 +667,10 @@ bw_error_t *bw__redis_submit(bw_redis_t *c, int argc, const char *const *argv,
         if (reg) bw_cancel_reg_remove(reg);
       }
     }
+    tl_submitting = NULL;
+    /* Finished at once (token already cancelled, registration failed) and
+     * the runtime could not take the delivery: refuse the call instead. */
+    if (r->undelivered) return take_back(c, r, hold);
   }
   holder_t *h = tl_holder;
   if (h && h->client == c) { /* written when the delivery batch ends */
@@ -587,8 +682,19 @@ bw_error_t *bw__redis_submit(bw_redis_t *c, int argc, const char *const *argv,
     h->n++;
     return NULL;
   }
-  post_one(c, r);
-  return NULL;
+  atomic_fetch_add_explicit(&c->posted, 1, memory_order_relaxed);
+  if (bw__reactor_submit(c->rt, &r->op) == 0) return NULL;
+  atomic_fetch_sub_explicit(&c->posted, 1, memory_order_relaxed);
+  /* Refused here, on the submitting thread (the runtime shut down): the
+   * callback must not run inside bw_redis_command (redis.h). Take the
+   * request back unless a cancel already finished it (then its callback
+   * runs, or ran, elsewhere, and the call was accepted). */
+  int expect = 0;
+  if (!atomic_compare_exchange_strong(&r->done, &expect, 1)) {
+    req_unref(r); /* the loop's reference */
+    return NULL;
+  }
+  return take_back(c, r, hold);
 }
 
 /* ---- Public callback API -------------------------------------------------- */
@@ -641,6 +747,7 @@ static void schedule_tick(bw_redis_t *c, uint64_t at_ns) {
 }
 
 static void conn_lost(bw_redis_t *c, bw_error_t *why);
+static void drop_waiting(bw_redis_t *c, bw__redis_req_t *r);
 
 static void tick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
   (void)loop;
@@ -671,6 +778,7 @@ static void tick_on_loop(bw__reactor_op_t *op, uv_loop_t *loop) {
     if (r->deadline_ns <= now) {
       complete_ex(r, NULL, bw_error_new(BW_ERR_TIMEOUT, 0, "redis: no reply before the deadline"),
                   true);
+      if (r->waiting) drop_waiting(c, r); /* never sent: nothing will come */
     } else if (!next || r->deadline_ns < next) {
       next = r->deadline_ns;
     }
@@ -720,6 +828,56 @@ static void hold_clock(bw_redis_t *c, bool hold) {
     bw__runtime_clock_release(c->rt);
 }
 
+/* io_mu held: take a waiting request (never given to hiredis) off the
+ * in-flight list and drop the loop's reference. Completed already. */
+static void drop_waiting(bw_redis_t *c, bw__redis_req_t *r) {
+  r->waiting = false;
+  list_remove(c, r);
+  c->in_flight--;
+  atomic_store_explicit(&c->n_in_flight, c->in_flight, memory_order_relaxed);
+  req_unref(r);
+}
+
+/* io_mu held, the connect failed or the client closes: the waiting
+ * requests were never sent; they fail with BW_ERR_CONNECT (retryable) or,
+ * closing, BW_ERR_CANCELLED. */
+static void fail_waiting(bw_redis_t *c) {
+  for (bw__redis_req_t *r = c->head, *nx; r; r = nx) {
+    nx = r->next;
+    if (!r->waiting) continue;
+    if (!atomic_load_explicit(&r->done, memory_order_acquire)) {
+      bw_error_t *e;
+      if (c->closing) {
+        e = not_connected_error(c);
+      } else {
+        char where[200];
+        server_name(c, where, sizeof where);
+        bw_error_t *cause = bw_error_ref(c->last_err);
+        e = bw_error_wrap(cause, BW_ERR_CONNECT, cause ? bw_error_detail(cause) : 0,
+                          "redis connect to %s failed; command not sent", where);
+      }
+      complete_ex(r, NULL, e, true);
+    }
+    drop_waiting(c, r);
+  }
+}
+
+/* io_mu held, on READY: give the waiting requests to hiredis, in order. */
+static void flush_waiting(bw_redis_t *c) {
+  for (bw__redis_req_t *r = c->head, *nx; r; r = nx) {
+    nx = r->next;
+    if (!r->waiting) continue;
+    if (!atomic_load_explicit(&r->done, memory_order_acquire)) {
+      if (redisAsyncFormattedCommand(c->ac, on_reply, r, r->cmd, r->cmd_len) == REDIS_OK) {
+        r->waiting = false; /* hiredis's callback now holds the loop reference */
+        continue;
+      }
+      complete_ex(r, NULL, not_connected_error(c), true);
+    }
+    drop_waiting(c, r);
+  }
+}
+
 static void conn_lost(bw_redis_t *c, bw_error_t *why) {
   bw_redis_state_t st = (bw_redis_state_t)atomic_load_explicit(&c->state, memory_order_relaxed);
   c->ac = NULL;
@@ -728,6 +886,7 @@ static void conn_lost(bw_redis_t *c, bw_error_t *why) {
   c->handshake_err = NULL;
   bw_error_unref(c->last_err);
   c->last_err = why;
+  fail_waiting(c);
   if (c->closing) {
     hold_clock(c, false);
     return;
@@ -755,11 +914,13 @@ static void become_ready(bw_redis_t *c) {
   c->last_err = NULL;
   STAT_INC(c, n_connects);
   set_state(c, BW_REDIS_READY);
+  flush_waiting(c);
 }
 
 static void on_handshake(redisAsyncContext *ac, void *rv, void *priv) {
   bw_redis_t *c = priv;
   redisReply *reply = rv;
+  if (!reply) note_errno(c, ac);
   if (!reply || ac != c->ac) return; /* the context is going away */
   if (reply->type == REDIS_REPLY_ERROR && !c->handshake_err)
     c->handshake_err = bw_error_wrap(bw__redis_error_from_reply(reply->str, reply->len, c->password),
@@ -778,21 +939,17 @@ static void on_handshake(redisAsyncContext *ac, void *rv, void *priv) {
 static void on_disconnect(const redisAsyncContext *ac, int status) {
   bw_redis_t *c = ac->data;
   (void)status;
+  note_errno(c, ac);
   if (ac != c->ac) return; /* we freed it ourselves and already knew */
-  conn_lost(c, bw_error_new(BW_ERR_TRANSPORT, ac->err == REDIS_ERR_IO ? ac->c.err : 0,
-                            "redis connection lost (%s)",
-                            ac->errstr[0] ? ac->errstr : "closed by server"));
+  conn_lost(c, ctx_error(c, ac, ""));
 }
 
 static void on_tcp_connect(redisAsyncContext *ac, int err, void *arg) {
   bw_redis_t *c = arg;
   if (ac != c->ac) return;
   if (err) {
-    char where[160];
-    if (c->unix_path)
-      snprintf(where, sizeof where, "unix:%s", c->unix_path);
-    else
-      snprintf(where, sizeof where, "%s:%d", c->host, c->port);
+    char where[200];
+    server_name(c, where, sizeof where);
     conn_lost(c, bw_error_new(BW_ERR_CONNECT, err, "redis connect to %s failed: %s", where,
                               strerror(err)));
     return; /* the glue frees the context */
@@ -828,14 +985,20 @@ static void queue_handshake(bw_redis_t *c) {
 }
 
 static void start_connect(bw_redis_t *c) {
+  errno = 0;
   redisAsyncContext *ac =
       c->unix_path ? redisAsyncConnectUnix(c->unix_path) : redisAsyncConnect(c->host, c->port);
+  int sys_err = errno; /* hiredis keeps only the text of a failed connect(2) */
   set_state(c, BW_REDIS_CONNECTING);
   c->ac_ready = false;
   c->handshake_left = 0;
+  c->io_errno_ac = NULL; /* a new context may reuse the old one's address */
+  c->io_errno = 0;
   if (!ac || ac->err) {
-    int err = ac && ac->err == REDIS_ERR_IO ? ac->c.err : 0;
-    bw_error_t *e = bw_error_new(BW_ERR_CONNECT, err, "redis connect failed: %s",
+    int err = ac && ac->err == REDIS_ERR_IO ? sys_err : 0;
+    char where[200];
+    server_name(c, where, sizeof where);
+    bw_error_t *e = bw_error_new(BW_ERR_CONNECT, err, "redis connect to %s failed: %s", where,
                                  ac ? ac->errstr : "out of memory");
     if (ac) redisAsyncFree(ac);
     conn_lost(c, e);
@@ -879,6 +1042,7 @@ static void close_now(bw_redis_t *c) {
   c->box = NULL;
   redisAsyncContext *ac = c->ac;
   c->ac = NULL;
+  fail_waiting(c); /* never sent: CANCELLED */
   if (ac) redisAsyncFree(ac); /* in-flight commands complete CANCELLED */
   /* Anything left (e.g. already-complete requests waiting for a reply that
    * will now never come) is released by the NULL callbacks above. */

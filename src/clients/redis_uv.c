@@ -62,11 +62,13 @@ static void update(glue_t *g, int events) {
   /* uv_poll_start re-registers the fd (epoll_ctl); hiredis re-adds read
    * interest after every read, so only touch the poll on a real change. */
   if (!g->ac || g->external || events == g->events) return;
+  int saved = errno; /* as in cleanup */
   g->events = events;
   if (events)
     uv_poll_start(&g->poll, events, on_poll);
   else
     uv_poll_stop(&g->poll);
+  errno = saved;
 }
 
 static void add_read(void *p) {
@@ -113,14 +115,19 @@ static void on_closed(uv_handle_t *h) {
   if (--g->open_handles == 0) bw__free(g);
 }
 
+/* hiredis calls this on a failed read or write before the NULL replies
+ * and the disconnect callback, where the owner reads errno to learn why
+ * (redis.c, note_errno): libuv's epoll_ctl(DEL) here must not change it. */
 static void cleanup(void *p) {
   glue_t *g = p;
+  int saved = errno;
   g->ac = NULL;
   g->events = 0;
   uv_poll_stop(&g->poll);
   uv_check_stop(&g->check);
   uv_close((uv_handle_t *)&g->poll, on_closed);
   uv_close((uv_handle_t *)&g->check, on_closed);
+  errno = saved;
 }
 
 static void finish_connect(glue_t *g, int status) {

@@ -777,6 +777,217 @@ static void test_free_with_commands_in_flight(void **state) {
   bw_test_redis_resume(&server);
 }
 
+/* ---- runtime shut down, error values, handshake failure ------------------- */
+
+static atomic_int late_calls;
+static void on_count(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
+  (void)err;
+  (void)arg;
+  bw_redis_reply_free(reply);
+  atomic_fetch_add(&late_calls, 1);
+}
+
+/* After bw_runtime_shutdown the reactor refuses new commands: the call
+ * fails with BW_ERR_RUNTIME_SHUTDOWN naming the server, and the callback
+ * never runs (it used to run inline, inside bw_redis_command). Also with a
+ * token already cancelled (its completion could not be deferred either). */
+static void test_command_after_runtime_shutdown(void **state) {
+  (void)state;
+  bw_runtime_t *rt2;
+  bw_runtime_opts_t ro;
+  bw_runtime_opts_init(&ro);
+  ro.worker_threads = 1;
+  assert_null(bw_runtime_new(&rt2, &ro));
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.port = server.port;
+  bw_redis_t *c = NULL;
+  assert_null(bw_redis_new(rt2, &o, &c));
+  bw_error_unref(bw_runtime_shutdown(rt2, BW_SHUTDOWN_CANCEL, 0));
+  atomic_store(&late_calls, 0);
+  const char *argv[1] = {"PING"};
+  bw_error_t *e = bw_redis_command(c, 1, argv, NULL, NULL, on_count, NULL);
+  assert_int_equal(atomic_load(&late_calls), 0);
+  assert_non_null(e);
+  assert_int_equal(bw_error_kind(e), BW_ERR_RUNTIME_SHUTDOWN);
+  char buf[512], where[64];
+  format_err(e, buf, sizeof buf);
+  snprintf(where, sizeof where, "127.0.0.1:%d", server.port);
+  assert_non_null(strstr(buf, where));
+  bw_error_unref(e);
+
+  bw_cancel_token_t *tok;
+  assert_null(bw_cancel_token_new(&tok));
+  bw_cancel_token_cancel(tok);
+  bw_redis_cmd_opts_t co = {0, tok};
+  e = bw_redis_command(c, 1, argv, NULL, &co, on_count, NULL);
+  assert_int_equal(atomic_load(&late_calls), 0);
+  assert_non_null(e);
+  assert_int_equal(bw_error_kind(e), BW_ERR_RUNTIME_SHUTDOWN);
+  bw_error_unref(e);
+  bw_cancel_token_unref(tok);
+
+  bw_redis_free(c);
+  bw_runtime_free(rt2);
+  assert_int_equal(atomic_load(&late_calls), 0);
+}
+
+/* A unix socket path that does not exist: the connect fails at once
+ * (synchronously in hiredis); the error names the path and its detail is
+ * the errno (ENOENT), not hiredis's error type. */
+static void test_unix_path_missing(void **state) {
+  (void)state;
+  char path[200];
+  snprintf(path, sizeof path, "%s/no-such-dir/redis.sock", server.dir);
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.unix_path = path;
+  o.reconnect_min_ms = 1000;
+  o.reconnect_max_ms = 1000;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
+  assert_int_equal(bw_error_detail(w.err), ENOENT);
+  assert_int_equal(bw_error_detail(bw_error_root(w.err)), ENOENT);
+  char buf[512];
+  format_err(w.err, buf, sizeof buf);
+  assert_non_null(strstr(buf, path));
+  waiter_fini(&w);
+  bw_redis_free(c);
+}
+
+/* A one-connection fake server on 127.0.0.1: reads the first bytes of the
+ * client, then answers `reply` (NULL: resets the connection), then waits
+ * for the client to close. */
+typedef struct fake {
+  int lfd, port;
+  const char *reply;
+  pthread_t th;
+} fake_t;
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+static void *fake_main(void *arg) {
+  fake_t *f = arg;
+  int fd = accept(f->lfd, NULL, NULL);
+  if (fd < 0) return NULL;
+  char buf[512];
+  if (read(fd, buf, sizeof buf) > 0) {
+    if (f->reply) {
+      ssize_t n = write(fd, f->reply, strlen(f->reply));
+      (void)n;
+      while (read(fd, buf, sizeof buf) > 0) {
+      }
+    } else {
+      struct linger lg = {1, 0}; /* close with RST */
+      setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+  }
+  close(fd);
+  return NULL;
+}
+
+static void fake_start(fake_t *f, const char *reply) {
+  f->reply = reply;
+  f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  assert_true(f->lfd >= 0);
+  struct sockaddr_in sa;
+  memset(&sa, 0, sizeof sa);
+  sa.sin_family = AF_INET;
+  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  socklen_t len = sizeof sa;
+  assert_int_equal(bind(f->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
+  assert_int_equal(listen(f->lfd, 16), 0);
+  assert_int_equal(getsockname(f->lfd, (struct sockaddr *)&sa, &len), 0);
+  f->port = ntohs(sa.sin_port);
+  assert_int_equal(pthread_create(&f->th, NULL, fake_main, f), 0);
+}
+
+static void fake_stop(fake_t *f) {
+  pthread_join(f->th, NULL);
+  close(f->lfd);
+}
+
+/* A server answering bytes that are not RESP: BW_ERR_PROTOCOL (not a
+ * transport error), not retryable, naming the server. */
+static void test_protocol_error(void **state) {
+  (void)state;
+  fake_t f;
+  fake_start(&f, "HTTP/1.1 400 Bad Request\r\n\r\n");
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.port = f.port;
+  o.reconnect_min_ms = 1000;
+  o.reconnect_max_ms = 1000;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_PROTOCOL);
+  assert_false(bw_redis_error_is_retryable(w.err));
+  char buf[512], where[64];
+  format_err(w.err, buf, sizeof buf);
+  snprintf(where, sizeof where, "127.0.0.1:%d", f.port);
+  assert_non_null(strstr(buf, where));
+  waiter_fini(&w);
+  bw_redis_free(c);
+  fake_stop(&f);
+}
+
+/* A connection reset with the command in flight: BW_ERR_TRANSPORT whose
+ * detail is the errno (ECONNRESET), not hiredis's REDIS_ERR_IO (1). */
+static void test_reset_errno(void **state) {
+  (void)state;
+  fake_t f;
+  fake_start(&f, NULL);
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.port = f.port;
+  o.reconnect_min_ms = 1000;
+  o.reconnect_max_ms = 1000;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "PING", NULL, NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_TRANSPORT);
+  assert_int_equal(bw_error_detail(w.err), ECONNRESET);
+  char buf[512], where[64];
+  format_err(w.err, buf, sizeof buf);
+  snprintf(where, sizeof where, "127.0.0.1:%d", f.port);
+  assert_non_null(strstr(buf, where));
+  waiter_fini(&w);
+  bw_redis_free(c);
+  fake_stop(&f);
+}
+
+/* A command issued while CONNECTING waits for the handshake: when SELECT
+ * fails, it was never sent (it used to be pipelined behind SELECT and run
+ * in db 0), so its retryable BW_ERR_CONNECT is true. */
+static void test_handshake_failure_command_not_sent(void **state) {
+  (void)state;
+  redisContext *rc = redisConnect("127.0.0.1", server.port);
+  assert_non_null(rc);
+  freeReplyObject(redisCommand(rc, "DEL bw:handshake-fail"));
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.db = 200; /* out of range: SELECT fails */
+  o.reconnect_min_ms = 1000;
+  o.reconnect_max_ms = 1000;
+  bw_redis_t *c = client_new(&o);
+  waiter_t w;
+  cmd1(c, &w, "INCR", "bw:handshake-fail", NULL);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
+  assert_true(bw_redis_error_is_retryable(w.err));
+  waiter_fini(&w);
+  bw_redis_free(c);
+  redisReply *r = redisCommand(rc, "EXISTS bw:handshake-fail");
+  assert_non_null(r);
+  assert_int_equal(r->integer, 0);
+  freeReplyObject(r);
+  redisFree(rc);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_set_get_binary),
@@ -791,6 +1002,11 @@ int main(void) {
       cmocka_unit_test(test_timeout_late_reply_dropped),
       cmocka_unit_test(test_connect_timeout),
       cmocka_unit_test(test_free_with_commands_in_flight),
+      cmocka_unit_test(test_command_after_runtime_shutdown),
+      cmocka_unit_test(test_unix_path_missing),
+      cmocka_unit_test(test_protocol_error),
+      cmocka_unit_test(test_reset_errno),
+      cmocka_unit_test(test_handshake_failure_command_not_sent),
       cmocka_unit_test(test_killed_in_flight),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);

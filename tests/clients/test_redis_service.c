@@ -426,6 +426,52 @@ static int group_teardown(void **state) {
   return 0;
 }
 
+/* A call started after bw_runtime_shutdown completes exactly once, with
+ * BW_ERR_RUNTIME_SHUTDOWN. (Today the service layer ends it before
+ * ops->call; only a shutdown racing ops->call reaches the client's own
+ * refusal, where bw__redis_submit returns the error and svc_call
+ * completes the call with it, on_done never running.) */
+static void test_call_after_runtime_shutdown(void **state) {
+  (void)state;
+  bw_runtime_t *rt = runtime_new(false);
+  bw_redis_t *c = client_new(rt);
+  bw_service_t *svc;
+  assert_null(bw_redis_service_new(&svc, c));
+  const char *argv[1] = {"PING"};
+  bw_redis_request_t *req = request(1, argv);
+  waiter_t w;
+  memset(&w, 0, sizeof w);
+  pthread_mutex_init(&w.mu, NULL);
+  pthread_cond_init(&w.cv, NULL);
+  bw_call_t *call;
+  assert_null(bw_call_new(&call, svc, rt)); /* refused once shut down */
+  bw_call_set_request(call, req, NULL);
+  bw_error_unref(bw_runtime_shutdown(rt, BW_SHUTDOWN_CANCEL, 0));
+  bw_error_t *e = bw_service_call(svc, call, on_done, &w);
+  if (e) {
+    assert_int_equal(bw_error_kind(e), BW_ERR_RUNTIME_SHUTDOWN);
+    bw_error_unref(e);
+  } else {
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    ts.tv_sec += 10;
+    pthread_mutex_lock(&w.mu);
+    while (!w.done)
+      if (pthread_cond_timedwait(&w.cv, &w.mu, &ts) != 0) break;
+    pthread_mutex_unlock(&w.mu);
+    assert_true(w.done);
+    assert_true(bw_error_is(bw_call_error(call), BW_ERR_RUNTIME_SHUTDOWN));
+  }
+  bw_call_free(call);
+  bw_redis_request_free(req);
+  bw_service_release(svc);
+  bw_redis_free(c);
+  bw_runtime_free(rt);
+  assert_int_equal(w.calls, e ? 0 : 1);
+  pthread_mutex_destroy(&w.mu);
+  pthread_cond_destroy(&w.cv);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_service_calls),
@@ -433,6 +479,7 @@ int main(void) {
       cmocka_unit_test(test_retry_default_predicate),
       cmocka_unit_test(test_timeout_layer_cancels_inner),
       cmocka_unit_test(test_stress_64_in_flight),
+      cmocka_unit_test(test_call_after_runtime_shutdown),
   };
   return cmocka_run_group_tests(tests, group_setup, group_teardown);
 }
