@@ -30,8 +30,6 @@ static const bw__cval_t *V(const bw__clayer_t *l, const char *key) {
   return i >= 0 ? &l->vals[i] : &none;
 }
 
-static uint64_t ms_up(uint64_t ns) { return ns / 1000000u + (ns % 1000000u ? 1 : 0); }
-
 static bool is(const bw__clayer_t *l, const char *key, const char *word) {
   const bw__cval_t *v = V(l, key);
   return v->s != NULL && strcmp(v->s, word) == 0;
@@ -42,11 +40,12 @@ static bool is(const bw__clayer_t *l, const char *key, const char *word) {
 typedef struct kind_pred {
   uint64_t kinds;   /* bit per bw_error_kind_t (all kinds are < 64) */
   size_t nstatus;
-  int status[32];   /* HTTP statuses (retry) */
+  int status[];     /* HTTP statuses (retry): as many as the file lists */
 } kind_pred_t;
 
-static kind_pred_t *make_kinds(bw_registry_t *reg, const bw__cval_t *v) {
-  kind_pred_t *p = bw__reg_keep(reg, sizeof *p);
+/* A predicate argument with the kinds of v and room for nstatus statuses. */
+static kind_pred_t *make_kinds(bw_registry_t *reg, const bw__cval_t *v, size_t nstatus) {
+  kind_pred_t *p = bw__reg_keep(reg, sizeof *p + nstatus * sizeof p->status[0]);
   if (p == NULL) return NULL;
   for (size_t i = 0; i < v->n; i++)
     if (v->ints[i] > 0 && v->ints[i] < 64) p->kinds |= 1ull << v->ints[i];
@@ -92,7 +91,7 @@ static bw_error_t *build_timeout(const bw__clayer_t *l, bw_layer_t **out) {
   bw_timeout_opts_t o;
   bw_timeout_opts_init(&o);
   o.timeout_ns = V(l, "duration")->u;
-  o.timeout_ms = ms_up(o.timeout_ns);
+  o.timeout_ms = bw__ms_up(o.timeout_ns);
   o.scope = is(l, "scope", "total")         ? BW_TIMEOUT_SCOPE_TOTAL
             : is(l, "scope", "per_attempt") ? BW_TIMEOUT_SCOPE_PER_ATTEMPT
                                             : BW_TIMEOUT_SCOPE_UNSPECIFIED;
@@ -127,16 +126,16 @@ static bw_error_t *build_retry(bw_registry_t *reg, const gen_t *g, const bw__cla
                                                        : BW_JITTER_FULL;
   o.seed = (uint64_t)V(l, "seed")->i;
   o.honor_retry_after = V(l, "honor_retry_after")->b;
-  o.max_retry_after_ms = ms_up(V(l, "max_retry_after")->u);
-  o.min_attempt_ms = ms_up(V(l, "min_attempt")->u);
+  o.max_retry_after_ms = bw__ms_up(V(l, "max_retry_after")->u);
+  o.min_attempt_ms = bw__ms_up(V(l, "min_attempt")->u);
   const bw__cval_t *on = V(l, "retry_on"), *st = V(l, "http_statuses");
   if (on->set || st->set) {
     kind_pred_t *p;
     if (on->set) {
-      p = make_kinds(reg, on);
+      p = make_kinds(reg, on, st->n);
     } else {
       static const bw__cval_t none;
-      p = make_kinds(reg, &none);
+      p = make_kinds(reg, &none, st->n);
       if (p) {
         static const bw_error_kind_t dflt[] = {
             BW_ERR_TIMEOUT, BW_ERR_DEADLINE_EXCEEDED, BW_ERR_TRANSPORT,   BW_ERR_CONNECT,
@@ -146,7 +145,7 @@ static bw_error_t *build_retry(bw_registry_t *reg, const gen_t *g, const bw__cla
       }
     }
     if (p == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
-    for (size_t i = 0; i < st->n && i < 32; i++) p->status[p->nstatus++] = (int)st->ints[i];
+    for (size_t i = 0; i < st->n; i++) p->status[p->nstatus++] = (int)st->ints[i];
     o.predicate = retry_pred;
     o.predicate_arg = p;
   }
@@ -167,21 +166,21 @@ static bw_error_t *build_breaker(bw_registry_t *reg, const bw__clayer_t *l, cons
              : is(l, "window", "consecutive") ? BW_BREAKER_WINDOW_CONSECUTIVE
                                               : BW_BREAKER_WINDOW_COUNT;
   o.window_size = (uint32_t)V(l, "window_size")->i;
-  o.window_ms = ms_up(V(l, "window_duration")->u);
+  o.window_ms = bw__ms_up(V(l, "window_duration")->u);
   o.window_buckets = (uint32_t)V(l, "window_buckets")->i;
   o.consecutive_failures = (uint32_t)V(l, "consecutive_failures")->i;
   o.minimum_calls = (uint32_t)V(l, "minimum_calls")->i;
   o.failure_rate_threshold = V(l, "failure_rate_threshold")->d * 100.0;
   o.slow_call_rate_threshold = V(l, "slow_call_rate_threshold")->d * 100.0;
-  o.slow_call_duration_ms = ms_up(V(l, "slow_call_duration")->u);
-  o.open_duration_ms = ms_up(V(l, "open_duration")->u);
+  o.slow_call_duration_ms = bw__ms_up(V(l, "slow_call_duration")->u);
+  o.open_duration_ms = bw__ms_up(V(l, "open_duration")->u);
   o.open_duration_multiplier = V(l, "open_duration_multiplier")->d;
-  o.max_open_duration_ms = ms_up(V(l, "max_open_duration")->u);
+  o.max_open_duration_ms = bw__ms_up(V(l, "max_open_duration")->u);
   o.half_open_calls = (uint32_t)V(l, "half_open_calls")->i;
-  o.half_open_max_wait_ms = ms_up(V(l, "half_open_max_wait")->u);
+  o.half_open_max_wait_ms = bw__ms_up(V(l, "half_open_max_wait")->u);
   const bw__cval_t *fo = V(l, "failure_on");
   if (fo->set) {
-    kind_pred_t *p = make_kinds(reg, fo);
+    kind_pred_t *p = make_kinds(reg, fo, 0);
     if (p == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
     o.predicate = any_kind_pred;
     o.predicate_arg = p;
@@ -209,7 +208,7 @@ static bw_error_t *build_rate_limit(const bw__clayer_t *l, const char *name, bw_
   o.rate_per_sec = bw_config_rate_per_sec(&V(l, "rate")->rate);
   if (V(l, "burst")->has) o.burst = (uint64_t)V(l, "burst")->i;
   o.mode = is(l, "mode", "reject") ? BW_RATE_LIMIT_REJECT : BW_RATE_LIMIT_WAIT;
-  o.max_wait_ms = ms_up(V(l, "max_wait")->u);
+  o.max_wait_ms = bw__ms_up(V(l, "max_wait")->u);
   o.tokens_per_call = (uint32_t)V(l, "tokens_per_call")->i;
   return bw_rate_limit_new(out, &o);
 }
@@ -220,7 +219,7 @@ static bw_error_t *build_bulkhead(const bw__clayer_t *l, const char *name, bw_la
   if (name) o.name = name;
   o.max_concurrent = (uint32_t)V(l, "max_concurrent")->i;
   o.max_queue = (uint32_t)V(l, "max_queue")->i;
-  o.max_queue_wait_ms = ms_up(V(l, "max_wait")->u);
+  o.max_queue_wait_ms = bw__ms_up(V(l, "max_wait")->u);
   return bw_bulkhead_new(out, &o);
 }
 
@@ -245,8 +244,8 @@ static bw_error_t *build_chaos(const bw__clayer_t *l, const char *name, bw_layer
   o.latency_dist = is(l, "latency_distribution", "uniform")  ? BW_CHAOS_LATENCY_UNIFORM
                    : is(l, "latency_distribution", "normal") ? BW_CHAOS_LATENCY_NORMAL
                                                              : BW_CHAOS_LATENCY_FIXED;
-  o.latency_ms = ms_up(V(l, "latency")->u);
-  o.latency_max_ms = ms_up(V(l, "latency_max")->u);
+  o.latency_ms = bw__ms_up(V(l, "latency")->u);
+  o.latency_max_ms = bw__ms_up(V(l, "latency_max")->u);
   o.latency_stddev_ms = (double)V(l, "latency_stddev")->u / 1e6;
   return bw_chaos_new(out, &o);
 }
@@ -254,7 +253,7 @@ static bw_error_t *build_chaos(const bw__clayer_t *l, const char *name, bw_layer
 bw_error_t *bw__build_budget(const bw__clayer_t *l, bw_retry_budget_t **out) {
   bw_retry_budget_opts_t o;
   bw_retry_budget_opts_init(&o);
-  o.ttl_ms = ms_up(V(l, "window")->u);
+  o.ttl_ms = bw__ms_up(V(l, "window")->u);
   o.min_per_sec = (uint32_t)V(l, "min_per_second")->i;
   o.retry_ratio = V(l, "ratio")->d;
   return bw_retry_budget_new(out, &o);
@@ -344,7 +343,7 @@ bw_error_t *bw__build_fallback(bw_registry_t *reg, const bw__clayer_t *l, int fl
   }
   const bw__cval_t *on = V(l, "on");
   if (on->set) {
-    kind_pred_t *p = make_kinds(reg, on);
+    kind_pred_t *p = make_kinds(reg, on, 0);
     if (p == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
     o.predicate = any_kind_pred;
     o.predicate_arg = p;

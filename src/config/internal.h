@@ -42,6 +42,11 @@ void bw__format_size(uint64_t bytes, char *buf, size_t len);
 void bw__format_rate(const bw_config_rate_t *r, char *buf, size_t len);
 void bw__format_ratio(double r, char *buf, size_t len);
 
+/* ns -> ms rounded UP, as every duration is handed to a constructor or client
+ * in ms: opts fields in ms often read 0 as "no limit", so "250us" must become
+ * 1 ms, not 0 (and the loader's cross-checks must see the same number). */
+static inline uint64_t bw__ms_up(uint64_t ns) { return ns / 1000000u + (ns % 1000000u ? 1 : 0); }
+
 /* Levenshtein distance (bounded work: strings longer than 64 give a big number). */
 size_t bw__edit_distance(const char *a, const char *b);
 /* The candidate closest to `word` if it is close enough to suggest, else NULL. */

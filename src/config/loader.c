@@ -168,10 +168,11 @@ static char *expand_env(ctx_t *x, const bw__cnode_t *n, const char *path, bw__cv
       memcpy(name, s + 2, nl);
       name[nl] = '\0';
       const char *val = getenv(name);
-      char dbuf[256];
+      size_t vl = val ? strlen(val) : 0;
       if (val == NULL && dflt != NULL) {
-        snprintf(dbuf, sizeof dbuf, "%.*s", (int)(dlen < sizeof dbuf ? dlen : sizeof dbuf - 1), dflt);
-        val = dbuf;
+        /* the default is copied from the text in place, at its full length */
+        val = dflt;
+        vl = dlen;
       }
       if (val == NULL) {
         ERR(x, BW_CFG_ENV, n, path, "environment variable %s is not set", name);
@@ -180,7 +181,6 @@ static char *expand_env(ctx_t *x, const bw__cnode_t *n, const char *path, bw__cv
       }
       if (v->env == NULL) v->env = bw__strdup(name);
       v->secret = true;
-      size_t vl = strlen(val);
       if (o + vl + strlen(end + 1) + 1 > cap) {
         cap = o + vl + strlen(end + 1) + 1;
         char *no = bw__realloc(out, cap);
@@ -483,43 +483,87 @@ static const bw__cval_t *kv(const bw__clayer_t *l, const char *key) {
 }
 
 static void cross_error(ctx_t *x, const bw__clayer_t *l, const char *key, const bw__cval_t *v,
-                        const char *msg) {
+                        bw_config_problem_t problem, const char *fmt, ...)
+    __attribute__((format(printf, 6, 7)));
+static void cross_error(ctx_t *x, const bw__clayer_t *l, const char *key, const bw__cval_t *v,
+                        bw_config_problem_t problem, const char *fmt, ...) {
+  char msg[256];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
   char *kp = path_join(l->path ? l->path : "", key);
-  bw__report_add(x->r, BW_CFG_RANGE, false, v->line ? v->line : l->line, v->line ? v->col : l->col,
+  bw__report_add(x->r, problem, false, v->line ? v->line : l->line, v->line ? v->col : l->col,
                  kp ? kp : "", "%s", msg);
   bw__free(kp);
 }
 
+/* The rules here mirror the layer constructors' checks, so that `check` and
+ * `explain` refuse what a load would: keep them in step with src/layers/. */
 static bool cross_check(ctx_t *x, const bw__clayer_t *l) {
   switch (l->schema->kind) {
     case BW_CFG_LAYER_RATE_LIMIT: {
       const bw__cval_t *b = kv(l, "burst"), *t = kv(l, "tokens_per_call");
       if (b->has && t->has && b->i < t->i) {
-        cross_error(x, l, "burst", b, "burst is smaller than tokens_per_call; no call could ever pass");
+        cross_error(x, l, "burst", b, BW_CFG_RANGE,
+                    "burst is smaller than tokens_per_call; no call could ever pass");
         return false;
+      }
+      if (!b->has && t->has) {
+        /* bw_rate_limit_new's default burst: one second of rate, at least 1 */
+        double rate = bw_config_rate_per_sec(&kv(l, "rate")->rate);
+        uint64_t burst = rate >= 1 ? (uint64_t)rate : 1;
+        if ((uint64_t)t->i > burst) {
+          cross_error(x, l, "tokens_per_call", t, BW_CFG_RANGE,
+                      "tokens_per_call %lld is more than the default burst %llu (one second of "
+                      "rate, at least 1); no call could ever pass: set burst >= tokens_per_call",
+                      (long long)t->i, (unsigned long long)burst);
+          return false;
+        }
       }
       return true;
     }
     case BW_CFG_LAYER_RETRY: {
       const bw__cval_t *b = kv(l, "base_delay"), *m = kv(l, "max_delay");
       if (m->u != 0 && m->u < b->u) {
-        cross_error(x, l, "max_delay", m, "max_delay is smaller than base_delay; expected max_delay >= base_delay (or 0: no cap)");
+        cross_error(x, l, "max_delay", m, BW_CFG_RANGE,
+                    "max_delay is smaller than base_delay; expected max_delay >= base_delay (or 0: no cap)");
         return false;
       }
       return true;
     }
     case BW_CFG_LAYER_CHAOS: {
       const bw__cval_t *d = kv(l, "latency_distribution"), *lo = kv(l, "latency"),
-                       *hi = kv(l, "latency_max");
+                       *hi = kv(l, "latency_max"), *f = kv(l, "faults");
       if (d->s && strcmp(d->s, "uniform") == 0 && hi->u < lo->u) {
-        cross_error(x, l, "latency_max", hi, "latency_max is smaller than latency; a uniform delay needs latency <= latency_max");
+        cross_error(x, l, "latency_max", hi, BW_CFG_RANGE,
+                    "latency_max is smaller than latency; a uniform delay needs latency <= latency_max");
+        return false;
+      }
+      if (f->has && f->n == 0) {
+        cross_error(x, l, "faults", f, BW_CFG_BAD_VALUE,
+                    "faults is empty; expected at least one of error, latency, hang "
+                    "(enabled: false switches chaos off)");
+        return false;
+      }
+      return true;
+    }
+    case BW_CFG_LAYER_CIRCUIT_BREAKER: {
+      const bw__cval_t *w = kv(l, "window"), *dur = kv(l, "window_duration"),
+                       *nb = kv(l, "window_buckets");
+      uint64_t ms = bw__ms_up(dur->u);
+      if (w->s && strcmp(w->s, "time") == 0 && (uint64_t)nb->i > ms) {
+        /* the breaker needs every bucket to span at least 1 ms */
+        const bw__cval_t *at = nb->set || !dur->set ? nb : dur;
+        cross_error(x, l, at == nb ? "window_buckets" : "window_duration", at, BW_CFG_RANGE,
+                    "window_buckets %lld is more than the %llu ms of window_duration; expected "
+                    "at most one bucket per ms", (long long)nb->i, (unsigned long long)ms);
         return false;
       }
       return true;
     }
     case BW_CFG_LAYER_TIMEOUT:
     case BW_CFG_LAYER_BULKHEAD:
-    case BW_CFG_LAYER_CIRCUIT_BREAKER:
     case BW_CFG_LAYER_FALLBACK:
     case BW_CFG_LAYER_RETRY_BUDGET:
       return true;
@@ -854,9 +898,13 @@ static void parse_clients(ctx_t *x, const bw__cnode_t *n) {
           for (size_t j = 0; j < x->c->nstacks && nc < 64; j++) cands[nc++] = x->c->stacks[j].name;
           const char *dym = bw__did_you_mean(sv->s, cands, nc);
           char *sp = path_join(tp, "stack");
-          bw__report_add(x->r, BW_CFG_UNKNOWN_REF, false, sv->line, sv->col, sp ? sp : tp,
-                         "no stack '%s'%s%s%s", sv->s, dym ? "; did you mean '" : "", dym ? dym : "",
-                         dym ? "'?" : "");
+          if (sv->secret) /* never print a value that came through ${VAR} */
+            bw__report_add(x->r, BW_CFG_UNKNOWN_REF, false, sv->line, sv->col, sp ? sp : tp,
+                           "no stack named by the value of ${%s}", sv->env ? sv->env : "...");
+          else
+            bw__report_add(x->r, BW_CFG_UNKNOWN_REF, false, sv->line, sv->col, sp ? sp : tp,
+                           "no stack '%s'%s%s%s", sv->s, dym ? "; did you mean '" : "",
+                           dym ? dym : "", dym ? "'?" : "");
           bw__free(sp);
         }
       }

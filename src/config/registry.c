@@ -85,6 +85,14 @@ static bool stateful(const bw__layer_schema_t *s) {
          s->kind == BW_CFG_LAYER_BULKHEAD || s->kind == BW_CFG_LAYER_CHAOS;
 }
 
+/* Wrap a layer constructor's error with the file position and key path of
+ * the definition it was built from ("f.yaml:3:7: shared.br.circuit_breaker"). */
+static bw_error_t *locate(bw_error_t *err, const bw__config_t *cfg, const bw__clayer_t *def,
+                          const char *fallback_path) {
+  return bw_error_wrap(err, BW_ERR_CONFIG, BW_CFG_BAD_VALUE, "%s:%d:%d: %s", cfg->file, def->line,
+                       def->col, def->path ? def->path : fallback_path);
+}
+
 static bw_error_t *build_gen(bw_registry_t *reg, bw__config_t *cfg, const gen_t *old, gen_t **out) {
   gen_t *g = bw__calloc(1, sizeof *g);
   if (g == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
@@ -112,6 +120,8 @@ static bw_error_t *build_gen(bw_registry_t *reg, bw__config_t *cfg, const gen_t 
       }
       if (budget) err = bw__build_budget(&sh->layer, &b->budget);
       else err = bw__build_layer(reg, g, &sh->layer, sh->name, &b->layer);
+      /* the constructor's message says what; this says where */
+      if (err) err = locate(err, cfg, &sh->layer, sh->name);
     }
     if (pass == 0) g->nshared = cfg->nshared;
   }
@@ -141,8 +151,7 @@ static bw_error_t *build_gen(bw_registry_t *reg, bw__config_t *cfg, const gen_t 
         continue;
       }
       err = bw__build_layer(reg, g, item, NULL, &bs->layers[j]);
-      if (err) err = bw_error_wrap(err, BW_ERR_CONFIG, BW_CFG_BAD_VALUE, "%s:%d:%d: %s", cfg->file,
-                                   item->line, item->col, item->path ? item->path : st->name);
+      if (err) err = locate(err, cfg, item, st->name);
     }
   }
   if (err) {
@@ -240,11 +249,16 @@ bw_error_t *bw_registry_load_file(bw_registry_t **out, const char *path,
   return NULL;
 }
 
-bw_error_t *bw_registry_reload(bw_registry_t *reg) {
-  if (reg == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "registry: NULL");
+char *bw__registry_path(bw_registry_t *reg) {
   pthread_mutex_lock(&reg->mu);
   char *path = reg->path ? bw__strdup(reg->path) : NULL;
   pthread_mutex_unlock(&reg->mu);
+  return path;
+}
+
+bw_error_t *bw_registry_reload(bw_registry_t *reg) {
+  if (reg == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "registry: NULL");
+  char *path = bw__registry_path(reg);
   if (path == NULL) return bw_error_new(BW_ERR_NOT_ALLOWED, 0, "registry: loaded from a string, no file to reload");
   bw_error_t *err = read_and_load(reg, path);
   bw__free(path);

@@ -55,7 +55,7 @@ struct bw_registry {
   gen_t *gen;
   uint64_t gen_id_plain;    /* under mu */
   _Atomic uint64_t gen_id;  /* release on swap; acquire in services */
-  char *path;
+  char *path;               /* under mu: bw__registry_path() copies it */
   bw_registry_opts_t opts;
   pthread_mutex_t keep_mu;
   keep_t *keep;
@@ -63,6 +63,10 @@ struct bw_registry {
   struct bw__watch *watch;
 };
 
+/* A copy of reg->path taken under reg->mu (bw__free it), or NULL when the
+ * registry was loaded from a string (or out of memory). reg->path may be
+ * replaced by bw_registry_reload_file at any time: never read it unlocked. */
+char *bw__registry_path(bw_registry_t *reg);
 /* A zeroed block that lives as long as the registry. */
 void *bw__reg_keep(bw_registry_t *reg, size_t size);
 bw_error_t *bw__reg_unknown(const bw__config_t *c, bw_registry_section_t sec, const char *name);
@@ -78,6 +82,13 @@ bw_error_t *bw__build_fallback(bw_registry_t *reg, const bw__clayer_t *def, int 
 
 /* regsvc.c */
 void bw__registry_clients_free(bw_registry_t *reg);
+/* The client options a config client maps to (pointers into c, which must
+ * outlive o). Exposed for tests of the mapping (units, rounding). */
+void bw__client_http_opts(const bw__cclient_t *c, bw_http_client_opts_t *o);
+void bw__client_redis_opts(const bw__cclient_t *c, bw_redis_opts_t *o);
+/* A text equal for equal client settings: a reload that changes it makes a
+ * new client. Secrets are hashed in, never copied (bw__free it). */
+char *bw__client_signature(const bw__cclient_t *c);
 
 /* watch.c */
 bw_error_t *bw__registry_watch_start(bw_registry_t *reg);

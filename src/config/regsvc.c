@@ -217,8 +217,14 @@ static const bw__cval_t *CV(const bw__cclient_t *c, const char *key) {
   return i >= 0 ? &c->conf.vals[i] : &none;
 }
 
+static uint64_t fnv_bytes(uint64_t h, const void *p, size_t n) {
+  const unsigned char *b = p;
+  for (size_t i = 0; i < n; i++) h = (h ^ b[i]) * 1099511628211ull;
+  return h;
+}
+
 /* A text that is equal for equal settings (the stack is not a client setting). */
-static char *signature(const bw__cclient_t *c) {
+char *bw__client_signature(const bw__cclient_t *c) {
   char *buf = NULL;
   size_t len = 0;
   FILE *f = open_memstream(&buf, &len);
@@ -230,10 +236,19 @@ static char *signature(const bw__cclient_t *c) {
     if (strcmp(k->name, "stack") == 0) continue;
     char val[512];
     if (v->secret || strcmp(k->name, "password") == 0) {
-      /* compare secrets without printing them anywhere readable: FNV-1a */
+      /* Compare secrets without printing them anywhere readable: FNV-1a over
+       * every field a value can land in, whatever its type (a ${VAR}
+       * duration lives in u, a number in i or d, a string in s). */
       uint64_t h = 1469598103934665603ull;
-      for (const char *p = v->s ? v->s : ""; *p; p++) h = (h ^ (unsigned char)*p) * 1099511628211ull;
-      snprintf(val, sizeof val, "#%llx/%lld", (unsigned long long)h, (long long)v->i);
+      const char *str = v->s ? v->s : "";
+      h = fnv_bytes(h, str, strlen(str) + 1);
+      h = fnv_bytes(h, &v->i, sizeof v->i);
+      h = fnv_bytes(h, &v->u, sizeof v->u);
+      h = fnv_bytes(h, &v->d, sizeof v->d);
+      h = fnv_bytes(h, &v->b, sizeof v->b);
+      h = fnv_bytes(h, &v->rate.count, sizeof v->rate.count);
+      h = fnv_bytes(h, &v->rate.per_ns, sizeof v->rate.per_ns);
+      snprintf(val, sizeof val, "#%llx", (unsigned long long)h);
     } else {
       bw__format_value(k, v, val, sizeof val);
     }
@@ -246,34 +261,44 @@ static char *signature(const bw__cclient_t *c) {
   return s;
 }
 
+/* Durations are ns in the model; the clients take ms, rounded up so a
+ * sub-millisecond limit stays a limit (0 means "none" to both clients). */
+void bw__client_redis_opts(const bw__cclient_t *c, bw_redis_opts_t *o) {
+  bw_redis_opts_init(o);
+  o->host = CV(c, "host")->s;
+  o->port = (int)CV(c, "port")->i;
+  /* empty (e.g. ${VAR:-} with VAR unset) means "not set" */
+  o->unix_path = CV(c, "unix_path")->has && *CV(c, "unix_path")->s ? CV(c, "unix_path")->s : NULL;
+  o->username = CV(c, "username")->has && *CV(c, "username")->s ? CV(c, "username")->s : NULL;
+  o->password = CV(c, "password")->has && *CV(c, "password")->s ? CV(c, "password")->s : NULL;
+  o->db = (int)CV(c, "db")->i;
+  /* the schema bounds both to 1 h: they fit in 32 bits of ms */
+  o->connect_timeout_ms = (uint32_t)bw__ms_up(CV(c, "connect_timeout")->u);
+  o->command_timeout_ms = (uint32_t)bw__ms_up(CV(c, "command_timeout")->u);
+  o->max_in_flight = (uint32_t)CV(c, "max_in_flight")->i;
+}
+
+void bw__client_http_opts(const bw__cclient_t *c, bw_http_client_opts_t *o) {
+  bw_http_client_opts_init(o);
+  o->max_host_connections = (long)CV(c, "max_host_connections")->i;
+  o->max_total_connections = (long)CV(c, "max_total_connections")->i;
+  o->connect_timeout_ms = bw__ms_up(CV(c, "connect_timeout")->u);
+  o->timeout_ms = bw__ms_up(CV(c, "timeout")->u);
+  o->max_response_bytes = (size_t)CV(c, "max_body")->u;
+  o->user_agent = CV(c, "user_agent")->s;
+}
+
 static bw_error_t *make_client(bw_registry_t *reg, const bw__cclient_t *c, client_entry_t *e) {
   bw_runtime_t *rt = reg->opts.rt;
   if (c->redis) {
     bw_redis_opts_t o;
-    bw_redis_opts_init(&o);
-    o.host = CV(c, "host")->s;
-    o.port = (int)CV(c, "port")->i;
-    /* empty (e.g. ${VAR:-} with VAR unset) means "not set" */
-    o.unix_path = CV(c, "unix_path")->has && *CV(c, "unix_path")->s ? CV(c, "unix_path")->s : NULL;
-    o.username = CV(c, "username")->has && *CV(c, "username")->s ? CV(c, "username")->s : NULL;
-    o.password = CV(c, "password")->has && *CV(c, "password")->s ? CV(c, "password")->s : NULL;
-    o.db = (int)CV(c, "db")->i;
-    uint64_t ct = CV(c, "connect_timeout")->u / 1000000u;
-    o.connect_timeout_ms = (uint32_t)(ct ? ct : 1);
-    o.command_timeout_ms = (uint32_t)(CV(c, "command_timeout")->u / 1000000u);
-    o.max_in_flight = (uint32_t)CV(c, "max_in_flight")->i;
+    bw__client_redis_opts(c, &o);
     bw_error_t *err = bw_redis_new(rt, &o, &e->rc);
     if (err) return err;
     return bw_redis_service_new(&e->leaf, e->rc);
   }
   bw_http_client_opts_t o;
-  bw_http_client_opts_init(&o);
-  o.max_host_connections = (long)CV(c, "max_host_connections")->i;
-  o.max_total_connections = (long)CV(c, "max_total_connections")->i;
-  o.connect_timeout_ms = CV(c, "connect_timeout")->u / 1000000u;
-  o.timeout_ms = CV(c, "timeout")->u / 1000000u;
-  o.max_response_bytes = (size_t)CV(c, "max_body")->u;
-  o.user_agent = CV(c, "user_agent")->s;
+  bw__client_http_opts(c, &o);
   bw_error_t *err = bw_http_client_new(&e->http, rt, &o);
   if (err) return err;
   e->leaf = bw_service_ref(bw_http_client_service(e->http));
@@ -310,7 +335,7 @@ static bw_error_t *client_entry(bw_registry_t *reg, const char *name, client_ent
   *redis = c->redis;
   const bw__cval_t *sv = CV(c, "stack");
   *stack = sv->has ? bw__strdup(sv->s) : NULL;
-  char *sig = signature(c);
+  char *sig = bw__client_signature(c);
   if (sig == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   for (client_entry_t *e = reg->clients; e; e = e->next) {
     if (strcmp(e->name, name) == 0 && strcmp(e->sig, sig) == 0) {

@@ -52,7 +52,8 @@ static const bw__key_t kRetry[] = {
 static const bw__key_t kBudget[] = {
     {"ratio", BW__VT_RATIO, NULL, 0, 1, "20%", false, "retries allowed per request (tower: 20%)"},
     {"min_per_second", BW__VT_INT, NULL, 0, 1e9, "10", false, "retries always allowed per second"},
-    {"window", BW__VT_DURATION, NULL, 1e6, DAY, "10s", false, "time window the ratio is over"},
+    /* bw_retry_budget_new takes 1..60000 ms */
+    {"window", BW__VT_DURATION, NULL, 1e6, 60 * SEC, "10s", false, "time window the ratio is over"},
 };
 
 static const bw__key_t kRateLimit[] = {
@@ -77,7 +78,8 @@ static const bw__key_t kBreaker[] = {
      "sliding window type"},
     {"window_size", BW__VT_INT, NULL, 1, 1e6, "100", false, "calls in a count window"},
     {"window_duration", BW__VT_DURATION, NULL, 1e6, DAY, "30s", false, "length of a time window"},
-    {"window_buckets", BW__VT_INT, NULL, 1, 1e4, "10", false, "buckets of a time window"},
+    /* bw_circuit_breaker_new takes 1..4096 (and at most one per ms: loader.c) */
+    {"window_buckets", BW__VT_INT, NULL, 1, 4096, "10", false, "buckets of a time window"},
     {"consecutive_failures", BW__VT_INT, NULL, 1, 1e6, "5", false,
      "failures in a row that open a consecutive breaker"},
     {"minimum_calls", BW__VT_INT, NULL, 1, 1e6, "100", false,
@@ -94,7 +96,8 @@ static const bw__key_t kBreaker[] = {
     {"max_open_duration", BW__VT_DURATION, NULL, 0, DAY, "0", false, "cap on the grown open time (0: none)"},
     {"half_open_calls", BW__VT_INT, NULL, 1, 1e6, "10", false, "probe calls let through half-open"},
     {"half_open_max_wait", BW__VT_DURATION, NULL, 0, DAY, "0", false,
-     "re-open if probes have not finished after this (0: the open duration)"},
+     "re-open if probes have not finished after this (0: the open duration); their late "
+     "answers count in the next half-open period"},
     {"failure_on", BW__VT_KINDS, NULL, 0, 0, NULL, false,
      "error kinds that count as failures (default: what retry retries, plus HTTP 5xx)"},
     {"state", BW__VT_ENUM, "auto|forced_open|forced_closed|disabled", 0, 0, "auto", false,

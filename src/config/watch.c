@@ -11,6 +11,8 @@
  * - The reload compares the file's bytes with the last ones loaded (a hash)
  *   and skips identical content, then calls bw_registry_reload and the
  *   user's on_reload.
+ * - Lock order: w->mu -> reg->mu (the reload takes reg->mu, as does the
+ *   copy of reg->path; nothing takes w->mu holding reg->mu).
  * - Shutdown: bw_registry_free stops the watch: sets `stopped` under w->mu
  *   (a running reload holds w->mu, so the registry is not freed under it)
  *   and closes the handle on the loop, waiting for the close callback. If
@@ -69,15 +71,19 @@ static void do_reload(void *arg) {
   pthread_mutex_lock(&w->mu);
   if (!w->stopped) {
     bw_registry_t *reg = w->reg;
+    /* reg->path belongs to reg->mu (bw_registry_reload_file frees and
+     * replaces it): read it from a copy, never in place */
+    char *path = bw__registry_path(reg);
     char *text = NULL;
     size_t len = 0;
     bool changed = true;
-    if (reg->path && bw__read_file(reg->path, &text, &len) == 0) {
+    if (path && bw__read_file(path, &text, &len) == 0) {
       uint64_t h = fnv(text, len);
       changed = h != w->last_hash;
       if (changed) w->last_hash = h;
     }
     bw__free(text);
+    bw__free(path);
     if (changed) {
       bw_error_t *err = bw_registry_reload(reg);
       if (reg->opts.on_reload) reg->opts.on_reload(reg, err, reg->opts.on_reload_arg);

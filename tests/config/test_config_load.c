@@ -96,6 +96,17 @@ static const bad_case_t kBad[] = {
      "smaller than tokens_per_call"},
     {"40_max_delay_below_base.yaml", 5, 20, "stacks.api[0].retry.max_delay", BW_CFG_RANGE,
      "max_delay >= base_delay"},
+    /* what a layer constructor refuses, `check` refuses too (they loaded as
+     * "ok" and failed only when the registry built them) */
+    {"41_budget_window_over_60s.yaml", 3, 29, "shared.rb.retry_budget.window", BW_CFG_RANGE,
+     "expected 1ms..1m"},
+    {"42_breaker_buckets_over_4096.yaml", 3, 56, "stacks.api[0].circuit_breaker.window_buckets",
+     BW_CFG_RANGE, "expected 1..4096"},
+    {"43_breaker_buckets_over_window_ms.yaml", 3, 77,
+     "stacks.api[0].circuit_breaker.window_buckets", BW_CFG_RANGE, "at most one bucket per ms"},
+    {"44_tokens_over_default_burst.yaml", 3, 49, "stacks.api[0].rate_limit.tokens_per_call",
+     BW_CFG_RANGE, "more than the default burst 2"},
+    {"45_chaos_no_faults.yaml", 3, 22, "shared.ch.chaos.faults", BW_CFG_BAD_VALUE, "faults is empty"},
 };
 
 static void test_bad_files(void **state) {
@@ -402,6 +413,43 @@ static void test_env_secrets(void **state) {
   unsetenv("BW_TEST_REDIS_PASSWORD");
 }
 
+static void test_env_secret_stack_and_long_default(void **state) {
+  (void)state;
+  /* a stack named through ${VAR} that does not exist: name the variable */
+  setenv("BW_TEST_STACK_SECRET", "hunter2-topsecret", 1);
+  const char *y = "stacks: {api: [timeout]}\n"
+                  "clients:\n  web:\n    http: { base_url: \"http://h\", stack: \"${BW_TEST_STACK_SECRET}\" }\n";
+  bw_config_report_t *r = NULL;
+  bw_error_t *e = bw_config_check_string(y, strlen(y), "s.yaml", &r);
+  assert_non_null(e);
+  assert_int_equal(bw_error_detail(e), BW_CFG_UNKNOWN_REF);
+  if (strstr(bw_error_message(e), "hunter2") != NULL || strstr(bw_error_message(e), "${BW_TEST_STACK_SECRET}") == NULL)
+    fail_msg("%s", bw_error_message(e));
+  assert_non_null(strstr(bw_error_message(e), "clients.web.http.stack"));
+  bw_error_unref(e);
+  bw_config_report_free(r);
+  unsetenv("BW_TEST_STACK_SECRET");
+
+  /* a ${VAR:-default} default is taken whole, however long */
+  unsetenv("BW_TEST_UNSET_URL");
+  char url[700];
+  int o = snprintf(url, sizeof url, "http://127.0.0.1:8080/");
+  for (; o < 600; o++) url[o] = (char)('a' + o % 26);
+  url[o] = '\0';
+  char text[1024];
+  snprintf(text, sizeof text,
+           "stacks: {api: [timeout]}\nclients:\n  web:\n    http: { base_url: \"${BW_TEST_UNSET_URL:-%s}/x\" }\n", url);
+  r = bw__report_new("d.yaml");
+  bw__config_t *c = bw__config_load(text, strlen(text), "d.yaml", r);
+  assert_non_null(c);
+  const char *got = val(&bw__config_client(c, "web")->conf, "base_url")->s;
+  assert_int_equal(strlen(got), strlen(url) + 2);
+  assert_memory_equal(got, url, strlen(url));
+  assert_string_equal(got + strlen(url), "/x");
+  bw__config_free(c);
+  bw_config_report_free(r);
+}
+
 static void test_explain(void **state) {
   (void)state;
   bw_error_t *e;
@@ -467,6 +515,7 @@ int main(void) {
       cmocka_unit_test(test_json),
       cmocka_unit_test(test_order_warnings),
       cmocka_unit_test(test_env_secrets),
+      cmocka_unit_test(test_env_secret_stack_and_long_default),
       cmocka_unit_test(test_explain),
       cmocka_unit_test(test_anchors_and_merge_free),
   };

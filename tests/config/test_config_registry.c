@@ -21,6 +21,7 @@
 #include "bulwark/layer.h"
 #include "bulwark/runtime.h"
 #include "bulwark/service.h"
+#include "config/registry_internal.h"
 
 /* ---- helpers ---------------------------------------------------------------- */
 
@@ -475,6 +476,139 @@ static void test_http_client_through_stack(void **state) {
   bw_runtime_free(rt);
 }
 
+/* A backend that always answers with HTTP status `status` (as an error). */
+typedef struct status_backend {
+  atomic_int calls;
+  int status;
+} status_backend_t;
+
+static bw_error_t *status_fn(void *arg, bw_call_t *call, void **resp, bw_destroy_fn *resp_free) {
+  (void)call, (void)resp, (void)resp_free;
+  status_backend_t *b = arg;
+  atomic_fetch_add(&b->calls, 1);
+  return bw_error_new(BW_ERR_HTTP_STATUS, b->status, "HTTP %d", b->status);
+}
+
+static void test_many_http_statuses(void **state) {
+  (void)state;
+  /* 40 statuses: every one is retried, the last ones too */
+  char y[1024];
+  int o = snprintf(y, sizeof y, "stacks:\n  a:\n    - retry: { max_attempts: 3, base_delay: 0, "
+                                "jitter: none, retry_on: [http_status], http_statuses: [");
+  for (int i = 0; i < 40; i++) o += snprintf(y + o, sizeof y - (size_t)o, "%s%d", i ? ", " : "", 460 + i);
+  snprintf(y + o, sizeof y - (size_t)o, "] }\n");
+  bw_runtime_t *rt = paused_rt();
+  bw_registry_t *reg = load(y, "statuses.yaml");
+  status_backend_t b = {0, 0};
+  bw_fn_service_opts_t fo;
+  bw_fn_service_opts_init(&fo);
+  fo.sync = status_fn;
+  fo.arg = &b;
+  bw_service_t *inner = NULL;
+  assert_null(bw_service_from_fn(&inner, &fo));
+  bw_service_t *svc = build(reg, "a", inner);
+  const int cases[][2] = {{460, 3}, {491, 3}, {499, 3}, {500, 1}}; /* status, backend calls */
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    b.status = cases[i][0];
+    atomic_store(&b.calls, 0);
+    call_once(rt, svc, NULL);
+    if (atomic_load(&b.calls) != cases[i][1])
+      fail_msg("status %d: %d calls, want %d", cases[i][0], atomic_load(&b.calls), cases[i][1]);
+  }
+  release_all(svc, inner, reg, rt);
+}
+
+static void test_shared_build_error_located(void **state) {
+  (void)state;
+  /* Refused when building a shared entry (or, since the loader checks these
+   * limits too, when loading it): either way the error says where. */
+  const char *y[] = {
+      "shared:\n  br:\n    circuit_breaker: { window: time, window_buckets: 5000 }\n"
+      "stacks:\n  a:\n    - shared: br\n",
+      "shared:\n  rb:\n    retry_budget: { window: 2m }\n"
+      "stacks:\n  a:\n    - retry: { budget: rb }\n",
+  };
+  const char *where[] = {"shared.br.circuit_breaker", "shared.rb.retry_budget"};
+  for (size_t i = 0; i < 2; i++) {
+    bw_registry_t *reg = NULL;
+    bw_error_t *e = bw_registry_load_string(&reg, y[i], strlen(y[i]), "sh.yaml", NULL);
+    assert_non_null(e);
+    assert_null(reg);
+    assert_int_equal(bw_error_kind(e), BW_ERR_CONFIG);
+    const char *m = bw_error_message(e);
+    if (strncmp(m, "sh.yaml:3:", 10) != 0 || strstr(m, where[i]) == NULL)
+      fail_msg("not located: '%s'", m);
+    bw_error_unref(e);
+  }
+}
+
+/* ---- clients ---------------------------------------------------------------------- */
+
+/* The model of `y` (the test fails on any diagnostic). */
+static bw__config_t *model(const char *y) {
+  bw_config_report_t *r = bw__report_new("m.yaml");
+  bw__config_t *c = bw__config_load(y, strlen(y), "m.yaml", r);
+  bw_error_t *e = bw__report_error(r);
+  if (e) fail_msg("%s", bw_error_message(e));
+  bw_config_report_free(r);
+  assert_non_null(c);
+  return c;
+}
+
+static void test_client_timeouts_round_up(void **state) {
+  (void)state;
+  /* 0 ms means "no timeout" to both clients: 500us must not become that */
+  bw__config_t *c = model(
+      "stacks: {a: [timeout]}\n"
+      "clients:\n"
+      "  h:\n    http: { base_url: \"http://127.0.0.1:9\", timeout: 500us, connect_timeout: 1500us }\n"
+      "  r:\n    redis: { command_timeout: 900us, connect_timeout: 2ms }\n"
+      "  z:\n    redis: { port: 6380 }\n");
+  bw_http_client_opts_t ho;
+  bw__client_http_opts(bw__config_client(c, "h"), &ho);
+  assert_int_equal(ho.timeout_ms, 1);
+  assert_int_equal(ho.connect_timeout_ms, 2);
+  bw_redis_opts_t ro;
+  bw__client_redis_opts(bw__config_client(c, "r"), &ro);
+  assert_int_equal(ro.command_timeout_ms, 1);
+  assert_int_equal(ro.connect_timeout_ms, 2);
+  bw__client_redis_opts(bw__config_client(c, "z"), &ro); /* defaults: 0 stays "none" */
+  assert_int_equal(ro.command_timeout_ms, 0);
+  assert_int_equal(ro.connect_timeout_ms, 1000);
+  bw__config_free(c);
+}
+
+static void test_secret_client_setting_reloads(void **state) {
+  (void)state;
+  bw_runtime_t *rt = new_rt(1, false);
+  bw_registry_opts_t ro;
+  bw_registry_opts_init(&ro);
+  ro.rt = rt;
+  /* a secret duration lives in the value's u field (no text kept): the
+   * signature must still see it change */
+  const char *y = "stacks: {a: [timeout]}\n"
+                  "clients:\n  h:\n    http: { base_url: \"http://127.0.0.1:9\", "
+                  "timeout: \"${BW_TEST_HTTP_TIMEOUT}\" }\n";
+  setenv("BW_TEST_HTTP_TIMEOUT", "1s", 1);
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_string(&reg, y, strlen(y), "env.yaml", &ro));
+  bw_service_t *s1 = NULL, *s2 = NULL, *s3 = NULL;
+  assert_null(bw_registry_client(reg, "h", &s1));
+  assert_null(bw_registry_reload_string(reg, y, strlen(y), "env.yaml"));
+  assert_null(bw_registry_client(reg, "h", &s2));
+  assert_ptr_equal(s1, s2); /* same value: same client */
+  setenv("BW_TEST_HTTP_TIMEOUT", "5s", 1);
+  assert_null(bw_registry_reload_string(reg, y, strlen(y), "env.yaml"));
+  assert_null(bw_registry_client(reg, "h", &s3));
+  assert_ptr_not_equal(s2, s3); /* changed value: a new client */
+  unsetenv("BW_TEST_HTTP_TIMEOUT");
+  bw_service_release(s1);
+  bw_service_release(s2);
+  bw_service_release(s3);
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+}
+
 /* ---- reloads racing calls (run under TSan) ------------------------------------------ */
 
 typedef struct race {
@@ -617,6 +751,10 @@ int main(void) {
       cmocka_unit_test(test_cancel_through_registry_service),
       cmocka_unit_test(test_http_request_and_clients),
       cmocka_unit_test(test_http_client_through_stack),
+      cmocka_unit_test(test_many_http_statuses),
+      cmocka_unit_test(test_shared_build_error_located),
+      cmocka_unit_test(test_client_timeouts_round_up),
+      cmocka_unit_test(test_secret_client_setting_reloads),
       cmocka_unit_test(test_reload_races_calls),
       cmocka_unit_test(test_watch_reloads),
   };
