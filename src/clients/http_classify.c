@@ -81,20 +81,20 @@ bool bw__http_default_status_is_error(int status, void *arg) {
   return status >= 500 || status == 429;
 }
 
-/* Replace every occurrence of `secret` (if long enough to matter) by "***". */
+/* Replace every occurrence of `secret` by "***" (a secret shorter than
+ * that by as many '*'). The search resumes after each replacement, never
+ * inside it: a secret made of '*' (or one the replacement recreates)
+ * would otherwise match again forever. The text only shrinks. */
 static void scrub(char *s, size_t cap, const char *secret) {
-  if (!secret || strlen(secret) < 1) return;
+  (void)cap;
+  if (!secret || !*secret) return;
   size_t sl = strlen(secret);
-  char *p;
-  while ((p = strstr(s, secret)) != NULL) {
-    size_t rest = strlen(p + sl);
-    if (sl >= 3) {
-      memmove(p + 3, p + sl, rest + 1);
-      memcpy(p, "***", 3);
-    } else {
-      memset(p, '*', sl);
-    }
-    (void)cap;
+  size_t rl = sl >= 3 ? 3 : sl;
+  char *from = s, *p;
+  while ((p = strstr(from, secret)) != NULL) {
+    if (rl < sl) memmove(p + rl, p + sl, strlen(p + sl) + 1);
+    memset(p, '*', rl);
+    from = p + rl;
   }
 }
 

@@ -46,6 +46,8 @@ typedef struct sock {
   uv_poll_t poll;
   bw__curlm_t *m;
   curl_socket_t fd;
+  int events;   /* the UV_ events curl last asked for */
+  bool removed; /* CURL_POLL_REMOVE came: the poll is closing */
 } sock_t;
 
 struct bw__curlm {
@@ -145,18 +147,34 @@ static void check_done(bw__curlm_t *m) {
 
 /* ---- socket and timer glue -------------------------------------------- */
 
+/* A poll error (POLLERR: libuv reports UV_EBADF and has stopped the
+ * handle) is passed on as IN|OUT|ERR, not ERR alone: with ERR alone curl
+ * fails the transfer with "select/poll returned error" (curl 55) without
+ * touching the socket, whereas reading it shows the real error, and a
+ * request sent on a reused keep-alive connection the server reset is then
+ * retried on a new one. If curl still watches the socket afterwards (no
+ * REMOVE; it may not have called the socket callback again, believing the
+ * watch unchanged), the stopped poll is started again with the events curl
+ * last asked for, else the transfer would wait for nothing. Reading the
+ * socket consumes its pending error, so the restarted poll does not report
+ * it again; should curl not read it, the error comes back each loop turn
+ * until curl closes the connection or times the transfer out (busy, but
+ * bounded, and never a silent hang). `s` stays valid here even if REMOVE
+ * came: it is freed in its close callback, on a later loop phase. */
 static void on_poll(uv_poll_t *p, int status, int events) {
   sock_t *s = p->data;
   bw__curlm_t *m = s->m;
   int flags = 0;
   if (status < 0) {
-    flags = CURL_CSELECT_ERR;
+    flags = CURL_CSELECT_IN | CURL_CSELECT_OUT | CURL_CSELECT_ERR;
   } else {
     if (events & UV_READABLE) flags |= CURL_CSELECT_IN;
     if (events & UV_WRITABLE) flags |= CURL_CSELECT_OUT;
   }
   int running;
   curl_multi_socket_action(m->multi, s->fd, flags, &running);
+  if (status < 0 && !s->removed && s->events != 0 && !uv_is_active((uv_handle_t *)&s->poll))
+    uv_poll_start(&s->poll, s->events, on_poll);
   check_done(m);
 }
 
@@ -167,6 +185,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
   sock_t *s = socketp;
   if (what == CURL_POLL_REMOVE) {
     if (s) {
+      s->removed = true;
       uv_poll_stop(&s->poll);
       uv_close((uv_handle_t *)&s->poll, on_sock_closed);
       curl_multi_assign(m->multi, fd, NULL);
@@ -178,6 +197,8 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
     if (!s) return -1;
     s->m = m;
     s->fd = fd;
+    s->events = 0;
+    s->removed = false;
     if (uv_poll_init_socket(m->loop, &s->poll, fd) != 0) {
       bw__free(s);
       return -1;
@@ -188,6 +209,7 @@ static int socket_cb(CURL *easy, curl_socket_t fd, int what, void *userp, void *
   int events = 0;
   if (what == CURL_POLL_IN || what == CURL_POLL_INOUT) events |= UV_READABLE;
   if (what == CURL_POLL_OUT || what == CURL_POLL_INOUT) events |= UV_WRITABLE;
+  s->events = events;
   return uv_poll_start(&s->poll, events, on_poll) == 0 ? 0 : -1;
 }
 

@@ -379,6 +379,47 @@ static void test_size_cap(void **state) {
   bw_call_free(c);
 }
 
+/* The cap counts body bytes delivered, not a Content-Length announced
+ * where no body follows: a HEAD of a large resource, or a followed
+ * redirect whose own (skipped) body is large, succeed under a small cap;
+ * curl's CURLOPT_MAXFILESIZE rejected both by Content-Length. */
+static void test_size_cap_counts_delivered_bytes(void **state) {
+  (void)state;
+  bw_http_request_t *r = mkreq("HEAD", "/?size=5000");
+  bw_http_request_set_max_response_bytes(r, 1000);
+  bw_call_t *c = run(r);
+  assert_null(bw_call_error(c));
+  assert_int_equal(bw_http_response_status(bw_call_response(c)), 200);
+  assert_string_equal(bw_http_response_header(bw_call_response(c), "content-length"), "5000");
+  size_t len;
+  bw_http_response_body(bw_call_response(c), &len);
+  assert_int_equal(len, 0);
+  bw_call_free(c);
+  /* a followed 302 with a 5000-byte body, to a small final response */
+  r = mkreq("GET", "/?redirect=/echo/final&size=5000");
+  bw_http_request_set_follow_redirects(r, true, 0);
+  bw_http_request_set_max_response_bytes(r, 1000);
+  c = run(r);
+  assert_null(bw_call_error(c));
+  assert_int_equal(bw_http_response_status(bw_call_response(c)), 200);
+  assert_true(strncmp(bw_http_response_body(bw_call_response(c), NULL), "GET /echo/final\n", 16) ==
+              0);
+  bw_call_free(c);
+  /* followed to a final response over the cap: still too large */
+  r = mkreq("GET", "/?redirect=/big%3Fsize%3D5000");
+  bw_http_request_set_follow_redirects(r, true, 0);
+  bw_http_request_set_max_response_bytes(r, 1000);
+  c = run(r);
+  assert_int_equal(kind_of_call(c), BW_ERR_TOO_LARGE);
+  bw_call_free(c);
+  /* a plain GET announcing more than the cap: too large */
+  r = mkreq("GET", "/?size=5000");
+  bw_http_request_set_max_response_bytes(r, 1000);
+  c = run(r);
+  assert_int_equal(kind_of_call(c), BW_ERR_TOO_LARGE);
+  bw_call_free(c);
+}
+
 static void assert_clean(const bw_error_t *e) {
   char buf[4096];
   bw_error_format(e, buf, sizeof buf,
@@ -740,6 +781,7 @@ int main(void) {
       cmocka_unit_test(test_connect_timeout),
       cmocka_unit_test(test_timeouts_and_deadline),
       cmocka_unit_test(test_size_cap),
+      cmocka_unit_test(test_size_cap_counts_delivered_bytes),
       cmocka_unit_test(test_secrets_redacted),
       cmocka_unit_test(test_idempotency_mark),
       cmocka_unit_test(test_handle_reuse_keeps_requests_apart),

@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "bulwark/http.h"
 #include "clients/http_internal.h"
@@ -262,6 +263,36 @@ static void test_classify_status(void **state) {
   bw_error_unref(e);
 }
 
+/* Scrubbing resumes after each replacement: a password (or user) made of
+ * '*' used to match its own "***" again and loop forever. alarm() turns
+ * such a hang into a failure instead of a ctest timeout. */
+static void test_classify_scrub_terminates(void **state) {
+  (void)state;
+  struct {
+    const char *url, *errbuf, *want;
+  } cases[] = {
+      {"http://user:*@127.0.0.1:1/", "bad * thing", "bad * thing"},
+      {"http://user:**@127.0.0.1:1/", "bad ** thing", "bad ** thing"},
+      {"http://user:***@127.0.0.1:1/", "bad *** thing ***", "bad *** thing ***"},
+      {"http://***:pw@127.0.0.1:1/", "as *** with pw", "as *** with **"},
+      {"http://u:a*@127.0.0.1:1/", "a* a** a*a*", "** *** ****"},
+      {"http://u:pw@127.0.0.1:1/", "pw,pw pwpw", "**,** ****"},
+      {"http://alice:s3cr3t@127.0.0.1:1/", "alice:s3cr3t s3cr3ts3cr3t alice", "*** ****** ***"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    alarm(20);
+    bw__http_outcome_t o = {.rc = CURLE_COULDNT_CONNECT, .curl_errbuf = cases[i].errbuf};
+    bw_error_t *e = classify(cases[i].url, o);
+    alarm(0);
+    assert_int_equal(bw_error_kind(e), BW_ERR_CONNECT);
+    char want[256];
+    snprintf(want, sizeof want, "http: GET http://***@127.0.0.1:1/: %s (curl %d)", cases[i].want,
+             (int)CURLE_COULDNT_CONNECT);
+    assert_string_equal(bw_error_message(e), want);
+    bw_error_unref(e);
+  }
+}
+
 static bool only_404(int status, void *arg) {
   (void)arg;
   return status == 404;
@@ -287,6 +318,7 @@ int main(void) {
       cmocka_unit_test(test_retry_after_parse),  cmocka_unit_test(test_response_headers),
       cmocka_unit_test(test_classify_curl_codes), cmocka_unit_test(test_classify_status),
       cmocka_unit_test(test_classify_custom_pred), cmocka_unit_test(test_response_new),
+      cmocka_unit_test(test_classify_scrub_terminates),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

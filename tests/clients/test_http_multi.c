@@ -187,12 +187,48 @@ static void test_close_aborts_active(void **state) {
   assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* A keep-alive connection the server resets (RST) after reading the next
+ * request sent on it: the poll reports an error, and curl must be let to
+ * read the socket (ECONNRESET on a reused connection, nothing received) so
+ * it retries on a new connection, instead of failing the transfer with
+ * "select/poll returned error" (curl 55). The server resets only once the
+ * second request arrived, so curl has reused the connection by then, and
+ * 50 ms later, so curl is waiting in the poll rather than about to try a
+ * read of its own (which saw the reset and retried even before the fix). */
+static void test_reset_reused_connection_retried(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  bw__curlm_t *m;
+  assert_int_equal(bw__curlm_new(&m, &loop, NULL), 0);
+  int ndone = 0;
+  req_t a, b;
+  prep(&a, m, &ndone, "/?size=10", 0);
+  assert_int_equal(bw__curlm_add(m, &a.x), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(ndone, 1);
+  assert_int_equal(a.rc, CURLE_OK);
+  /* the first request of this key is reset, a retry gets "ok\n" */
+  prep(&b, m, &ndone, "/?key=rst_reused&fail_first=1&reset=1&delay_ms=50", 5000);
+  assert_int_equal(bw__curlm_add(m, &b.x), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  assert_int_equal(ndone, 2);
+  if (b.rc != CURLE_OK) fail_msg("curl %d: %s", (int)b.rc, curl_easy_strerror(b.rc));
+  assert_int_equal(b.status, 200);
+  assert_int_equal(b.got, 3);
+  /* two requests of the key: the reset one and the retry (curl retries
+   * only on a reused connection, so the first one was sent on a's) */
+  assert_int_equal(httpd_key_count(srv, "rst_reused"), 2);
+  close_and_drain(&loop, m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_many_concurrent_reuse),
       cmocka_unit_test(test_timeout_and_refused),
       cmocka_unit_test(test_remove_in_flight),
       cmocka_unit_test(test_close_aborts_active),
+      cmocka_unit_test(test_reset_reused_connection_retried),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }

@@ -56,6 +56,8 @@ typedef struct plan {
   size_t body_len;
   uint64_t size;       /* pattern body length when body == NULL and use_size */
   bool use_size, chunked, reset, reset_body, close_now, hang, conn_close;
+  bool head;           /* HEAD: announce head_len, send no body */
+  uint64_t head_len;   /* the Content-Length a GET would have had */
   uint64_t delay_ms;
 } plan_t;
 
@@ -270,7 +272,8 @@ static void execute_plan(conn_t *c) {
   if (p->chunked)
     appendf(&r->head, &hl, "Transfer-Encoding: chunked\r\n");
   else
-    appendf(&r->head, &hl, "Content-Length: %llu\r\n", (unsigned long long)blen);
+    appendf(&r->head, &hl, "Content-Length: %llu\r\n",
+            (unsigned long long)(p->head ? p->head_len : blen));
   if (r->after == 1) appendf(&r->head, &hl, "Connection: close\r\n");
   if (p->extra_headers) append(&r->head, &hl, p->extra_headers, strlen(p->extra_headers));
   append(&r->head, &hl, "\r\n", 2);
@@ -454,7 +457,12 @@ static void handle_request(conn_t *c, char *head, const char *body, size_t blen)
     p->body_len = (size_t)n;
   }
   if (!strcmp(method, "HEAD") || p->status == 204 || p->status == 304) {
-    /* no body on the wire; keep Content-Length 0 for simplicity */
+    /* no body on the wire; HEAD announces the Content-Length a GET would
+     * have had (size=N: N), 204 and 304 keep 0 for simplicity */
+    if (!strcmp(method, "HEAD") && p->status != 204 && p->status != 304) {
+      p->head = true;
+      p->head_len = p->body ? p->body_len : p->use_size ? p->size : 0;
+    }
     free(p->body);
     p->body = NULL;
     p->body_len = 0;

@@ -25,6 +25,8 @@
  *   conn_close=1        answer with "Connection: close" and close after
  *
  * Without size/echo the body is "ok\n" (or "status N\n" for a non-2xx).
+ * A HEAD answer has no body but announces the Content-Length the GET would
+ * have had (so HEAD /?size=N says N); 204 and 304 announce 0.
  * Request bodies need Content-Length (Expect: 100-continue is answered).
  *
  * Threads: start/stop from one thread; counters may be read from any. */
