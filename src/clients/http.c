@@ -134,32 +134,20 @@ static void on_reactor_close(void *arg, uv_loop_t *loop) {
 
 /* ---- curl callbacks (loop thread) -------------------------------------------- */
 
-/* The response's own Content-Length, or -1 if absent, invalid or beside a
- * Transfer-Encoding (then the length does not count). */
-static int64_t content_length(const bw_http_response_t *r) {
-  const char *v = bw_http_response_header(r, "Content-Length");
-  if (!v || !*v || bw_http_response_header(r, "Transfer-Encoding")) return -1;
-  uint64_t n = 0;
-  for (; *v; v++) {
-    if (*v < '0' || *v > '9' || n > (UINT64_MAX - 9) / 10) return -1;
-    n = n * 10 + (uint64_t)(*v - '0');
-  }
-  return n > INT64_MAX ? -1 : (int64_t)n;
-}
-
 /* The size cap counts the body bytes delivered here, i.e. only where a body
  * is downloaded: not for HEAD, a bodyless status, or a redirect curl
  * follows (it skips that body without calling us). curl's
  * CURLOPT_MAXFILESIZE is not used: it checks every Content-Length, those
  * too. A body announced larger than the cap is refused at its first bytes,
- * before anything is buffered; the headers seen are the final response's
- * (http_message.c keeps only the last block). */
+ * before anything is buffered. */
 static size_t on_write(char *data, size_t size, size_t n, void *ud) {
   hstate_t *st = ud;
   size_t len = size * n;
   size_t hint = 0;
   if (st->resp->body_cap == 0) {
-    int64_t cl = content_length(st->resp);
+    /* (the final response's length: -1 when absent or chunked) */
+    curl_off_t cl = -1;
+    curl_easy_getinfo(st->x.easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl);
     if (cl > 0 && (uint64_t)cl > st->cap) {
       st->too_large = true;
       return 0;

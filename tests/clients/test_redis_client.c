@@ -911,26 +911,35 @@ static void fake_stop(fake_t *f) {
   close(f->lfd);
 }
 
+/* A client of the fake server f (started here, answering `reply`). */
+static bw_redis_t *fake_client(fake_t *f, const char *reply) {
+  fake_start(f, reply);
+  bw_redis_opts_t o;
+  bw_redis_opts_init(&o);
+  o.port = f->port;
+  o.reconnect_min_ms = 1000;
+  o.reconnect_max_ms = 1000;
+  return client_new(&o);
+}
+
+static void assert_names_fake(const bw_error_t *err, const fake_t *f) {
+  char buf[512], where[64];
+  format_err(err, buf, sizeof buf);
+  snprintf(where, sizeof where, "127.0.0.1:%d", f->port);
+  assert_non_null(strstr(buf, where));
+}
+
 /* A server answering bytes that are not RESP: BW_ERR_PROTOCOL (not a
  * transport error), not retryable, naming the server. */
 static void test_protocol_error(void **state) {
   (void)state;
   fake_t f;
-  fake_start(&f, "HTTP/1.1 400 Bad Request\r\n\r\n");
-  bw_redis_opts_t o;
-  bw_redis_opts_init(&o);
-  o.port = f.port;
-  o.reconnect_min_ms = 1000;
-  o.reconnect_max_ms = 1000;
-  bw_redis_t *c = client_new(&o);
+  bw_redis_t *c = fake_client(&f, "HTTP/1.1 400 Bad Request\r\n\r\n");
   waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_PROTOCOL);
   assert_false(bw_redis_error_is_retryable(w.err));
-  char buf[512], where[64];
-  format_err(w.err, buf, sizeof buf);
-  snprintf(where, sizeof where, "127.0.0.1:%d", f.port);
-  assert_non_null(strstr(buf, where));
+  assert_names_fake(w.err, &f);
   waiter_fini(&w);
   bw_redis_free(c);
   fake_stop(&f);
@@ -941,21 +950,12 @@ static void test_protocol_error(void **state) {
 static void test_reset_errno(void **state) {
   (void)state;
   fake_t f;
-  fake_start(&f, NULL);
-  bw_redis_opts_t o;
-  bw_redis_opts_init(&o);
-  o.port = f.port;
-  o.reconnect_min_ms = 1000;
-  o.reconnect_max_ms = 1000;
-  bw_redis_t *c = client_new(&o);
+  bw_redis_t *c = fake_client(&f, NULL);
   waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_TRANSPORT);
   assert_int_equal(bw_error_detail(w.err), ECONNRESET);
-  char buf[512], where[64];
-  format_err(w.err, buf, sizeof buf);
-  snprintf(where, sizeof where, "127.0.0.1:%d", f.port);
-  assert_non_null(strstr(buf, where));
+  assert_names_fake(w.err, &f);
   waiter_fini(&w);
   bw_redis_free(c);
   fake_stop(&f);

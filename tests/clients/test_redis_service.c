@@ -41,6 +41,18 @@ static void on_done(bw_call_t *call, const bw_error_t *err, void *arg) {
   pthread_mutex_unlock(&w->mu);
 }
 
+/* Wait (10 s at most) for on_done. */
+static void wait_done(waiter_t *w) {
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 10;
+  pthread_mutex_lock(&w->mu);
+  while (!w->done)
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0) break;
+  pthread_mutex_unlock(&w->mu);
+  assert_true(w->done);
+}
+
 /* One call through svc; returns the finished call (caller frees it). */
 static bw_call_t *call_sync(bw_service_t *svc, bw_runtime_t *rt, bw_redis_request_t *req,
                             uint64_t timeout_ms) {
@@ -53,14 +65,7 @@ static bw_call_t *call_sync(bw_service_t *svc, bw_runtime_t *rt, bw_redis_reques
   bw_call_set_request(call, req, NULL); /* borrowed: reused across calls */
   if (timeout_ms) bw_call_set_timeout_ms(call, timeout_ms);
   assert_null(bw_service_call(svc, call, on_done, &w));
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += 10;
-  pthread_mutex_lock(&w.mu);
-  while (!w.done)
-    if (pthread_cond_timedwait(&w.cv, &w.mu, &ts) != 0) break;
-  pthread_mutex_unlock(&w.mu);
-  assert_true(w.done);
+  wait_done(&w);
   assert_int_equal(w.calls, 1);
   pthread_mutex_destroy(&w.mu);
   pthread_cond_destroy(&w.cv);
@@ -452,14 +457,7 @@ static void test_call_after_runtime_shutdown(void **state) {
     assert_int_equal(bw_error_kind(e), BW_ERR_RUNTIME_SHUTDOWN);
     bw_error_unref(e);
   } else {
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    ts.tv_sec += 10;
-    pthread_mutex_lock(&w.mu);
-    while (!w.done)
-      if (pthread_cond_timedwait(&w.cv, &w.mu, &ts) != 0) break;
-    pthread_mutex_unlock(&w.mu);
-    assert_true(w.done);
+    wait_done(&w);
     assert_true(bw_error_is(bw_call_error(call), BW_ERR_RUNTIME_SHUTDOWN));
   }
   bw_call_free(call);
