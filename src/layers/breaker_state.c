@@ -172,9 +172,12 @@ void bw__breaker_destroy(bw__breaker_t *b) {
   b->bkt = NULL;
 }
 
+/* open_ns * multiplier^reopens, capped: constant time (a loop of `reopens`
+ * steps under the lock grew with every re-open of a long outage). */
 static uint64_t grown_open_ns(const bw__breaker_cfg_t *c, uint32_t reopens) {
-  double d = (double)c->open_ns;
-  for (uint32_t i = 0; i < reopens && d < (double)c->max_open_ns; i++) d *= c->multiplier;
+  if (c->open_ns == 0 || c->multiplier == 1 || reopens == 0)
+    return c->open_ns < c->max_open_ns ? c->open_ns : c->max_open_ns;
+  double d = (double)c->open_ns * pow(c->multiplier, (double)reopens); /* inf at worst */
   if (d >= (double)c->max_open_ns) return c->max_open_ns;
   if (d >= 1.8e19) return UINT64_MAX;
   return (uint64_t)d;
@@ -195,7 +198,7 @@ void bw__breaker_set_state(bw__breaker_t *b, bw_breaker_state_t to, uint64_t now
     case BW_BREAKER_OPEN:
       b->expired_gen = BW__BRK_NO_GEN; /* (tick sets it after an expiry) */
       b->late_done = b->late_fails = b->late_slow = 0;
-      if (from == BW_BREAKER_HALF_OPEN) b->reopens++;
+      if (from == BW_BREAKER_HALF_OPEN) b->reopens += b->reopens < UINT32_MAX;
       else b->reopens = 0;
       b->cur_open_ns = grown_open_ns(&b->cfg, b->reopens);
       atomic_store_explicit(&b->open_until_ns, sat_add(now_ns, b->cur_open_ns),

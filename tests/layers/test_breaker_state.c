@@ -4,6 +4,7 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -339,6 +340,33 @@ static void test_growing_open_duration(void **state) {
   assert_int_equal(ra, 1 * MS);
   assert_int_equal(bw__breaker_acquire(b, now + 1000 * MS, &t, NULL, NULL), 0);
   rm(b);
+}
+
+/* Re-opening costs the same at the 200,000th time as at the first (the
+ * growth was a loop of `reopens` steps under the lock: quadratic over a
+ * long outage), and the duration is open * multiplier^reopens. */
+static void test_many_reopens(void **state) {
+  (void)state;
+  for (int grow = 0; grow < 2; grow++) {
+    bw_circuit_breaker_opts_t o;
+    bw_circuit_breaker_opts_init(&o);
+    o.open_duration_ms = 1;
+    o.open_duration_multiplier = grow ? 1.00001 : 1;
+    o.half_open_calls = 1;
+    bw__breaker_t *b = tripped(&o);
+    uint64_t now = T0, d = MS, t, ra;
+    const uint32_t n = 200000;
+    for (uint32_t i = 1; i <= n; i++) {
+      now += d;
+      assert_int_equal(bw__breaker_acquire(b, now, &t, NULL, NULL), 0); /* probe */
+      bw__breaker_record(b, t, FAIL_, 0, now, NULL);                   /* re-open */
+      d = grow ? (uint64_t)((double)MS * pow(1.00001, (double)i)) : MS;
+    }
+    assert_int_equal(bw__breaker_acquire(b, now + d - 1, &t, &ra, NULL), BW__BRK_REJECTED);
+    assert_int_equal(ra, 1);
+    assert_int_equal(bw__breaker_acquire(b, now + d, &t, NULL, NULL), 0);
+    rm(b);
+  }
 }
 
 /* Probes slower than the half-open max wait (the open duration by
@@ -699,6 +727,7 @@ int main(void) {
       cmocka_unit_test(test_slow_calls),
       cmocka_unit_test(test_half_open_exact_probes),
       cmocka_unit_test(test_growing_open_duration),
+      cmocka_unit_test(test_many_reopens),
       cmocka_unit_test(test_slow_probes_still_decide),
       cmocka_unit_test(test_half_open_never_stuck),
       cmocka_unit_test(test_stale_tickets),
