@@ -22,7 +22,14 @@
  *   BW_ERR_TIMEOUT    no complete response in time (curl 28); the call's
  *                     deadline caps curl's timeout, the message says which
  *   BW_ERR_PROTOCOL   malformed reply, too many redirects (curl 8, 47, 61, 16, 92)
- *   BW_ERR_TOO_LARGE  the response body exceeds max_response_bytes
+ *   BW_ERR_TOO_LARGE  the response body exceeds max_response_bytes (the
+ *                     cap), detail = the cap; no response is delivered.
+ *                     If the status is one the client treats as an error
+ *                     (below), the call fails with that BW_ERR_HTTP_STATUS
+ *                     instead (status as detail, Retry-After hint kept, so
+ *                     a 503 with a large error page is still a retryable
+ *                     503), over a BW_ERR_TOO_LARGE cause that names the
+ *                     cap; the truncated body is dropped
  *   BW_ERR_INVALID_ARGUMENT  bad URL, unsupported scheme (curl 1, 3)
  *   BW_ERR_HTTP_STATUS  a status the client treats as an error (default: 5xx
  *                     and 429), detail = status; a Retry-After header

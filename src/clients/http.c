@@ -139,7 +139,10 @@ static void on_reactor_close(void *arg, uv_loop_t *loop) {
  * follows (it skips that body without calling us). curl's
  * CURLOPT_MAXFILESIZE is not used: it checks every Content-Length, those
  * too. A body announced larger than the cap is refused at its first bytes,
- * before anything is buffered. */
+ * before anything is buffered. curl delivers the header block (on_header)
+ * before any body byte, so when we refuse, the status and Retry-After are
+ * known: on_done reads CURLINFO_RESPONSE_CODE and the classifier keeps an
+ * error status as the outcome, the overflow as its cause. */
 static size_t on_write(char *data, size_t size, size_t n, void *ud) {
   hstate_t *st = ud;
   size_t len = size * n;

@@ -5,7 +5,11 @@
  *   a bw_error chain; the curl code is the detail of transport-level errors,
  *   the status the detail of BW_ERR_HTTP_STATUS.
  * - A connect timeout is BW_ERR_CONNECT over a BW_ERR_TIMEOUT cause, so both
- *   "was it a connect failure" and "was it a timeout" answer yes.
+ *   "was it a connect failure" and "was it a timeout" answer yes. Likewise
+ *   an error status whose body went over the cap is BW_ERR_HTTP_STATUS over
+ *   a BW_ERR_TOO_LARGE cause: the retry and breaker predicates look at the
+ *   status first (a 503 stays retryable, its Retry-After a hint), and
+ *   bw_error_is(e, BW_ERR_TOO_LARGE) still says the body was dropped.
  * - Secrets: every message names the request by its redacted URL (userinfo
  *   replaced, query dropped) and curl's error text is scrubbed of the
  *   userinfo and of the user and password separately before use. */
@@ -167,21 +171,38 @@ static bw_error_kind_t kind_of(CURLcode rc) {
   }
 }
 
+/* BW_ERR_HTTP_STATUS for o->status, its Retry-After as the hint; `cause`
+ * (consumed, may be NULL) goes under it. */
+static bw_error_t *status_error(const bw_http_request_t *req, const bw__http_outcome_t *o,
+                                bw_error_t *cause) {
+  bw_error_hints_t hints = {0};
+  const char *ra = o->resp ? bw_http_response_header(o->resp, "Retry-After") : NULL;
+  hints.retry_after_ms = bw__http_parse_retry_after(ra, (int64_t)time(NULL));
+  return bw_error_make(BW_ERR_HTTP_STATUS, o->status, cause, &hints, NULL, 0, __FILE__,
+                       __LINE__, "http: %s %s: status %d", req->method, req->url_redacted,
+                       o->status);
+}
+
 bw_error_t *bw__http_classify(const bw_http_request_t *req, const bw__http_outcome_t *o,
                               bw_http_status_pred pred, void *pred_arg) {
   const char *m = req->method, *u = req->url_redacted;
-  if (o->too_large || o->rc == CURLE_FILESIZE_EXCEEDED)
+  if (!pred) pred = bw__http_default_status_is_error;
+  if (o->too_large || o->rc == CURLE_FILESIZE_EXCEEDED) {
+    /* The headers came before the body, so the status is known. An error
+     * status stays the outcome (a 503 with a large error page is still a
+     * retryable 503, its Retry-After still a hint); the overflow is its
+     * cause, and the truncated body is not delivered. A status the client
+     * would answer with a response has no response to give: too large. */
+    if (o->status >= 100 && pred(o->status, pred_arg))
+      return status_error(req, o,
+                          bw_error_new(BW_ERR_TOO_LARGE, (int64_t)o->max_response_bytes,
+                                       "body larger than %zu bytes, dropped",
+                                       o->max_response_bytes));
     return bw_error_new(BW_ERR_TOO_LARGE, (int64_t)o->max_response_bytes,
                         "http: %s %s: response body larger than %zu bytes", m, u,
                         o->max_response_bytes);
-  if (o->rc == CURLE_OK) {
-    if (!(pred ? pred : bw__http_default_status_is_error)(o->status, pred_arg)) return NULL;
-    bw_error_hints_t hints = {0};
-    const char *ra = o->resp ? bw_http_response_header(o->resp, "Retry-After") : NULL;
-    hints.retry_after_ms = bw__http_parse_retry_after(ra, (int64_t)time(NULL));
-    return bw_error_make(BW_ERR_HTTP_STATUS, o->status, NULL, &hints, NULL, 0, __FILE__,
-                         __LINE__, "http: %s %s: status %d", m, u, o->status);
   }
+  if (o->rc == CURLE_OK) return pred(o->status, pred_arg) ? status_error(req, o, NULL) : NULL;
   char detail[CURL_ERROR_SIZE + 64];
   snprintf(detail, sizeof detail, "%s", o->curl_errbuf && *o->curl_errbuf
                                             ? o->curl_errbuf

@@ -73,7 +73,8 @@ int64_t bw__http_parse_retry_after(const char *value, int64_t now_s);
 char *bw__http_redact_url(const char *url, char **userinfo);
 
 /* Classification of a finished transfer into an error (NULL: success).
- * `too_large`: the write callback refused a body beyond the cap.
+ * `too_large`: the write callback refused a body beyond the cap (an error
+ * status then still wins, with the overflow as its cause).
  * `deadline_capped`: curl's timeout was set from the call's deadline. */
 typedef struct bw__http_outcome {
   CURLcode rc;

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "bulwark/circuit_breaker.h"
 #include "bulwark/http.h"
 #include "bulwark/layer.h"
 #include "bulwark/retry.h"
@@ -420,6 +421,63 @@ static void test_size_cap_counts_delivered_bytes(void **state) {
   bw_call_free(c);
 }
 
+/* An error status whose body is over the cap stays that status error: a
+ * 503 with a large error page is a retryable 503 with its Retry-After
+ * hint, the overflow its cause (the chain names the cap), and no body is
+ * delivered. A 200 over the cap is still too large. Both ways curl ends
+ * the body: refused by Content-Length at the first bytes, or cut off
+ * while a chunked body is being read. */
+static void test_size_cap_keeps_error_status(void **state) {
+  (void)state;
+  const char *const queries[] = {"/?status=503&retry_after=2&size=5000",
+                                 "/?status=503&retry_after=2&size=5000&chunked=1"};
+  for (size_t i = 0; i < 2; i++) {
+    bw_http_request_t *r = mkreq("GET", queries[i]);
+    bw_http_request_set_max_response_bytes(r, 1000);
+    bw_call_t *c = run(r);
+    const bw_error_t *e = bw_call_error(c);
+    assert_int_equal(bw_error_kind(e), BW_ERR_HTTP_STATUS);
+    assert_int_equal(bw_error_detail(e), 503);
+    assert_int_equal(bw_error_retry_after_ms(e), 2000);
+    const bw_error_t *big = bw_error_find(e, BW_ERR_TOO_LARGE);
+    assert_non_null(big);
+    assert_int_equal(bw_error_detail(big), 1000);
+    char buf[1024];
+    bw_error_format(e, buf, sizeof buf, 0);
+    if (!strstr(buf, "status 503") || !strstr(buf, "larger than 1000 bytes"))
+      fail_msg("chain: %s", buf);
+    assert_null(bw_call_response(c));
+    /* what the retry layer and the breaker decide on: the status */
+    assert_true(bw_retry_default_predicate(e, NULL));
+    assert_true(bw_circuit_breaker_default_predicate(e, NULL));
+    bw_call_free(c);
+  }
+  /* 429 too, and a POST keeps its not-replayable mark over the status */
+  bw_http_request_t *r = mkreq("POST", "/?status=429&retry_after=3&size=5000");
+  bw_http_request_set_max_response_bytes(r, 1000);
+  bw_call_t *c = run(r);
+  assert_true(bw_http_error_is_non_idempotent(bw_call_error(c)));
+  const bw_error_t *h = bw_error_find(bw_call_error(c), BW_ERR_HTTP_STATUS);
+  assert_non_null(h);
+  assert_int_equal(bw_error_detail(h), 429);
+  assert_int_equal(bw_error_retry_after_ms(bw_call_error(c)), 3000);
+  assert_true(bw_error_is(bw_call_error(c), BW_ERR_TOO_LARGE));
+  bw_call_free(c);
+  /* a status that is a response (200, 404) has no response to give */
+  const char *const plain[] = {"/?retry_after=2&size=5000", "/?status=404&size=5000&chunked=1"};
+  for (size_t i = 0; i < 2; i++) {
+    r = mkreq("GET", plain[i]);
+    bw_http_request_set_max_response_bytes(r, 1000);
+    c = run(r);
+    assert_int_equal(kind_of_call(c), BW_ERR_TOO_LARGE);
+    assert_int_equal(bw_error_detail(bw_call_error(c)), 1000);
+    assert_null(bw_error_cause(bw_call_error(c)));
+    assert_int_equal(bw_error_retry_after_ms(bw_call_error(c)), 0);
+    assert_null(bw_call_response(c));
+    bw_call_free(c);
+  }
+}
+
 static void assert_clean(const bw_error_t *e) {
   char buf[4096];
   bw_error_format(e, buf, sizeof buf,
@@ -782,6 +840,7 @@ int main(void) {
       cmocka_unit_test(test_timeouts_and_deadline),
       cmocka_unit_test(test_size_cap),
       cmocka_unit_test(test_size_cap_counts_delivered_bytes),
+      cmocka_unit_test(test_size_cap_keeps_error_status),
       cmocka_unit_test(test_secrets_redacted),
       cmocka_unit_test(test_idempotency_mark),
       cmocka_unit_test(test_handle_reuse_keeps_requests_apart),

@@ -260,7 +260,28 @@ static void test_classify_status(void **state) {
                             .max_response_bytes = 1000};
   e = classify(url, big);
   assert_int_equal(bw_error_kind(e), BW_ERR_TOO_LARGE);
+  assert_null(bw_error_cause(e));
   bw_error_unref(e);
+  big.status = 404; /* a response status: no response to give */
+  e = classify(url, big);
+  assert_int_equal(bw_error_kind(e), BW_ERR_TOO_LARGE);
+  bw_error_unref(e);
+  /* an error status wins over too large, which becomes its cause */
+  resp = with_retry_after("2");
+  big.status = 503;
+  big.resp = resp;
+  e = classify(url, big);
+  assert_int_equal(bw_error_kind(e), BW_ERR_HTTP_STATUS);
+  assert_int_equal(bw_error_detail(e), 503);
+  assert_int_equal(bw_error_retry_after_ms(e), 2000);
+  assert_int_equal(bw_error_kind(bw_error_cause(e)), BW_ERR_TOO_LARGE);
+  assert_int_equal(bw_error_detail(bw_error_cause(e)), 1000);
+  char buf[256];
+  bw_error_format(e, buf, sizeof buf, 0);
+  assert_string_equal(buf, "http: GET http://127.0.0.1/: status 503: body larger than 1000 "
+                           "bytes, dropped");
+  bw_error_unref(e);
+  bw_http_response_free(resp);
 }
 
 /* Scrubbing resumes after each replacement: a password (or user) made of
@@ -308,6 +329,17 @@ static void test_classify_custom_pred(void **state) {
   bw_error_t *e = bw__http_classify(r, &o, only_404, NULL);
   assert_int_equal(bw_error_kind(e), BW_ERR_HTTP_STATUS);
   assert_int_equal(bw_error_retry_after_ms(e), 0);
+  bw_error_unref(e);
+  /* over the cap: the client's own predicate decides which status wins */
+  o = (bw__http_outcome_t){.rc = CURLE_WRITE_ERROR, .status = 404, .too_large = true,
+                           .max_response_bytes = 10};
+  e = bw__http_classify(r, &o, only_404, NULL);
+  assert_int_equal(bw_error_kind(e), BW_ERR_HTTP_STATUS);
+  assert_true(bw_error_is(e, BW_ERR_TOO_LARGE));
+  bw_error_unref(e);
+  o.status = 503;
+  e = bw__http_classify(r, &o, only_404, NULL);
+  assert_int_equal(bw_error_kind(e), BW_ERR_TOO_LARGE);
   bw_error_unref(e);
   bw_http_request_free(r);
 }

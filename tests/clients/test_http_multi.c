@@ -5,6 +5,9 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -222,6 +225,122 @@ static void test_reset_reused_connection_retried(void **state) {
   close_and_drain(&loop, m);
 }
 
+/* The poll error path of on_poll, made deterministic. libuv reports
+ * POLLERR on a watched socket by stopping the uv_poll_t and calling its
+ * callback with UV_EBADF (src/unix/poll.c uv__poll_io); we do exactly that
+ * to curl's poll handle (found with uv_walk) while curl waits for a
+ * response on a healthy connection. The peer is a uv_tcp server on the
+ * same loop that answers only after the injected error, so the order is
+ * fixed: curl must get IN|OUT|ERR (ERR alone fails the transfer with
+ * "select/poll returned error", curl 55), read nothing (EAGAIN), keep its
+ * watch unchanged, and the engine must start the stopped poll again, or
+ * the answer is never seen (the transfer would hit its 10 s safety
+ * timeout: curl 28). */
+typedef struct perr {
+  uv_tcp_t listener, conn;
+  uv_write_t wr;
+  uv_buf_t reply;
+  char buf[4096];
+  size_t len;
+  int *ndone;
+  int injected;       /* poll errors injected */
+  int curl_polls;     /* active UV_POLL handles seen at injection */
+  bool restarted;     /* curl's poll active again right after */
+  int done_at_inject; /* transfers finished right after (0: not failed) */
+} perr_t;
+
+static void find_curl_poll(uv_handle_t *h, void *arg) {
+  uv_poll_t **out = arg;
+  if (h->type == UV_POLL && uv_is_active(h) && !uv_is_closing(h)) {
+    if (*out) *out = (uv_poll_t *)(void *)-1; /* more than one: fail below */
+    else *out = (uv_poll_t *)h;
+  }
+}
+
+static void perr_alloc(uv_handle_t *h, size_t hint, uv_buf_t *b) {
+  perr_t *pe = h->data;
+  (void)hint;
+  *b = uv_buf_init(pe->buf + pe->len, (unsigned)(sizeof pe->buf - 1 - pe->len));
+}
+
+static void perr_written(uv_write_t *w, int status) {
+  perr_t *pe = w->data;
+  assert_int_equal(status, 0);
+  uv_close((uv_handle_t *)&pe->conn, NULL); /* "Connection: close" */
+}
+
+static void perr_read(uv_stream_t *st, ssize_t n, const uv_buf_t *b) {
+  perr_t *pe = st->data;
+  (void)b;
+  if (n < 0) return; /* curl's side closing after the answer */
+  pe->len += (size_t)n;
+  pe->buf[pe->len] = 0;
+  if (pe->injected || !strstr(pe->buf, "\r\n\r\n")) return;
+  /* curl sent its request and now watches the socket for the answer */
+  uv_poll_t *p = NULL;
+  uv_walk(st->loop, find_curl_poll, &p);
+  pe->curl_polls = p == NULL ? 0 : p == (uv_poll_t *)(void *)-1 ? 2 : 1;
+  if (pe->curl_polls != 1) return;
+  uv_poll_stop(p);                /* what libuv does on POLLERR ... */
+  p->poll_cb(p, UV_EBADF, 0);     /* ... before calling back */
+  pe->injected++;
+  pe->restarted = uv_is_active((uv_handle_t *)p);
+  pe->done_at_inject = *pe->ndone;
+  uv_read_stop(st);
+  static const char answer[] =
+      "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+  pe->reply = uv_buf_init((char *)answer, sizeof answer - 1);
+  pe->wr.data = pe;
+  assert_int_equal(uv_write(&pe->wr, st, &pe->reply, 1, perr_written), 0);
+}
+
+static void perr_accept(uv_stream_t *l, int status) {
+  perr_t *pe = l->data;
+  assert_int_equal(status, 0);
+  uv_tcp_init(l->loop, &pe->conn);
+  pe->conn.data = pe;
+  assert_int_equal(uv_accept(l, (uv_stream_t *)&pe->conn), 0);
+  uv_close((uv_handle_t *)l, NULL); /* one connection is all we serve */
+  assert_int_equal(uv_read_start((uv_stream_t *)&pe->conn, perr_alloc, perr_read), 0);
+}
+
+static void test_poll_error_reads_and_restarts(void **state) {
+  (void)state;
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  bw__curlm_t *m;
+  assert_int_equal(bw__curlm_new(&m, &loop, NULL), 0);
+  int ndone = 0;
+  perr_t pe;
+  memset(&pe, 0, sizeof pe);
+  pe.ndone = &ndone;
+  struct sockaddr_in a;
+  uv_ip4_addr("127.0.0.1", 0, &a);
+  uv_tcp_init(&loop, &pe.listener);
+  pe.listener.data = &pe;
+  assert_int_equal(uv_tcp_bind(&pe.listener, (const struct sockaddr *)&a, 0), 0);
+  int alen = sizeof a;
+  assert_int_equal(uv_tcp_getsockname(&pe.listener, (struct sockaddr *)&a, &alen), 0);
+  assert_int_equal(uv_listen((uv_stream_t *)&pe.listener, 4, perr_accept), 0);
+
+  req_t r;
+  prep(&r, m, &ndone, "/", 10000); /* the timeout only bounds a regression */
+  snprintf(r.url, sizeof r.url, "http://127.0.0.1:%d/perr", ntohs(a.sin_port));
+  curl_easy_setopt(r.x.easy, CURLOPT_URL, r.url);
+  assert_int_equal(bw__curlm_add(m, &r.x), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+
+  assert_int_equal(pe.curl_polls, 1);
+  assert_int_equal(pe.injected, 1);
+  assert_int_equal(pe.done_at_inject, 0); /* not failed by the error */
+  assert_true(pe.restarted);              /* the stopped poll runs again */
+  assert_int_equal(ndone, 1);
+  if (r.rc != CURLE_OK) fail_msg("curl %d: %s", (int)r.rc, curl_easy_strerror(r.rc));
+  assert_int_equal(r.status, 200);
+  assert_int_equal(r.got, 2);
+  close_and_drain(&loop, m);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_many_concurrent_reuse),
@@ -229,6 +348,7 @@ int main(void) {
       cmocka_unit_test(test_remove_in_flight),
       cmocka_unit_test(test_close_aborts_active),
       cmocka_unit_test(test_reset_reused_connection_retried),
+      cmocka_unit_test(test_poll_error_reads_and_restarts),
   };
   return cmocka_run_group_tests(tests, setup, teardown);
 }
