@@ -175,7 +175,9 @@ typedef struct bw_registry_opts {
   bw_runtime_t *rt;
   /* Reload automatically when the file changes (libuv fs events on rt's
    * reactor; editors that replace the file are handled). Needs rt and a file.
-   * Default false. */
+   * The watched file is the registry's: after bw_registry_reload_file, the
+   * new one (watched when that call returns; called on a worker of rt, as
+   * from on_reload, a moment later). Default false. */
   bool watch;
   /* Called after each automatic reload with its outcome (err NULL: success;
    * borrowed), on a worker of rt. May be NULL. */
@@ -200,7 +202,8 @@ bw_error_t *bw_registry_load_string(bw_registry_t **out, const char *text, size_
 void bw_registry_free(bw_registry_t *reg);
 
 /* Reload from the registry's file (reload_file: from another path, which
- * becomes the registry's file) or from text. Atomic: on error nothing changed.
+ * becomes the registry's file, and the watched one with opts.watch) or from
+ * text. Atomic: on error nothing changed.
  * Errors: as bw_registry_load_*; BW_ERR_NOT_ALLOWED for bw_registry_reload on
  * a registry loaded from a string. */
 bw_error_t *bw_registry_reload(bw_registry_t *reg);

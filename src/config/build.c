@@ -6,7 +6,9 @@
  *   UP so "250us" never becomes "no limit" (0 often means "default/none").
  * - Custom predicates (retry_on, failure_on, fallback `on`) get a small
  *   argument block that lives as long as the registry (bw__reg_keep), since
- *   the layer may outlive the generation that made it.
+ *   the layer may outlive the generation that made it. Each is made once
+ *   per generation (fallbacks: per generation and flavor, registry.c), so
+ *   the blocks grow with reloads, not with builds.
  * - Every constructor error is passed up unchanged; the caller wraps it with
  *   the file position of the layer. */
 #include <string.h>

@@ -2,11 +2,13 @@
  *
  * Design notes
  * - A generation (gen_t) is one loaded config and its instances: every
- *   shared entry once, and every stack's layers except fallbacks (which
- *   depend on the response type of the service they wrap and are made per
- *   built stack; they keep no state). A new generation is built completely
- *   (from the new model and the previous generation, to reuse instances)
- *   before it replaces the current one under reg->mu: nothing half loaded.
+ *   shared entry once, and every stack's layers. Fallbacks depend on the
+ *   response type (flavor) of the service they wrap, so each is made by the
+ *   first build of its stack for a flavor and kept in the generation for
+ *   the next builds (they keep no state). A new generation is built
+ *   completely (from the new model and the previous generation, to reuse
+ *   instances) before it replaces the current one under reg->mu: nothing
+ *   half loaded.
  * - Reuse on reload: a shared entry with the same name and equal settings
  *   keeps its instance (an open breaker stays open); so does a stateful
  *   inline layer (breaker, rate limit, bulkhead, chaos) at the same index of
@@ -24,7 +26,14 @@
  * - Predicate and fallback arguments must live as long as the layers that
  *   point at them, which may outlive a generation (a stack still in use):
  *   they are kept in reg->keep and freed with the registry. Each reload adds
- *   a few small blocks; this is bounded by the number of reloads. */
+ *   a few small blocks (at most one per predicate, and per fallback and
+ *   flavor built); this is bounded by the number of reloads. Building and
+ *   releasing services adds none: a fallback is made once per generation
+ *   and flavor, not per build. Freeing a block with the service that used
+ *   it is not possible here: the fallback layer does not own its fn_arg or
+ *   predicate_arg (fallback.h), and a built stack's layers outlive its last
+ *   release while calls of it are alive (service.h), which this file cannot
+ *   observe. */
 #include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
@@ -50,7 +59,10 @@ static void gen_free(gen_t *g) {
   }
   for (size_t i = 0; i < g->nstacks; i++) {
     for (size_t j = 0; j < g->stacks[i].n; j++) bw_layer_release(g->stacks[i].layers[j]);
+    for (size_t j = 0; g->stacks[i].fallbacks && j < g->stacks[i].n * BW__NFLAVORS; j++)
+      bw_layer_release(g->stacks[i].fallbacks[j]);
     bw__free(g->stacks[i].layers);
+    bw__free(g->stacks[i].fallbacks);
   }
   bw__free(g->shared);
   bw__free(g->stacks);
@@ -130,7 +142,8 @@ static bw_error_t *build_gen(bw_registry_t *reg, bw__config_t *cfg, const gen_t 
     built_stack_t *bs = &g->stacks[g->nstacks++];
     bs->def = st;
     bs->layers = bw__calloc(st->n, sizeof *bs->layers);
-    if (bs->layers == NULL) {
+    bs->fallbacks = bw__calloc(st->n * BW__NFLAVORS, sizeof *bs->fallbacks);
+    if (bs->layers == NULL || bs->fallbacks == NULL) {
       err = bw_error_static(BW_ERR_OUT_OF_MEMORY);
       break;
     }
@@ -163,8 +176,11 @@ static bw_error_t *build_gen(bw_registry_t *reg, bw__config_t *cfg, const gen_t 
   return NULL;
 }
 
-/* Parse + build, then swap in. */
-static bw_error_t *load_into(bw_registry_t *reg, const char *text, size_t len, const char *name) {
+/* Parse + build, then swap in. With `path` (reload_file), *path becomes
+ * reg->path in the same critical section (taken: *path is set to NULL) and
+ * the watch, if any, moves to it before this returns. */
+static bw_error_t *load_into(bw_registry_t *reg, const char *text, size_t len, const char *name,
+                             char **path) {
   bw_config_report_t *r = bw__report_new(name);
   if (r == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   bw__config_t *cfg = bw__config_load(text, len, name, r);
@@ -185,9 +201,16 @@ static bw_error_t *load_into(bw_registry_t *reg, const char *text, size_t len, c
     /* release: pairs with the acquire load in regsvc_current() */
     atomic_store_explicit(&reg->gen_id, g->id, memory_order_release);
     gen_free(old);
+    if (path != NULL) {
+      bw__free(reg->path);
+      reg->path = *path;
+      *path = NULL;
+      bw__registry_watch_retarget(reg, text, len);
+    }
   }
   pthread_mutex_unlock(&reg->mu);
   if (err) bw__config_free(cfg);
+  else if (path != NULL) bw__registry_watch_sync(reg);
   return err;
 }
 
@@ -213,7 +236,7 @@ bw_error_t *bw_registry_load_string(bw_registry_t **out, const char *text, size_
   bw_registry_t *reg = reg_new(opts);
   if (reg == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   reg->opts.watch = false; /* nothing to watch */
-  bw_error_t *err = load_into(reg, text, len, name ? name : "<string>");
+  bw_error_t *err = load_into(reg, text, len, name ? name : "<string>", NULL);
   if (err) {
     bw_registry_free(reg);
     return err;
@@ -222,12 +245,13 @@ bw_error_t *bw_registry_load_string(bw_registry_t **out, const char *text, size_
   return NULL;
 }
 
-static bw_error_t *read_and_load(bw_registry_t *reg, const char *path) {
+/* With own_path (reload_file): see load_into. */
+static bw_error_t *read_and_load(bw_registry_t *reg, const char *path, char **own_path) {
   char *text;
   size_t len;
   int rc = bw__read_file(path, &text, &len);
   if (rc != 0) return bw_error_new(BW_ERR_CONFIG, BW_CFG_IO, "%s: cannot read: %s", path, strerror(-rc));
-  bw_error_t *err = load_into(reg, text, len, path);
+  bw_error_t *err = load_into(reg, text, len, path, own_path);
   bw__free(text);
   return err;
 }
@@ -239,7 +263,7 @@ bw_error_t *bw_registry_load_file(bw_registry_t **out, const char *path,
   bw_registry_t *reg = reg_new(opts);
   if (reg == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   reg->path = bw__strdup(path);
-  bw_error_t *err = reg->path ? read_and_load(reg, path) : bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  bw_error_t *err = reg->path ? read_and_load(reg, path, NULL) : bw_error_static(BW_ERR_OUT_OF_MEMORY);
   if (err == NULL && reg->opts.watch) err = bw__registry_watch_start(reg);
   if (err) {
     bw_registry_free(reg);
@@ -260,30 +284,26 @@ bw_error_t *bw_registry_reload(bw_registry_t *reg) {
   if (reg == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "registry: NULL");
   char *path = bw__registry_path(reg);
   if (path == NULL) return bw_error_new(BW_ERR_NOT_ALLOWED, 0, "registry: loaded from a string, no file to reload");
-  bw_error_t *err = read_and_load(reg, path);
+  bw_error_t *err = read_and_load(reg, path, NULL);
   bw__free(path);
   return err;
 }
 
 bw_error_t *bw_registry_reload_file(bw_registry_t *reg, const char *path) {
   if (reg == NULL || path == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "registry: NULL");
-  bw_error_t *err = read_and_load(reg, path);
-  if (err == NULL) {
-    char *p = bw__strdup(path);
-    pthread_mutex_lock(&reg->mu);
-    if (p) {
-      bw__free(reg->path);
-      reg->path = p;
-    }
-    pthread_mutex_unlock(&reg->mu);
-  }
+  /* the path changes with the generation, under the same lock, and the
+   * watch follows it (watch.c) */
+  char *p = bw__strdup(path);
+  if (p == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
+  bw_error_t *err = read_and_load(reg, path, &p);
+  bw__free(p); /* NULL if taken */
   return err;
 }
 
 bw_error_t *bw_registry_reload_string(bw_registry_t *reg, const char *text, size_t len,
                                       const char *name) {
   if (reg == NULL || text == NULL) return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "registry: NULL");
-  return load_into(reg, text, len, name ? name : "<string>");
+  return load_into(reg, text, len, name ? name : "<string>", NULL);
 }
 
 uint64_t bw_registry_generation(const bw_registry_t *reg) {
@@ -392,11 +412,15 @@ bw_error_t *bw_registry_stack_layer(bw_registry_t *reg, const char *stack, size_
 bw_error_t *bw__reg_build_stack(bw_registry_t *reg, const char *name, bw_service_t *inner,
                                 int flavor, bw_service_t **out, bool *missing) {
   *missing = false;
-  const built_stack_t *b = gen_stack(reg->gen, name);
+  built_stack_t *b = NULL;
+  for (size_t i = 0; reg->gen && i < reg->gen->nstacks && b == NULL; i++)
+    if (strcmp(reg->gen->stacks[i].def->name, name) == 0) b = &reg->gen->stacks[i];
   if (b == NULL) {
     *missing = true;
     return bw__reg_unknown(reg->gen ? reg->gen->cfg : NULL, BW_REGISTRY_STACKS, name);
   }
+  if (flavor < 0 || flavor >= BW__NFLAVORS)
+    return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "registry: unknown flavor %d", flavor);
   bw_layer_t **layers = bw__calloc(b->n, sizeof *layers);
   if (layers == NULL) return bw_error_static(BW_ERR_OUT_OF_MEMORY);
   bw_error_t *err = NULL;
@@ -404,8 +428,10 @@ bw_error_t *bw__reg_build_stack(bw_registry_t *reg, const char *name, bw_service
     if (b->layers[i]) {
       layers[i] = bw_layer_ref(b->layers[i]);
     } else {
-      const bw__clayer_t *def = &b->def->layers[i];
-      err = bw__build_fallback(reg, def, flavor, &layers[i]);
+      /* a fallback: this generation's for the flavor, made on first use */
+      bw_layer_t **fb = &b->fallbacks[i * BW__NFLAVORS + (size_t)flavor];
+      if (*fb == NULL) err = bw__build_fallback(reg, &b->def->layers[i], flavor, fb);
+      if (err == NULL) layers[i] = bw_layer_ref(*fb);
     }
   }
   if (err == NULL) err = bw_stack_build(out, name, layers, b->n, inner, NULL);

@@ -16,10 +16,17 @@ typedef struct built_shared {
   bw_retry_budget_t *budget; /* retry_budget entries */
 } built_shared_t;
 
+/* Response flavors of the service a stack wraps (fallback answers). */
+enum { BW__FLAVOR_BYTES = 0, BW__FLAVOR_HTTP = 1, BW__FLAVOR_REDIS = 2, BW__NFLAVORS = 3 };
+
 typedef struct built_stack {
   const bw__cstack_t *def;
   size_t n;
   bw_layer_t **layers; /* NULL at fallback positions */
+  /* Fallback layers, [position * BW__NFLAVORS + flavor]: made by the first
+   * build of this stack for that flavor (under reg->mu), then shared by
+   * every later build from this generation, as the other layers are. */
+  bw_layer_t **fallbacks;
 } built_stack_t;
 
 typedef struct gen {
@@ -33,9 +40,6 @@ typedef struct gen {
 typedef struct keep {
   struct keep *next;
 } keep_t;
-
-/* Response flavors of the service a stack wraps (fallback answers). */
-enum { BW__FLAVOR_BYTES = 0, BW__FLAVOR_HTTP = 1, BW__FLAVOR_REDIS = 2 };
 
 typedef struct client_entry {
   struct client_entry *next;
@@ -67,7 +71,9 @@ struct bw_registry {
  * registry was loaded from a string (or out of memory). reg->path may be
  * replaced by bw_registry_reload_file at any time: never read it unlocked. */
 char *bw__registry_path(bw_registry_t *reg);
-/* A zeroed block that lives as long as the registry. */
+/* A zeroed block that lives as long as the registry (a layer's predicate or
+ * fallback argument: the layer does not own it and may outlive its
+ * generation). Allocated once per generation, never per build. */
 void *bw__reg_keep(bw_registry_t *reg, size_t size);
 bw_error_t *bw__reg_unknown(const bw__config_t *c, bw_registry_section_t sec, const char *name);
 bw_error_t *bw__reg_build_stack(bw_registry_t *reg, const char *name, bw_service_t *inner,
@@ -93,5 +99,12 @@ char *bw__client_signature(const bw__cclient_t *c);
 /* watch.c */
 bw_error_t *bw__registry_watch_start(bw_registry_t *reg);
 void bw__registry_watch_stop(bw_registry_t *reg);
+/* reg->path just changed (reg->mu held) to a file whose loaded content is
+ * text: record it as the path to watch. No-op without a watch. */
+void bw__registry_watch_retarget(bw_registry_t *reg, const char *text, size_t len);
+/* After bw__registry_watch_retarget, with no registry lock held: move the
+ * watch and wait until it watches the new path (no wait on the loop thread
+ * or a worker of the runtime: the move happens on a later loop turn). */
+void bw__registry_watch_sync(bw_registry_t *reg);
 
 #endif

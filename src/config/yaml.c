@@ -11,7 +11,10 @@
  * - Memory: every node is owned by the doc's node vector, not by its parent,
  *   so an alias may point at an earlier node and freeing stays simple. An
  *   alias may only name a node that is complete (no cycles).
- * - Depth is limited (kMaxDepth) so a hostile file cannot exhaust anything. */
+ * - Depth is limited (kMaxDepth) so a hostile file cannot exhaust anything.
+ * - An empty plain scalar (`timeout:` with nothing after it) has no token,
+ *   so libfyaml gives its event no mark. It gets one anyway (empty_mark()),
+ *   or its errors would be the only ones without file:line:col. */
 #include <libfyaml.h>
 #include <string.h>
 
@@ -49,6 +52,10 @@ typedef struct builder {
   bw__cnode_t *root;
   int docs;
   bool failed;
+  const char *text; /* the whole input, for empty_mark() */
+  size_t len;
+  size_t last_pos;          /* end mark of the last event that had one */
+  int last_line, last_col;  /* 1-based */
 } builder_t;
 
 static void drop_output(struct fy_diag *diag, void *user, const char *buf, size_t len) {
@@ -203,6 +210,42 @@ oom:
   fail(b, BW_CFG_IO, 0, 0, "%s", "out of memory");
 }
 
+/* Where an empty plain scalar is. A mapping value is placed at its key (the
+ * key is what the reader looks for: "duration:" with nothing after it). A
+ * list item is placed at its '-': the first one after the end of the
+ * previous event, past blanks and comments; failing that, at that end. */
+static void empty_mark(const builder_t *b, int *line, int *col) {
+  if (b->depth > 0) {
+    const frame_t *f = &b->stack[b->depth - 1];
+    if (f->node->kind == BW__CN_MAP && f->pending_key != NULL) {
+      *line = f->pending_key->line;
+      *col = f->pending_key->col;
+      return;
+    }
+  }
+  *line = b->last_line;
+  *col = b->last_col;
+  int l = b->last_line, c = b->last_col;
+  for (size_t i = b->last_pos; l > 0 && i < b->len; i++) {
+    char ch = b->text[i];
+    if (ch == '-') {
+      *line = l;
+      *col = c;
+      return;
+    }
+    if (ch == '#') { /* a comment: only blanks come before it here */
+      while (i + 1 < b->len && b->text[i + 1] != '\n') i++;
+    } else if (ch == '\n') {
+      l++;
+      c = 1;
+    } else if (ch == ' ' || ch == '\t' || ch == '\r') {
+      c++;
+    } else {
+      return;
+    }
+  }
+}
+
 static void handle_event(builder_t *b, struct fy_event *e) {
   const struct fy_mark *m = fy_event_start_mark(e);
   switch (e->type) {
@@ -218,6 +261,7 @@ static void handle_event(builder_t *b, struct fy_event *e) {
         fail(b, BW_CFG_IO, 0, 0, "%s", "out of memory");
         return;
       }
+      if (m == NULL) empty_mark(b, &n->line, &n->col);
       size_t len = 0;
       const char *txt = fy_token_get_text(e->scalar.value, &len);
       n->str = bw__malloc(len + 1);
@@ -351,6 +395,8 @@ int bw__yaml_parse(const char *text, size_t len, const char *fname, bw_config_re
   memset(&b, 0, sizeof b);
   b.report = report;
   b.fname = fname;
+  b.text = text;
+  b.len = len;
   b.doc = bw__calloc(1, sizeof *b.doc);
   if (b.doc == NULL) {
     bw__report_add(report, BW_CFG_IO, false, 0, 0, "", "out of memory");
@@ -380,6 +426,12 @@ int bw__yaml_parse(const char *text, size_t len, const char *fname, bw_config_re
     struct fy_event *e;
     while ((e = fy_parser_parse(fyp)) != NULL) {
       handle_event(&b, e);
+      const struct fy_mark *end = fy_event_end_mark(e);
+      if (end != NULL) { /* where empty_mark() starts looking */
+        b.last_pos = end->input_pos;
+        b.last_line = end->line + 1;
+        b.last_col = end->column + 1;
+      }
       fy_parser_event_free(fyp, e);
       if (b.failed) break;
     }

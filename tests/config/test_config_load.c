@@ -107,6 +107,15 @@ static const bad_case_t kBad[] = {
     {"44_tokens_over_default_burst.yaml", 3, 49, "stacks.api[0].rate_limit.tokens_per_call",
      BW_CFG_RANGE, "more than the default burst 2"},
     {"45_chaos_no_faults.yaml", 3, 22, "shared.ch.chaos.faults", BW_CFG_BAD_VALUE, "faults is empty"},
+    /* an empty value has no token, so libfyaml gives it no mark: these
+     * errors came without file:line:col. A mapping value is at its key, a
+     * list item at its '-'. */
+    {"46_empty_duration.yaml", 4, 9, "stacks.api[0].timeout.duration", BW_CFG_TYPE,
+     "expected a duration like 250us, 200ms, 2s or 1m, got nothing"},
+    {"47_empty_number.yaml", 3, 16, "stacks.api[0].retry.max_attempts", BW_CFG_TYPE,
+     "expected an integer, got nothing"},
+    {"48_empty_list_item.yaml", 7, 11, "stacks.api[0].retry.retry_on[1]", BW_CFG_TYPE,
+     "got nothing as an item"},
 };
 
 static void test_bad_files(void **state) {
@@ -173,6 +182,52 @@ static void test_several_errors_reported(void **state) {
   /* the first error on top, the others as related errors */
   assert_int_equal(bw_error_related_count(e), 2);
   assert_int_equal(bw_error_detail(bw_error_related(e, 1)), BW_CFG_UNKNOWN_LAYER);
+  bw_error_unref(e);
+  bw_config_report_free(r);
+}
+
+/* Empty values (`key:` with nothing after it, in block and flow style, and
+ * in JSON as null) are located like any other bad value: the message of each
+ * error starts with file:line:col. */
+static void test_empty_values_located(void **state) {
+  (void)state;
+  const char *y =
+      "stacks:\n"
+      "  a:\n"
+      "    - timeout:\n"
+      "        duration:\n"
+      "    - retry: { max_attempts: , base_delay: 10ms }\n"
+      "    - rate_limit: { rate: 10/s, burst: }\n";
+  bw_config_report_t *r;
+  bw_error_t *e = bw_config_check_string(y, strlen(y), "empty.yaml", &r);
+  assert_non_null(e);
+  assert_int_equal(bw_config_report_errors(r), 3);
+  static const struct {
+    int line, col;
+    const char *msg;
+  } want[] = {
+      {4, 9, "empty.yaml:4:9: stacks.a[0].timeout.duration: expected a duration"},
+      {5, 16, "empty.yaml:5:16: stacks.a[1].retry.max_attempts: expected an integer, got nothing"},
+      {6, 33, "empty.yaml:6:33: stacks.a[2].rate_limit.burst: expected an integer, got nothing"},
+  };
+  for (size_t i = 0; i < 3; i++) {
+    const bw_config_diag_t *d = bw_config_report_get(r, i);
+    assert_int_equal(d->line, want[i].line);
+    assert_int_equal(d->column, want[i].col);
+    assert_int_equal(d->problem, BW_CFG_TYPE);
+    const bw_error_t *ei = i == 0 ? e : bw_error_related(e, i - 1);
+    if (strncmp(bw_error_message(ei), want[i].msg, strlen(want[i].msg)) != 0)
+      fail_msg("error %zu: got '%s', want it to start '%s'", i, bw_error_message(ei), want[i].msg);
+  }
+  bw_error_unref(e);
+  bw_config_report_free(r);
+
+  const char *j = "{\"stacks\": {\"a\": [{\"timeout\": {\"duration\": null}}]}}";
+  e = bw_config_check_string(j, strlen(j), "empty.json", &r);
+  assert_non_null(e);
+  assert_string_equal(bw_error_message(e),
+                      "empty.json:1:44: stacks.a[0].timeout.duration: expected a duration like "
+                      "250us, 200ms, 2s or 1m, got nothing");
   bw_error_unref(e);
   bw_config_report_free(r);
 }
@@ -509,6 +564,7 @@ int main(void) {
       cmocka_unit_test(test_bad_files),
       cmocka_unit_test(test_io_error),
       cmocka_unit_test(test_several_errors_reported),
+      cmocka_unit_test(test_empty_values_located),
       cmocka_unit_test(test_all_layers),
       cmocka_unit_test(test_shorthand_and_defaults),
       cmocka_unit_test(test_shared_instances),

@@ -14,6 +14,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "bulwark/alloc.h"
 #include "bulwark/circuit_breaker.h"
 #include "bulwark/fallback.h"
 #include "bulwark/config.h"
@@ -656,6 +657,119 @@ static void test_reload_races_calls(void **state) {
   release_all(svc, inner, reg, rt);
 }
 
+/* ---- fallbacks: made once per generation and flavor ----------------------------- */
+
+/* Services of both flavors built from one generation answer with their own
+ * fallback (a generation keeps one fallback layer per flavor, made by the
+ * first build that needs it). */
+static void test_fallback_flavors_share_generation(void **state) {
+  (void)state;
+  bw_runtime_t *rt = paused_rt();
+  bw_registry_t *reg =
+      load("stacks:\n  s:\n    - fallback: { value: fb, status: 503 }\n    - timeout: 1s\n", "f.yaml");
+  backend_t b = {0, 1 << 30}; /* always fails: the fallback answers */
+  bw_service_t *inner = backend_service(&b);
+  for (int round = 0; round < 2; round++) {
+    bw_service_t *bytes = NULL, *http = NULL;
+    assert_null(bw_registry_build_ex(reg, "s", inner, BW_REGISTRY_BYTES, &bytes));
+    assert_null(bw_registry_build_ex(reg, "s", inner, BW_REGISTRY_HTTP, &http));
+    char resp[64];
+    assert_int_equal(call_once(rt, bytes, resp), BW_ERR_NONE);
+    assert_string_equal(resp, "fb");
+    waiter_t w;
+    bw_call_t *c = start_call(&w, rt, http);
+    wait_for(&w, 1);
+    assert_int_equal(w.kind, BW_ERR_NONE);
+    const bw_http_response_t *r = bw_call_response(c);
+    assert_non_null(r);
+    assert_int_equal(bw_http_response_status(r), 503);
+    size_t len = 0;
+    const char *body = bw_http_response_body(r, &len);
+    assert_int_equal(len, 2);
+    assert_memory_equal(body, "fb", 2);
+    bw_call_free(c);
+    waiter_fini(&w);
+    bw_service_release(bytes);
+    bw_service_release(http);
+  }
+  /* a reload: the next build gets the new generation's fallback */
+  const char *v2 = "stacks:\n  s:\n    - fallback: { value: f2 }\n";
+  assert_null(bw_registry_reload_string(reg, v2, strlen(v2), "f.yaml"));
+  bw_service_t *svc = build(reg, "s", inner);
+  char resp[64];
+  assert_int_equal(call_once(rt, svc, resp), BW_ERR_NONE);
+  assert_string_equal(resp, "f2");
+  release_all(svc, inner, reg, rt);
+}
+
+/* Live allocations through bulwark's allocator (single-threaded use here:
+ * no runtime, nothing else allocates meanwhile). */
+static atomic_long g_live;
+static void *count_malloc(size_t n) {
+  void *p = malloc(n);
+  if (p) atomic_fetch_add(&g_live, 1);
+  return p;
+}
+static void *count_calloc(size_t n, size_t size) {
+  void *p = calloc(n, size);
+  if (p) atomic_fetch_add(&g_live, 1);
+  return p;
+}
+static void *count_realloc(void *old, size_t n) {
+  void *p = realloc(old, n); /* bulwark never asks for 0 bytes */
+  if (p && old == NULL) atomic_fetch_add(&g_live, 1);
+  return p;
+}
+static void count_free(void *p) {
+  if (p) atomic_fetch_sub(&g_live, 1);
+  free(p);
+}
+
+static size_t kept_blocks(bw_registry_t *reg) {
+  size_t n = 0;
+  pthread_mutex_lock(&reg->keep_mu);
+  for (const keep_t *k = reg->keep; k; k = k->next) n++;
+  pthread_mutex_unlock(&reg->keep_mu);
+  return n;
+}
+
+/* Building and releasing services again and again keeps no memory. Each
+ * build used to make its own fallback layer, whose argument blocks (the
+ * HTTP/Redis answer, the `on` predicate) were kept until bw_registry_free:
+ * a program building per request grew without bound. */
+static void test_builds_keep_no_memory(void **state) {
+  (void)state;
+  bw_allocator_t a = {count_malloc, count_calloc, count_realloc, count_free};
+  assert_null(bw_set_allocator(&a));
+  bw_registry_t *reg = load("stacks:\n  s:\n"
+                            "    - fallback: { value: fb, status: 503, on: [transport, timeout] }\n"
+                            "    - retry: { max_attempts: 2, retry_on: [transport] }\n"
+                            "    - timeout: 1s\n",
+                            "k.yaml");
+  backend_t b = {0, 0};
+  bw_service_t *inner = backend_service(&b);
+  static const bw_registry_flavor_t kFlavors[] = {BW_REGISTRY_BYTES, BW_REGISTRY_HTTP,
+                                                  BW_REGISTRY_REDIS};
+  long live = 0;
+  size_t kept = 0;
+  for (int round = 0; round < 201; round++) {
+    for (size_t f = 0; f < 3; f++) {
+      bw_service_t *svc = NULL;
+      assert_null(bw_registry_build_ex(reg, "s", inner, kFlavors[f], &svc));
+      bw_service_release(svc);
+    }
+    if (round == 0) { /* the first round made the generation's fallbacks */
+      live = atomic_load(&g_live);
+      kept = kept_blocks(reg);
+    }
+  }
+  assert_int_equal(kept_blocks(reg), kept);
+  assert_int_equal(atomic_load(&g_live), live);
+  bw_service_release(inner);
+  bw_registry_free(reg);
+  assert_null(bw_set_allocator(NULL));
+}
+
 /* ---- automatic reload ------------------------------------------------------------- */
 
 typedef struct reload_seen {
@@ -742,6 +856,95 @@ static void test_watch_reloads(void **state) {
   pthread_cond_destroy(&seen.cv);
 }
 
+static void collect_locked_names(bw_registry_t *reg, char *buf) {
+  buf[0] = '\0';
+  bw_registry_names(reg, BW_REGISTRY_STACKS, collect, buf);
+}
+
+static int seen_count(reload_seen_t *s, bw_error_kind_t *last) {
+  pthread_mutex_lock(&s->mu);
+  int n = s->n;
+  if (last) *last = s->last;
+  pthread_mutex_unlock(&s->mu);
+  return n;
+}
+
+/* bw_registry_reload_file(reg, other) moves the watch to `other` (here in
+ * another directory): its edits reload, edits to the old file do not. The
+ * watch used to stay on the first file: edits to the new one were never
+ * seen (the first wait below fails), and an edit to the old one reloaded
+ * the new file. No sleeping: each step waits for the kernel's event of a
+ * write that must reload. That the old file is not watched is checked as
+ * far as it can be without waiting for nothing: it is edited just before
+ * such a write, so a reload it caused would most likely come first, read
+ * the not yet updated new file and be counted. */
+static void test_watch_follows_reload_file(void **state) {
+  (void)state;
+  bw_runtime_t *rt = new_rt(1, false);
+  char d1[] = "/tmp/bw_cfg_watch_a_XXXXXX", d2[] = "/tmp/bw_cfg_watch_b_XXXXXX";
+  assert_non_null(mkdtemp(d1));
+  assert_non_null(mkdtemp(d2));
+  char a[256], b[256];
+  snprintf(a, sizeof a, "%s/a.yaml", d1);
+  snprintf(b, sizeof b, "%s/b.yaml", d2);
+  write_file(a, "stacks:\n  a1:\n    - timeout: 1s\n");
+  write_file(b, "stacks:\n  b1:\n    - timeout: 1s\n");
+  reload_seen_t seen;
+  memset(&seen, 0, sizeof seen);
+  pthread_mutex_init(&seen.mu, NULL);
+  pthread_cond_init(&seen.cv, NULL);
+  bw_registry_opts_t ro;
+  bw_registry_opts_init(&ro);
+  ro.rt = rt;
+  ro.watch = true;
+  ro.on_reload = on_reload;
+  ro.on_reload_arg = &seen;
+  bw_registry_t *reg = NULL;
+  assert_null(bw_registry_load_file(&reg, a, &ro));
+  assert_null(bw_registry_reload_file(reg, b));
+  assert_int_equal(bw_registry_generation(reg), 2);
+  char names[256];
+  collect_locked_names(reg, names);
+  assert_string_equal(names, "b1,");
+
+  /* the watch is on b when reload_file returns */
+  write_file(b, "stacks:\n  b2:\n    - timeout: 1s\n");
+  assert_int_equal(wait_reloads(&seen, 1), 1);
+  collect_locked_names(reg, names);
+  assert_string_equal(names, "b2,");
+  bw_error_kind_t last;
+  assert_int_equal(seen_count(&seen, &last), 1);
+  assert_int_equal(last, BW_ERR_NONE);
+  write_file(a, "stacks:\n  a3:\n    - timeout: 1s\n");
+  write_file(b, "stacks:\n  b3:\n    - timeout: 1s\n");
+  assert_int_equal(wait_reloads(&seen, 2), 2);
+  collect_locked_names(reg, names);
+  assert_string_equal(names, "b3,");
+  assert_int_equal(bw_registry_generation(reg), 4);
+
+  /* and back: the watch returns to a's directory, b is not watched */
+  assert_null(bw_registry_reload_file(reg, a));
+  collect_locked_names(reg, names);
+  assert_string_equal(names, "a3,");
+  write_file(b, "stacks:\n  b4:\n    - timeout: 1s\n");
+  write_file(a, "stacks:\n  a4:\n    - timeout: 1s\n");
+  assert_int_equal(wait_reloads(&seen, 3), 3);
+  collect_locked_names(reg, names);
+  assert_string_equal(names, "a4,");
+  assert_int_equal(seen_count(&seen, &last), 3);
+  assert_int_equal(last, BW_ERR_NONE);
+  assert_int_equal(bw_registry_generation(reg), 6);
+
+  bw_registry_free(reg);
+  bw_runtime_free(rt);
+  unlink(a);
+  unlink(b);
+  rmdir(d1);
+  rmdir(d2);
+  pthread_mutex_destroy(&seen.mu);
+  pthread_cond_destroy(&seen.cv);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_names_and_build),
@@ -756,7 +959,10 @@ int main(void) {
       cmocka_unit_test(test_client_timeouts_round_up),
       cmocka_unit_test(test_secret_client_setting_reloads),
       cmocka_unit_test(test_reload_races_calls),
+      cmocka_unit_test(test_fallback_flavors_share_generation),
+      cmocka_unit_test(test_builds_keep_no_memory),
       cmocka_unit_test(test_watch_reloads),
+      cmocka_unit_test(test_watch_follows_reload_file),
   };
   return cmocka_run_group_tests_name("config_registry", tests, NULL, NULL);
 }
