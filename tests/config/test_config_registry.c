@@ -314,6 +314,7 @@ static void test_reload_failure_keeps_old(void **state) {
 /* An async backend that parks its calls until the test finishes them. */
 typedef struct parked {
   pthread_mutex_t mu;
+  pthread_cond_t cv; /* signalled when a call parks */
   bw_call_t *call;
 } parked_t;
 
@@ -321,6 +322,7 @@ static void park_fn(void *arg, bw_call_t *call) {
   parked_t *p = arg;
   pthread_mutex_lock(&p->mu);
   p->call = call;
+  pthread_cond_broadcast(&p->cv);
   pthread_mutex_unlock(&p->mu);
 }
 
@@ -328,6 +330,7 @@ static void park_fn(void *arg, bw_call_t *call) {
 static bw_service_t *parked_service(parked_t *p) {
   memset(p, 0, sizeof *p);
   pthread_mutex_init(&p->mu, NULL);
+  pthread_cond_init(&p->cv, NULL);
   bw_fn_service_opts_t o;
   bw_fn_service_opts_init(&o);
   o.async = park_fn;
@@ -339,14 +342,15 @@ static bw_service_t *parked_service(parked_t *p) {
 
 /* Wait until the backend holds a call (it starts on a worker). */
 static void wait_parked(parked_t *p) {
-  for (int i = 0; i < 100000; i++) {
-    pthread_mutex_lock(&p->mu);
-    bool have = p->call != NULL;
-    pthread_mutex_unlock(&p->mu);
-    if (have) break;
-    sched_yield();
-  }
-  assert_non_null(p->call);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  ts.tv_sec += 30; /* safety limit only: a worker picks the call up at once */
+  pthread_mutex_lock(&p->mu);
+  while (p->call == NULL)
+    if (pthread_cond_timedwait(&p->cv, &p->mu, &ts) == ETIMEDOUT) break;
+  bool have = p->call != NULL;
+  pthread_mutex_unlock(&p->mu);
+  assert_true(have);
 }
 
 static void test_inflight_finishes_on_old_stack(void **state) {
@@ -382,6 +386,7 @@ static void test_inflight_finishes_on_old_stack(void **state) {
 
   release_all(svc, inner, reg, rt);
   pthread_mutex_destroy(&p.mu);
+  pthread_cond_destroy(&p.cv);
 }
 
 static void test_cancel_through_registry_service(void **state) {
@@ -405,6 +410,7 @@ static void test_cancel_through_registry_service(void **state) {
   waiter_fini(&w);
   release_all(svc, inner, reg, rt);
   pthread_mutex_destroy(&p.mu);
+  pthread_cond_destroy(&p.cv);
 }
 
 static void test_http_request_and_clients(void **state) {
