@@ -10,18 +10,42 @@
  * CONNECTING ... Commands issued while CONNECTING wait in the client
  * (bounded by max_in_flight) until the connect and the AUTH/SELECT
  * handshake succeeded, then are written in order; if the connect or the
- * handshake fails they complete with BW_ERR_CONNECT and were never sent
- * (so never ran, e.g. in the wrong db). Commands issued in BACKOFF fail at
- * once with BW_ERR_CONNECT — nothing queues without bound; the retry and
- * breaker layers decide what happens next. Reconnect backoff doubles from
- * reconnect_min_ms to reconnect_max_ms and resets after a good connect.
+ * handshake fails they complete with BW_ERR_CONNECT (a refused handshake:
+ * BW_ERR_REDIS, see Errors) and were never sent (so never ran, e.g. in the
+ * wrong db). Commands issued in BACKOFF fail at once the same way, over
+ * the reason the last connection failed — nothing queues without bound;
+ * the retry and breaker layers decide what happens next. Reconnect backoff
+ * doubles from reconnect_min_ms to reconnect_max_ms and resets after a
+ * good connect.
  *
  * Errors (kind of the outermost link; the chain says more):
  *   BW_ERR_CONNECT      refused, unreachable, connect timeout (also carries a
- *                       BW_ERR_TIMEOUT cause), failed handshake, or not
- *                       connected right now; the command was not sent.
+ *                       BW_ERR_TIMEOUT cause), a handshake answered with a
+ *                       "try again" reply (LOADING, BUSY...: cause
+ *                       BW_ERR_UNAVAILABLE), or not connected right now; the
+ *                       command was not sent. Retryable.
  *                       detail: errno when there is one (e.g. ECONNREFUSED,
  *                       ENOENT for a missing unix socket), else 0.
+ *   BW_ERR_REDIS with the BW_REDIS_HANDSHAKE bit in its detail: the server
+ *                       refused the connect handshake, i.e. answered AUTH or
+ *                       SELECT with any other error reply (WRONGPASS, NOAUTH,
+ *                       NOPERM, "ERR DB index is out of range", ...). The
+ *                       command was not sent, and neither is any other until
+ *                       a reconnect's handshake succeeds (the client keeps
+ *                       reconnecting with backoff, e.g. for a password
+ *                       changed on the server). NOT retryable: another
+ *                       attempt meets the same refusal until the
+ *                       configuration changes. detail: the reply's
+ *                       bw_redis_code_t | BW_REDIS_HANDSHAKE; the cause is
+ *                       the server's reply (BW_ERR_REDIS, its code).
+ *   BW_ERR_TOO_LARGE    a reply was larger than max_reply_bytes. The
+ *                       connection is closed (the rest of the reply cannot
+ *                       be skipped safely), so every command in flight on it
+ *                       fails with this error (it may have run), and the
+ *                       client reconnects as after any lost connection.
+ *                       detail: max_reply_bytes. Not retryable (the same
+ *                       command gets the same reply), as for HTTP's
+ *                       max_response_bytes.
  *   BW_ERR_TRANSPORT    connection reset/closed with the command in flight
  *                       (the command may or may not have run). detail: the
  *                       errno of the failed read/write, or 0 (closed).
@@ -88,6 +112,9 @@ void bw_redis_reply_free(bw_redis_reply_t *r); /* NULL-safe */
 /* ---- Server error codes (detail of a BW_ERR_REDIS link) ------------------ */
 
 #define BW_REDIS_RETRYABLE 0x100
+/* Set in the detail of the BW_ERR_REDIS links of a refused connect
+ * handshake (see Errors above), never in a reply's own code. */
+#define BW_REDIS_HANDSHAKE 0x200
 typedef enum bw_redis_code {
   BW_REDIS_OTHER = 1,      /* an error prefix not listed here */
   BW_REDIS_ERR = 2,        /* generic "ERR ..." */
@@ -110,13 +137,17 @@ typedef enum bw_redis_code {
 /* Should a retry layer try this error again? True for connection errors
  * (BW_ERR_CONNECT, BW_ERR_TRANSPORT), timeouts, and BW_ERR_UNAVAILABLE (the
  * retryable server replies above); false for cancellation, other BW_ERR_REDIS
- * replies, protocol errors, and anything else. A retry predicate for Redis
- * stacks can be exactly this function. Note: BW_ERR_TRANSPORT means the
- * command may have run; retry non-idempotent commands at your own risk.
+ * replies (a refused handshake included), BW_ERR_TOO_LARGE, protocol errors,
+ * and anything else. bw_retry_default_predicate (retry.h) also says false
+ * for a refused handshake and for BW_ERR_TOO_LARGE (it differs on
+ * BW_ERR_PROTOCOL, which it retries). A retry predicate for Redis stacks
+ * can be exactly this function. Note: BW_ERR_TRANSPORT means the command
+ * may have run; retry non-idempotent commands at your own risk.
  * Threads: any. NULL gives false. */
 bool bw_redis_error_is_retryable(const bw_error_t *err);
 
-/* The bw_redis_code_t of the first BW_ERR_REDIS link in err, or 0. */
+/* The bw_redis_code_t of the first BW_ERR_REDIS link in err (without the
+ * BW_REDIS_HANDSHAKE bit), or 0. */
 int bw_redis_error_code(const bw_error_t *err);
 
 /* ---- Client -------------------------------------------------------------- */
@@ -137,7 +168,21 @@ typedef struct bw_redis_opts {
   uint32_t reconnect_min_ms;   /* default 50 */
   uint32_t reconnect_max_ms;   /* default 2000 */
   uint32_t max_in_flight;      /* default 65536; beyond: BW_ERR_UNAVAILABLE */
+  /* Largest reply accepted, in bytes as sent by the server (RESP framing
+   * included; for an array, the whole array). A bigger reply fails with
+   * BW_ERR_TOO_LARGE and closes the connection (see Errors above).
+   * Default 64 MiB (BW_REDIS_DEFAULT_MAX_REPLY_BYTES): our choice, far
+   * above what a cache value usually is yet well below Redis's own cap on
+   * one string (proto-max-bulk-len, 512 MB), so one runaway GET/LRANGE/
+   * HGETALL cannot take hundreds of MB. Memory: the bytes of a reply being
+   * received are held until it is complete (at most the cap plus one
+   * 16 KiB read), and a reply of many tiny elements takes several times
+   * its wire size once parsed (hiredis makes an object per element), then
+   * again as the bw_redis_reply_t copy. */
+  size_t max_reply_bytes;
 } bw_redis_opts_t;
+
+#define BW_REDIS_DEFAULT_MAX_REPLY_BYTES ((size_t)64 << 20)
 
 /* Zero *o; zero fields mean the defaults above. */
 void bw_redis_opts_init(bw_redis_opts_t *o);

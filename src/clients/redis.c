@@ -85,7 +85,38 @@
  *   reactor closes first, its on_close hook runs the same close on the loop;
  *   otherwise the close op removes the hook (bw__reactor_off_close).
  * - Secrets: the password is only ever formatted into the AUTH command
- *   buffer (wiped after hiredis copied it) and scrubbed from server text. */
+ *   buffer (wiped after hiredis copied it) and scrubbed from server text.
+ * - Reply size limit (max_reply_bytes). hiredis 0.14 has none (its
+ *   reader's maxbuf only trims an idle buffer), so we measure the reply
+ *   being received, in wire bytes, at two points, both on the loop under
+ *   io_mu: (1) each object hiredis's reader makes goes through our
+ *   reply-object functions (reader->fn, wrapping hiredis's own), which add
+ *   its RESP size to reply_bytes (reset at each top-level object) and
+ *   return NULL past the cap: the reader fails as on OOM, hiredis drops
+ *   the connection and gives every pending callback NULL. That catches a
+ *   reply that arrived whole in one read and an array of many small
+ *   elements, which the reader consumes element by element, so its buffer
+ *   stays small. (2) After every glue callback (on_glue, so after each read
+ *   of at most 16 KiB and the parsing of what it completed) the bytes still
+ *   unparsed in the reader (len - pos: only the incomplete reply, e.g. a
+ *   bulk string that hiredis waits to have whole) plus the parsed part of
+ *   an array in progress (reply_bytes, while reader->reply is set) are
+ *   checked; past the cap we close the context ourselves. So a reply never
+ *   holds more than the cap plus one read. Either way the stream cannot be
+ *   resynchronised (the rest of the reply is still coming), so the
+ *   connection goes (conn_lost, reconnect with backoff) and every pending
+ *   command fails with BW_ERR_TOO_LARGE (too_large_ac marks the context).
+ *   Counting the complete parts (not just len - pos) also keeps a pipeline
+ *   of many small replies read at once from counting as one big reply.
+ * - Handshake errors. An AUTH/SELECT error reply that says "try again"
+ *   (LOADING, BUSY...) is a connect failure like any other (BW_ERR_CONNECT,
+ *   retryable). Any other one is a refusal (wrong password, db out of
+ *   range): the last error becomes BW_ERR_REDIS with BW_REDIS_HANDSHAKE in
+ *   its detail, and the commands it fails (waiting ones, and those issued
+ *   in BACKOFF) keep that kind, so neither bw_redis_error_is_retryable, nor
+ *   bw_retry_default_predicate (which stops at the first meaningful kind),
+ *   nor a config retry_on list (which looks at every link) retries a
+ *   refusal: no BW_ERR_CONNECT link anywhere in the chain. */
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
@@ -133,6 +164,7 @@ struct bw_redis {
   int port, db;
   uint32_t connect_timeout_ms, command_timeout_ms, reconnect_min_ms, reconnect_max_ms;
   uint32_t max_in_flight;
+  size_t max_reply_bytes;
 
   atomic_int refs;    /* user + requests + queued ops */
   atomic_int state;   /* bw_redis_state_t, written on the loop */
@@ -150,7 +182,12 @@ struct bw_redis {
   const redisAsyncContext *io_errno_ac; /* the context io_errno belongs to */
   int io_errno;            /* errno of that context's I/O failure, or 0 */
   int handshake_left;      /* AUTH/SELECT replies still expected */
+  bool handshake_auth;     /* the next handshake reply answers AUTH */
   bw_error_t *handshake_err;
+  /* reply size limit (design notes) */
+  redisReplyObjectFunctions *hiredis_fns; /* hiredis's own, ours wrap them */
+  size_t reply_bytes;                     /* wire bytes of the reply being parsed */
+  const redisAsyncContext *too_large_ac;  /* closed for an oversized reply */
   bw_error_t *last_err;    /* why the last connect failed / was lost */
   bool clock_held;         /* a TCP connect is in flight: the paused clock waits */
   uint64_t connect_deadline_ns, reconnect_at_ns, tick_at_ns;
@@ -333,12 +370,16 @@ static void loop_leave(bw_redis_t *c) {
   flush_batch(head);
 }
 
+static void check_reply_size(bw_redis_t *c);
+
 static void on_glue(void *arg, bool begin) {
   bw_redis_t *c = arg;
-  if (begin)
+  if (begin) {
     loop_enter(c);
-  else
-    loop_leave(c);
+    return;
+  }
+  check_reply_size(c); /* after a read: the reply in progress (design notes) */
+  loop_leave(c);
 }
 
 /* The request bw__redis_submit is registering on this thread: completed
@@ -409,11 +450,32 @@ static void list_remove(bw_redis_t *c, bw__redis_req_t *r) {
   r->prev = r->next = NULL;
 }
 
+/* A command failing, never sent, because the connection failed or is not
+ * there, over the reason (`cause`, consumed): BW_ERR_CONNECT (retryable),
+ * except over a refused handshake, whose kind and detail it keeps (not
+ * retryable; design notes). */
+static bw_error_t *not_sent_error(bw_error_t *cause, const char *msg) {
+  bw_error_kind_t ck = bw_error_kind(cause); /* BW_ERR_NONE for NULL */
+  if (ck == BW_ERR_REDIS && (bw_error_detail(cause) & BW_REDIS_HANDSHAKE))
+    return bw_error_wrap(cause, BW_ERR_REDIS, bw_error_detail(cause), "%s", msg);
+  /* detail: the errno of a failed connect or read/write, else 0 (redis.h) */
+  int64_t errno_detail =
+      ck == BW_ERR_CONNECT || ck == BW_ERR_TRANSPORT ? bw_error_detail(cause) : 0;
+  return bw_error_wrap(cause, BW_ERR_CONNECT, errno_detail, "%s", msg);
+}
+
 static bw_error_t *not_connected_error(bw_redis_t *c) {
   bw_error_t *cause = bw_error_ref(c->last_err);
   if (c->closing) return bw_error_wrap(cause, BW_ERR_CANCELLED, 0, "redis client closed");
-  return bw_error_wrap(cause, BW_ERR_CONNECT, cause ? bw_error_detail(cause) : 0,
-                       "redis not connected (reconnecting)");
+  return not_sent_error(cause, "redis not connected (reconnecting)");
+}
+
+static bw_error_t *too_large_error(bw_redis_t *c) {
+  char where[200];
+  server_name(c, where, sizeof where);
+  return bw_error_new(BW_ERR_TOO_LARGE, (int64_t)c->max_reply_bytes,
+                      "redis %s: reply larger than max_reply_bytes (%zu bytes); connection closed",
+                      where, c->max_reply_bytes);
 }
 
 /* The errno of ac's failure. hiredis keeps only its text (ac->err is the
@@ -459,6 +521,8 @@ static void on_reply(redisAsyncContext *ac, void *rv, void *priv) {
     bw_error_t *e;
     if (c->closing) {
       e = bw_error_new(BW_ERR_CANCELLED, 0, "redis client closed");
+    } else if (ac == c->too_large_ac) {
+      e = too_large_error(c);
     } else if (ac->err == REDIS_ERR_PROTOCOL || (ac->c.flags & REDIS_CONNECTED && c->ac_ready)) {
       e = ctx_error(c, ac, " with the command in flight");
     } else {
@@ -812,6 +876,65 @@ static void queue_kick(bw_redis_t *c) {
   }
 }
 
+/* ---- Reply size limit (design notes) ---------------------------------------- */
+
+/* A reader object of `wire` bytes is about to be made for the current
+ * context: false when that takes the reply past the cap (io_mu held). */
+static bool reply_grow(const redisReadTask *t, size_t wire) {
+  bw_redis_t *c = t->privdata;
+  if (!t->parent) c->reply_bytes = 0; /* a top-level object: a new reply */
+  c->reply_bytes += wire;
+  if (c->reply_bytes <= c->max_reply_bytes) return true;
+  c->too_large_ac = c->ac; /* only the current context reads */
+  return false;
+}
+
+static void *make_string(const redisReadTask *t, char *str, size_t len) {
+  /* bulk "$<len>\r\n<data>\r\n"; status and error "+<text>\r\n" */
+  size_t wire = t->type == REDIS_REPLY_STRING ? 1 + digits(len) + 2 + len + 2 : 1 + len + 2;
+  if (!reply_grow(t, wire)) return NULL; /* the reader fails as on OOM */
+  return ((bw_redis_t *)t->privdata)->hiredis_fns->createString(t, str, len);
+}
+
+static void *make_array(const redisReadTask *t, int elements) {
+  if (!reply_grow(t, 1 + digits((size_t)elements) + 2)) return NULL; /* "*<n>\r\n" */
+  return ((bw_redis_t *)t->privdata)->hiredis_fns->createArray(t, elements);
+}
+
+static void *make_integer(const redisReadTask *t, long long v) {
+  unsigned long long u = v < 0 ? 0ull - (unsigned long long)v : (unsigned long long)v;
+  if (!reply_grow(t, 1 + (v < 0) + digits((size_t)u) + 2)) return NULL; /* ":<v>\r\n" */
+  return ((bw_redis_t *)t->privdata)->hiredis_fns->createInteger(t, v);
+}
+
+static void *make_nil(const redisReadTask *t) {
+  if (!reply_grow(t, 5)) return NULL; /* "$-1\r\n" or "*-1\r\n" */
+  return ((bw_redis_t *)t->privdata)->hiredis_fns->createNil(t);
+}
+
+/* Installed in every context's reader (start_connect); the reader's
+ * privdata is the client. hiredis frees replies with freeReplyObject, its
+ * default freeObject. Never written. */
+static redisReplyObjectFunctions counting_fns = {make_string, make_array, make_integer, make_nil,
+                                                 freeReplyObject};
+
+/* io_mu held, on the loop, after a glue callback: the reply being received
+ * so far is the reader's unparsed bytes (all of them belong to it: hiredis
+ * stops at the first incomplete object) plus, while a top-level array is
+ * being filled (reader->reply set), the wire size of its parsed part. Past
+ * the cap the connection goes (design notes). */
+static void check_reply_size(bw_redis_t *c) {
+  redisAsyncContext *ac = c->ac;
+  if (!ac || c->closing) return;
+  const redisReader *rd = ac->c.reader;
+  size_t pending = rd->len - rd->pos;
+  if (rd->reply && rd->fn == &counting_fns) pending += c->reply_bytes;
+  if (pending <= c->max_reply_bytes) return;
+  c->too_large_ac = ac;
+  conn_lost(c, too_large_error(c));
+  redisAsyncFree(ac); /* pending commands: NULL -> BW_ERR_TOO_LARGE (on_reply) */
+}
+
 /* ---- Connection ----------------------------------------------------------- */
 
 /* A paused clock must not jump to the connect deadline while a TCP connect
@@ -850,11 +973,10 @@ static void fail_waiting(bw_redis_t *c) {
       if (c->closing) {
         e = not_connected_error(c);
       } else {
-        char where[200];
+        char where[200], msg[260];
         server_name(c, where, sizeof where);
-        bw_error_t *cause = bw_error_ref(c->last_err);
-        e = bw_error_wrap(cause, BW_ERR_CONNECT, cause ? bw_error_detail(cause) : 0,
-                          "redis connect to %s failed; command not sent", where);
+        snprintf(msg, sizeof msg, "redis connect to %s failed; command not sent", where);
+        e = not_sent_error(bw_error_ref(c->last_err), msg);
       }
       complete_ex(r, NULL, e, true);
     }
@@ -917,14 +1039,29 @@ static void become_ready(bw_redis_t *c) {
   flush_waiting(c);
 }
 
+/* The error of a handshake step (AUTH or SELECT) answered with an error
+ * reply: a "try again" reply fails the connect (BW_ERR_CONNECT, retryable),
+ * any other is a refusal (BW_ERR_REDIS, BW_REDIS_HANDSHAKE; design notes). */
+static bw_error_t *handshake_error(bw_redis_t *c, const char *step, const redisReply *reply) {
+  char where[200];
+  server_name(c, where, sizeof where);
+  bw_error_t *e = bw__redis_error_from_reply(reply->str, reply->len, c->password);
+  int code = bw_redis_error_code(e);
+  if (code & BW_REDIS_RETRYABLE)
+    return bw_error_wrap(e, BW_ERR_CONNECT, 0, "redis handshake (%s) with %s failed", step, where);
+  return bw_error_wrap(e, BW_ERR_REDIS, code | BW_REDIS_HANDSHAKE,
+                       "redis %s refused the handshake (%s)", where, step);
+}
+
 static void on_handshake(redisAsyncContext *ac, void *rv, void *priv) {
   bw_redis_t *c = priv;
   redisReply *reply = rv;
   if (!reply) note_errno(c, ac);
   if (!reply || ac != c->ac) return; /* the context is going away */
+  const char *step = c->handshake_auth ? "AUTH" : "SELECT"; /* replies come in order */
+  c->handshake_auth = false;
   if (reply->type == REDIS_REPLY_ERROR && !c->handshake_err)
-    c->handshake_err = bw_error_wrap(bw__redis_error_from_reply(reply->str, reply->len, c->password),
-                                     BW_ERR_CONNECT, 0, "redis handshake (AUTH/SELECT) failed");
+    c->handshake_err = handshake_error(c, step, reply);
   if (--c->handshake_left > 0) return;
   if (c->handshake_err) {
     bw_error_t *e = c->handshake_err;
@@ -941,7 +1078,7 @@ static void on_disconnect(const redisAsyncContext *ac, int status) {
   (void)status;
   note_errno(c, ac);
   if (ac != c->ac) return; /* we freed it ourselves and already knew */
-  conn_lost(c, ctx_error(c, ac, ""));
+  conn_lost(c, ac == c->too_large_ac ? too_large_error(c) : ctx_error(c, ac, ""));
 }
 
 static void on_tcp_connect(redisAsyncContext *ac, int err, void *arg) {
@@ -970,8 +1107,10 @@ static void queue_handshake(bw_redis_t *c) {
     if (buf) {
       size_t n = resp_write(buf, argc, argv, NULL);
       buf[n] = '\0';
-      if (redisAsyncFormattedCommand(c->ac, on_handshake, c, buf, n) == REDIS_OK)
+      if (redisAsyncFormattedCommand(c->ac, on_handshake, c, buf, n) == REDIS_OK) {
         c->handshake_left++;
+        c->handshake_auth = true;
+      }
       explicit_bzero(buf, len);
       bw__free(buf);
     }
@@ -992,8 +1131,11 @@ static void start_connect(bw_redis_t *c) {
   set_state(c, BW_REDIS_CONNECTING);
   c->ac_ready = false;
   c->handshake_left = 0;
+  c->handshake_auth = false;
   c->io_errno_ac = NULL; /* a new context may reuse the old one's address */
   c->io_errno = 0;
+  c->too_large_ac = NULL;
+  c->reply_bytes = 0;
   if (!ac || ac->err) {
     int err = ac && ac->err == REDIS_ERR_IO ? sys_err : 0;
     char where[200];
@@ -1006,6 +1148,11 @@ static void start_connect(bw_redis_t *c) {
   }
   ac->data = c;
   c->ac = ac;
+  if (ac->c.reader->fn) { /* hiredis's defaults: count what they make */
+    c->hiredis_fns = ac->c.reader->fn;
+    ac->c.reader->fn = &counting_fns;
+    ac->c.reader->privdata = c;
+  }
   redisAsyncSetDisconnectCallback(ac, on_disconnect);
   queue_handshake(c);
   int rc = bw__redis_uv_attach(bw__reactor_loop(c->rt), ac, on_tcp_connect, c);
@@ -1185,6 +1332,7 @@ bw_error_t *bw_redis_new(bw_runtime_t *rt, const bw_redis_opts_t *opts, bw_redis
   c->reconnect_max_ms = o.reconnect_max_ms ? o.reconnect_max_ms : 2000;
   if (c->reconnect_max_ms < c->reconnect_min_ms) c->reconnect_max_ms = c->reconnect_min_ms;
   c->max_in_flight = o.max_in_flight ? o.max_in_flight : 65536;
+  c->max_reply_bytes = o.max_reply_bytes ? o.max_reply_bytes : BW_REDIS_DEFAULT_MAX_REPLY_BYTES;
   c->backoff_ms = c->reconnect_min_ms;
   atomic_init(&c->refs, 1);
   atomic_init(&c->state, BW_REDIS_CONNECTING);

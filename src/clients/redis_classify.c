@@ -81,7 +81,11 @@ bool bw_redis_error_is_retryable(const bw_error_t *err) {
       break;
   }
   /* Wrapped by a layer (e.g. a timeout layer's own link): look inside, but
-   * never retry what the caller cancelled or a non-retryable reply. */
+   * never retry what the caller cancelled or a non-retryable reply. A
+   * refused handshake (BW_ERR_REDIS, BW_REDIS_HANDSHAKE | code) and
+   * BW_ERR_TOO_LARGE end here as false too: neither has a retryable link
+   * (redis.c builds them that way, so bw_retry_default_predicate, which
+   * stops at the first meaningful kind, says false as well). */
   if (bw_error_is(err, BW_ERR_CANCELLED)) return false;
   const bw_error_t *r = bw_error_find(err, BW_ERR_REDIS);
   if (r) return (bw_error_detail(r) & BW_REDIS_RETRYABLE) != 0;
@@ -91,5 +95,5 @@ bool bw_redis_error_is_retryable(const bw_error_t *err) {
 
 int bw_redis_error_code(const bw_error_t *err) {
   const bw_error_t *r = bw_error_find(err, BW_ERR_REDIS);
-  return r ? (int)bw_error_detail(r) : 0;
+  return r ? (int)(bw_error_detail(r) & ~(int64_t)BW_REDIS_HANDSHAKE) : 0;
 }

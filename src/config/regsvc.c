@@ -276,6 +276,7 @@ void bw__client_redis_opts(const bw__cclient_t *c, bw_redis_opts_t *o) {
   o->connect_timeout_ms = (uint32_t)bw__ms_up(CV(c, "connect_timeout")->u);
   o->command_timeout_ms = (uint32_t)bw__ms_up(CV(c, "command_timeout")->u);
   o->max_in_flight = (uint32_t)CV(c, "max_in_flight")->i;
+  o->max_reply_bytes = (size_t)CV(c, "max_reply")->u;
 }
 
 void bw__client_http_opts(const bw__cclient_t *c, bw_http_client_opts_t *o) {

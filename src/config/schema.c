@@ -151,6 +151,9 @@ static const bw__key_t kRedisClient[] = {
     {"connect_timeout", BW__VT_DURATION, NULL, 1e6, HOUR, "1s", false, "connect limit"},
     {"command_timeout", BW__VT_DURATION, NULL, 0, HOUR, "0", false, "per-command limit (0: none)"},
     {"max_in_flight", BW__VT_INT, NULL, 1, 1e7, "65536", false, "commands in flight at once"},
+    /* below 1KiB an INFO or a small MGET would fail: "64" was meant as 64MiB */
+    {"max_reply", BW__VT_SIZE, NULL, 1024, 64.0 * 1073741824.0, "64MiB", false,
+     "largest reply accepted (wire bytes); larger: too_large, connection closed"},
 };
 
 #define N(a) (sizeof(a) / sizeof(a)[0])

@@ -593,8 +593,9 @@ static void test_auth_select_and_secret(void **state) {
   freeReplyObject(r);
   redisFree(rc);
 
-  /* Wrong password: handshake fails, calls fail with WRONGPASS inside a
-   * connect error, and the password text appears nowhere. */
+  /* Wrong password: the handshake is refused, calls fail with WRONGPASS
+   * (not retryable: test_redis_errors.c), and the password text appears
+   * nowhere. */
   o.password = "wrong-Pa55-xyzzy";
   c = client_new(&o);
   cmd1(c, &w, "GET", "x", NULL);
@@ -606,7 +607,7 @@ static void test_auth_select_and_secret(void **state) {
   assert_true(wait_state(c, BW_REDIS_BACKOFF, 5));
   cmd1(c, &w, "GET", "x", NULL);
   format_err(w.err, buf, sizeof buf);
-  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_REDIS);
   assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_WRONGPASS);
   assert_null(strstr(buf, "wrong-Pa55-xyzzy"));
   waiter_fini(&w);
@@ -963,7 +964,8 @@ static void test_reset_errno(void **state) {
 
 /* A command issued while CONNECTING waits for the handshake: when SELECT
  * fails, it was never sent (it used to be pipelined behind SELECT and run
- * in db 0), so its retryable BW_ERR_CONNECT is true. */
+ * in db 0). The server refused the handshake (db out of range), so the
+ * error is that refusal, not retryable (test_redis_errors.c). */
 static void test_handshake_failure_command_not_sent(void **state) {
   (void)state;
   redisContext *rc = redisConnect("127.0.0.1", server.port);
@@ -977,8 +979,9 @@ static void test_handshake_failure_command_not_sent(void **state) {
   bw_redis_t *c = client_new(&o);
   waiter_t w;
   cmd1(c, &w, "INCR", "bw:handshake-fail", NULL);
-  assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
-  assert_true(bw_redis_error_is_retryable(w.err));
+  assert_int_equal(bw_error_kind(w.err), BW_ERR_REDIS);
+  assert_true(bw_error_detail(w.err) & BW_REDIS_HANDSHAKE);
+  assert_false(bw_redis_error_is_retryable(w.err));
   waiter_fini(&w);
   bw_redis_free(c);
   redisReply *r = redisCommand(rc, "EXISTS bw:handshake-fail");

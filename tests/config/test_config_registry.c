@@ -585,6 +585,47 @@ static void test_client_timeouts_round_up(void **state) {
   bw__config_free(c);
 }
 
+/* redis max_reply: a size mapped to max_reply_bytes (default 64MiB, the
+ * client's own default); below 1KiB, or not a size, is refused where it
+ * is written. */
+static void test_redis_max_reply(void **state) {
+  (void)state;
+  bw__config_t *c = model("stacks: {a: [timeout]}\n"
+                          "clients:\n"
+                          "  r:\n    redis: { max_reply: 4MiB }\n"
+                          "  z:\n    redis: { port: 6380 }\n");
+  bw_redis_opts_t ro;
+  bw__client_redis_opts(bw__config_client(c, "r"), &ro);
+  assert_true(ro.max_reply_bytes == (size_t)4 << 20);
+  bw__client_redis_opts(bw__config_client(c, "z"), &ro);
+  assert_true(ro.max_reply_bytes == BW_REDIS_DEFAULT_MAX_REPLY_BYTES);
+  bw__config_free(c);
+
+  static const struct {
+    const char *value;
+    bw_config_problem_t problem;
+    const char *needle;
+  } bad[] = {{"512B", BW_CFG_RANGE, "1KiB..64GiB"},
+             {"65GiB", BW_CFG_RANGE, "1KiB..64GiB"},
+             {"64", BW_CFG_RANGE, "1KiB..64GiB"}, /* bytes: 64MiB was meant */
+             {"lots", BW_CFG_BAD_VALUE, "a size like 64KiB"},
+             {"2 parsecs", BW_CFG_UNIT, "a size like 64KiB"}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    char y[256];
+    snprintf(y, sizeof y, "stacks: {a: [timeout]}\nclients:\n  r:\n    redis: { max_reply: %s }\n",
+             bad[i].value);
+    bw_config_report_t *r = NULL;
+    bw_error_t *e = bw_config_check_string(y, strlen(y), "mr.yaml", &r);
+    if (e == NULL) fail_msg("max_reply: %s accepted", bad[i].value);
+    const bw_config_diag_t *d = bw_config_report_get(r, 0);
+    if (bw_error_detail(e) != bad[i].problem || d->line != 4 ||
+        strcmp(d->path, "clients.r.redis.max_reply") != 0 || !strstr(d->message, bad[i].needle))
+      fail_msg("max_reply: %s: got %d '%s' '%s'", bad[i].value, d->line, d->path, d->message);
+    bw_error_unref(e);
+    bw_config_report_free(r);
+  }
+}
+
 static void test_secret_client_setting_reloads(void **state) {
   (void)state;
   bw_runtime_t *rt = new_rt(1, false);
@@ -963,6 +1004,7 @@ int main(void) {
       cmocka_unit_test(test_many_http_statuses),
       cmocka_unit_test(test_shared_build_error_located),
       cmocka_unit_test(test_client_timeouts_round_up),
+      cmocka_unit_test(test_redis_max_reply),
       cmocka_unit_test(test_secret_client_setting_reloads),
       cmocka_unit_test(test_reload_races_calls),
       cmocka_unit_test(test_fallback_flavors_share_generation),
