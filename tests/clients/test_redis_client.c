@@ -17,9 +17,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
+#include "support/fake_server.h"
 #include "support/redis_server.h"
+#include "support/redis_waiter.h"
 
 static bw_test_redis_t server;
 static bw_runtime_t *rt;
@@ -32,144 +33,41 @@ static double scale(void) {
 
 static int group_setup(void **state) {
   (void)state;
-  if (bw_test_redis_start(&server, NULL) != 0) return -1;
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = 2;
-  bw_error_t *e = bw_runtime_new(&rt, &o);
-  if (e) {
-    bw_error_unref(e);
-    return -1;
-  }
-  return 0;
+  return bw_test_redis_group_setup(&server, &rt);
 }
 
 static int group_teardown(void **state) {
   (void)state;
-  bw_runtime_free(rt);
-  bw_test_redis_destroy(&server);
-  return 0;
+  return bw_test_redis_group_teardown(&server, rt);
 }
 
 /* ---- waiting for completions --------------------------------------------- */
 
-typedef struct waiter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int expected, got;
-  int *per_slot; /* optional: completions per slot */
-  bw_redis_reply_t *reply;
-  bw_error_t *err;
-  int errors_by_kind[BW_ERR__MAX];
-  bool bad_thread;
-} waiter_t;
-
-static void waiter_init(waiter_t *w, int expected) {
-  memset(w, 0, sizeof *w);
-  pthread_mutex_init(&w->mu, NULL);
-  pthread_cond_init(&w->cv, NULL);
-  w->expected = expected;
-}
-
-static void waiter_fini(waiter_t *w) {
-  bw_redis_reply_free(w->reply);
-  bw_error_unref(w->err);
-  pthread_mutex_destroy(&w->mu);
-  pthread_cond_destroy(&w->cv);
-}
-
-static void on_cb(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
-  waiter_t *w = arg;
-  pthread_mutex_lock(&w->mu);
-  if (bw_runtime_current() != rt) w->bad_thread = true;
-  if (err) w->errors_by_kind[bw_error_kind(err)]++;
-  if ((reply != NULL) == (err != NULL)) w->bad_thread = true; /* contract broken */
-  if (!w->reply && reply) {
-    w->reply = reply;
-    reply = NULL;
-  }
-  if (!w->err && err) w->err = bw_error_ref(err);
-  w->got++;
-  pthread_cond_broadcast(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-  bw_redis_reply_free(reply);
-}
-
+/* Completions counted per command, under the waiter's lock. */
 typedef struct slot_arg {
-  waiter_t *w;
-  int i;
+  bw_test_redis_waiter_t *w;
+  int *completions;
 } slot_arg_t;
 
 static void on_slot(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
   slot_arg_t *s = arg;
   pthread_mutex_lock(&s->w->mu);
-  s->w->per_slot[s->i]++;
+  (*s->completions)++;
   pthread_mutex_unlock(&s->w->mu);
-  on_cb(reply, err, s->w);
-}
-
-static bool waiter_wait(waiter_t *w, int secs) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += secs;
-  pthread_mutex_lock(&w->mu);
-  while (w->got < w->expected)
-    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0) break;
-  bool ok = w->got >= w->expected;
-  pthread_mutex_unlock(&w->mu);
-  return ok;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* Reconnects run on real-time backoff: poll the state (bounded). */
-static bool wait_state(bw_redis_t *c, bw_redis_state_t st, int secs) {
-  for (int i = 0; i < secs * 1000; i++) {
-    if (bw_redis_state(c) == st) return true;
-    sleep_ms(1);
-  }
-  bw_redis_stats_t s;
-  bw_redis_stats(c, &s);
-  fprintf(stderr,
-          "wait_state: wanted %d, still %d after %d s (connects %llu, connect failures %llu, "
-          "disconnects %llu)\n",
-          (int)st, (int)bw_redis_state(c), secs, (unsigned long long)s.connects,
-          (unsigned long long)s.connect_failures, (unsigned long long)s.disconnects);
-  return false;
-}
-
-static bw_redis_t *client_new(const bw_redis_opts_t *extra) {
-  bw_redis_opts_t o;
-  bw_redis_opts_init(&o);
-  if (extra) o = *extra;
-  if (!o.unix_path && !o.port) o.port = server.port;
-  if (!o.reconnect_min_ms) o.reconnect_min_ms = 10;
-  if (!o.reconnect_max_ms) o.reconnect_max_ms = 50;
-  bw_redis_t *c = NULL;
-  bw_error_t *e = bw_redis_new(rt, &o, &c);
-  if (e) {
-    char buf[256];
-    bw_error_format(e, buf, sizeof buf, BW_ERROR_FMT_KIND | BW_ERROR_FMT_LOCATION);
-    fprintf(stderr, "bw_redis_new: %s\n", buf);
-    bw_error_unref(e);
-    fail();
-  }
-  return c;
+  bw_test_redis_waiter_cb(reply, err, s->w);
 }
 
 /* Run one command and wait for it. */
-static void run(bw_redis_t *c, waiter_t *w, int argc, const char *const *argv, const size_t *lens,
-                const bw_redis_cmd_opts_t *opts) {
-  waiter_init(w, 1);
-  assert_null(bw_redis_command(c, argc, argv, lens, opts, on_cb, w));
-  assert_true(waiter_wait(w, 10));
-  assert_false(w->bad_thread);
+static void run(bw_redis_t *c, bw_test_redis_waiter_t *w, int argc, const char *const *argv,
+                const size_t *lens, const bw_redis_cmd_opts_t *opts) {
+  bw_test_redis_waiter_init(w, 1, rt);
+  assert_null(bw_redis_command(c, argc, argv, lens, opts, bw_test_redis_waiter_cb, w));
+  assert_true(bw_test_redis_waiter_wait(w, 10));
+  assert_false(w->bad_callback);
 }
 
-static void cmd1(bw_redis_t *c, waiter_t *w, const char *a0, const char *a1, const char *a2) {
+static void cmd1(bw_redis_t *c, bw_test_redis_waiter_t *w, const char *a0, const char *a1,
+                 const char *a2) {
   const char *argv[3] = {a0, a1, a2};
   run(c, w, a2 ? 3 : a1 ? 2 : 1, argv, NULL, NULL);
 }
@@ -182,8 +80,8 @@ static void format_err(const bw_error_t *e, char *buf, size_t len) {
 
 static void test_set_get_binary(void **state) {
   (void)state;
-  bw_redis_t *c = client_new(NULL);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, NULL);
+  bw_test_redis_waiter_t w;
   const char val[] = {'a', '\0', 'b', '\r', '\n', 'c'};
   const char *argv[3] = {"SET", "bin\0key", val};
   size_t lens[3] = {3, 7, sizeof val};
@@ -191,7 +89,7 @@ static void test_set_get_binary(void **state) {
   assert_null(w.err);
   assert_int_equal(w.reply->type, BW_REDIS_REPLY_STATUS);
   assert_string_equal(w.reply->str, "OK");
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 
   const char *gargv[2] = {"GET", "bin\0key"};
   size_t glens[2] = {3, 7};
@@ -200,26 +98,26 @@ static void test_set_get_binary(void **state) {
   assert_int_equal(w.reply->type, BW_REDIS_REPLY_STRING);
   assert_int_equal(w.reply->len, sizeof val);
   assert_memory_equal(w.reply->str, val, sizeof val);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 
   cmd1(c, &w, "GET", "no-such-key", NULL);
   assert_int_equal(w.reply->type, BW_REDIS_REPLY_NIL);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 
   cmd1(c, &w, "DEL", "list", NULL);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   const char *rp[5] = {"RPUSH", "list", "x", "yy", "zzz"};
   run(c, &w, 5, rp, NULL, NULL);
   assert_int_equal(w.reply->type, BW_REDIS_REPLY_INTEGER);
   assert_int_equal(w.reply->integer, 3);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   const char *lr[4] = {"LRANGE", "list", "0", "-1"};
   run(c, &w, 4, lr, NULL, NULL);
   assert_int_equal(w.reply->type, BW_REDIS_REPLY_ARRAY);
   assert_int_equal(w.reply->elements, 3);
   assert_string_equal(w.reply->element[2]->str, "zzz");
   assert_int_equal(w.reply->element[1]->len, 2);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 
   bw_redis_stats_t st;
   bw_redis_stats(c, &st);
@@ -230,22 +128,23 @@ static void test_set_get_binary(void **state) {
 
 static void test_pipelining(void **state) {
   (void)state;
-  bw_redis_t *c = client_new(NULL);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, NULL);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "DEL", "ctr", NULL);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   int n = (int)(20000 * scale());
   if (n < 100) n = 100;
-  waiter_init(&w, n);
+  bw_test_redis_waiter_init(&w, n, rt);
   const char *argv[2] = {"INCR", "ctr"};
-  for (int i = 0; i < n; i++) assert_null(bw_redis_command(c, 2, argv, NULL, NULL, on_cb, &w));
-  assert_true(waiter_wait(&w, 30));
-  assert_false(w.bad_thread);
+  for (int i = 0; i < n; i++)
+    assert_null(bw_redis_command(c, 2, argv, NULL, NULL, bw_test_redis_waiter_cb, &w));
+  assert_true(bw_test_redis_waiter_wait(&w, 30));
+  assert_false(w.bad_callback);
   assert_null(w.err);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   cmd1(c, &w, "GET", "ctr", NULL);
   assert_int_equal(atoi(w.reply->str), n);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_stats_t st;
   bw_redis_stats(c, &st);
   assert_int_equal(st.replies, (uint64_t)n + 2);
@@ -258,16 +157,16 @@ static void test_pipelining(void **state) {
  * show that every command ran once and in submission order. */
 typedef struct chain {
   bw_redis_t *c;
-  waiter_t *w;
+  bw_test_redis_waiter_t *w;
   int next, rounds;
   char key[32];
 } chain_t;
 
 /* A callback's view of a failure or a wrong thread: recorded, not asserted
  * (cmocka's asserts belong to the test thread). */
-static void chain_note(waiter_t *w, const bw_error_t *err, bool done) {
+static void chain_note(bw_test_redis_waiter_t *w, const bw_error_t *err, bool done) {
   pthread_mutex_lock(&w->mu);
-  if (bw_runtime_current() != rt) w->bad_thread = true;
+  if (bw_runtime_current() != rt) w->bad_callback = true;
   if (err) w->errors_by_kind[bw_error_kind(err)]++;
   if (done) w->got++;
   pthread_cond_broadcast(&w->cv);
@@ -305,34 +204,34 @@ static void on_chain(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) 
 
 static void test_commands_from_callbacks(void **state) {
   (void)state;
-  bw_redis_t *c = client_new(NULL);
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, NULL);
   enum { CHAINS = 16 };
   int rounds = (int)(200 * scale());
   chain_t ch[CHAINS];
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   for (int i = 0; i < CHAINS; i++) {
     ch[i] = (chain_t){c, NULL, 0, rounds, ""};
     snprintf(ch[i].key, sizeof ch[i].key, "chain:%d", i);
     cmd1(c, &w, "DEL", ch[i].key, NULL);
-    waiter_fini(&w);
+    bw_test_redis_waiter_fini(&w);
   }
-  waiter_init(&w, CHAINS);
+  bw_test_redis_waiter_init(&w, CHAINS, rt);
   const char *ping[1] = {"PING"};
   for (int i = 0; i < CHAINS; i++) {
     ch[i].w = &w;
     assert_null(bw_redis_command(c, 1, ping, NULL, NULL, on_chain, &ch[i]));
   }
-  assert_true(waiter_wait(&w, 30));
-  assert_false(w.bad_thread);
+  assert_true(bw_test_redis_waiter_wait(&w, 30));
+  assert_false(w.bad_callback);
   for (int k = 0; k < BW_ERR__MAX; k++) assert_int_equal(w.errors_by_kind[k], 0);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   for (int i = 0; i < CHAINS; i++) {
     const char *argv[4] = {"LRANGE", ch[i].key, "0", "-1"};
     run(c, &w, 4, argv, NULL, NULL);
     assert_int_equal(w.reply->type, BW_REDIS_REPLY_ARRAY);
     assert_int_equal(w.reply->elements, (size_t)(2 * rounds));
     for (int j = 0; j < 2 * rounds; j++) assert_int_equal(atoi(w.reply->element[j]->str), j);
-    waiter_fini(&w);
+    bw_test_redis_waiter_fini(&w);
   }
   bw_redis_stats_t st;
   bw_redis_stats(c, &st);
@@ -345,20 +244,20 @@ static void test_commands_from_callbacks(void **state) {
  * completes exactly once. */
 typedef struct burst {
   bw_redis_t *c;
-  waiter_t *w;
+  bw_test_redis_waiter_t *w;
 } burst_t;
 
 static void on_burst(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
   burst_t *b = arg;
   const char *argv[1] = {"PING"};
   for (int i = 0; i < 32; i++) {
-    bw_error_t *e = bw_redis_command(b->c, 1, argv, NULL, NULL, on_cb, b->w);
+    bw_error_t *e = bw_redis_command(b->c, 1, argv, NULL, NULL, bw_test_redis_waiter_cb, b->w);
     if (e) {
-      on_cb(NULL, e, b->w);
+      bw_test_redis_waiter_cb(NULL, e, b->w);
       bw_error_unref(e);
     }
   }
-  on_cb(reply, err, b->w);
+  bw_test_redis_waiter_cb(reply, err, b->w);
 }
 
 static void test_callback_burst_over_limit(void **state) {
@@ -366,22 +265,22 @@ static void test_callback_burst_over_limit(void **state) {
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.max_in_flight = 4;
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
-  waiter_init(&w, 1 + 32);
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
+  bw_test_redis_waiter_init(&w, 1 + 32, rt);
   burst_t b = {c, &w};
   const char *argv[1] = {"PING"};
   assert_null(bw_redis_command(c, 1, argv, NULL, NULL, on_burst, &b));
-  assert_true(waiter_wait(&w, 10));
+  assert_true(bw_test_redis_waiter_wait(&w, 10));
   bw_redis_free(c); /* every callback has run when this returns */
   assert_int_equal(w.got, 1 + 32);
-  assert_false(w.bad_thread);
+  assert_false(w.bad_callback);
   int unavailable = w.errors_by_kind[BW_ERR_UNAVAILABLE];
   assert_true(unavailable <= 32 - 4);
   int others = 0;
   for (int k = 0; k < BW_ERR__MAX; k++) others += k == BW_ERR_UNAVAILABLE ? 0 : w.errors_by_kind[k];
   assert_int_equal(others, 0);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 }
 
 /* Commands that a delivery batch's callbacks submit are written once 16 of
@@ -393,7 +292,7 @@ static void test_callback_burst_over_limit(void **state) {
  * list that stays empty until it gives up (10 s) and this test fails. */
 typedef struct early {
   bw_redis_t *c;
-  waiter_t *w;
+  bw_test_redis_waiter_t *w;
   atomic_int seen;
   int popped; /* 1: the pop found a pushed value; 0: it gave up; -1: error */
 } early_t;
@@ -417,34 +316,35 @@ static void on_early(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) 
   int i = atomic_fetch_add(&e->seen, 1);
   if (i < 16) {
     const char *argv[3] = {"RPUSH", "early", "x"};
-    bw_error_t *se = bw_redis_command(e->c, 3, argv, NULL, NULL, on_cb, e->w);
+    bw_error_t *se = bw_redis_command(e->c, 3, argv, NULL, NULL, bw_test_redis_waiter_cb, e->w);
     if (se) {
-      on_cb(NULL, se, e->w);
+      bw_test_redis_waiter_cb(NULL, se, e->w);
       bw_error_unref(se);
     }
   } else if (i == 16) {
     e->popped = pop_blocking(server.port, "early", 10);
   }
-  on_cb(reply, err, e->w);
+  bw_test_redis_waiter_cb(reply, err, e->w);
 }
 
 static void test_held_commands_written_mid_batch(void **state) {
   (void)state;
-  waiter_t w;
-  bw_redis_t *c = client_new(NULL);
+  bw_test_redis_waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, NULL);
   cmd1(c, &w, "DEL", "early", NULL);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
-  c = client_new(NULL); /* fresh: the PINGs below queue while it connects */
-  waiter_init(&w, 64 + 16);
+  /* fresh: the PINGs below queue while it connects */
+  c = bw_test_redis_client_new(rt, &server, NULL);
+  bw_test_redis_waiter_init(&w, 64 + 16, rt);
   early_t e = {c, &w, 0, -2};
   const char *ping[1] = {"PING"};
   for (int i = 0; i < 64; i++) assert_null(bw_redis_command(c, 1, ping, NULL, NULL, on_early, &e));
-  assert_true(waiter_wait(&w, 30));
+  assert_true(bw_test_redis_waiter_wait(&w, 30));
   bw_redis_stats_t st;
   bw_redis_stats(c, &st);
   bw_redis_free(c);
-  assert_false(w.bad_thread);
+  assert_false(w.bad_callback);
   for (int k = 0; k < BW_ERR__MAX; k++) assert_int_equal(w.errors_by_kind[k], 0);
   /* The worker writes them itself unless the socket was busy (the loop
    * reading the replies of a batch split over two reads) or earlier
@@ -453,12 +353,12 @@ static void test_held_commands_written_mid_batch(void **state) {
    * callback that blocks, README). Only a direct write can be checked. */
   if (st.held_via_loop == 0) assert_int_equal(e.popped, 1);
   else assert_true(e.popped == 0 || e.popped == 1);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 }
 
 /* Server error replies, produced with redis.error_reply() so every prefix
  * can be made on a single plain server. */
-static void script_error(bw_redis_t *c, waiter_t *w, const char *msg) {
+static void script_error(bw_redis_t *c, bw_test_redis_waiter_t *w, const char *msg) {
   char script[256];
   snprintf(script, sizeof script, "return redis.error_reply('%s')", msg);
   const char *argv[3] = {"EVAL", script, "0"};
@@ -468,8 +368,8 @@ static void script_error(bw_redis_t *c, waiter_t *w, const char *msg) {
 
 static void test_classification(void **state) {
   (void)state;
-  bw_redis_t *c = client_new(NULL);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, NULL);
+  bw_test_redis_waiter_t w;
   static const struct {
     const char *msg;
     int code;
@@ -499,27 +399,27 @@ static void test_classification(void **state) {
     format_err(w.err, buf, sizeof buf);
     if (cases[i].code == BW_REDIS_MOVED || cases[i].code == BW_REDIS_ASK)
       assert_non_null(strstr(buf, "cluster redirection not supported"));
-    waiter_fini(&w);
+    bw_test_redis_waiter_fini(&w);
   }
   /* Real errors from the server. */
   cmd1(c, &w, "SET", "str", "v");
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   cmd1(c, &w, "LPUSH", "str", "x");
   assert_int_equal(bw_error_kind(w.err), BW_ERR_REDIS);
   assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_WRONGTYPE);
   assert_false(bw_redis_error_is_retryable(w.err));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   cmd1(c, &w, "NOSUCHCOMMAND", NULL, NULL);
   assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_ERR);
   assert_false(bw_redis_error_is_retryable(w.err));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   cmd1(c, &w, "EVALSHA", "ffffffffffffffffffffffffffffffffffffffff", "0");
   assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_NOSCRIPT);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   /* The connection is still fine after error replies. */
   cmd1(c, &w, "PING", NULL, NULL);
   assert_string_equal(w.reply->str, "PONG");
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -528,19 +428,20 @@ static void test_refused(void **state) {
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.port = bw_test_free_port();
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
   assert_true(bw_redis_error_is_retryable(w.err));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   /* Once the refusal is known, calls fail fast with the cause attached. */
-  assert_true(wait_state(c, BW_REDIS_BACKOFF, 5) || bw_redis_state(c) == BW_REDIS_CONNECTING);
+  assert_true(bw_test_redis_wait_state(c, BW_REDIS_BACKOFF, 5) ||
+              bw_redis_state(c) == BW_REDIS_CONNECTING);
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
   const bw_error_t *root = bw_error_root(w.err);
   assert_int_equal(bw_error_detail(root), ECONNREFUSED);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_stats_t st;
   bw_redis_stats(c, &st);
   assert_true(st.connect_failures >= 1);
@@ -553,12 +454,12 @@ static void test_unix_socket(void **state) {
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.unix_path = server.unix_path;
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_null(w.err);
   assert_string_equal(w.reply->str, "PONG");
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -572,11 +473,11 @@ static void test_auth_select_and_secret(void **state) {
   o.port = sec.port;
   o.password = pw;
   o.db = 3;
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "SET", "in-db-3", "yes");
   assert_null(w.err);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
   /* Check with a plain blocking connection that SELECT 3 was applied. */
   redisContext *rc = redisConnect("127.0.0.1", sec.port);
@@ -597,30 +498,30 @@ static void test_auth_select_and_secret(void **state) {
    * (not retryable: test_redis_errors.c), and the password text appears
    * nowhere. */
   o.password = "wrong-Pa55-xyzzy";
-  c = client_new(&o);
+  c = bw_test_redis_client_new(rt, &server, &o);
   cmd1(c, &w, "GET", "x", NULL);
   char buf[1024];
   format_err(w.err, buf, sizeof buf);
   assert_null(strstr(buf, "wrong-Pa55-xyzzy"));
   assert_true(bw_error_is(w.err, BW_ERR_CONNECT) || bw_error_is(w.err, BW_ERR_REDIS));
-  waiter_fini(&w);
-  assert_true(wait_state(c, BW_REDIS_BACKOFF, 5));
+  bw_test_redis_waiter_fini(&w);
+  assert_true(bw_test_redis_wait_state(c, BW_REDIS_BACKOFF, 5));
   cmd1(c, &w, "GET", "x", NULL);
   format_err(w.err, buf, sizeof buf);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_REDIS);
   assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_WRONGPASS);
   assert_null(strstr(buf, "wrong-Pa55-xyzzy"));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 
   /* No password at all against a protected server: NOAUTH, not retryable. */
   o.password = NULL;
   o.db = 0;
-  c = client_new(&o);
+  c = bw_test_redis_client_new(rt, &server, &o);
   cmd1(c, &w, "GET", "x", NULL);
   assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_NOAUTH);
   assert_false(bw_redis_error_is_retryable(w.err));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
   bw_test_redis_destroy(&sec);
 }
@@ -631,59 +532,53 @@ static void test_auth_select_and_secret(void **state) {
 #define INFLIGHT 1000
 static void test_killed_in_flight(void **state) {
   (void)state;
-  bw_redis_t *c = client_new(NULL);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, NULL);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   static int per_slot[INFLIGHT];
   static slot_arg_t slots[INFLIGHT];
   memset(per_slot, 0, sizeof per_slot);
-  waiter_init(&w, INFLIGHT);
-  w.per_slot = per_slot;
+  bw_test_redis_waiter_init(&w, INFLIGHT, rt);
   const char *blpop[3] = {"BLPOP", "bw:never", "0"};
-  slots[0] = (slot_arg_t){&w, 0};
+  slots[0] = (slot_arg_t){&w, &per_slot[0]};
   assert_null(bw_redis_command(c, 3, blpop, NULL, NULL, on_slot, &slots[0]));
   const char *get[2] = {"GET", "k"};
   for (int i = 1; i < INFLIGHT; i++) {
-    slots[i] = (slot_arg_t){&w, i};
+    slots[i] = (slot_arg_t){&w, &per_slot[i]};
     assert_null(bw_redis_command(c, 2, get, NULL, NULL, on_slot, &slots[i]));
   }
-  bw_redis_stats_t st;
-  for (int i = 0; i < 5000; i++) {
-    bw_redis_stats(c, &st);
-    if (st.in_flight == INFLIGHT) break;
-    sleep_ms(1);
-  }
-  assert_int_equal(st.in_flight, INFLIGHT);
+  assert_true(bw_test_redis_wait_in_flight(c, INFLIGHT, 5));
   bw_test_redis_kill(&server);
-  assert_true(waiter_wait(&w, 10));
-  sleep_ms(20); /* would expose a second completion */
+  assert_true(bw_test_redis_waiter_wait(&w, 10));
+  bw_test_sleep_ms(20); /* would expose a second completion */
   pthread_mutex_lock(&w.mu);
   assert_int_equal(w.got, INFLIGHT);
   for (int i = 0; i < INFLIGHT; i++) assert_int_equal(per_slot[i], 1);
   assert_int_equal(w.errors_by_kind[BW_ERR_TRANSPORT], INFLIGHT);
   pthread_mutex_unlock(&w.mu);
   assert_true(bw_redis_error_is_retryable(w.err));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 
   /* Dead: a connect error, failing fast while in backoff. (On a loaded
    * machine the 50 ms backoff may have ended before the PING: then it
    * waited for a reconnect attempt that was refused.) */
-  assert_true(wait_state(c, BW_REDIS_BACKOFF, 5));
+  assert_true(bw_test_redis_wait_state(c, BW_REDIS_BACKOFF, 5));
+  bw_redis_stats_t st;
   bw_redis_stats(c, &st);
   uint64_t refused_before = st.connect_failures;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_stats(c, &st);
   assert_true(st.fail_fast >= 1 || st.connect_failures > refused_before);
   assert_int_equal(st.disconnects, 1);
 
   assert_int_equal(bw_test_redis_restart(&server), 0);
-  assert_true(wait_state(c, BW_REDIS_READY, 10));
+  assert_true(bw_test_redis_wait_state(c, BW_REDIS_READY, 10));
   cmd1(c, &w, "PING", NULL, NULL);
   assert_null(w.err);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -692,35 +587,35 @@ static void test_timeout_late_reply_dropped(void **state) {
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.command_timeout_ms = 50;
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_null(w.err);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_test_redis_pause(&server);
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_TIMEOUT);
   assert_true(bw_redis_error_is_retryable(w.err));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   /* Cancellation by token while the server is stopped. */
   bw_cancel_token_t *tok;
   assert_null(bw_cancel_token_new(&tok));
   bw_redis_cmd_opts_t co = {0, tok};
   const char *argv[1] = {"PING"};
-  waiter_init(&w, 1);
-  assert_null(bw_redis_command(c, 1, argv, NULL, &co, on_cb, &w));
+  bw_test_redis_waiter_init(&w, 1, rt);
+  assert_null(bw_redis_command(c, 1, argv, NULL, &co, bw_test_redis_waiter_cb, &w));
   bw_cancel_token_cancel(tok);
-  assert_true(waiter_wait(&w, 10));
+  assert_true(bw_test_redis_waiter_wait(&w, 10));
   assert_int_equal(bw_error_kind(w.err), BW_ERR_CANCELLED);
   assert_false(bw_redis_error_is_retryable(w.err));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_cancel_token_unref(tok);
   bw_test_redis_resume(&server);
   /* Late replies are dropped; the connection still works. */
   cmd1(c, &w, "PING", NULL, NULL);
   assert_null(w.err);
   assert_string_equal(w.reply->str, "PONG");
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_stats_t st;
   bw_redis_stats(c, &st);
   /* The timed-out PING's reply came late; the cancelled one was either
@@ -731,11 +626,11 @@ static void test_timeout_late_reply_dropped(void **state) {
   assert_int_equal(st.in_flight, 0);
   /* A deadline already passed. */
   bw_redis_cmd_opts_t past = {bw_runtime_now_ns(rt) - 1, NULL};
-  waiter_init(&w, 1);
-  assert_null(bw_redis_command(c, 1, argv, NULL, &past, on_cb, &w));
-  assert_true(waiter_wait(&w, 10));
+  bw_test_redis_waiter_init(&w, 1, rt);
+  assert_null(bw_redis_command(c, 1, argv, NULL, &past, bw_test_redis_waiter_cb, &w));
+  assert_true(bw_test_redis_waiter_wait(&w, 10));
   assert_int_equal(bw_error_kind(w.err), BW_ERR_TIMEOUT);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -750,31 +645,32 @@ static void test_connect_timeout(void **state) {
   o.connect_timeout_ms = 50;
   o.reconnect_min_ms = 1000;
   o.reconnect_max_ms = 1000;
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
   assert_true(bw_error_is(w.err, BW_ERR_TIMEOUT));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
   bw_test_redis_resume(&server);
 }
 
 static void test_free_with_commands_in_flight(void **state) {
   (void)state;
-  bw_redis_t *c = client_new(NULL);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, NULL);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_test_redis_pause(&server);
-  waiter_init(&w, 100);
+  bw_test_redis_waiter_init(&w, 100, rt);
   const char *argv[1] = {"PING"};
-  for (int i = 0; i < 100; i++) assert_null(bw_redis_command(c, 1, argv, NULL, NULL, on_cb, &w));
+  for (int i = 0; i < 100; i++)
+    assert_null(bw_redis_command(c, 1, argv, NULL, NULL, bw_test_redis_waiter_cb, &w));
   bw_redis_free(c);
   /* Every callback ran before free returned. */
   assert_int_equal(w.got, 100);
   assert_int_equal(w.errors_by_kind[BW_ERR_CANCELLED] + w.errors_by_kind[BW_ERR_CONNECT], 100);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_test_redis_resume(&server);
 }
 
@@ -845,8 +741,8 @@ static void test_unix_path_missing(void **state) {
   o.unix_path = path;
   o.reconnect_min_ms = 1000;
   o.reconnect_max_ms = 1000;
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
   assert_int_equal(bw_error_detail(w.err), ENOENT);
@@ -854,76 +750,22 @@ static void test_unix_path_missing(void **state) {
   char buf[512];
   format_err(w.err, buf, sizeof buf);
   assert_non_null(strstr(buf, path));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
-/* A one-connection fake server on 127.0.0.1: reads the first bytes of the
- * client, then answers `reply` (NULL: resets the connection), then waits
- * for the client to close. */
-typedef struct fake {
-  int lfd, port;
-  const char *reply;
-  pthread_t th;
-} fake_t;
-
-#include <netinet/in.h>
-#include <sys/socket.h>
-#include <unistd.h>
-
-static void *fake_main(void *arg) {
-  fake_t *f = arg;
-  int fd = accept(f->lfd, NULL, NULL);
-  if (fd < 0) return NULL;
-  char buf[512];
-  if (read(fd, buf, sizeof buf) > 0) {
-    if (f->reply) {
-      ssize_t n = write(fd, f->reply, strlen(f->reply));
-      (void)n;
-      while (read(fd, buf, sizeof buf) > 0) {
-      }
-    } else {
-      struct linger lg = {1, 0}; /* close with RST */
-      setsockopt(fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
-    }
-  }
-  close(fd);
-  return NULL;
-}
-
-static void fake_start(fake_t *f, const char *reply) {
-  f->reply = reply;
-  f->lfd = socket(AF_INET, SOCK_STREAM, 0);
-  assert_true(f->lfd >= 0);
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t len = sizeof sa;
-  assert_int_equal(bind(f->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-  assert_int_equal(listen(f->lfd, 16), 0);
-  assert_int_equal(getsockname(f->lfd, (struct sockaddr *)&sa, &len), 0);
-  f->port = ntohs(sa.sin_port);
-  assert_int_equal(pthread_create(&f->th, NULL, fake_main, f), 0);
-}
-
-static void fake_stop(fake_t *f) {
-  pthread_join(f->th, NULL);
-  close(f->lfd);
-}
-
 /* A client of the fake server f (started here, answering `reply`). */
-static bw_redis_t *fake_client(fake_t *f, const char *reply) {
-  fake_start(f, reply);
+static bw_redis_t *fake_client(bw_test_fake_server_t *f, const char *reply) {
+  bw_test_fake_server_start(f, reply, reply ? strlen(reply) : 0);
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.port = f->port;
   o.reconnect_min_ms = 1000;
   o.reconnect_max_ms = 1000;
-  return client_new(&o);
+  return bw_test_redis_client_new(rt, &server, &o);
 }
 
-static void assert_names_fake(const bw_error_t *err, const fake_t *f) {
+static void assert_names_fake(const bw_error_t *err, const bw_test_fake_server_t *f) {
   char buf[512], where[64];
   format_err(err, buf, sizeof buf);
   snprintf(where, sizeof where, "127.0.0.1:%d", f->port);
@@ -934,32 +776,32 @@ static void assert_names_fake(const bw_error_t *err, const fake_t *f) {
  * transport error), not retryable, naming the server. */
 static void test_protocol_error(void **state) {
   (void)state;
-  fake_t f;
+  bw_test_fake_server_t f;
   bw_redis_t *c = fake_client(&f, "HTTP/1.1 400 Bad Request\r\n\r\n");
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_PROTOCOL);
   assert_false(bw_redis_error_is_retryable(w.err));
   assert_names_fake(w.err, &f);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
-  fake_stop(&f);
+  bw_test_fake_server_stop(&f);
 }
 
 /* A connection reset with the command in flight: BW_ERR_TRANSPORT whose
  * detail is the errno (ECONNRESET), not hiredis's REDIS_ERR_IO (1). */
 static void test_reset_errno(void **state) {
   (void)state;
-  fake_t f;
+  bw_test_fake_server_t f;
   bw_redis_t *c = fake_client(&f, NULL);
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_TRANSPORT);
   assert_int_equal(bw_error_detail(w.err), ECONNRESET);
   assert_names_fake(w.err, &f);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
-  fake_stop(&f);
+  bw_test_fake_server_stop(&f);
 }
 
 /* A command issued while CONNECTING waits for the handshake: when SELECT
@@ -976,13 +818,13 @@ static void test_handshake_failure_command_not_sent(void **state) {
   o.db = 200; /* out of range: SELECT fails */
   o.reconnect_min_ms = 1000;
   o.reconnect_max_ms = 1000;
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "INCR", "bw:handshake-fail", NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_REDIS);
   assert_true(bw_error_detail(w.err) & BW_REDIS_HANDSHAKE);
   assert_false(bw_redis_error_is_retryable(w.err));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
   redisReply *r = redisCommand(rc, "EXISTS bw:handshake-fail");
   assert_non_null(r);

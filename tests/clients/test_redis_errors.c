@@ -14,156 +14,51 @@
 #include <bulwark/redis.h>
 #include <bulwark/retry.h>
 #include <bulwark/runtime.h>
-#include <netinet/in.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
-#include <time.h>
-#include <unistd.h>
 
+#include "support/fake_server.h"
 #include "support/redis_server.h"
+#include "support/redis_waiter.h"
 
 static bw_test_redis_t server;
 static bw_runtime_t *rt;
 
 static int group_setup(void **state) {
   (void)state;
-  if (bw_test_redis_start(&server, NULL) != 0) return -1;
-  bw_runtime_opts_t o;
-  bw_runtime_opts_init(&o);
-  o.worker_threads = 2;
-  bw_error_t *e = bw_runtime_new(&rt, &o);
-  if (e) {
-    bw_error_unref(e);
-    return -1;
-  }
-  return 0;
+  return bw_test_redis_group_setup(&server, &rt);
 }
 
 static int group_teardown(void **state) {
   (void)state;
-  bw_runtime_free(rt);
-  bw_test_redis_destroy(&server);
-  return 0;
+  return bw_test_redis_group_teardown(&server, rt);
 }
 
-/* ---- waiting for completions ----------------------------------------------- */
-
-typedef struct waiter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int expected, got;
-  bw_redis_reply_t *reply;
-  bw_error_t *err;
-  int errors_by_kind[BW_ERR__MAX];
-} waiter_t;
-
-static void waiter_init(waiter_t *w, int expected) {
-  memset(w, 0, sizeof *w);
-  pthread_mutex_init(&w->mu, NULL);
-  pthread_cond_init(&w->cv, NULL);
-  w->expected = expected;
-}
-
-static void waiter_fini(waiter_t *w) {
-  bw_redis_reply_free(w->reply);
-  bw_error_unref(w->err);
-  pthread_mutex_destroy(&w->mu);
-  pthread_cond_destroy(&w->cv);
-}
-
-static void on_cb(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
-  waiter_t *w = arg;
-  pthread_mutex_lock(&w->mu);
-  if (err) w->errors_by_kind[bw_error_kind(err)]++;
-  if (!w->reply && reply) {
-    w->reply = reply;
-    reply = NULL;
-  }
-  if (!w->err && err) w->err = bw_error_ref(err);
-  w->got++;
-  pthread_cond_broadcast(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-  bw_redis_reply_free(reply);
-}
-
-static bool waiter_wait(waiter_t *w, int secs) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += secs;
-  pthread_mutex_lock(&w->mu);
-  while (w->got < w->expected)
-    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0) break;
-  bool ok = w->got >= w->expected;
-  pthread_mutex_unlock(&w->mu);
-  return ok;
-}
-
-static void sleep_ms(long ms) {
-  struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
-  nanosleep(&ts, NULL);
-}
-
-/* Reconnects run on real-time backoff: poll the state (bounded). */
-static bool wait_state(bw_redis_t *c, bw_redis_state_t st, int secs) {
-  for (int i = 0; i < secs * 1000; i++) {
-    if (bw_redis_state(c) == st) return true;
-    sleep_ms(1);
-  }
-  fprintf(stderr, "wait_state: wanted %d, still %d after %d s\n", (int)st, (int)bw_redis_state(c),
-          secs);
-  return false;
-}
-
-/* Until n commands are queued on the connection (bounded). */
-static bool wait_in_flight(bw_redis_t *c, uint64_t n, int secs) {
-  bw_redis_stats_t st;
-  for (int i = 0; i < secs * 1000; i++) {
-    bw_redis_stats(c, &st);
-    if (st.in_flight == n) return true;
-    sleep_ms(1);
-  }
-  return false;
-}
-
-static bw_redis_t *client_new(const bw_redis_opts_t *extra) {
-  bw_redis_opts_t o;
-  bw_redis_opts_init(&o);
-  if (extra) o = *extra;
-  if (!o.port) o.port = server.port;
-  if (!o.reconnect_min_ms) o.reconnect_min_ms = 10;
-  if (!o.reconnect_max_ms) o.reconnect_max_ms = 50;
-  bw_redis_t *c = NULL;
-  bw_error_t *e = bw_redis_new(rt, &o, &c);
-  if (e) {
-    bw_error_unref(e);
-    fail();
-  }
-  return c;
-}
+/* ---- clients and commands -------------------------------------------------- */
 
 /* A client with only max_reply_bytes set. */
 static bw_redis_t *capped_client(size_t max_reply_bytes) {
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.max_reply_bytes = max_reply_bytes;
-  return client_new(&o);
+  return bw_test_redis_client_new(rt, &server, &o);
 }
 
-static void submit(bw_redis_t *c, waiter_t *w, int argc, const char *const *argv,
+static void submit(bw_redis_t *c, bw_test_redis_waiter_t *w, int argc, const char *const *argv,
                    const size_t *lens) {
-  assert_null(bw_redis_command(c, argc, argv, lens, NULL, on_cb, w));
+  assert_null(bw_redis_command(c, argc, argv, lens, NULL, bw_test_redis_waiter_cb, w));
 }
 
-static void run(bw_redis_t *c, waiter_t *w, int argc, const char *const *argv, const size_t *lens) {
-  waiter_init(w, 1);
+static void run(bw_redis_t *c, bw_test_redis_waiter_t *w, int argc, const char *const *argv,
+                const size_t *lens) {
+  bw_test_redis_waiter_init(w, 1, rt);
   submit(c, w, argc, argv, lens);
-  assert_true(waiter_wait(w, 10));
+  assert_true(bw_test_redis_waiter_wait(w, 10));
 }
 
-static void cmd1(bw_redis_t *c, waiter_t *w, const char *a0, const char *a1, const char *a2) {
+static void cmd1(bw_redis_t *c, bw_test_redis_waiter_t *w, const char *a0, const char *a1,
+                 const char *a2) {
   const char *argv[3] = {a0, a1, a2};
   run(c, w, a2 ? 3 : a1 ? 2 : 1, argv, NULL);
 }
@@ -175,10 +70,10 @@ static void set_value(bw_redis_t *c, const char *key, size_t size) {
   memset(val, 'v', size);
   const char *argv[3] = {"SET", key, val};
   size_t lens[3] = {3, strlen(key), size};
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   run(c, &w, 3, argv, lens);
   assert_null(w.err);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   free(val);
 }
 
@@ -219,58 +114,8 @@ static void assert_too_large(const bw_error_t *e, size_t cap) {
 
 /* ---- a fake server ------------------------------------------------------------ */
 
-/* One connection: reads the client's first bytes, answers reply[0..len),
- * then waits for the client to close. */
-typedef struct fake {
-  int lfd, port;
-  const char *reply;
-  size_t len;
-  pthread_t th;
-} fake_t;
-
-static void *fake_main(void *arg) {
-  fake_t *f = arg;
-  int fd = accept(f->lfd, NULL, NULL);
-  if (fd < 0) return NULL;
-  char buf[512];
-  if (read(fd, buf, sizeof buf) > 0) {
-    /* the client may close before it has everything: no SIGPIPE */
-    for (size_t off = 0; off < f->len;) {
-      ssize_t n = send(fd, f->reply + off, f->len - off, MSG_NOSIGNAL);
-      if (n <= 0) break;
-      off += (size_t)n;
-    }
-    while (read(fd, buf, sizeof buf) > 0) {
-    }
-  }
-  close(fd);
-  return NULL;
-}
-
-static void fake_start(fake_t *f, const char *reply, size_t len) {
-  f->reply = reply;
-  f->len = len;
-  f->lfd = socket(AF_INET, SOCK_STREAM, 0);
-  assert_true(f->lfd >= 0);
-  struct sockaddr_in sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sin_family = AF_INET;
-  sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  socklen_t alen = sizeof sa;
-  assert_int_equal(bind(f->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-  assert_int_equal(listen(f->lfd, 16), 0);
-  assert_int_equal(getsockname(f->lfd, (struct sockaddr *)&sa, &alen), 0);
-  f->port = ntohs(sa.sin_port);
-  assert_int_equal(pthread_create(&f->th, NULL, fake_main, f), 0);
-}
-
-static void fake_stop(fake_t *f) {
-  pthread_join(f->th, NULL);
-  close(f->lfd);
-}
-
 /* A client of f that connects once (the fake accepts one connection). */
-static bw_redis_t *fake_client(const fake_t *f, int db, size_t max_reply_bytes) {
+static bw_redis_t *fake_client(const bw_test_fake_server_t *f, int db, size_t max_reply_bytes) {
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.port = f->port;
@@ -278,7 +123,7 @@ static bw_redis_t *fake_client(const fake_t *f, int db, size_t max_reply_bytes) 
   o.max_reply_bytes = max_reply_bytes;
   o.reconnect_min_ms = 10000;
   o.reconnect_max_ms = 10000;
-  return client_new(&o);
+  return bw_test_redis_client_new(rt, &server, &o);
 }
 
 /* ---- max_reply_bytes --------------------------------------------------------- */
@@ -289,23 +134,23 @@ static void test_reply_too_large(void **state) {
   (void)state;
   bw_redis_t *c = capped_client(1024);
   set_value(c, "bw:big", 4096);
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "GET", "bw:big", NULL);
   assert_null(w.reply);
   assert_too_large(w.err, 1024);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_stats_t st;
   bw_redis_stats(c, &st);
   assert_int_equal(st.disconnects, 1);
 
-  assert_true(wait_state(c, BW_REDIS_READY, 10));
+  assert_true(bw_test_redis_wait_state(c, BW_REDIS_READY, 10));
   cmd1(c, &w, "SET", "bw:small", "fits");
   assert_null(w.err);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   cmd1(c, &w, "GET", "bw:small", NULL);
   assert_null(w.err);
   assert_string_equal(w.reply->str, "fits");
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_stats(c, &st);
   assert_int_equal(st.connects, 2);
   bw_redis_free(c);
@@ -318,14 +163,14 @@ static void test_reply_size_boundary(void **state) {
   bw_redis_t *c = capped_client(1024);
   set_value(c, "bw:edge", 1015);
   set_value(c, "bw:edge+1", 1016);
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "GET", "bw:edge", NULL);
   assert_null(w.err);
   assert_int_equal(w.reply->len, 1015);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   cmd1(c, &w, "GET", "bw:edge+1", NULL);
   assert_too_large(w.err, 1024);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -335,9 +180,9 @@ static void test_array_reply_too_large(void **state) {
   (void)state;
   enum { N = 300 };
   bw_redis_t *c = capped_client(1024);
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "DEL", "bw:list", NULL);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   const char *argv[N + 2];
   argv[0] = "RPUSH";
   argv[1] = "bw:list";
@@ -345,19 +190,19 @@ static void test_array_reply_too_large(void **state) {
   run(c, &w, N + 2, argv, NULL);
   assert_null(w.err);
   assert_int_equal(w.reply->integer, N);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 
   const char *all[4] = {"LRANGE", "bw:list", "0", "-1"};
   run(c, &w, 4, all, NULL);
   assert_too_large(w.err, 1024);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 
-  assert_true(wait_state(c, BW_REDIS_READY, 10));
+  assert_true(bw_test_redis_wait_state(c, BW_REDIS_READY, 10));
   const char *some[4] = {"LRANGE", "bw:list", "0", "9"};
   run(c, &w, 4, some, NULL);
   assert_null(w.err);
   assert_int_equal(w.reply->elements, 10);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -371,23 +216,23 @@ static void test_reply_too_large_across_reads(void **state) {
   bw_redis_t *c = capped_client(cap);
   set_value(c, "bw:huge", 1024 * 1024);
   bw_test_redis_pause(&server);
-  waiter_t w;
-  waiter_init(&w, 3);
+  bw_test_redis_waiter_t w;
+  bw_test_redis_waiter_init(&w, 3, rt);
   const char *get[2] = {"GET", "bw:huge"}, *ping[1] = {"PING"};
   submit(c, &w, 2, get, NULL);
   submit(c, &w, 1, ping, NULL);
   submit(c, &w, 2, get, NULL);
-  assert_true(wait_in_flight(c, 3, 10));
+  assert_true(bw_test_redis_wait_in_flight(c, 3, 10));
   bw_test_redis_resume(&server);
-  assert_true(waiter_wait(&w, 10));
+  assert_true(bw_test_redis_waiter_wait(&w, 10));
   assert_int_equal(w.errors_by_kind[BW_ERR_TOO_LARGE], 3);
   assert_too_large(w.err, cap);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
 
-  assert_true(wait_state(c, BW_REDIS_READY, 10));
+  assert_true(bw_test_redis_wait_state(c, BW_REDIS_READY, 10));
   cmd1(c, &w, "PING", NULL, NULL);
   assert_null(w.err);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -419,16 +264,16 @@ static void test_incomplete_reply_too_large(void **state) {
     size_t len;
   } cases[] = {{bulk, part}, {arr, arr_len}, {mix, mix_len}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
-    fake_t f;
-    fake_start(&f, cases[i].reply, cases[i].len);
+    bw_test_fake_server_t f;
+    bw_test_fake_server_start(&f, cases[i].reply, cases[i].len);
     bw_redis_t *c = fake_client(&f, 0, cap);
-    waiter_t w;
+    bw_test_redis_waiter_t w;
     cmd1(c, &w, "GET", "k", NULL);
     if (bw_error_kind(w.err) != BW_ERR_TOO_LARGE) fail_msg("case %zu: not too large", i);
     assert_too_large_at(w.err, cap, f.port);
-    waiter_fini(&w);
+    bw_test_redis_waiter_fini(&w);
     bw_redis_free(c);
-    fake_stop(&f);
+    bw_test_fake_server_stop(&f);
   }
   free(bulk);
   free(arr);
@@ -439,13 +284,13 @@ static void test_incomplete_reply_too_large(void **state) {
 static void test_default_cap(void **state) {
   (void)state;
   assert_int_equal(BW_REDIS_DEFAULT_MAX_REPLY_BYTES, (size_t)64 << 20);
-  bw_redis_t *c = client_new(NULL);
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, NULL);
   set_value(c, "bw:mib", 1024 * 1024);
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "GET", "bw:mib", NULL);
   assert_null(w.err);
   assert_int_equal(w.reply->len, 1024 * 1024);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -475,30 +320,30 @@ static void test_wrong_password_not_retryable(void **state) {
   bw_redis_opts_init(&o);
   o.port = sec.port;
   o.password = "wrong-Pa55-xyzzy";
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "GET", "x", NULL); /* waited for the handshake */
   assert_refused(w.err, BW_REDIS_WRONGPASS, "AUTH", sec.port);
   char buf[1024];
   format_err(w.err, buf, sizeof buf);
   assert_null(strstr(buf, "xyzzy"));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   /* In backoff (or waiting for the next refused handshake): the same. */
-  assert_true(wait_state(c, BW_REDIS_BACKOFF, 5));
+  assert_true(bw_test_redis_wait_state(c, BW_REDIS_BACKOFF, 5));
   cmd1(c, &w, "GET", "x", NULL);
   assert_refused(w.err, BW_REDIS_WRONGPASS, "AUTH", sec.port);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 
   o.password = pw;
-  c = client_new(&o);
+  c = bw_test_redis_client_new(rt, &server, &o);
   cmd1(c, &w, "SET", "k", "v");
   assert_null(w.err);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   cmd1(c, &w, "GET", "k", NULL);
   assert_null(w.err);
   assert_string_equal(w.reply->str, "v");
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
   bw_test_redis_destroy(&sec);
 }
@@ -508,11 +353,11 @@ static void test_bad_db_not_retryable(void **state) {
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.db = 200; /* redis-server has 16 */
-  bw_redis_t *c = client_new(&o);
-  waiter_t w;
+  bw_redis_t *c = bw_test_redis_client_new(rt, &server, &o);
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_refused(w.err, BW_REDIS_ERR, "SELECT", server.port);
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 
@@ -520,31 +365,31 @@ static void test_bad_db_not_retryable(void **state) {
  * connect that fails on the transport stay retryable BW_ERR_CONNECT. */
 static void test_handshake_try_again_retryable(void **state) {
   (void)state;
-  fake_t f;
+  bw_test_fake_server_t f;
   const char *loading = "-LOADING Redis is loading the dataset in memory\r\n";
-  fake_start(&f, loading, strlen(loading));
+  bw_test_fake_server_start(&f, loading, strlen(loading));
   bw_redis_t *c = fake_client(&f, 1, 0); /* db 1: SELECT is the handshake */
-  waiter_t w;
+  bw_test_redis_waiter_t w;
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
   assert_int_equal(bw_redis_error_code(w.err), BW_REDIS_LOADING);
   assert_true(bw_redis_error_is_retryable(w.err));
   assert_true(bw_retry_default_predicate(w.err, NULL));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
-  fake_stop(&f);
+  bw_test_fake_server_stop(&f);
 
   bw_redis_opts_t o;
   bw_redis_opts_init(&o);
   o.port = bw_test_free_port(); /* nothing listens: refused */
   o.reconnect_min_ms = 10000;
   o.reconnect_max_ms = 10000;
-  c = client_new(&o);
+  c = bw_test_redis_client_new(rt, &server, &o);
   cmd1(c, &w, "PING", NULL, NULL);
   assert_int_equal(bw_error_kind(w.err), BW_ERR_CONNECT);
   assert_true(bw_redis_error_is_retryable(w.err));
   assert_true(bw_retry_default_predicate(w.err, NULL));
-  waiter_fini(&w);
+  bw_test_redis_waiter_fini(&w);
   bw_redis_free(c);
 }
 

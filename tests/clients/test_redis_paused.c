@@ -12,52 +12,14 @@
 
 #include <bulwark/redis.h>
 #include <bulwark/runtime.h>
-#include <pthread.h>
 #include <stdatomic.h>
 #include <string.h>
 #include <time.h>
 
 #include "support/redis_server.h"
+#include "support/redis_waiter.h"
 
 static bw_test_redis_t server;
-
-typedef struct waiter {
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int expected, got, timeouts, ok;
-} waiter_t;
-
-static void on_cb(bw_redis_reply_t *reply, const bw_error_t *err, void *arg) {
-  waiter_t *w = arg;
-  pthread_mutex_lock(&w->mu);
-  if (err && bw_error_kind(err) == BW_ERR_TIMEOUT) w->timeouts++;
-  if (reply && reply->type == BW_REDIS_REPLY_STATUS) w->ok++;
-  w->got++;
-  pthread_cond_broadcast(&w->cv);
-  pthread_mutex_unlock(&w->mu);
-  bw_redis_reply_free(reply);
-}
-
-static void waiter_init(waiter_t *w, int n) {
-  memset(w, 0, sizeof *w);
-  pthread_mutex_init(&w->mu, NULL);
-  pthread_cond_init(&w->cv, NULL);
-  w->expected = n;
-}
-
-static bool waiter_wait(waiter_t *w) {
-  struct timespec ts;
-  clock_gettime(CLOCK_REALTIME, &ts);
-  ts.tv_sec += 10;
-  pthread_mutex_lock(&w->mu);
-  while (w->got < w->expected)
-    if (pthread_cond_timedwait(&w->cv, &w->mu, &ts) != 0) break;
-  bool ok = w->got >= w->expected;
-  pthread_mutex_unlock(&w->mu);
-  pthread_mutex_destroy(&w->mu);
-  pthread_cond_destroy(&w->cv);
-  return ok;
-}
 
 static double real_ms(void) {
   struct timespec ts;
@@ -70,11 +32,12 @@ static double real_ms(void) {
  * connect deadline cannot fire first (regression: it used to). */
 static void ping_until_ok(bw_redis_t *c) {
   const char *argv[1] = {"PING"};
-  waiter_t w;
-  waiter_init(&w, 1);
-  assert_null(bw_redis_command(c, 1, argv, NULL, NULL, on_cb, &w));
-  assert_true(waiter_wait(&w));
-  assert_int_equal(w.ok, 1);
+  bw_test_redis_waiter_t w;
+  bw_test_redis_waiter_init(&w, 1, NULL);
+  assert_null(bw_redis_command(c, 1, argv, NULL, NULL, bw_test_redis_waiter_cb, &w));
+  assert_true(bw_test_redis_waiter_wait(&w, 10));
+  assert_int_equal(w.replies_by_type[BW_REDIS_REPLY_STATUS], 1);
+  bw_test_redis_waiter_fini(&w);
 }
 
 static void test_paused_server_times_out_on_virtual_time(void **state) {
@@ -97,18 +60,19 @@ static void test_paused_server_times_out_on_virtual_time(void **state) {
 
   bw_test_redis_pause(&server);
   const char *argv[1] = {"PING"};
-  waiter_t w;
-  waiter_init(&w, 10);
+  bw_test_redis_waiter_t w;
+  bw_test_redis_waiter_init(&w, 10, NULL);
   uint64_t v0 = bw_runtime_now_ns(rt);
   double r0 = real_ms();
   for (int i = 0; i < 10; i++) {
     bw_redis_cmd_opts_t co = {bw_runtime_now_ns(rt) + 30ull * 1000000000ull, NULL};
-    assert_null(bw_redis_command(c, 1, argv, NULL, &co, on_cb, &w));
+    assert_null(bw_redis_command(c, 1, argv, NULL, &co, bw_test_redis_waiter_cb, &w));
   }
-  assert_true(waiter_wait(&w));
+  assert_true(bw_test_redis_waiter_wait(&w, 10));
   double real = real_ms() - r0;
   uint64_t virt_ms = (bw_runtime_now_ns(rt) - v0) / 1000000u;
-  assert_int_equal(w.timeouts, 10);
+  assert_int_equal(w.errors_by_kind[BW_ERR_TIMEOUT], 10);
+  bw_test_redis_waiter_fini(&w);
   assert_true(virt_ms >= 30000);
   assert_true(real < 5000); /* nowhere near 30 s */
 
@@ -143,15 +107,17 @@ static void test_runtime_shutdown_with_commands_in_flight(void **state) {
   assert_null(bw_redis_new(rt, &ro, &c));
   ping_until_ok(c);
   bw_test_redis_pause(&server);
-  waiter_t w;
-  waiter_init(&w, 50);
+  bw_test_redis_waiter_t w;
+  bw_test_redis_waiter_init(&w, 50, NULL);
   const char *argv[1] = {"PING"};
-  for (int i = 0; i < 50; i++) assert_null(bw_redis_command(c, 1, argv, NULL, NULL, on_cb, &w));
+  for (int i = 0; i < 50; i++)
+    assert_null(bw_redis_command(c, 1, argv, NULL, NULL, bw_test_redis_waiter_cb, &w));
   bw_error_t *e = bw_runtime_shutdown(rt, BW_SHUTDOWN_CANCEL, 0);
   bw_error_unref(e);
-  assert_true(waiter_wait(&w));
+  assert_true(bw_test_redis_waiter_wait(&w, 10));
   assert_int_equal(w.got, 50);
-  assert_int_equal(w.ok, 0);
+  assert_int_equal(w.replies_by_type[BW_REDIS_REPLY_STATUS], 0);
+  bw_test_redis_waiter_fini(&w);
   assert_int_equal(bw_redis_state(c), BW_REDIS_CLOSED);
   bw_redis_free(c);
   bw_runtime_free(rt);

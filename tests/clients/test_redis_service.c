@@ -20,6 +20,7 @@
 #include <time.h>
 
 #include "support/redis_server.h"
+#include "support/redis_waiter.h"
 
 static bw_test_redis_t server;
 
@@ -229,10 +230,7 @@ static void test_breaker_opens_on_dead_redis_and_closes(void **state) {
   assert_int_equal(bw_circuit_breaker_state(breaker), BW_BREAKER_OPEN);
 
   assert_int_equal(bw_test_redis_restart(&server), 0);
-  for (int i = 0; i < 10000 && bw_redis_state(c) != BW_REDIS_READY; i++) {
-    struct timespec ts = {0, 1000000};
-    nanosleep(&ts, NULL);
-  }
+  bw_test_redis_wait_state(c, BW_REDIS_READY, 10);
   assert_int_equal(bw_redis_state(c), BW_REDIS_READY);
   assert_null(bw_runtime_advance(rt, 3600 * 1000));
   bw_call_t *call = call_sync(svc, rt, req, 0); /* the half-open probe */

@@ -131,7 +131,7 @@ int bw_test_free_port(void) {
   return try_port(0); /* no room below the range: any free port */
 }
 
-static void sleep_ms(long ms) {
+void bw_test_sleep_ms(long ms) {
   struct timespec ts = {ms / 1000, (ms % 1000) * 1000000L};
   while (nanosleep(&ts, &ts) != 0 && errno == EINTR) {
   }
@@ -219,7 +219,7 @@ static int spawn(bw_test_redis_t *rs) {
       return -1;
     }
     if (answers_ping(rs)) return 0;
-    sleep_ms(step);
+    bw_test_sleep_ms(step);
     waited += step;
     if (step < 20) step *= 2;
   }
@@ -249,7 +249,7 @@ int bw_test_redis_restart(bw_test_redis_t *rs) {
   if (rs->pid) return 0;
   for (int attempt = 0; attempt < 50; attempt++) {
     if (spawn(rs) == 0) return 0;
-    sleep_ms(20); /* port may be briefly unavailable */
+    bw_test_sleep_ms(20); /* port may be briefly unavailable */
   }
   return -1;
 }

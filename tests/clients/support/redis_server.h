@@ -39,5 +39,7 @@ void bw_test_redis_destroy(bw_test_redis_t *rs);
 /* A port on 127.0.0.1 where nothing listens (bound then closed), below
  * the kernel's ephemeral port range when there is room. */
 int bw_test_free_port(void);
+/* Sleep ms milliseconds of real time (resumed after signals). */
+void bw_test_sleep_ms(long ms);
 
 #endif
