@@ -36,7 +36,8 @@ typedef struct bw_bulkhead_opts {
   uint32_t max_concurrent;    /* >= 1. Default 25 (r4j maxConcurrentCalls) */
   uint32_t max_queue;         /* waiting calls. Default 0: reject at once when full */
   uint64_t max_queue_wait_ms; /* 0 (default): wait until the call's deadline (or
-                                 until cancelled when it has none) */
+                                 until cancelled when it has none); so does
+                                 one past INT64_MAX ns (~292 years) */
 } bw_bulkhead_opts_t;
 
 void bw_bulkhead_opts_init(bw_bulkhead_opts_t *opts);

@@ -30,7 +30,8 @@ typedef enum bw_timeout_scope {
 
 typedef struct bw_timeout_opts {
   /* Default 30000 ms (Polly v8 TimeoutStrategyOptions.Timeout = 30 s;
-   * resilience4j TimeLimiter uses 1 s). Must be > 0. */
+   * resilience4j TimeLimiter uses 1 s). Must be > 0; longer than
+   * INT64_MAX ns (~292 years) counts as that. */
   uint64_t timeout_ms;
   /* Finer resolution; if non-zero it wins over timeout_ms. Default 0. */
   uint64_t timeout_ns;

@@ -100,7 +100,7 @@ uint64_t bw_histogram_percentile(const bw_histogram_t *h, double q) {
     total += counts[i];
   }
   if (!total) return 0;
-  if (q < 0) q = 0;
+  if (!(q >= 0)) q = 0; /* NaN too: its conversion below is undefined */
   if (q > 1) q = 1;
   uint64_t rank = (uint64_t)ceil(q * (double)total);
   if (rank == 0) rank = 1;
@@ -153,6 +153,31 @@ void bw__prom_printf(bw__prom_t *w, const char *fmt, ...) {
   va_end(ap);
   if (w->write(w->arg, big, (size_t)n) != 0) w->failed = 1;
   bw__free(big);
+}
+
+void bw__prom_fail(bw__prom_t *w) { w->failed = 1; }
+
+char *bw__prom_escape(const char *value) {
+  size_t n = 0;
+  for (const char *p = value; *p; p++) n += *p == '\\' || *p == '"' || *p == '\n' ? 2 : 1;
+  char *out = bw__malloc(n + 1), *q = out;
+  if (!out) return NULL;
+  for (const char *p = value; *p; p++) {
+    if (*p == '\\' || *p == '"' || *p == '\n') *q++ = '\\';
+    *q++ = *p == '\n' ? 'n' : *p;
+  }
+  *q = '\0';
+  return out;
+}
+
+char *bw__prom_label(const char *key, const char *value) {
+  char *v = bw__prom_escape(value);
+  if (!v) return NULL;
+  size_t n = strlen(key) + strlen(v) + 4; /* ="" and the NUL */
+  char *out = bw__malloc(n);
+  if (out) snprintf(out, n, "%s=\"%s\"", key, v);
+  bw__free(v);
+  return out;
 }
 
 void bw__prom_histogram(bw__prom_t *w, const char *name, const char *labels,

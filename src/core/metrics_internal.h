@@ -16,6 +16,16 @@ void bw__prom_printf(bw__prom_t *w, const char *fmt, ...) __attribute__((format(
 void bw__prom_histogram(bw__prom_t *w, const char *name, const char *labels,
                         const bw_histogram_t *h);
 
+/* Mark the output failed (a collector out of memory). */
+void bw__prom_fail(bw__prom_t *w);
+
+/* Label values may hold any text (stack and layer names are the user's):
+ * the text format wants backslash, double quote and line feed escaped as
+ * \\, \" and \n. A new string (bw__free it), NULL when out of memory:
+ * the value escaped, and `key="value escaped"`. */
+char *bw__prom_escape(const char *value);
+char *bw__prom_label(const char *key, const char *value);
+
 typedef enum { BW__PROM_COUNTER, BW__PROM_GAUGE, BW__PROM_HISTOGRAM } bw__prom_type_t;
 
 /* Register a collector for family `family` (static or lives as long as the

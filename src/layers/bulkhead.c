@@ -26,12 +26,12 @@
  * ops->cancel may run before the waiter is queued (the call is cancelled
  * while ops->call is between its steps): then it finds nothing to remove,
  * and ops->call, seeing GAVE_UP after queueing, removes the waiter itself. */
-#include <stdio.h>
 #include <string.h>
 
 #include "bulwark/bulkhead.h"
 #include "bulwark/metrics.h"
 #include "core/alloc.h"
+#include "core/metrics_internal.h"
 #include "layers/permits.h"
 #include "layers/service_internal.h"
 
@@ -84,8 +84,10 @@ static void emit_rejected(bh_t *bh, bw_call_t *call, const bw_error_t *e, const 
 
 static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   (void)err;
-  bw_call_t *call = arg;
-  bh_call_t *st = bw_call_state(call);
+  /* st as arg, not bw_call_state(call): an outer retry may have resumed
+   * the call at its own depth meanwhile (its state is there then) */
+  bh_call_t *st = arg;
+  bw_call_t *call = st->call;
   bw__child_slot_clear(&st->slot);
   bw__permits_release(&st->bh->p); /* the one release of a RUNNING call */
   bw_call_complete_from_child(call, child);
@@ -93,7 +95,7 @@ static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
 }
 
 static void run(bh_call_t *st) {
-  if (bw__child_start(st->call, &st->slot, on_child, st->call) != 0)
+  if (bw__child_start(st->call, &st->slot, on_child, st) != 0)
     bw__permits_release(&st->bh->p);
 }
 
@@ -278,7 +280,9 @@ bw_error_t *bw_bulkhead_new(bw_layer_t **out, const bw_bulkhead_opts_t *opts) {
   bh->magic = BH_MAGIC;
   const char *name = opts->name ? opts->name : "bulkhead";
   bh->name = bw__strdup(name);
-  bh->max_wait_ns = opts->max_queue_wait_ms >= UINT64_MAX / 1000000
+  /* A wait past INT64_MAX ns (292 years) is no limit: now + it must not
+   * wrap (a deadline in the past rejects at once). */
+  bh->max_wait_ns = opts->max_queue_wait_ms > INT64_MAX / 1000000
                         ? 0
                         : opts->max_queue_wait_ms * 1000000;
   if (!bh->name || bw__permits_init(&bh->p, opts->max_concurrent, opts->max_queue) != 0) {
@@ -291,8 +295,8 @@ bw_error_t *bw_bulkhead_new(bw_layer_t **out, const bw_bulkhead_opts_t *opts) {
   if (err) return err;
   bh->layer = layer;
   err = bw_layer_set_name(layer, name);
-  char labels[192];
-  snprintf(labels, sizeof labels, "bulkhead=\"%.160s\"", name);
+  char *labels = err ? NULL : bw__prom_label("bulkhead", name); /* the name escaped */
+  if (!err && !labels) err = bw_error_static(BW_ERR_OUT_OF_MEMORY);
   if (!err)
     err = bw_metrics_gauge_add(&bh->g_in_use, "bulwark_bulkhead_in_use",
                                "Bulkhead permits held", labels, false, g_in_use, bh);
@@ -302,6 +306,7 @@ bw_error_t *bw_bulkhead_new(bw_layer_t **out, const bw_bulkhead_opts_t *opts) {
   if (!err)
     err = bw_metrics_gauge_add(&bh->g_limit, "bulwark_bulkhead_limit",
                                "Bulkhead concurrency limit", labels, false, g_limit, bh);
+  bw__free(labels);
   if (err) {
     bw_layer_release(layer);
     return err;

@@ -122,8 +122,10 @@ static bool phase_cas(ch_call_t *st, int from, int to) {
 
 static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   (void)err;
-  bw_call_t *call = arg;
-  ch_call_t *st = bw_call_state(call);
+  /* st as arg, not bw_call_state(call): an outer retry may have resumed
+   * the call at its own depth meanwhile (its state is there then) */
+  ch_call_t *st = arg;
+  bw_call_t *call = st->call;
   bw__child_slot_clear(&st->slot);
   bw_call_complete_from_child(call, child);
   bw_call_free(child);
@@ -161,7 +163,7 @@ static void after_latency(ch_call_t *st) {
     if (d) arm(st, d, PH_HANGING);
     /* no deadline: only a cancel ends it */
   } else {
-    (void)bw__child_start(call, &st->slot, on_child, call);
+    (void)bw__child_start(call, &st->slot, on_child, st);
   }
 }
 
@@ -224,7 +226,7 @@ static void ch_call(bw_service_t *svc, bw_call_t *call) {
              (ch->o.predicate && ch->o.predicate(call, ch->o.predicate_arg));
   }
   if (!chosen) {
-    (void)bw__child_start(call, &st->slot, on_child, call);
+    (void)bw__child_start(call, &st->slot, on_child, st);
     return;
   }
   atomic_fetch_add_explicit(&ch->injected, 1, memory_order_relaxed);

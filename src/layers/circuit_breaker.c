@@ -25,6 +25,7 @@
 #include "bulwark/metrics.h"
 #include "bulwark/retry.h"
 #include "core/alloc.h"
+#include "core/metrics_internal.h"
 #include "layers/breaker_state.h"
 #include "layers/permits.h"
 #include "layers/service_internal.h"
@@ -62,6 +63,7 @@ static uint64_t brk_now(const brk_t *b, const bw_call_t *call) {
 typedef struct brk_call {
   bw__child_slot_t slot;
   brk_t *b;
+  bw_call_t *call; /* set only when a child carries the call (on_child) */
   bw__breaker_store_t *store; /* NULL: passed through unguarded (keyed, no key) */
   bw__keyed_entry_t *entry;
   uint64_t ticket, start_ns;
@@ -129,8 +131,10 @@ static void settle(brk_t *b, brk_call_t *st, bw_call_t *call, const bw_error_t *
 }
 
 static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
-  bw_call_t *call = arg;
-  brk_call_t *st = bw_call_state(call);
+  /* st as arg, not bw_call_state(call): an outer retry may have resumed
+   * the call at its own depth meanwhile (its state is there then) */
+  brk_call_t *st = arg;
+  bw_call_t *call = st->call;
   brk_t *b = st->b;
   bw__child_slot_clear(&st->slot);
   settle(b, st, call, err);
@@ -209,7 +213,8 @@ static void brk_call(bw_service_t *svc, bw_call_t *call) {
   if (f == BW__FWD_OK) return; /* brk_finish records */
   /* DONE (cancelled first), or a child that cannot be made: the call was
    * completed but not handed anywhere, st is ours. */
-  if (f == BW__FWD_DONE || bw__child_start(call, &st->slot, on_child, call) != 0)
+  st->call = call;
+  if (f == BW__FWD_DONE || bw__child_start(call, &st->slot, on_child, st) != 0)
     release_unused(b, st, rt);
 }
 
@@ -313,9 +318,9 @@ static bw_error_t *make(bw_layer_t **out, const bw_circuit_breaker_opts_t *opts,
   if (err) return err;
   b->layer = layer;
   err = bw_layer_set_name(layer, name);
+  char *labels = err ? NULL : bw__prom_label("breaker", name); /* the name escaped */
+  if (!err && !labels) err = bw_error_static(BW_ERR_OUT_OF_MEMORY);
   if (!err) {
-    char labels[192];
-    snprintf(labels, sizeof labels, "breaker=\"%.160s\"", name);
     if (kopts)
       err = bw_metrics_gauge_add(&b->gauge, "bulwark_breaker_keys",
                                  "Keys with a breaker in a keyed circuit breaker", labels, false,
@@ -326,6 +331,7 @@ static bw_error_t *make(bw_layer_t **out, const bw_circuit_breaker_opts_t *opts,
                                  "3 forced open, 4 forced closed, 5 disabled)",
                                  labels, false, gauge_state, b);
   }
+  bw__free(labels);
   if (err) {
     bw_layer_release(layer);
     return err;

@@ -194,7 +194,18 @@ static bw_call_t *slot_ref_child(bw__child_slot_t *s) {
   return c;
 }
 
+/* Still running as it was handed to the node: generation 0 (a call is
+ * handed inward only in its start chain, or as a new child), not done.
+ * seq_cst: pairs with the state CAS of whoever ends it (then ops->cancel). */
+static bool handed_running(const bw_call_t *call) {
+  return atomic_load((atomic_int *)&call->state) == BW__CALL_RUNNING;
+}
+
 int bw__child_start(bw_call_t *call, bw__child_slot_t *slot, bw_call_cb cb, void *arg) {
+  /* Ended meanwhile (an outer timeout's abort sets no cancel flag, and a
+   * resumed call's node, which bw_call_child_new would use, is retry's):
+   * its ops->cancel has run or will find nothing to cancel. */
+  if (!handed_running(call)) return -1;
   bw_call_t *child = NULL;
   bw_error_t *err = bw_call_child_new(&child, call, NULL);
   if (err) {
@@ -204,17 +215,18 @@ int bw__child_start(bw_call_t *call, bw__child_slot_t *slot, bw_call_cb cb, void
   slot_lock(slot);
   slot->child = child;
   slot_unlock(slot);
-  /* The parent may have been cancelled before the child was published, so
-   * ops->cancel saw no child: cancel it here, before it starts (a child
-   * cancelled before its start completes with CANCELLED when started;
-   * idempotent if both do). Ordering: the cancel sets its flag before
-   * ops->cancel reads the slot under the slot lock, and we read the flag
-   * after publishing under that lock, so one of us sees the other. The check
-   * is made BEFORE the start: once the child runs, the parent may complete
-   * and be recycled on another thread, so nothing here touches `call` after
-   * bw_call_child_start. The parent's error is not read (its writer is not
-   * ordered with us); the child gets a plain BW_ERR_CANCELLED. */
-  if (bw_call_is_cancelled(call)) bw__child_slot_cancel(slot, NULL);
+  /* The parent may have been ended (cancelled, aborted) before the child
+   * was published, so ops->cancel saw no child: cancel it here, before it
+   * starts (a child cancelled before its start completes with CANCELLED
+   * when started; idempotent if both do). Ordering: the end's state CAS
+   * comes before ops->cancel reads the slot under the slot lock, and we
+   * read the state after publishing under that lock, so one of us sees the
+   * other. The check is made BEFORE the start: once the child runs, the
+   * parent may complete and be recycled on another thread, so nothing here
+   * touches `call` after bw_call_child_start. The parent's error is not
+   * read (its writer is not ordered with us); the child gets a plain
+   * BW_ERR_CANCELLED. */
+  if (!handed_running(call)) bw__child_slot_cancel(slot, NULL);
   bw_call_child_start(child, cb, arg);
   return 0;
 }

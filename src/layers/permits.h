@@ -98,11 +98,17 @@ typedef struct bw__child_slot {
 } bw__child_slot_t;
 
 /* Make a child of `call` for the node's inner service, publish it in slot
- * and start it with cb(child, err, arg). If the parent was cancelled before
- * (a cancel raced), the child is cancelled too. If the child cannot be made,
- * the parent completes with that error; returns -1.
+ * and start it with cb(child, err, arg). A call that is no longer running
+ * as handed to the node (completed by a cancel, an outer timeout's abort or
+ * shutdown, and perhaps resumed by an outer retry since) gets no child:
+ * returns -1, nothing to undo but what the caller holds. If such an end
+ * races with the start, the child is cancelled before it runs (cb still
+ * runs). If the child cannot be made, the parent completes with that
+ * error; returns -1.
  * After it returns 0 the caller must not touch `call` unless it holds a
- * reference: the child may already have completed it on another thread. */
+ * reference: the child may already have completed it on another thread.
+ * cb must not find its state with bw_call_state(call): an outer retry may
+ * have resumed the call at its own depth by then (pass the state as arg). */
 int bw__child_start(bw_call_t *call, bw__child_slot_t *slot, bw_call_cb cb, void *arg);
 /* In the child's callback: unpublish it (the caller then frees it). */
 void bw__child_slot_clear(bw__child_slot_t *slot);

@@ -22,6 +22,7 @@
 #include "bulwark/metrics.h"
 #include "bulwark/rate_limit.h"
 #include "core/alloc.h"
+#include "core/metrics_internal.h"
 #include "layers/permits.h"
 #include "layers/service_internal.h"
 #include "layers/token_bucket.h"
@@ -72,8 +73,10 @@ static bool phase_cas(rl_call_t *st, int from, int to) {
 
 static void on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
   (void)err;
-  bw_call_t *call = arg;
-  rl_call_t *st = bw_call_state(call);
+  /* st as arg, not bw_call_state(call): an outer retry may have resumed
+   * the call at its own depth meanwhile (its state is there then) */
+  rl_call_t *st = arg;
+  bw_call_t *call = st->call;
   bw__child_slot_clear(&st->slot);
   bw_call_complete_from_child(call, child);
   bw_call_free(child);
@@ -83,7 +86,7 @@ static void on_timer(bw_timer_t *t, void *arg) {
   (void)t;
   rl_call_t *st = arg;
   bw_call_t *call = st->call;
-  if (phase_cas(st, PH_WAITING, PH_RUNNING)) (void)bw__child_start(call, &st->slot, on_child, call);
+  if (phase_cas(st, PH_WAITING, PH_RUNNING)) (void)bw__child_start(call, &st->slot, on_child, st);
   bw_call_unref(call); /* the timer's reference */
 }
 
@@ -143,7 +146,7 @@ static void rl_call(bw_service_t *svc, bw_call_t *call) {
   }
   if (wait == 0) {
     /* forwarded: nothing to do afterwards (no finish hook) */
-    if (bw__call_forward(call) == BW__FWD_NO) (void)bw__child_start(call, &st->slot, on_child, call);
+    if (bw__call_forward(call) == BW__FWD_NO) (void)bw__child_start(call, &st->slot, on_child, st);
     return;
   }
   if (!bw__call_timer(&st->timer, rt, on_timer, st)) {
@@ -274,11 +277,12 @@ bw_error_t *bw_rate_limit_new(bw_layer_t **out, const bw_rate_limit_opts_t *opts
   rl->layer = layer;
   err = bw_layer_set_name(layer, name);
   if (!err) {
-    char labels[192];
-    snprintf(labels, sizeof labels, "rate_limit=\"%.160s\"", name);
-    err = bw_metrics_gauge_add(&rl->gauge, "bulwark_rate_limit_tokens",
-                               "Tokens in the rate limiter's bucket", labels, false, gauge_tokens,
-                               rl);
+    char *labels = bw__prom_label("rate_limit", name); /* the name escaped */
+    err = labels ? bw_metrics_gauge_add(&rl->gauge, "bulwark_rate_limit_tokens",
+                                        "Tokens in the rate limiter's bucket", labels, false,
+                                        gauge_tokens, rl)
+                 : bw_error_static(BW_ERR_OUT_OF_MEMORY);
+    bw__free(labels);
   }
   if (err) {
     bw_layer_release(layer);

@@ -156,38 +156,64 @@ static uint64_t outcome_count(const bw__stack_t *st, bw_error_kind_t k) {
   return n;
 }
 
+/* Names are the user's text: escaped for the label values (a quote or a
+ * line feed in a name would otherwise break the whole output). */
 static void collect_calls(void *arg, bw__prom_t *w) {
   bw__stack_t *st = arg;
+  char *name = bw__prom_escape(st->name);
+  if (!name) {
+    bw__prom_fail(w);
+    return;
+  }
   for (int k = 0; k < BW_ERR__MAX; k++) {
     uint64_t v = outcome_count(st, (bw_error_kind_t)k);
     if (!v && k != BW_ERR_NONE) continue;
-    bw__prom_printf(w, "bulwark_calls_total{stack=\"%s\",outcome=\"%s\"} %llu\n", st->name,
+    bw__prom_printf(w, "bulwark_calls_total{stack=\"%s\",outcome=\"%s\"} %llu\n", name,
                     k == BW_ERR_NONE ? "success" : bw_error_kind_name((bw_error_kind_t)k),
                     (unsigned long long)v);
   }
+  bw__free(name);
 }
 
 static void collect_latency(void *arg, bw__prom_t *w) {
   bw__stack_t *st = arg;
-  char labels[256];
-  snprintf(labels, sizeof labels, "stack=\"%s\"", st->name);
+  char *labels = bw__prom_label("stack", st->name);
+  if (!labels) {
+    bw__prom_fail(w);
+    return;
+  }
   bw__prom_histogram(w, "bulwark_call_duration_seconds", labels, st->latency);
+  bw__free(labels);
 }
 
 static void collect_events(void *arg, bw__prom_t *w) {
   bw__stack_t *st = arg;
+  char *stack = NULL;
   for (size_t i = 0; i < st->nlayers; i++) {
+    char *kind = NULL, *name = NULL;
     for (int t = 1; t < BW_EVENT__MAX; t++) {
       uint64_t v = atomic_load_explicit(&st->events[i * BW_EVENT__MAX + t], memory_order_relaxed);
       if (!v) continue;
-      const char *name = bw_layer_name(st->layers[i]);
+      if (!kind) {
+        const char *n = bw_layer_name(st->layers[i]);
+        if (!stack) stack = bw__prom_escape(st->name);
+        kind = bw__prom_escape(bw_layer_kind(st->layers[i]));
+        name = bw__prom_escape(n ? n : "");
+        if (!stack || !kind || !name) {
+          bw__prom_fail(w);
+          break;
+        }
+      }
       bw__prom_printf(w,
                       "bulwark_layer_events_total{stack=\"%s\",layer=\"%zu:%s\",name=\"%s\","
                       "event=\"%s\"} %llu\n",
-                      st->name, i, bw_layer_kind(st->layers[i]), name ? name : "",
-                      bw_event_type_name((bw_event_type_t)t), (unsigned long long)v);
+                      stack, i, kind, name, bw_event_type_name((bw_event_type_t)t),
+                      (unsigned long long)v);
     }
+    bw__free(kind);
+    bw__free(name);
   }
+  bw__free(stack);
 }
 
 void bw__stack_free(bw__stack_t *st) {

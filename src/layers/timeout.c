@@ -273,7 +273,12 @@ bw_error_t *bw_timeout_new(bw_layer_t **out, const bw_timeout_opts_t *opts) {
     bw_timeout_opts_init(&def);
     opts = &def;
   }
-  uint64_t ns = opts->timeout_ns ? opts->timeout_ns : opts->timeout_ms * 1000000ull;
+  /* Saturated at INT64_MAX ns (292 years): timeout_ms * 1e6 must not wrap
+   * (to a tiny timeout), and now + ns (the deadline, per call) must not
+   * either, nor the remaining time inner layers read (int64_t). */
+  uint64_t ns = opts->timeout_ns;
+  if (!ns) ns = opts->timeout_ms > INT64_MAX / 1000000 ? INT64_MAX : opts->timeout_ms * 1000000ull;
+  if (ns > INT64_MAX) ns = INT64_MAX;
   if (!out || ns == 0)
     return bw_error_new(BW_ERR_INVALID_ARGUMENT, 0, "timeout: the timeout must be > 0");
   timeout_impl_t *im = bw__calloc(1, sizeof *im);

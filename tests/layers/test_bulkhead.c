@@ -4,6 +4,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <stdio.h>
+
 #include "support/layer_harness.h"
 
 #include "layers/permits.h"
@@ -258,6 +260,25 @@ static void test_layer_limit_and_reject(void **state) {
   lh_fx_free(f);
 }
 
+/* The bulkhead's name is a label value: escaped. Before the fix a quote,
+ * backslash or line feed in it went out as it was (and the name was cut
+ * at 160 bytes). */
+static void test_layer_name_escaped(void **state) {
+  (void)state;
+  bw_bulkhead_opts_t o;
+  bw_bulkhead_opts_init(&o);
+  char name[300];
+  snprintf(name, sizeof name, "a\"b\\c\nd%0200d", 7);
+  o.name = name;
+  o.max_concurrent = 3;
+  bw_layer_t *bh = NULL;
+  assert_null(bw_bulkhead_new(&bh, &o));
+  char want[400];
+  snprintf(want, sizeof want, "bulwark_bulkhead_limit{bulkhead=\"a\\\"b\\\\c\\nd%0200d\"} 3\n", 7);
+  lh_assert_metric(want);
+  bw_layer_release(bh);
+}
+
 static void test_layer_fifo_queue(void **state) {
   (void)state;
   enum { Q = 4 };
@@ -321,6 +342,37 @@ static void test_layer_queue_timeout(void **state) {
   lh_free(&a);
   lh_free(&b);
   lh_free(&c);
+  lh_fx_free(f);
+}
+
+/* A huge max_queue_wait_ms waits as long as asked. Before the fix
+ * UINT64_MAX / 1e6 - 1 ms made now + the wait wrap to a deadline in the
+ * past: the queued call was rejected at once instead of getting the
+ * permit when it came back. One worker: a timer that fired has finished
+ * before the deferred completion below runs. */
+static void test_layer_huge_queue_wait(void **state) {
+  (void)state;
+  lh_fx_t *f = bfx_new(1, 4, UINT64_MAX / 1000000 - 1, true);
+  bw_runtime_free(f->rt);
+  f->rt = lh_rt(true, 1);
+  lh_res_t a, b;
+  lh_start(&a, f->svc, f->rt, 0);
+  assert_int_equal(lh_wait_pending(f->be, 1), 1);
+  lh_start(&b, f->svc, f->rt, 0);
+  LH_UNTIL(bw_bulkhead_queued(f->layer) == 1 || atomic_load(&b.done));
+  bw_runtime_metrics_t m;
+  LH_UNTIL(bw_runtime_metrics(f->rt, &m) == NULL && m.timers_armed == 0);
+  assert_int_equal(m.timers_armed, 0);
+  lh_finish_one(f->be, BW_ERR_NONE); /* a's permit goes to b */
+  lh_wait(&a);
+  assert_int_equal(lh_wait_pending(f->be, 1), 1);
+  lh_finish_one(f->be, BW_ERR_NONE);
+  lh_wait(&b);
+  assert_int_equal(b.kind, BW_ERR_NONE);
+  LH_UNTIL(bw_bulkhead_in_use(f->layer) == 0);
+  assert_int_equal(bw_bulkhead_in_use(f->layer), 0);
+  lh_free(&a);
+  lh_free(&b);
   lh_fx_free(f);
 }
 
@@ -442,6 +494,149 @@ static void test_layer_cancel_storm(void **state) {
   lh_fx_free(f);
 }
 
+#include "bulwark/retry.h"
+#include "bulwark/timeout.h"
+
+/* runtime/internal.h (not included: it pulls in uv.h). While a hold is
+ * out the paused clock moves only by bw_runtime_advance. */
+void bw__runtime_clock_hold(bw_runtime_t *rt);
+void bw__runtime_clock_release(bw_runtime_t *rt);
+
+/* retry(2 attempts, no backoff) over timeout(100 ms) over a bulkhead of 1
+ * whose permit another call holds: attempt 1 (the call itself) queues, is
+ * granted, and runs as the bulkhead's child. The backend answers it just
+ * as the timeout fires (lh_answer_on_timeout); with one worker that
+ * answer's callback runs after retry's finish hook resumed the call at its
+ * own depth and queued attempt 2 behind attempt 1's permit. The late
+ * callback must find the bulkhead's state to return the permit: before
+ * the fix it took bw_call_state(call), retry's by then, and spun forever
+ * on retry's memory as if it were the child slot's lock. */
+static void test_layer_child_answer_after_retry_resumed(void **state) {
+  (void)state;
+  bw_runtime_t *rt = lh_rt(true, 1);
+  bw__runtime_clock_hold(rt);
+  lh_backend_t *be = calloc(1, sizeof *be);
+  assert_non_null(be);
+  be->hold = true;
+  bw_service_t *inner = lh_backend_svc(be);
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 2;
+  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
+  bw_timeout_opts_t to;
+  bw_timeout_opts_init(&to);
+  to.timeout_ms = 100;
+  bw_bulkhead_opts_t bo;
+  bw_bulkhead_opts_init(&bo);
+  bo.max_concurrent = 1;
+  bo.max_queue = 4;
+  bw_layer_t *l[3];
+  assert_null(bw_retry_new(&l[0], &ro));
+  assert_null(bw_timeout_new(&l[1], &to));
+  assert_null(bw_bulkhead_new(&l[2], &bo));
+  bw_service_t *svc = lh_stack(l, 3, inner);
+  bw_service_t *plain = lh_stack(&l[2], 1, inner);
+  lh_late_answer_t la = {.be = be};
+  bw_event_hook_t *hook;
+  assert_null(bw_event_hook_add(&hook, NULL, l[1], lh_answer_on_timeout, &la));
+
+  lh_res_t a, b;
+  lh_start(&a, plain, rt, 0);
+  assert_int_equal(lh_wait_pending(be, 1), 1); /* a holds the permit */
+  lh_start(&b, svc, rt, 0);
+  LH_UNTIL(bw_bulkhead_queued(l[2]) == 1);
+  assert_int_equal(bw_bulkhead_queued(l[2]), 1);
+  lh_finish_one(be, BW_ERR_NONE); /* a's permit goes to b's attempt 1 */
+  lh_wait(&a);
+  assert_int_equal(lh_wait_pending(be, 1), 1);
+  assert_null(bw_runtime_advance(rt, 100));
+  lh_wait(&b);
+  assert_int_equal(b.kind, BW_ERR_NONE);
+  assert_int_equal(b.resp, 2); /* attempt 2 answered */
+  LH_UNTIL(atomic_load(&la.freed) == 1); /* attempt 1's answer, freed with its child */
+  assert_int_equal(atomic_load(&la.freed), 1);
+  LH_UNTIL(bw_bulkhead_in_use(l[2]) == 0);
+  assert_int_equal(bw_bulkhead_in_use(l[2]), 0);
+  assert_int_equal(bw_bulkhead_queued(l[2]), 0);
+  assert_int_equal(atomic_load(&be->calls), 3);
+  lh_free(&a);
+  lh_free(&b);
+
+  bw_event_hook_remove(hook);
+  bw_service_release(plain);
+  bw_service_release(svc);
+  for (int i = 0; i < 3; i++) bw_layer_release(l[i]);
+  bw_service_release(inner);
+  bw__runtime_clock_release(rt);
+  bw_runtime_free(rt);
+  free(be);
+}
+
+/* bw__child_start on a call that an outer timeout has already ended, as a
+ * permit grant, a rate limiter's timer or chaos's latency timer landing on
+ * another thread just after the timeout's abort would: the abort sets no
+ * cancel flag and the node's ops->cancel found no child to cancel. Before
+ * the fix the child started anyway (the check was bw_call_is_cancelled)
+ * and ran on the backend with nobody left to cancel it (a permit or a
+ * connection held until the backend answered). Now no child is made. */
+typedef struct late_st {
+  bw__child_slot_t slot;
+} late_st_t;
+static bw_call_t *late_call;
+static late_st_t *late_state;
+static atomic_int late_children;
+
+static void late_call_fn(bw_service_t *svc, bw_call_t *call) {
+  (void)svc;
+  late_state = bw_call_state(call);
+  bw_call_ref(call); /* for the step that comes later */
+  late_call = call;
+}
+static void late_cancel(bw_service_t *svc, bw_call_t *call, const bw_error_t *reason) {
+  (void)svc;
+  bw__child_slot_cancel(&((late_st_t *)bw_call_state(call))->slot, reason);
+}
+static void late_on_child(bw_call_t *child, const bw_error_t *err, void *arg) {
+  (void)err;
+  late_st_t *st = arg;
+  bw__child_slot_clear(&st->slot);
+  bw_call_complete_from_child(late_call, child);
+  bw_call_free(child);
+  atomic_fetch_add(&late_children, 1);
+}
+static const bw_service_ops_t late_ops = {
+    .kind = "late", .call_state_size = sizeof(late_st_t), .call = late_call_fn, .cancel = late_cancel};
+
+static int late_rc;
+static bw_poll_t late_start_poll(bw_task_t *self, void *arg) {
+  (void)self;
+  (void)arg;
+  late_rc = bw__child_start(late_call, &late_state->slot, late_on_child, late_state);
+  return BW_READY;
+}
+
+static void test_child_start_after_outer_timeout(void **state) {
+  (void)state;
+  lh_fx_t *f = lh_fx_new(true, true);
+  bw_layer_t *late = NULL;
+  assert_null(bw_layer_new(&late, &late_ops, NULL));
+  lh_fx_stack(f, late, false);
+  bw_service_t *svc = lh_fx_timeout(f, 100);
+  lh_res_t r;
+  lh_start(&r, svc, f->rt, 0);
+  lh_wait(&r); /* the paused clock jumps to the timeout */
+  assert_int_equal(r.kind, BW_ERR_TIMEOUT);
+  assert_non_null(late_call);
+  assert_null(bw_block_on(f->rt, late_start_poll, NULL, NULL));
+  assert_int_equal(late_rc, -1);
+  assert_int_equal(atomic_load(&f->be->calls), 0); /* nothing reached the backend */
+  assert_int_equal(atomic_load(&late_children), 0);
+  bw_call_unref(late_call);
+  late_call = NULL;
+  lh_free(&r);
+  lh_fx_free(f);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_basic_limit),
@@ -450,13 +645,17 @@ int main(void) {
       cmocka_unit_test(test_set_limit),
       cmocka_unit_test(test_stress_threads),
       cmocka_unit_test(test_layer_limit_and_reject),
+      cmocka_unit_test(test_layer_name_escaped),
       cmocka_unit_test(test_layer_fifo_queue),
       cmocka_unit_test(test_layer_queue_timeout),
+      cmocka_unit_test(test_layer_huge_queue_wait),
       cmocka_unit_test(test_layer_cancel_queued_and_running),
       cmocka_unit_test(test_layer_timeout_returns_permit),
       cmocka_unit_test(test_layer_set_limit),
       cmocka_unit_test(test_layer_many_calls),
       cmocka_unit_test(test_layer_cancel_storm),
+      cmocka_unit_test(test_layer_child_answer_after_retry_resumed),
+      cmocka_unit_test(test_child_start_after_outer_timeout),
   };
   return cmocka_run_group_tests_name("bulkhead", tests, NULL, NULL);
 }

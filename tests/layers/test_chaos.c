@@ -280,6 +280,69 @@ static void test_cancel_during_latency(void **state) {
   bw_runtime_free(real);
 }
 
+#include "bulwark/retry.h"
+#include "bulwark/timeout.h"
+
+/* runtime/internal.h (not included: it pulls in uv.h). While a hold is
+ * out the paused clock moves only by bw_runtime_advance. */
+void bw__runtime_clock_hold(bw_runtime_t *rt);
+void bw__runtime_clock_release(bw_runtime_t *rt);
+
+/* retry(2 attempts, no backoff) over timeout(100 ms) over chaos (choosing
+ * nothing: each call goes to the backend as chaos's child). Attempt 1 is
+ * the call itself, forwarded to chaos. The backend answers it just as the
+ * timeout fires (lh_answer_on_timeout); with one worker that answer's
+ * callback runs after the timeout's abort, where retry's finish hook
+ * resumed the call at its own depth and ran attempt 2. The late callback
+ * must still find chaos's state: before the fix it took
+ * bw_call_state(call), which was retry's by then, and spun forever on
+ * retry's memory as if it were the child slot's lock. */
+static void test_child_answer_after_retry_resumed(void **state) {
+  (void)state;
+  bw_runtime_t *rt = lh_rt(true, 1);
+  bw__runtime_clock_hold(rt);
+  lh_backend_t *be = calloc(1, sizeof *be);
+  assert_non_null(be);
+  be->hold = true;
+  bw_service_t *inner = lh_backend_svc(be);
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 2;
+  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
+  bw_timeout_opts_t to;
+  bw_timeout_opts_init(&to);
+  to.timeout_ms = 100;
+  bw_chaos_opts_t co = base_opts();
+  bw_layer_t *l[3];
+  assert_null(bw_retry_new(&l[0], &ro));
+  assert_null(bw_timeout_new(&l[1], &to));
+  assert_null(bw_chaos_new(&l[2], &co));
+  bw_service_t *svc = lh_stack(l, 3, inner);
+  lh_late_answer_t la = {.be = be};
+  bw_event_hook_t *hook;
+  assert_null(bw_event_hook_add(&hook, NULL, l[1], lh_answer_on_timeout, &la));
+
+  lh_res_t r;
+  lh_start(&r, svc, rt, 0);
+  assert_int_equal(lh_wait_pending(be, 1), 1); /* attempt 1: chaos's child */
+  assert_null(bw_runtime_advance(rt, 100));
+  lh_wait(&r);
+  assert_int_equal(r.kind, BW_ERR_NONE);
+  assert_int_equal(r.resp, 1); /* attempt 2 answered */
+  LH_UNTIL(atomic_load(&la.freed) == 1); /* attempt 1's answer, freed with its child */
+  assert_int_equal(atomic_load(&la.freed), 1);
+  assert_int_equal(atomic_load(&be->calls), 2);
+  lh_free(&r);
+
+  bw_event_hook_remove(hook);
+  bw_service_release(svc);
+  for (int i = 0; i < 3; i++) bw_layer_release(l[i]);
+  bw_service_release(inner);
+  bw__runtime_clock_release(rt);
+  bw_runtime_free(rt);
+  free(be);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_defaults_and_validation),
@@ -290,6 +353,7 @@ int main(void) {
       cmocka_unit_test(test_latency_on_paused_clock),
       cmocka_unit_test(test_outcome_and_hang),
       cmocka_unit_test(test_cancel_during_latency),
+      cmocka_unit_test(test_child_answer_after_retry_resumed),
   };
   return cmocka_run_group_tests_name("chaos", tests, NULL, NULL);
 }

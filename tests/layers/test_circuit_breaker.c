@@ -2,6 +2,7 @@
  * layer, failure predicate, slow calls, half-open probe limits under
  * concurrency (no stampede, never stuck), timeouts counting as failures,
  * manual control, a breaker shared by two stacks, and a multi-thread run. */
+#include <stdio.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,7 +11,11 @@
 #include "support/layer_harness.h"
 
 #include "bulwark/alloc.h"
+#include "bulwark/bulkhead.h"
 #include "bulwark/circuit_breaker.h"
+#include "bulwark/retry.h"
+#include "bulwark/timeout.h"
+#include "runtime/internal.h"
 
 /* f->layer is the breaker. */
 static lh_fx_t *fx_new(bw_circuit_breaker_opts_t *o, bool hold) {
@@ -384,6 +389,88 @@ static void test_rejections_do_not_allocate(void **state) {
   lh_fx_free(f);
 }
 
+/* A late answer to an attempt the breaker passed on through a child (its
+ * inner service is a built stack: no forwarding) arrives after an outer
+ * retry resumed the call at its own depth: the child's callback must find
+ * the breaker's state, not retry's (it used to take bw_call_state(call),
+ * retry's by then, and spin on retry's memory as if it were the child
+ * slot's lock). As test_bulkhead's test_layer_child_answer_after_retry_resumed. */
+static void test_child_answer_after_retry_resumed(void **state) {
+  (void)state;
+  bw_runtime_t *rt = lh_rt(true, 1);
+  bw__runtime_clock_hold(rt);
+  lh_backend_t *be = calloc(1, sizeof *be);
+  assert_non_null(be);
+  be->hold = true;
+  bw_service_t *backend = lh_backend_svc(be);
+  bw_bulkhead_opts_t ibo; /* (a layer that does not act on the deadline) */
+  bw_bulkhead_opts_init(&ibo);
+  bw_layer_t *il;
+  assert_null(bw_bulkhead_new(&il, &ibo));
+  bw_service_t *inner = lh_stack(&il, 1, backend); /* a built stack: the breaker uses a child */
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 2;
+  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
+  bw_timeout_opts_t to;
+  bw_timeout_opts_init(&to);
+  to.timeout_ms = 100;
+  bw_circuit_breaker_opts_t bo;
+  bw_circuit_breaker_opts_init(&bo);
+  bw_layer_t *l[3];
+  assert_null(bw_retry_new(&l[0], &ro));
+  assert_null(bw_timeout_new(&l[1], &to));
+  assert_null(bw_circuit_breaker_new(&l[2], &bo));
+  bw_service_t *svc = lh_stack(l, 3, inner);
+  lh_late_answer_t la = {.be = be};
+  bw_event_hook_t *hook;
+  assert_null(bw_event_hook_add(&hook, NULL, l[1], lh_answer_on_timeout, &la));
+
+  lh_res_t b;
+  lh_start(&b, svc, rt, 0);
+  assert_int_equal(lh_wait_pending(be, 1), 1); /* attempt 1, through the child */
+  assert_null(bw_runtime_advance(rt, 100));    /* its timeout */
+  lh_wait(&b);
+  assert_int_equal(b.kind, BW_ERR_NONE);
+  assert_int_equal(b.resp, 1); /* the backend's second call: attempt 2 */
+  LH_UNTIL(atomic_load(&la.freed) == 1); /* attempt 1's answer, freed with its child */
+  assert_int_equal(atomic_load(&la.freed), 1);
+  assert_int_equal(atomic_load(&be->calls), 2);
+  bw_breaker_stats_t st;
+  LH_UNTIL(bw_circuit_breaker_stats(l[2], &st) == NULL &&
+           st.successes + st.failures + st.ignored == 2);
+  assert_null(bw_circuit_breaker_stats(l[2], &st));
+  assert_int_equal(st.calls_permitted, 2);
+  assert_int_equal(st.successes + st.failures + st.ignored, 2); /* each recorded once */
+  lh_free(&b);
+
+  bw_event_hook_remove(hook);
+  bw_service_release(svc);
+  for (int i = 0; i < 3; i++) bw_layer_release(l[i]);
+  bw_service_release(inner);
+  bw_layer_release(il);
+  bw_service_release(backend);
+  bw__runtime_clock_release(rt);
+  bw_runtime_free(rt);
+  free(be);
+}
+
+/* The breaker's name is escaped in its gauge's labels. */
+static void test_name_escaped_in_metrics(void **state) {
+  (void)state;
+  bw_circuit_breaker_opts_t o;
+  bw_circuit_breaker_opts_init(&o);
+  char name[300];
+  snprintf(name, sizeof name, "a\"b\\c\nd%0200d", 7);
+  o.name = name;
+  bw_layer_t *b = NULL;
+  assert_null(bw_circuit_breaker_new(&b, &o));
+  char want[400];
+  snprintf(want, sizeof want, "bulwark_breaker_state{breaker=\"a\\\"b\\\\c\\nd%0200d\"} 0\n", 7);
+  lh_assert_metric(want);
+  bw_layer_release(b);
+}
+
 int main(void) {
   if (lh_count_allocs_install() != 0) return 1;
   const struct CMUnitTest tests[] = {
@@ -398,6 +485,8 @@ int main(void) {
       cmocka_unit_test(test_bad_options),
       cmocka_unit_test(test_shared_between_stacks),
       cmocka_unit_test(test_many_calls_two_workers),
+      cmocka_unit_test(test_child_answer_after_retry_resumed),
+      cmocka_unit_test(test_name_escaped_in_metrics),
   };
   return cmocka_run_group_tests_name("circuit_breaker", tests, NULL, NULL);
 }

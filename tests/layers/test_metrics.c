@@ -4,6 +4,8 @@
 #include <setjmp.h>
 #include <cmocka.h>
 
+#include <math.h>
+
 #include "core/metrics_internal.h"
 #include "h4_util.h"
 
@@ -35,6 +37,11 @@ static void test_percentiles(void **state) {
   assert_true(p99 >= 990000 && p99 <= 990000 * 1.25);
   assert_true(bw_histogram_percentile(h, 1.0) >= 1000000);
   assert_true(bw_histogram_percentile(h, 0.0) <= 2048);
+  /* out of range: clamped; NaN as 0 (it was converted to an integer as
+   * it was: undefined, here the overflow bucket's UINT64_MAX) */
+  assert_int_equal(bw_histogram_percentile(h, -1), bw_histogram_percentile(h, 0));
+  assert_int_equal(bw_histogram_percentile(h, 7), bw_histogram_percentile(h, 1));
+  assert_int_equal(bw_histogram_percentile(h, NAN), bw_histogram_percentile(h, 0));
   bw_histogram_reset(h);
   assert_int_equal(bw_histogram_count(h), 0);
   bw_histogram_free(h);

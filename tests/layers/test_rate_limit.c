@@ -3,6 +3,7 @@
  * through a real timeout layer), cancellation giving the token back, and
  * many calls on two workers. */
 #include <math.h>
+#include <stdio.h>
 #include <stdarg.h>
 #include <stddef.h>
 #include <setjmp.h>
@@ -10,8 +11,12 @@
 
 #include "support/layer_harness.h"
 
+#include "runtime/internal.h"
+
 #include "bulwark/alloc.h"
 #include "bulwark/rate_limit.h"
+#include "bulwark/timeout.h"
+#include "bulwark/retry.h"
 
 /* f->layer is the rate limiter. */
 static lh_fx_t *rfx_new(bool paused, double rate, uint64_t burst, bw_rate_limit_mode_t mode,
@@ -246,6 +251,90 @@ static void test_rejections_do_not_allocate(void **state) {
   lh_fx_free(f);
 }
 
+/* A late answer to an attempt that waited for its token (so went through
+ * a child) arrives after an outer retry resumed the call at its own depth:
+ * the child's callback must find the rate limit's state, not retry's (it
+ * used to take bw_call_state(call), retry's by then, and spin on retry's
+ * memory as if it were the child slot's lock). As test_bulkhead's
+ * test_layer_child_answer_after_retry_resumed. */
+static void test_child_answer_after_retry_resumed(void **state) {
+  (void)state;
+  bw_runtime_t *rt = lh_rt(true, 1);
+  bw__runtime_clock_hold(rt);
+  lh_backend_t *be = calloc(1, sizeof *be);
+  assert_non_null(be);
+  be->hold = true;
+  bw_service_t *inner = lh_backend_svc(be);
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 2;
+  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
+  bw_timeout_opts_t to;
+  bw_timeout_opts_init(&to);
+  to.timeout_ms = 2000;
+  bw_rate_limit_opts_t rl;
+  bw_rate_limit_opts_init(&rl);
+  rl.rate_per_sec = 1;
+  rl.burst = 1;
+  rl.mode = BW_RATE_LIMIT_WAIT;
+  bw_layer_t *l[3];
+  assert_null(bw_retry_new(&l[0], &ro));
+  assert_null(bw_timeout_new(&l[1], &to));
+  assert_null(bw_rate_limit_new(&l[2], &rl));
+  bw_service_t *svc = lh_stack(l, 3, inner);
+  bw_service_t *plain = lh_stack(&l[2], 1, inner);
+  lh_late_answer_t la = {.be = be};
+  bw_event_hook_t *hook;
+  assert_null(bw_event_hook_add(&hook, NULL, l[1], lh_answer_on_timeout, &la));
+
+  lh_res_t a, b;
+  lh_start(&a, plain, rt, 0); /* takes the one token */
+  assert_int_equal(lh_wait_pending(be, 1), 1);
+  lh_finish_one(be, BW_ERR_NONE);
+  lh_wait(&a);
+  lh_start(&b, svc, rt, 0); /* attempt 1 waits 1 s for a token */
+  LH_UNTIL(bw_rate_limit_tokens(l[2], NULL) < -0.5); /* (its start runs on the worker) */
+  assert_null(bw_runtime_advance(rt, 1000));
+  assert_int_equal(lh_wait_pending(be, 1), 1); /* started through a child */
+  assert_null(bw_runtime_advance(rt, 1000)); /* the timeout; attempt 2 has its token */
+  lh_wait(&b);
+  assert_int_equal(b.kind, BW_ERR_NONE);
+  assert_int_equal(b.resp, 2); /* attempt 2 answered */
+  LH_UNTIL(atomic_load(&la.freed) == 1); /* attempt 1's answer, freed with its child */
+  assert_int_equal(atomic_load(&la.freed), 1);
+  assert_int_equal(atomic_load(&be->calls), 3);
+  lh_free(&a);
+  lh_free(&b);
+
+  bw_event_hook_remove(hook);
+  bw_service_release(plain);
+  bw_service_release(svc);
+  for (int i = 0; i < 3; i++) bw_layer_release(l[i]);
+  bw_service_release(inner);
+  bw__runtime_clock_release(rt);
+  bw_runtime_free(rt);
+  free(be);
+}
+
+/* The layer's name is escaped in its gauge's labels (quotes, backslashes
+ * and line feeds broke the exposition; long names lost the closing quote). */
+static void test_name_escaped_in_metrics(void **state) {
+  (void)state;
+  bw_rate_limit_opts_t o;
+  bw_rate_limit_opts_init(&o);
+  char name[300];
+  snprintf(name, sizeof name, "a\"b\\c\nd%0200d", 7);
+  o.name = name;
+  o.rate_per_sec = 10;
+  o.burst = 5;
+  bw_layer_t *rl = NULL;
+  assert_null(bw_rate_limit_new(&rl, &o));
+  char want[400];
+  snprintf(want, sizeof want, "bulwark_rate_limit_tokens{rate_limit=\"a\\\"b\\\\c\\nd%0200d\"} 5\n", 7);
+  lh_assert_metric(want);
+  bw_layer_release(rl);
+}
+
 int main(void) {
   if (lh_count_allocs_install() != 0) return 1;
   const struct CMUnitTest tests[] = {
@@ -260,6 +349,8 @@ int main(void) {
       cmocka_unit_test(test_cancel_waiter_refunds),
       cmocka_unit_test(test_many_calls_two_workers),
       cmocka_unit_test(test_cancel_storm),
+      cmocka_unit_test(test_child_answer_after_retry_resumed),
+      cmocka_unit_test(test_name_escaped_in_metrics),
   };
   return cmocka_run_group_tests_name("rate_limit", tests, NULL, NULL);
 }

@@ -328,12 +328,107 @@ static void test_wrapped_stack_metrics(void **state) {
   pthread_mutex_destroy(&evs.mu);
 }
 
+/* Every line of Prometheus text ends with a line feed; each sample is
+ * name{key="value",...} value with only \\, \" and \n escaped in values. */
+static bool prom_text_ok(const char *t) {
+  while (*t) {
+    const char *eol = strchr(t, '\n');
+    if (!eol) return false;
+    const char *p = t;
+    if (*p != '#') {
+      while (p < eol && *p != '{' && *p != ' ') p++;
+      if (p < eol && *p == '{') {
+        p++;
+        while (p < eol && *p != '}') {
+          while (p < eol && *p != '=') {
+            if (*p == '"' || *p == '}' || *p == ' ') return false;
+            p++;
+          }
+          if (p + 1 >= eol || p[1] != '"') return false;
+          for (p += 2; p < eol && *p != '"'; p++) {
+            if (*p != '\\') continue;
+            if (p[1] != '\\' && p[1] != '"' && p[1] != 'n') return false;
+            p++;
+          }
+          if (p >= eol) return false;
+          p++;
+          if (*p == ',') p++;
+          else if (*p != '}') return false;
+        }
+        if (p >= eol) return false;
+        p++;
+      }
+      if (p >= eol || *p != ' ') return false;
+    }
+    t = eol + 1;
+  }
+  return true;
+}
+
+/* Stack and layer names are label values: a quote, a backslash or a line
+ * feed in them is escaped, and a long name is kept whole. Before the fix
+ * they were printed as they were (and the duration's labels cut at 256
+ * bytes, without the closing quote): the output no longer parsed. */
+static void test_metric_names_escaped(void **state) {
+  bw_runtime_t *rt = h4_rt(true, 1);
+  atomic_int n = 3; /* the first call fails */
+  bw_fn_service_opts_t fo;
+  bw_fn_service_opts_init(&fo);
+  fo.sync = sometimes;
+  fo.arg = &n;
+  bw_service_t *leaf;
+  assert_null(bw_service_from_fn(&leaf, &fo));
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 1;
+  bw_layer_t *retry;
+  assert_null(bw_retry_new(&retry, &ro));
+  assert_null(bw_layer_set_name(retry, "r\"1\\"));
+  char name[400], esc[420];
+  snprintf(name, sizeof name, "we\"ird\\na\nme%0300d", 0);
+  snprintf(esc, sizeof esc, "we\\\"ird\\\\na\\nme%0300d", 0);
+  bw_service_t *stack;
+  assert_null(bw_stack_build(&stack, name, &retry, 1, leaf, NULL));
+  h4_wait_t wt;
+  h4_wait_init(&wt);
+  h4_result_t r = {.wait = &wt, .rt = rt, .free_in_cb = true};
+  bw_call_t *c;
+  assert_null(bw_call_new(&c, stack, rt));
+  assert_null(h4_submit(stack, c, h4_on_done, &r));
+  assert_int_equal(h4_wait_for(&wt, 1), 1);
+  assert_int_equal(r.kind, BW_ERR_RETRIES_EXHAUSTED);
+  bw_error_unref(r.err);
+
+  char *text;
+  assert_null(bw_metrics_prometheus_text(&text, NULL));
+  assert_true(prom_text_ok(text));
+  char want[700];
+  snprintf(want, sizeof want,
+           "bulwark_calls_total{stack=\"%s\",outcome=\"retries_exhausted\"} 1\n", esc);
+  assert_non_null(strstr(text, want));
+  snprintf(want, sizeof want, "bulwark_call_duration_seconds_count{stack=\"%s\"} 1\n", esc);
+  assert_non_null(strstr(text, want));
+  snprintf(want, sizeof want,
+           "bulwark_layer_events_total{stack=\"%s\",layer=\"0:retry\",name=\"r\\\"1\\\\\","
+           "event=\"give_up\"} 1\n",
+           esc);
+  assert_non_null(strstr(text, want));
+  bw_metrics_text_free(text);
+
+  bw_service_release(stack);
+  bw_layer_release(retry);
+  bw_service_release(leaf);
+  bw_runtime_free(rt);
+  h4_wait_fini(&wt);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_order_check),
       cmocka_unit_test(test_named_stack_metrics),
       cmocka_unit_test(test_empty_stack),
       cmocka_unit_test(test_wrapped_stack_metrics),
+      cmocka_unit_test(test_metric_names_escaped),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -207,6 +207,39 @@ static void test_bad_opts(void **state) {
   bw_layer_release(l);
 }
 
+/* A huge timeout is a long one. Before the fix timeout_ms * 1e6 wrapped
+ * (UINT64_MAX / 1e6 + 1 ms gave 448384 ns) and so did now + the timeout
+ * (timeout_ns UINT64_MAX, or timeout_ms UINT64_MAX: a deadline in the
+ * past): each timed out a 10 ms call at once. */
+static void test_huge_timeout(void **state) {
+  bw_runtime_t *rt = h4_rt(true, 2);
+  bw_service_t *sl = h4_sleeper();
+  h4_wait_t w;
+  h4_wait_init(&w);
+  h4_sleep_req_t rq = {.delay_ns = 10000000ull};
+  for (int i = 0; i < 3; i++) {
+    bw_timeout_opts_t o;
+    bw_timeout_opts_init(&o);
+    if (i == 0) o.timeout_ms = UINT64_MAX / 1000000 + 1;
+    else if (i == 1) o.timeout_ms = UINT64_MAX;
+    else o.timeout_ns = UINT64_MAX;
+    bw_layer_t *l;
+    assert_null(bw_timeout_new(&l, &o));
+    bw_service_t *svc;
+    assert_null(bw_stack_build(&svc, NULL, &l, 1, sl, NULL));
+    h4_result_t r = {0};
+    uint64_t t0;
+    run_one(rt, svc, &rq, &r, &w, i + 1, &t0);
+    assert_int_equal(r.kind, BW_ERR_NONE);
+    assert_int_equal(r.at_ns - t0, 10000000ull);
+    bw_service_release(svc);
+    bw_layer_release(l);
+  }
+  bw_service_release(sl);
+  bw_runtime_free(rt);
+  h4_wait_fini(&w);
+}
+
 int main(void) {
   const struct CMUnitTest tests[] = {
       cmocka_unit_test(test_timeout_fires),
@@ -214,6 +247,7 @@ int main(void) {
       cmocka_unit_test(test_parent_deadline_shorter),
       cmocka_unit_test(test_cancel_through_timeout),
       cmocka_unit_test(test_bad_opts),
+      cmocka_unit_test(test_huge_timeout),
   };
   return cmocka_run_group_tests(tests, NULL, NULL);
 }

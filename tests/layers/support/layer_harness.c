@@ -260,6 +260,34 @@ int lh_count_events(lh_events_t *e, bw_event_type_t type) {
   return c;
 }
 
+/* The response of a late answer: frees itself and counts. */
+static void late_resp_free(void *p) {
+  atomic_fetch_add(*(atomic_int **)p, 1);
+  free(p);
+}
+
+static void *late_answer_main(void *arg) {
+  lh_late_answer_t *la = arg;
+  pthread_mutex_lock(&lh_mu);
+  bw_call_t *c = la->be->npending > 0 ? la->be->pending[--la->be->npending] : NULL;
+  pthread_mutex_unlock(&lh_mu);
+  if (c) {
+    atomic_int **resp = malloc(sizeof *resp);
+    *resp = &la->freed;
+    bw_call_complete(c, resp, late_resp_free, NULL);
+  }
+  return NULL;
+}
+
+void lh_answer_on_timeout(const bw_event_t *ev, void *arg) {
+  lh_late_answer_t *la = arg;
+  if (ev->type != BW_EVENT_TIMEOUT || atomic_exchange(&la->fired, 1)) return;
+  la->be->hold = false; /* read by the backend on this worker from now on */
+  pthread_t th;
+  assert_int_equal(pthread_create(&th, NULL, late_answer_main, la), 0);
+  assert_int_equal(pthread_join(th, NULL), 0);
+}
+
 bw_service_t *lh_stack(bw_layer_t **layers, size_t n, bw_service_t *inner) {
   bw_service_t *s = NULL;
   assert_null(bw_stack_build(&s, NULL, layers, n, inner, NULL));

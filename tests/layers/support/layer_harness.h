@@ -134,6 +134,22 @@ typedef struct lh_events {
 void lh_on_event(const bw_event_t *ev, void *arg);
 int lh_count_events(lh_events_t *e, bw_event_type_t type);
 
+/* An answer racing a timeout. lh_answer_on_timeout is an event hook for a
+ * timeout layer (arg: lh_late_answer_t, zeroed but for be): at the first
+ * BW_EVENT_TIMEOUT (emitted after the timeout won the call, before the
+ * inner node's ops->cancel) it answers the backend's newest pending call
+ * from a thread that is not a worker, and lets the backend answer later
+ * calls at once (be->hold = false). That answer's delivery is left to a
+ * worker task: on a runtime with one worker it runs after the timer
+ * callback, so after the aborted call's finish hooks (an outer retry's
+ * resume and next attempt included). Its response counts in `freed` when
+ * it is freed. */
+typedef struct lh_late_answer {
+  lh_backend_t *be;
+  atomic_int fired, freed;
+} lh_late_answer_t;
+void lh_answer_on_timeout(const bw_event_t *ev, void *arg);
+
 /* bw_stack_build of the n layers over inner (asserts success). */
 bw_service_t *lh_stack(bw_layer_t **layers, size_t n, bw_service_t *inner);
 
