@@ -494,13 +494,6 @@ static void test_layer_cancel_storm(void **state) {
   lh_fx_free(f);
 }
 
-#include "bulwark/retry.h"
-#include "bulwark/timeout.h"
-
-/* runtime/internal.h (not included: it pulls in uv.h). While a hold is
- * out the paused clock moves only by bw_runtime_advance. */
-void bw__runtime_clock_hold(bw_runtime_t *rt);
-void bw__runtime_clock_release(bw_runtime_t *rt);
 
 /* retry(2 attempts, no backoff) over timeout(100 ms) over a bulkhead of 1
  * whose permit another call holds: attempt 1 (the call itself) queues, is
@@ -513,63 +506,39 @@ void bw__runtime_clock_release(bw_runtime_t *rt);
  * on retry's memory as if it were the child slot's lock. */
 static void test_layer_child_answer_after_retry_resumed(void **state) {
   (void)state;
-  bw_runtime_t *rt = lh_rt(true, 1);
-  bw__runtime_clock_hold(rt);
-  lh_backend_t *be = calloc(1, sizeof *be);
-  assert_non_null(be);
-  be->hold = true;
-  bw_service_t *inner = lh_backend_svc(be);
-  bw_retry_opts_t ro;
-  bw_retry_opts_init(&ro);
-  ro.max_attempts = 2;
-  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
-  bw_timeout_opts_t to;
-  bw_timeout_opts_init(&to);
-  to.timeout_ms = 100;
+  lh_resume_t *f = lh_resume_new();
   bw_bulkhead_opts_t bo;
   bw_bulkhead_opts_init(&bo);
   bo.max_concurrent = 1;
   bo.max_queue = 4;
-  bw_layer_t *l[3];
-  assert_null(bw_retry_new(&l[0], &ro));
-  assert_null(bw_timeout_new(&l[1], &to));
-  assert_null(bw_bulkhead_new(&l[2], &bo));
-  bw_service_t *svc = lh_stack(l, 3, inner);
-  bw_service_t *plain = lh_stack(&l[2], 1, inner);
-  lh_late_answer_t la = {.be = be};
-  bw_event_hook_t *hook;
-  assert_null(bw_event_hook_add(&hook, NULL, l[1], lh_answer_on_timeout, &la));
+  bw_layer_t *bh;
+  assert_null(bw_bulkhead_new(&bh, &bo));
+  lh_resume_build(f, 100, bh, NULL);
+  bw_service_t *plain = lh_stack(&bh, 1, f->backend);
 
   lh_res_t a, b;
-  lh_start(&a, plain, rt, 0);
-  assert_int_equal(lh_wait_pending(be, 1), 1); /* a holds the permit */
-  lh_start(&b, svc, rt, 0);
-  LH_UNTIL(bw_bulkhead_queued(l[2]) == 1);
-  assert_int_equal(bw_bulkhead_queued(l[2]), 1);
-  lh_finish_one(be, BW_ERR_NONE); /* a's permit goes to b's attempt 1 */
+  lh_start(&a, plain, f->rt, 0);
+  assert_int_equal(lh_wait_pending(f->be, 1), 1); /* a holds the permit */
+  lh_start(&b, f->svc, f->rt, 0);
+  LH_UNTIL(bw_bulkhead_queued(bh) == 1);
+  assert_int_equal(bw_bulkhead_queued(bh), 1);
+  lh_finish_one(f->be, BW_ERR_NONE); /* a's permit goes to b's attempt 1 */
   lh_wait(&a);
-  assert_int_equal(lh_wait_pending(be, 1), 1);
-  assert_null(bw_runtime_advance(rt, 100));
+  assert_int_equal(lh_wait_pending(f->be, 1), 1);
+  assert_null(bw_runtime_advance(f->rt, 100));
   lh_wait(&b);
   assert_int_equal(b.kind, BW_ERR_NONE);
   assert_int_equal(b.resp, 2); /* attempt 2 answered */
-  LH_UNTIL(atomic_load(&la.freed) == 1); /* attempt 1's answer, freed with its child */
-  assert_int_equal(atomic_load(&la.freed), 1);
-  LH_UNTIL(bw_bulkhead_in_use(l[2]) == 0);
-  assert_int_equal(bw_bulkhead_in_use(l[2]), 0);
-  assert_int_equal(bw_bulkhead_queued(l[2]), 0);
-  assert_int_equal(atomic_load(&be->calls), 3);
+  LH_UNTIL(atomic_load(&f->la.freed) == 1); /* attempt 1's answer, freed with its child */
+  assert_int_equal(atomic_load(&f->la.freed), 1);
+  LH_UNTIL(bw_bulkhead_in_use(bh) == 0);
+  assert_int_equal(bw_bulkhead_in_use(bh), 0);
+  assert_int_equal(bw_bulkhead_queued(bh), 0);
+  assert_int_equal(atomic_load(&f->be->calls), 3);
   lh_free(&a);
   lh_free(&b);
-
-  bw_event_hook_remove(hook);
   bw_service_release(plain);
-  bw_service_release(svc);
-  for (int i = 0; i < 3; i++) bw_layer_release(l[i]);
-  bw_service_release(inner);
-  bw__runtime_clock_release(rt);
-  bw_runtime_free(rt);
-  free(be);
+  lh_resume_free(f);
 }
 
 /* bw__child_start on a call that an outer timeout has already ended, as a

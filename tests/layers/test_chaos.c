@@ -280,13 +280,6 @@ static void test_cancel_during_latency(void **state) {
   bw_runtime_free(real);
 }
 
-#include "bulwark/retry.h"
-#include "bulwark/timeout.h"
-
-/* runtime/internal.h (not included: it pulls in uv.h). While a hold is
- * out the paused clock moves only by bw_runtime_advance. */
-void bw__runtime_clock_hold(bw_runtime_t *rt);
-void bw__runtime_clock_release(bw_runtime_t *rt);
 
 /* retry(2 attempts, no backoff) over timeout(100 ms) over chaos (choosing
  * nothing: each call goes to the backend as chaos's child). Attempt 1 is
@@ -299,48 +292,24 @@ void bw__runtime_clock_release(bw_runtime_t *rt);
  * retry's memory as if it were the child slot's lock. */
 static void test_child_answer_after_retry_resumed(void **state) {
   (void)state;
-  bw_runtime_t *rt = lh_rt(true, 1);
-  bw__runtime_clock_hold(rt);
-  lh_backend_t *be = calloc(1, sizeof *be);
-  assert_non_null(be);
-  be->hold = true;
-  bw_service_t *inner = lh_backend_svc(be);
-  bw_retry_opts_t ro;
-  bw_retry_opts_init(&ro);
-  ro.max_attempts = 2;
-  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
-  bw_timeout_opts_t to;
-  bw_timeout_opts_init(&to);
-  to.timeout_ms = 100;
+  lh_resume_t *f = lh_resume_new();
   bw_chaos_opts_t co = base_opts();
-  bw_layer_t *l[3];
-  assert_null(bw_retry_new(&l[0], &ro));
-  assert_null(bw_timeout_new(&l[1], &to));
-  assert_null(bw_chaos_new(&l[2], &co));
-  bw_service_t *svc = lh_stack(l, 3, inner);
-  lh_late_answer_t la = {.be = be};
-  bw_event_hook_t *hook;
-  assert_null(bw_event_hook_add(&hook, NULL, l[1], lh_answer_on_timeout, &la));
+  bw_layer_t *ch;
+  assert_null(bw_chaos_new(&ch, &co));
+  lh_resume_build(f, 100, ch, NULL);
 
   lh_res_t r;
-  lh_start(&r, svc, rt, 0);
-  assert_int_equal(lh_wait_pending(be, 1), 1); /* attempt 1: chaos's child */
-  assert_null(bw_runtime_advance(rt, 100));
+  lh_start(&r, f->svc, f->rt, 0);
+  assert_int_equal(lh_wait_pending(f->be, 1), 1); /* attempt 1: chaos's child */
+  assert_null(bw_runtime_advance(f->rt, 100));
   lh_wait(&r);
   assert_int_equal(r.kind, BW_ERR_NONE);
   assert_int_equal(r.resp, 1); /* attempt 2 answered */
-  LH_UNTIL(atomic_load(&la.freed) == 1); /* attempt 1's answer, freed with its child */
-  assert_int_equal(atomic_load(&la.freed), 1);
-  assert_int_equal(atomic_load(&be->calls), 2);
+  LH_UNTIL(atomic_load(&f->la.freed) == 1); /* attempt 1's answer, freed with its child */
+  assert_int_equal(atomic_load(&f->la.freed), 1);
+  assert_int_equal(atomic_load(&f->be->calls), 2);
   lh_free(&r);
-
-  bw_event_hook_remove(hook);
-  bw_service_release(svc);
-  for (int i = 0; i < 3; i++) bw_layer_release(l[i]);
-  bw_service_release(inner);
-  bw__runtime_clock_release(rt);
-  bw_runtime_free(rt);
-  free(be);
+  lh_resume_free(f);
 }
 
 int main(void) {

@@ -13,9 +13,6 @@
 #include "bulwark/alloc.h"
 #include "bulwark/bulkhead.h"
 #include "bulwark/circuit_breaker.h"
-#include "bulwark/retry.h"
-#include "bulwark/timeout.h"
-#include "runtime/internal.h"
 
 /* f->layer is the breaker. */
 static lh_fx_t *fx_new(bw_circuit_breaker_opts_t *o, bool hold) {
@@ -397,62 +394,38 @@ static void test_rejections_do_not_allocate(void **state) {
  * slot's lock). As test_bulkhead's test_layer_child_answer_after_retry_resumed. */
 static void test_child_answer_after_retry_resumed(void **state) {
   (void)state;
-  bw_runtime_t *rt = lh_rt(true, 1);
-  bw__runtime_clock_hold(rt);
-  lh_backend_t *be = calloc(1, sizeof *be);
-  assert_non_null(be);
-  be->hold = true;
-  bw_service_t *backend = lh_backend_svc(be);
+  lh_resume_t *f = lh_resume_new();
   bw_bulkhead_opts_t ibo; /* (a layer that does not act on the deadline) */
   bw_bulkhead_opts_init(&ibo);
   bw_layer_t *il;
   assert_null(bw_bulkhead_new(&il, &ibo));
-  bw_service_t *inner = lh_stack(&il, 1, backend); /* a built stack: the breaker uses a child */
-  bw_retry_opts_t ro;
-  bw_retry_opts_init(&ro);
-  ro.max_attempts = 2;
-  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
-  bw_timeout_opts_t to;
-  bw_timeout_opts_init(&to);
-  to.timeout_ms = 100;
+  bw_service_t *inner = lh_stack(&il, 1, f->backend); /* a built stack: the breaker uses a child */
   bw_circuit_breaker_opts_t bo;
   bw_circuit_breaker_opts_init(&bo);
-  bw_layer_t *l[3];
-  assert_null(bw_retry_new(&l[0], &ro));
-  assert_null(bw_timeout_new(&l[1], &to));
-  assert_null(bw_circuit_breaker_new(&l[2], &bo));
-  bw_service_t *svc = lh_stack(l, 3, inner);
-  lh_late_answer_t la = {.be = be};
-  bw_event_hook_t *hook;
-  assert_null(bw_event_hook_add(&hook, NULL, l[1], lh_answer_on_timeout, &la));
+  bw_layer_t *brk;
+  assert_null(bw_circuit_breaker_new(&brk, &bo));
+  lh_resume_build(f, 100, brk, inner);
 
   lh_res_t b;
-  lh_start(&b, svc, rt, 0);
-  assert_int_equal(lh_wait_pending(be, 1), 1); /* attempt 1, through the child */
-  assert_null(bw_runtime_advance(rt, 100));    /* its timeout */
+  lh_start(&b, f->svc, f->rt, 0);
+  assert_int_equal(lh_wait_pending(f->be, 1), 1); /* attempt 1, through the child */
+  assert_null(bw_runtime_advance(f->rt, 100));    /* its timeout */
   lh_wait(&b);
   assert_int_equal(b.kind, BW_ERR_NONE);
   assert_int_equal(b.resp, 1); /* the backend's second call: attempt 2 */
-  LH_UNTIL(atomic_load(&la.freed) == 1); /* attempt 1's answer, freed with its child */
-  assert_int_equal(atomic_load(&la.freed), 1);
-  assert_int_equal(atomic_load(&be->calls), 2);
+  LH_UNTIL(atomic_load(&f->la.freed) == 1); /* attempt 1's answer, freed with its child */
+  assert_int_equal(atomic_load(&f->la.freed), 1);
+  assert_int_equal(atomic_load(&f->be->calls), 2);
   bw_breaker_stats_t st;
-  LH_UNTIL(bw_circuit_breaker_stats(l[2], &st) == NULL &&
+  LH_UNTIL(bw_circuit_breaker_stats(brk, &st) == NULL &&
            st.successes + st.failures + st.ignored == 2);
-  assert_null(bw_circuit_breaker_stats(l[2], &st));
+  assert_null(bw_circuit_breaker_stats(brk, &st));
   assert_int_equal(st.calls_permitted, 2);
   assert_int_equal(st.successes + st.failures + st.ignored, 2); /* each recorded once */
   lh_free(&b);
-
-  bw_event_hook_remove(hook);
-  bw_service_release(svc);
-  for (int i = 0; i < 3; i++) bw_layer_release(l[i]);
   bw_service_release(inner);
   bw_layer_release(il);
-  bw_service_release(backend);
-  bw__runtime_clock_release(rt);
-  bw_runtime_free(rt);
-  free(be);
+  lh_resume_free(f);
 }
 
 /* The breaker's name is escaped in its gauge's labels. */

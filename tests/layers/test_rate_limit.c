@@ -11,12 +11,9 @@
 
 #include "support/layer_harness.h"
 
-#include "runtime/internal.h"
 
 #include "bulwark/alloc.h"
 #include "bulwark/rate_limit.h"
-#include "bulwark/timeout.h"
-#include "bulwark/retry.h"
 
 /* f->layer is the rate limiter. */
 static lh_fx_t *rfx_new(bool paused, double rate, uint64_t burst, bw_rate_limit_mode_t mode,
@@ -259,61 +256,37 @@ static void test_rejections_do_not_allocate(void **state) {
  * test_layer_child_answer_after_retry_resumed. */
 static void test_child_answer_after_retry_resumed(void **state) {
   (void)state;
-  bw_runtime_t *rt = lh_rt(true, 1);
-  bw__runtime_clock_hold(rt);
-  lh_backend_t *be = calloc(1, sizeof *be);
-  assert_non_null(be);
-  be->hold = true;
-  bw_service_t *inner = lh_backend_svc(be);
-  bw_retry_opts_t ro;
-  bw_retry_opts_init(&ro);
-  ro.max_attempts = 2;
-  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
-  bw_timeout_opts_t to;
-  bw_timeout_opts_init(&to);
-  to.timeout_ms = 2000;
-  bw_rate_limit_opts_t rl;
-  bw_rate_limit_opts_init(&rl);
-  rl.rate_per_sec = 1;
-  rl.burst = 1;
-  rl.mode = BW_RATE_LIMIT_WAIT;
-  bw_layer_t *l[3];
-  assert_null(bw_retry_new(&l[0], &ro));
-  assert_null(bw_timeout_new(&l[1], &to));
-  assert_null(bw_rate_limit_new(&l[2], &rl));
-  bw_service_t *svc = lh_stack(l, 3, inner);
-  bw_service_t *plain = lh_stack(&l[2], 1, inner);
-  lh_late_answer_t la = {.be = be};
-  bw_event_hook_t *hook;
-  assert_null(bw_event_hook_add(&hook, NULL, l[1], lh_answer_on_timeout, &la));
+  lh_resume_t *f = lh_resume_new();
+  bw_rate_limit_opts_t ro;
+  bw_rate_limit_opts_init(&ro);
+  ro.rate_per_sec = 1;
+  ro.burst = 1;
+  ro.mode = BW_RATE_LIMIT_WAIT;
+  bw_layer_t *rl;
+  assert_null(bw_rate_limit_new(&rl, &ro));
+  lh_resume_build(f, 2000, rl, NULL);
+  bw_service_t *plain = lh_stack(&rl, 1, f->backend);
 
   lh_res_t a, b;
-  lh_start(&a, plain, rt, 0); /* takes the one token */
-  assert_int_equal(lh_wait_pending(be, 1), 1);
-  lh_finish_one(be, BW_ERR_NONE);
+  lh_start(&a, plain, f->rt, 0); /* takes the one token */
+  assert_int_equal(lh_wait_pending(f->be, 1), 1);
+  lh_finish_one(f->be, BW_ERR_NONE);
   lh_wait(&a);
-  lh_start(&b, svc, rt, 0); /* attempt 1 waits 1 s for a token */
-  LH_UNTIL(bw_rate_limit_tokens(l[2], NULL) < -0.5); /* (its start runs on the worker) */
-  assert_null(bw_runtime_advance(rt, 1000));
-  assert_int_equal(lh_wait_pending(be, 1), 1); /* started through a child */
-  assert_null(bw_runtime_advance(rt, 1000)); /* the timeout; attempt 2 has its token */
+  lh_start(&b, f->svc, f->rt, 0); /* attempt 1 waits 1 s for a token */
+  LH_UNTIL(bw_rate_limit_tokens(rl, NULL) < -0.5); /* (its start runs on the worker) */
+  assert_null(bw_runtime_advance(f->rt, 1000));
+  assert_int_equal(lh_wait_pending(f->be, 1), 1); /* started through a child */
+  assert_null(bw_runtime_advance(f->rt, 1000)); /* the timeout; attempt 2 has its token */
   lh_wait(&b);
   assert_int_equal(b.kind, BW_ERR_NONE);
   assert_int_equal(b.resp, 2); /* attempt 2 answered */
-  LH_UNTIL(atomic_load(&la.freed) == 1); /* attempt 1's answer, freed with its child */
-  assert_int_equal(atomic_load(&la.freed), 1);
-  assert_int_equal(atomic_load(&be->calls), 3);
+  LH_UNTIL(atomic_load(&f->la.freed) == 1); /* attempt 1's answer, freed with its child */
+  assert_int_equal(atomic_load(&f->la.freed), 1);
+  assert_int_equal(atomic_load(&f->be->calls), 3);
   lh_free(&a);
   lh_free(&b);
-
-  bw_event_hook_remove(hook);
   bw_service_release(plain);
-  bw_service_release(svc);
-  for (int i = 0; i < 3; i++) bw_layer_release(l[i]);
-  bw_service_release(inner);
-  bw__runtime_clock_release(rt);
-  bw_runtime_free(rt);
-  free(be);
+  lh_resume_free(f);
 }
 
 /* The layer's name is escaped in its gauge's labels (quotes, backslashes

@@ -14,6 +14,7 @@
 #include "layer_harness.h"
 
 #include "bulwark/alloc.h"
+#include "bulwark/retry.h"
 #include "bulwark/timeout.h"
 
 double lh_scale(void) {
@@ -286,6 +287,49 @@ void lh_answer_on_timeout(const bw_event_t *ev, void *arg) {
   pthread_t th;
   assert_int_equal(pthread_create(&th, NULL, late_answer_main, la), 0);
   assert_int_equal(pthread_join(th, NULL), 0);
+}
+
+/* runtime/internal.h (not included: it pulls in uv.h) */
+void bw__runtime_clock_hold(bw_runtime_t *rt);
+void bw__runtime_clock_release(bw_runtime_t *rt);
+
+lh_resume_t *lh_resume_new(void) {
+  lh_resume_t *f = calloc(1, sizeof *f);
+  assert_non_null(f);
+  f->rt = lh_rt(true, 1);
+  bw__runtime_clock_hold(f->rt);
+  f->be = calloc(1, sizeof *f->be);
+  assert_non_null(f->be);
+  f->be->hold = true;
+  f->backend = lh_backend_svc(f->be);
+  f->la.be = f->be;
+  return f;
+}
+
+void lh_resume_build(lh_resume_t *f, uint64_t timeout_ms, bw_layer_t *layer, bw_service_t *inner) {
+  bw_retry_opts_t ro;
+  bw_retry_opts_init(&ro);
+  ro.max_attempts = 2;
+  ro.backoff = (bw_backoff_t){.kind = BW_BACKOFF_CONSTANT, .base_ns = 0};
+  bw_timeout_opts_t to;
+  bw_timeout_opts_init(&to);
+  to.timeout_ms = timeout_ms;
+  assert_null(bw_retry_new(&f->l[0], &ro));
+  assert_null(bw_timeout_new(&f->l[1], &to));
+  f->l[2] = layer;
+  f->svc = lh_stack(f->l, 3, inner ? inner : f->backend);
+  assert_null(bw_event_hook_add(&f->hook, NULL, f->l[1], lh_answer_on_timeout, &f->la));
+}
+
+void lh_resume_free(lh_resume_t *f) {
+  bw_event_hook_remove(f->hook);
+  bw_service_release(f->svc);
+  for (int i = 0; i < 3; i++) bw_layer_release(f->l[i]);
+  bw_service_release(f->backend);
+  bw__runtime_clock_release(f->rt);
+  bw_runtime_free(f->rt);
+  free(f->be);
+  free(f);
 }
 
 bw_service_t *lh_stack(bw_layer_t **layers, size_t n, bw_service_t *inner) {

@@ -150,6 +150,25 @@ typedef struct lh_late_answer {
 } lh_late_answer_t;
 void lh_answer_on_timeout(const bw_event_t *ev, void *arg);
 
+/* The setting of the "late child answer after a retry resume" tests: a
+ * paused runtime with one worker whose clock moves only by
+ * bw_runtime_advance, a backend holding its calls, and (lh_resume_build)
+ * retry (2 attempts, no backoff) over timeout(timeout_ms) over a layer,
+ * with lh_answer_on_timeout on the timeout. */
+typedef struct lh_resume {
+  bw_runtime_t *rt;
+  lh_backend_t *be;
+  bw_service_t *backend; /* lh_backend_svc(be) */
+  bw_layer_t *l[3];      /* retry, timeout, the layer under test */
+  bw_service_t *svc;
+  lh_late_answer_t la;
+  bw_event_hook_t *hook;
+} lh_resume_t;
+lh_resume_t *lh_resume_new(void);
+/* Build f->svc over inner (NULL: the backend); takes `layer`. */
+void lh_resume_build(lh_resume_t *f, uint64_t timeout_ms, bw_layer_t *layer, bw_service_t *inner);
+void lh_resume_free(lh_resume_t *f);
+
 /* bw_stack_build of the n layers over inner (asserts success). */
 bw_service_t *lh_stack(bw_layer_t **layers, size_t n, bw_service_t *inner);
 
