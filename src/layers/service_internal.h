@@ -168,6 +168,7 @@ struct bw_call {
 /* Stack info, owned by the outermost node of a built stack. */
 struct bw__stack {
   char *name;
+  char *label; /* `stack="name"`, escaped for the metrics text */
   bw_service_t *svc; /* the outermost node owning this (not a reference) */
   size_t nlayers;
   bw_layer_t **layers;

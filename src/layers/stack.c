@@ -156,39 +156,27 @@ static uint64_t outcome_count(const bw__stack_t *st, bw_error_kind_t k) {
   return n;
 }
 
-/* Names are the user's text: escaped for the label values (a quote or a
- * line feed in a name would otherwise break the whole output). */
+/* The stack's label (`stack="name"`, escaped once at build: a quote or a
+ * line feed in a name would otherwise break the whole output). Layer
+ * names can change after the build (bw_layer_set_name): escaped here. */
 static void collect_calls(void *arg, bw__prom_t *w) {
   bw__stack_t *st = arg;
-  char *name = bw__prom_escape(st->name);
-  if (!name) {
-    bw__prom_fail(w);
-    return;
-  }
   for (int k = 0; k < BW_ERR__MAX; k++) {
     uint64_t v = outcome_count(st, (bw_error_kind_t)k);
     if (!v && k != BW_ERR_NONE) continue;
-    bw__prom_printf(w, "bulwark_calls_total{stack=\"%s\",outcome=\"%s\"} %llu\n", name,
+    bw__prom_printf(w, "bulwark_calls_total{%s,outcome=\"%s\"} %llu\n", st->label,
                     k == BW_ERR_NONE ? "success" : bw_error_kind_name((bw_error_kind_t)k),
                     (unsigned long long)v);
   }
-  bw__free(name);
 }
 
 static void collect_latency(void *arg, bw__prom_t *w) {
   bw__stack_t *st = arg;
-  char *labels = bw__prom_label("stack", st->name);
-  if (!labels) {
-    bw__prom_fail(w);
-    return;
-  }
-  bw__prom_histogram(w, "bulwark_call_duration_seconds", labels, st->latency);
-  bw__free(labels);
+  bw__prom_histogram(w, "bulwark_call_duration_seconds", st->label, st->latency);
 }
 
 static void collect_events(void *arg, bw__prom_t *w) {
   bw__stack_t *st = arg;
-  char *stack = NULL;
   for (size_t i = 0; i < st->nlayers; i++) {
     char *kind = NULL, *name = NULL;
     for (int t = 1; t < BW_EVENT__MAX; t++) {
@@ -196,24 +184,22 @@ static void collect_events(void *arg, bw__prom_t *w) {
       if (!v) continue;
       if (!kind) {
         const char *n = bw_layer_name(st->layers[i]);
-        if (!stack) stack = bw__prom_escape(st->name);
         kind = bw__prom_escape(bw_layer_kind(st->layers[i]));
         name = bw__prom_escape(n ? n : "");
-        if (!stack || !kind || !name) {
+        if (!kind || !name) {
           bw__prom_fail(w);
           break;
         }
       }
       bw__prom_printf(w,
-                      "bulwark_layer_events_total{stack=\"%s\",layer=\"%zu:%s\",name=\"%s\","
+                      "bulwark_layer_events_total{%s,layer=\"%zu:%s\",name=\"%s\","
                       "event=\"%s\"} %llu\n",
-                      stack, i, kind, name, bw_event_type_name((bw_event_type_t)t),
+                      st->label, i, kind, name, bw_event_type_name((bw_event_type_t)t),
                       (unsigned long long)v);
     }
     bw__free(kind);
     bw__free(name);
   }
-  bw__free(stack);
 }
 
 void bw__stack_free(bw__stack_t *st) {
@@ -224,6 +210,7 @@ void bw__stack_free(bw__stack_t *st) {
   bw__free(st->events);
   bw_histogram_free(st->latency);
   bw__free(st->name);
+  bw__free(st->label);
   bw__free(st);
 }
 
@@ -233,8 +220,9 @@ static bw__stack_t *stack_info_new(const char *name, bw_layer_t *const *layers, 
   st->layers = bw__calloc(n ? n : 1, sizeof *st->layers);
   st->events = bw__calloc((n ? n : 1) * BW_EVENT__MAX, sizeof *st->events);
   st->name = bw__strdup(name ? name : "");
+  st->label = bw__prom_label("stack", name ? name : "");
   bw_error_t *e = bw_histogram_new(&st->latency);
-  if (e || !st->layers || !st->events || !st->name) {
+  if (e || !st->layers || !st->events || !st->name || !st->label) {
     bw_error_unref(e);
     bw__stack_free(st);
     return NULL;

@@ -836,6 +836,24 @@ static void on_reload(bw_registry_t *reg, const bw_error_t *err, void *arg) {
   pthread_mutex_unlock(&s->mu);
 }
 
+/* Options watching the file on rt, reloads counted in *seen (initialised
+ * here; seen_fini after). */
+static void watch_opts(bw_registry_opts_t *ro, bw_runtime_t *rt, reload_seen_t *seen) {
+  memset(seen, 0, sizeof *seen);
+  pthread_mutex_init(&seen->mu, NULL);
+  pthread_cond_init(&seen->cv, NULL);
+  bw_registry_opts_init(ro);
+  ro->rt = rt;
+  ro->watch = true;
+  ro->on_reload = on_reload;
+  ro->on_reload_arg = seen;
+}
+
+static void seen_fini(reload_seen_t *seen) {
+  pthread_mutex_destroy(&seen->mu);
+  pthread_cond_destroy(&seen->cv);
+}
+
 static int wait_reloads(reload_seen_t *s, int n) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);
@@ -867,15 +885,8 @@ static void test_watch_reloads(void **state) {
   snprintf(path, sizeof path, "%s/stacks.yaml", dir);
   write_file(path, "stacks:\n  a:\n    - timeout: 1s\n");
   reload_seen_t seen;
-  memset(&seen, 0, sizeof seen);
-  pthread_mutex_init(&seen.mu, NULL);
-  pthread_cond_init(&seen.cv, NULL);
   bw_registry_opts_t ro;
-  bw_registry_opts_init(&ro);
-  ro.rt = rt;
-  ro.watch = true;
-  ro.on_reload = on_reload;
-  ro.on_reload_arg = &seen;
+  watch_opts(&ro, rt, &seen);
   bw_registry_t *reg = NULL;
   assert_null(bw_registry_load_file(&reg, path, &ro));
   assert_int_equal(bw_registry_generation(reg), 1);
@@ -899,8 +910,7 @@ static void test_watch_reloads(void **state) {
   bw_runtime_free(rt);
   unlink(path);
   rmdir(dir);
-  pthread_mutex_destroy(&seen.mu);
-  pthread_cond_destroy(&seen.cv);
+  seen_fini(&seen);
 }
 
 static void collect_locked_names(bw_registry_t *reg, char *buf) {
@@ -937,15 +947,8 @@ static void test_watch_follows_reload_file(void **state) {
   write_file(a, "stacks:\n  a1:\n    - timeout: 1s\n");
   write_file(b, "stacks:\n  b1:\n    - timeout: 1s\n");
   reload_seen_t seen;
-  memset(&seen, 0, sizeof seen);
-  pthread_mutex_init(&seen.mu, NULL);
-  pthread_cond_init(&seen.cv, NULL);
   bw_registry_opts_t ro;
-  bw_registry_opts_init(&ro);
-  ro.rt = rt;
-  ro.watch = true;
-  ro.on_reload = on_reload;
-  ro.on_reload_arg = &seen;
+  watch_opts(&ro, rt, &seen);
   bw_registry_t *reg = NULL;
   assert_null(bw_registry_load_file(&reg, a, &ro));
   assert_null(bw_registry_reload_file(reg, b));
@@ -988,8 +991,7 @@ static void test_watch_follows_reload_file(void **state) {
   unlink(b);
   rmdir(d1);
   rmdir(d2);
-  pthread_mutex_destroy(&seen.mu);
-  pthread_cond_destroy(&seen.cv);
+  seen_fini(&seen);
 }
 
 int main(void) {
